@@ -1,0 +1,51 @@
+"""The public interfaces every LightRFT component implements."""
+
+from .actor import MODALITY_PARAMETERS, Actor, ActorModality, ActorOutput
+from .algorithm import (
+    AdvantageInput,
+    AdvantageOutput,
+    Algorithm,
+    LossScale,
+    PolicyLossInput,
+    PolicyLossOutput,
+)
+from .component import Component, EmptyConfig, component_class_problems
+from .engine import GenerationOutput, InferenceEngine, SamplingParams
+from .patch import ModelPatch
+from .reward import RewardInput, RewardModel, RewardOutput
+from .strategy import StrategyBase
+
+#: Component kinds, in the order they are documented, and their interface.
+COMPONENT_KINDS: dict[str, type[Component]] = {
+    "strategy": StrategyBase,
+    "actor": Actor,
+    "reward": RewardModel,
+    "engine": InferenceEngine,
+    "algorithm": Algorithm,
+    "patch": ModelPatch,
+}
+
+__all__ = [
+    "COMPONENT_KINDS",
+    "MODALITY_PARAMETERS",
+    "Actor",
+    "ActorModality",
+    "ActorOutput",
+    "AdvantageInput",
+    "AdvantageOutput",
+    "Algorithm",
+    "Component",
+    "EmptyConfig",
+    "GenerationOutput",
+    "InferenceEngine",
+    "LossScale",
+    "ModelPatch",
+    "PolicyLossInput",
+    "PolicyLossOutput",
+    "RewardInput",
+    "RewardModel",
+    "RewardOutput",
+    "SamplingParams",
+    "StrategyBase",
+    "component_class_problems",
+]

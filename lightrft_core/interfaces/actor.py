@@ -1,0 +1,100 @@
+"""``Actor``: the policy model being trained, and the modalities it accepts.
+
+Token alignment used everywhere in LightRFT: for ``sequences`` of shape ``[B, T]``,
+``log_probs[:, t]`` is ``log p(sequences[:, t + 1] | sequences[:, : t + 1])``, so per-token
+outputs have shape ``[B, T - 1]`` and the action mask is ``attention_mask[:, 1:]`` restricted
+to response tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import torch
+
+from .component import Component
+
+
+class ActorModality(str, Enum):
+    """What kind of input an actor accepts besides token ids."""
+
+    LANGUAGE_ONLY = "language"
+    VISION_LANGUAGE = "vision-language"
+    AUDIO_LANGUAGE = "audio-language"
+    OMNI = "omni"
+
+
+_VISION_INPUTS = frozenset({"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"})
+_AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
+
+#: The extra ``forward`` keyword inputs each modality accepts (beyond token ids and masks).
+MODALITY_PARAMETERS: Mapping[ActorModality, frozenset[str]] = {
+    ActorModality.LANGUAGE_ONLY: frozenset(),
+    ActorModality.VISION_LANGUAGE: _VISION_INPUTS,
+    ActorModality.AUDIO_LANGUAGE: _AUDIO_INPUTS,
+    ActorModality.OMNI: _VISION_INPUTS | _AUDIO_INPUTS,
+}
+
+
+@dataclass
+class ActorOutput:
+    """What ``Actor.forward`` returns.
+
+    ``log_probs``: ``[B, T-1]`` float32, log-prob of each next token (see module docstring).
+    ``entropy``: ``[B, T-1]`` float32 entropy of the next-token distribution, or ``None``
+    when not requested.
+    """
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
+class Actor(Component, torch.nn.Module, ABC):
+    """A policy: wraps a causal LM and returns per-token log-probs of given tokens.
+
+    Called by the training loop (to score rollouts and to compute the loss with gradients)
+    and, for the reference policy, without gradients.
+    """
+
+    kind: ClassVar[str] = "actor"
+    #: The modality this actor accepts; the trainer passes only the matching extra inputs.
+    modality: ClassVar[ActorModality] = ActorModality.LANGUAGE_ONLY
+
+    def __init__(self, config: Any = None) -> None:
+        torch.nn.Module.__init__(self)
+        Component.__init__(self, config)
+
+    @abstractmethod
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        return_entropy: bool = False,
+        **modal_inputs: Any,
+    ) -> ActorOutput:
+        """Per-token log-probs of ``sequences`` (``[B, T]`` int64) under the policy.
+
+        ``attention_mask``: ``[B, T]`` (1 = real token). With sample packing several
+        sequences share a row and ``position_ids`` restart at 0 for each of them; attention
+        must then stay inside each sequence. ``modal_inputs`` holds only keys from
+        ``get_supported_parameters()``. Must not materialise a full-vocabulary fp32
+        log-softmax for the whole batch at once.
+        """
+
+    def get_supported_parameters(self) -> frozenset[str]:
+        """The extra ``forward`` inputs this actor accepts; the trainer asks before calling."""
+        return MODALITY_PARAMETERS[self.modality]
+
+    def select_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The subset of ``inputs`` that ``forward`` accepts as ``modal_inputs``."""
+        supported = self.get_supported_parameters()
+        return {k: v for k, v in inputs.items() if k in supported and v is not None}
+
+    def gradient_checkpointing_enable(self) -> None:  # noqa: B027 - optional capability
+        """Trade compute for memory; a no-op for actors that do not support it."""

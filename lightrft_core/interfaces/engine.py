@@ -1,0 +1,90 @@
+"""``InferenceEngine``: generates rollouts and receives the trained weights.
+
+The training loop calls, per step: ``wake_up()`` -> ``generate(...)`` -> ``sleep()`` ->
+(training) -> ``update_weights(...)``. Engines that cannot release memory report
+``supports_sleep = False`` and treat ``sleep``/``wake_up`` as no-ops.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from .component import Component
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. ``n`` samples per prompt; ``top_k = -1`` and ``top_p = 1`` disable
+    those filters; ``temperature = 0`` is greedy. ``first_token_temperature`` (FIRE) samples
+    only the first response token at that temperature when set."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 256
+    stop_token_ids: Sequence[int] = ()
+    seed: int | None = None
+    return_log_probs: bool = True
+    first_token_temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class GenerationOutput:
+    """One sampled response.
+
+    ``prompt_index``: index of its prompt in the ``generate`` call; outputs come grouped by
+    prompt, the ``n`` samples of a prompt contiguous. ``token_ids``: response tokens only
+    (stop token included when one ended it). ``log_probs``: behaviour log-prob of each
+    response token under the sampling distribution's model (same length as ``token_ids``),
+    empty when not requested. ``finish_reason``: ``"stop"`` or ``"length"``.
+    """
+
+    prompt_index: int
+    token_ids: list[int]
+    log_probs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+class InferenceEngine(Component):
+    """Rollout generator (``hf``, ``vllm``, ``sglang`` ...)."""
+
+    kind: ClassVar[str] = "engine"
+    #: Whether ``sleep``/``wake_up`` really release and restore memory.
+    supports_sleep: ClassVar[bool] = False
+
+    @abstractmethod
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[GenerationOutput]:
+        """Sample ``params.n`` responses for each prompt; returns ``len(prompts) * n`` outputs
+        grouped by prompt in input order."""
+
+    @abstractmethod
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load new weights (Hugging Face parameter names) into the running engine. May be
+        fed in buckets: called several times, each with part of the model."""
+
+    def sleep(self, level: int = 1) -> None:  # noqa: B027 - optional capability
+        """Release memory while training runs (no-op unless ``supports_sleep``)."""
+
+    def wake_up(self) -> None:  # noqa: B027 - optional capability
+        """Restore what ``sleep`` released (no-op unless ``supports_sleep``)."""
+
+    def shutdown(self) -> None:  # noqa: B027 - optional capability
+        """Free every resource; the engine is not used afterwards."""

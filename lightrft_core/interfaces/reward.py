@@ -1,0 +1,67 @@
+"""``RewardModel``: scores sampled responses.
+
+Called by the training loop once per rollout batch, after generation and before
+advantages are computed. Kinds: rule/verifiable functions, scalar reward models,
+generative judges, remote reward services.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .component import Component
+
+
+@dataclass
+class RewardInput:
+    """One batch to score; all lists have the same length ``B``.
+
+    ``prompts``/``responses`` are decoded text; ``labels`` the dataset's reference answer
+    (``None`` when the dataset has none); ``metadata`` any other per-sample fields.
+    """
+
+    prompts: Sequence[str]
+    responses: Sequence[str]
+    labels: Sequence[Any] | None = None
+    metadata: Sequence[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.prompts)
+        if len(self.responses) != n:
+            raise ValueError(f"{len(self.responses)} responses for {n} prompts")
+        if self.labels is None:
+            self.labels = [None] * n
+        if self.metadata is None:
+            self.metadata = [{} for _ in range(n)]
+        if len(self.labels) != n or len(self.metadata) != n:
+            raise ValueError("labels and metadata must have one entry per prompt")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class RewardOutput:
+    """``rewards``: ``[B]`` float32, one scalar per sample (finite).
+
+    ``sub_scores``: named ``[B]`` float32 tensors logged as ``reward/<name>`` (e.g. the parts
+    of a weighted combination, or ``accuracy``).
+    """
+
+    rewards: torch.Tensor
+    sub_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RewardModel(Component):
+    """Turns (prompt, response, label) triples into scalar rewards."""
+
+    kind: ClassVar[str] = "reward"
+
+    @abstractmethod
+    def score(self, batch: RewardInput) -> RewardOutput:
+        """Score every sample of ``batch``; must return ``len(batch)`` rewards."""

@@ -1,0 +1,139 @@
+"""``StrategyBase``: how a model is trained on the available devices.
+
+The training loop is the only caller. One optimizer step of the loop is::
+
+    model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)   # once
+    for micro_batch in batch:                       # gradient accumulation
+        loss = ...                                  # already scaled, see ALGORITHMS.md
+        strategy.backward(loss, model)
+    grad_norm = strategy.optimizer_step(model, optimizer, scheduler, max_grad_norm=1.0)
+
+Every process of a data-parallel job runs the same calls (SPMD); collective methods
+(``all_reduce``, ``all_gather``, ``barrier``, checkpointing) must be called by every rank.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from .component import Component
+
+ReduceOp = Literal["mean", "sum", "max", "min"]
+
+
+class StrategyBase(Component):
+    """Distributed-training backend (``local``, ``fsdp``, ``deepspeed`` ...)."""
+
+    kind: ClassVar[str] = "strategy"
+
+    # ------------------------------------------------------------------ process group
+    @abstractmethod
+    def setup_distributed(self) -> None:
+        """Join (or create) the process group; seed RNGs. Called once, before anything else."""
+
+    @property
+    @abstractmethod
+    def rank(self) -> int:
+        """This process's global rank (0 on one process)."""
+
+    @property
+    @abstractmethod
+    def world_size(self) -> int:
+        """Number of data-parallel processes (1 on one process)."""
+
+    @property
+    def is_rank_0(self) -> bool:
+        """True on the process that writes logs, plots and exports."""
+        return self.rank == 0
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Device that inputs must be moved to before a forward pass."""
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
+        """Wrap/shard ``model`` and bind ``optimizer``/``scheduler`` to it.
+
+        Returns the objects the loop must use from now on (they may be wrappers). A model
+        without optimizer (reference model, reward model) is prepared for inference only.
+        """
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        """Accumulate gradients of the scalar ``loss`` (fp32, shape ``[]``).
+
+        The loss is already scaled so that the sum over micro-batches (and ranks) is the
+        loss of the whole optimizer batch; the strategy must not rescale it.
+        """
+
+    @abstractmethod
+    def optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> float:
+        """Reduce gradients across ranks, clip to ``max_grad_norm`` (global norm over all
+        shards; ``None`` or ``<= 0`` disables clipping), step the optimizer and scheduler,
+        zero the gradients. Returns the global gradient norm before clipping."""
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The user's module inside whatever wrapper ``prepare`` returned."""
+        return model
+
+    # ------------------------------------------------------------------ collectives
+    @abstractmethod
+    def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
+        """Reduce a tensor (or Python number) over all ranks; returns a new tensor."""
+
+    @abstractmethod
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``tensor`` from every rank along dim 0 (rank order)."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point."""
+
+    # ------------------------------------------------------------------ checkpoints
+    @abstractmethod
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        client_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write a resumable checkpoint: model, optimizer, scheduler, RNG states and
+        ``client_state`` (step, data position ...). Must be atomic: a crash during the save
+        leaves the previous checkpoint at ``path`` intact."""
+
+    @abstractmethod
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict[str, Any]:
+        """Restore what ``save_checkpoint`` wrote (in place) and return its ``client_state``."""
+
+    @abstractmethod
+    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
+        """Write a full (unsharded) Hugging Face model folder; rank 0 writes, all ranks call."""

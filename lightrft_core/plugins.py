@@ -1,0 +1,403 @@
+"""The plugin manager: built-ins, entry points, ``--plugin`` modules and typed lookups.
+
+Nothing outside this module touches ``pluggy`` hooks directly. Entry points of the group
+``lightrft`` are imported lazily (the first time a plugin list or a component is needed)
+and once. A plugin that fails to import, or whose registration hook raises, is reported and
+skipped; ``strict=True`` (used for plugins a run names explicitly) makes that fatal.
+
+Environment:
+
+* ``LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD=1`` -- load no entry point unless named by ``--plugin``;
+* ``LIGHTRFT_LOAD_PLUGINS=a,b`` -- load only these entry points (names or distributions);
+* ``LIGHTRFT_TRACE_PLUGINS=1`` -- print every plugin load and hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import importlib.util
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from .registry import (
+    REGISTRATION_HOOKS,
+    ComponentInfo,
+    ComponentRegistry,
+    Register,
+)
+
+if TYPE_CHECKING:
+    import typer
+
+    from .interfaces import (
+        Actor,
+        Algorithm,
+        Component,
+        InferenceEngine,
+        ModelPatch,
+        RewardModel,
+        StrategyBase,
+    )
+
+ENTRY_POINT_GROUP = "lightrft"
+ENV_DISABLE_AUTOLOAD = "LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD"
+ENV_LOAD_PLUGINS = "LIGHTRFT_LOAD_PLUGINS"
+ENV_TRACE = "LIGHTRFT_TRACE_PLUGINS"
+
+#: Built-in components are registered through the same hooks as any plugin.
+BUILTIN_PLUGINS: dict[str, str] = {"builtins": "lightrft_core.builtins"}
+
+logger = logging.getLogger("lightrft.plugins")
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be found, imported or registered."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``lightrft plugins`` shows for one plugin."""
+
+    name: str
+    source: str  # "builtin", "entry point", "module", "file" or "object"
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "ok"  # "ok", "broken" or "disabled"
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)  # "kind:name"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": self.status,
+            "error": self.error,
+            "hooks": list(self.hooks),
+            "components": list(self.components),
+        }
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class PluginManager:
+    """Owns the pluggy manager, the plugin list and the component registry."""
+
+    def __init__(
+        self,
+        *,
+        builtins: bool = True,
+        autoload: bool | None = None,
+        load_only: Iterable[str] | None = None,
+        trace: bool | None = None,
+    ) -> None:
+        self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._pm.add_hookspecs(hookspecs)
+        self._plugins: dict[str, PluginInfo] = {}
+        self._registry: ComponentRegistry | None = None
+        self._entry_points_loaded = False
+        self.autoload = (not _env_flag(ENV_DISABLE_AUTOLOAD)) if autoload is None else autoload
+        if load_only is None and ENV_LOAD_PLUGINS in os.environ:
+            load_only = [p for p in os.environ[ENV_LOAD_PLUGINS].split(",") if p.strip()]
+        self.load_only = None if load_only is None else {p.strip() for p in load_only}
+        self.trace = _env_flag(ENV_TRACE) if trace is None else trace
+        if builtins:
+            for name, module in BUILTIN_PLUGINS.items():
+                self.register(importlib.import_module(module), name=name, source="builtin")
+
+    # ------------------------------------------------------------------ registration
+    def register(
+        self,
+        plugin: object,
+        name: str | None = None,
+        *,
+        source: str = "object",
+        distribution: str | None = None,
+        version: str | None = None,
+        strict: bool = True,
+    ) -> PluginInfo:
+        """Add a plugin object (usually a module). Unknown ``lightrft_*`` hooks are refused."""
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        if name in self._plugins:
+            raise PluginLoadError(f"a plugin named {name!r} is already registered")
+        info = PluginInfo(name, source, distribution, version)
+        try:
+            self._pm.register(plugin, name=name)
+            self._check_hook_names(plugin, name)
+        except Exception as exc:
+            if self._pm.is_registered(plugin):
+                self._pm.unregister(plugin)
+            return self._broken(info, exc, strict)
+        info.hooks = sorted(h.name for h in self._pm.get_hookcallers(plugin) or [])
+        self._plugins[name] = info
+        self._trace(f"registered plugin {name!r} ({source}) with hooks {info.hooks}")
+        self._registry = None
+        return info
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin (tests register a plugin for their duration, then remove it)."""
+        if self._pm.get_plugin(name) is not None:
+            self._pm.unregister(name=name)
+        self._plugins.pop(name, None)
+        self._registry = None
+
+    def _check_hook_names(self, plugin: object, name: str) -> None:
+        known = {h for h in dir(hookspecs) if h.startswith("lightrft_")}
+        for attr in dir(plugin):
+            if attr.startswith("lightrft_") and attr not in known:
+                if self._pm.parse_hookimpl_opts(plugin, attr) is None:
+                    continue
+                import difflib
+
+                close = difflib.get_close_matches(attr, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise PluginLoadError(
+                    f"plugin {name!r} implements unknown hook {attr!r}{hint} "
+                    f"Known hooks: {', '.join(sorted(known))}."
+                )
+
+    def _broken(self, info: PluginInfo, exc: BaseException, strict: bool) -> PluginInfo:
+        info.status = "broken"
+        info.error = _short_error(exc)
+        self._plugins[info.name] = info
+        where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
+        message = f"plugin {info.name!r}{where} failed and was skipped: {info.error}"
+        if strict:
+            raise PluginLoadError(message) from exc
+        logger.warning("%s\n%s", message, "".join(traceback.format_exception(exc)).rstrip())
+        self._trace(message)
+        return info
+
+    # ------------------------------------------------------------------ loading
+    def load_entry_points(self) -> None:
+        """Import the ``lightrft`` entry points (once), honouring the environment controls."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self._plugins:
+                continue
+            dist = ep.dist.name if ep.dist else None
+            version = ep.dist.version if ep.dist else None
+            wanted = (
+                self.autoload
+                if self.load_only is None
+                else (ep.name in self.load_only or dist in self.load_only)
+            )
+            if not wanted:
+                self._plugins[ep.name] = PluginInfo(
+                    ep.name, "entry point", dist, version, status="disabled"
+                )
+                continue
+            self._load_entry_point(ep, strict=False)
+        if self.load_only:
+            missing = self.load_only - {
+                i.name for i in self._plugins.values() if i.status != "disabled"
+            } - {i.distribution for i in self._plugins.values() if i.status != "disabled"}
+            for name in sorted(missing):
+                logger.warning("%s names %r, but no such plugin is installed", ENV_LOAD_PLUGINS, name)
+
+    def _load_entry_point(self, ep: metadata.EntryPoint, *, strict: bool) -> PluginInfo:
+        dist = ep.dist.name if ep.dist else None
+        version = ep.dist.version if ep.dist else None
+        self._plugins.pop(ep.name, None)  # a "disabled" placeholder
+        self._trace(f"loading entry point {ep.name!r} = {ep.value!r} from {dist}")
+        try:
+            module = ep.load()
+        except Exception as exc:
+            info = PluginInfo(ep.name, "entry point", dist, version)
+            return self._broken(info, exc, strict)
+        return self.register(
+            module, ep.name, source="entry point", distribution=dist, version=version, strict=strict
+        )
+
+    def load_plugin(self, spec: str) -> PluginInfo:
+        """Load the plugin a run names (``--plugin X``): an entry-point name, else an importable
+        module, else a path to a ``.py`` file. Failures raise ``PluginLoadError``."""
+        existing = self._plugins.get(spec)
+        if existing is not None and existing.status == "ok":
+            return existing
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == spec:
+                return self._load_entry_point(ep, strict=True)
+        path = Path(spec)
+        if spec.endswith(".py") or os.sep in spec:
+            if not path.is_file():
+                raise PluginLoadError(
+                    f"plugin {spec!r}: no entry point of that name, and no file at {path}"
+                )
+            return self.register(_import_file(path), str(path), source="file", strict=True)
+        try:
+            module = importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            if exc.name != spec and not spec.startswith(f"{exc.name}."):
+                return self._broken(PluginInfo(spec, "module"), exc, strict=True)
+            installed = sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+            raise PluginLoadError(
+                f"plugin {spec!r} not found: it is not an installed entry point "
+                f"(installed: {', '.join(installed) or 'none'}), not an importable module, and "
+                f"not a path to a .py file. Install it (pip install lightrft-plugin-{spec}) or "
+                f"give a module or file path."
+            ) from exc
+        except Exception as exc:
+            return self._broken(PluginInfo(spec, "module"), exc, strict=True)
+        dist, version = _distribution_of(module)
+        return self.register(
+            module, spec, source="module", distribution=dist, version=version, strict=True
+        )
+
+    # ------------------------------------------------------------------ registry
+    @property
+    def registry(self) -> ComponentRegistry:
+        """The registry, built on first use by calling every registration hook."""
+        self.load_entry_points()
+        if self._registry is None:
+            self._registry = self._build_registry()
+        return self._registry
+
+    def _build_registry(self) -> ComponentRegistry:
+        registry = ComponentRegistry()
+        for info in self._plugins.values():
+            info.components = []
+        for kind, hook_name in REGISTRATION_HOOKS.items():
+            for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+                info = self._plugins[impl.plugin_name]
+                if info.status != "ok":
+                    continue
+                register: Register[Any] = Register(kind, registry, impl.plugin_name)
+                try:
+                    self._call_impl(impl, hook_name, {"register": register})
+                    added = register.commit()
+                except Exception as exc:
+                    self._broken(info, exc, strict=False)
+                    continue
+                info.components += [f"{c.kind}:{c.name}" for c in added]
+        return registry
+
+    def _call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> Any:
+        self._trace(f"calling {hook_name} of plugin {impl.plugin_name!r}")
+        result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+        if isinstance(kwargs.get("register"), Register) and self.trace:
+            staged = [i.name for i in kwargs["register"].staged]
+            self._trace(f"  {impl.plugin_name!r} registered {kwargs['register'].kind}s {staged}")
+        return result
+
+    def _trace(self, message: str) -> None:
+        if self.trace:
+            print(f"[lightrft plugins] {message}", file=sys.stderr)
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every known plugin (loaded, broken or disabled), built-ins first."""
+        self.registry  # noqa: B018 - loads entry points and fills the component lists
+        return list(self._plugins.values())
+
+    def add_cli_commands(self, app: typer.Typer) -> None:
+        """Let every loaded plugin add its commands to the CLI."""
+        self.load_entry_points()
+        for impl in reversed(self._pm.hook.lightrft_add_cli_commands.get_hookimpls()):
+            try:
+                self._call_impl(impl, "lightrft_add_cli_commands", {"app": app})
+            except Exception as exc:
+                self._broken(self._plugins[impl.plugin_name], exc, strict=False)
+
+    # ------------------------------------------------------------------ typed lookups
+    def get_component(self, kind: str, name: str) -> type[Component]:
+        return self.registry.get(kind, name).cls
+
+    def component_info(self, kind: str, name: str) -> ComponentInfo:
+        return self.registry.get(kind, name)
+
+    def get_strategy(self, name: str) -> type[StrategyBase]:
+        return self.get_component("strategy", name)  # type: ignore[return-value]
+
+    def get_actor(self, name: str) -> type[Actor]:
+        return self.get_component("actor", name)  # type: ignore[return-value]
+
+    def get_reward_model(self, name: str) -> type[RewardModel]:
+        return self.get_component("reward", name)  # type: ignore[return-value]
+
+    def get_engine(self, name: str) -> type[InferenceEngine]:
+        return self.get_component("engine", name)  # type: ignore[return-value]
+
+    def get_algorithm(self, name: str) -> type[Algorithm]:
+        return self.get_component("algorithm", name)  # type: ignore[return-value]
+
+    def get_patch(self, name: str) -> type[ModelPatch]:
+        return self.get_component("patch", name)  # type: ignore[return-value]
+
+
+def _import_file(path: Path) -> ModuleType:
+    module_name = f"lightrft_local_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginLoadError(f"cannot import plugin file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise PluginLoadError(f"plugin file {path} failed to import: {_short_error(exc)}") from exc
+    return module
+
+
+def _distribution_of(module: ModuleType) -> tuple[str | None, str | None]:
+    top = module.__name__.split(".")[0]
+    dists = metadata.packages_distributions().get(top) or []
+    if not dists:
+        return None, None
+    return dists[0], metadata.version(dists[0])
+
+
+# ---------------------------------------------------------------------- process-wide manager
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager (created on first use)."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager
+
+
+def reset_plugin_manager(manager: PluginManager | None = None) -> None:
+    """Replace the process-wide manager (tests use a fresh one each)."""
+    global _manager
+    _manager = manager
+
+
+def _lookup(kind: str) -> Callable[[str], Any]:
+    def lookup(name: str) -> Any:
+        return get_plugin_manager().get_component(kind, name)
+
+    lookup.__name__ = f"get_{kind}"
+    lookup.__doc__ = f"The registered {kind} class called ``name`` (process-wide manager)."
+    return lookup
+
+
+get_strategy: Callable[[str], type[StrategyBase]] = _lookup("strategy")
+get_actor: Callable[[str], type[Actor]] = _lookup("actor")
+get_reward_model: Callable[[str], type[RewardModel]] = _lookup("reward")
+get_engine: Callable[[str], type[InferenceEngine]] = _lookup("engine")
+get_algorithm: Callable[[str], type[Algorithm]] = _lookup("algorithm")
+get_patch: Callable[[str], type[ModelPatch]] = _lookup("patch")
