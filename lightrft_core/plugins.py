@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     )
 
 ENTRY_POINT_GROUP = "lightrft"
-ENV_DISABLE_AUTOLOAD = "LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD"
+ENV_DISABLE_PLUGIN_AUTOLOAD = "LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD"
 ENV_LOAD_PLUGINS = "LIGHTRFT_LOAD_PLUGINS"
 ENV_TRACE = "LIGHTRFT_TRACE_PLUGINS"
 
@@ -115,7 +115,7 @@ class PluginManager:
         self._plugins: dict[str, PluginInfo] = {}
         self._registry: ComponentRegistry | None = None
         self._entry_points_loaded = False
-        self.autoload = (not _env_flag(ENV_DISABLE_AUTOLOAD)) if autoload is None else autoload
+        self.autoload = (not _env_flag(ENV_DISABLE_PLUGIN_AUTOLOAD)) if autoload is None else autoload
         if load_only is None and ENV_LOAD_PLUGINS in os.environ:
             load_only = [p for p in os.environ[ENV_LOAD_PLUGINS].split(",") if p.strip()]
         self.load_only = None if load_only is None else {p.strip() for p in load_only}
@@ -279,7 +279,7 @@ class PluginManager:
         for info in self._plugins.values():
             info.components = []
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # registration order
                 info = self._plugins[impl.plugin_name]
                 if info.status != "ok":
                     continue
@@ -313,7 +313,7 @@ class PluginManager:
     def add_cli_commands(self, app: typer.Typer) -> None:
         """Let every loaded plugin add its commands to the CLI."""
         self.load_entry_points()
-        for impl in reversed(self._pm.hook.lightrft_add_cli_commands.get_hookimpls()):
+        for impl in self._pm.hook.lightrft_add_cli_commands.get_hookimpls():
             try:
                 self._call_impl(impl, "lightrft_add_cli_commands", {"app": app})
             except Exception as exc:

@@ -8,7 +8,7 @@ to response tokens.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -53,7 +53,7 @@ class ActorOutput:
     entropy: torch.Tensor | None = None
 
 
-class Actor(Component, torch.nn.Module, ABC):
+class Actor(Component, torch.nn.Module):
     """A policy: wraps a causal LM and returns per-token log-probs of given tokens.
 
     Called by the training loop (to score rollouts and to compute the loss with gradients)

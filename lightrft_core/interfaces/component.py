@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+from abc import ABC
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ class EmptyConfig:
     """The options of a component that has none."""
 
 
-class Component:
+class Component(ABC):
     """Base of every registrable component class."""
 
     #: Which interface this is ("strategy", "actor", ...); set once by each interface base.

@@ -1,0 +1,20 @@
+"""Shared, algorithm-independent helpers: loss aggregation and KL estimators.
+
+Pure tensor functions that every algorithm plugin may use (plugins never inherit from each
+other; they share these free functions instead). See ``docs/`` and ``ALGORITHMS.md`` for the
+math.
+"""
+
+from __future__ import annotations
+
+from .aggregation import AGGREGATION_MODES, aggregate_loss, masked_mean
+from .kl import KL_ESTIMATORS, KL_LOG_RATIO_CLAMP, kl_estimate
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "KL_LOG_RATIO_CLAMP",
+    "aggregate_loss",
+    "kl_estimate",
+    "masked_mean",
+]

@@ -1,0 +1,34 @@
+"""Test kit for plugin authors: fakes that are real components, and conformance tests.
+
+Fakes (``lightrft_core.testing.fakes``): ``FakeStrategy`` (every strategy method, one
+process, no process group), ``FakeEngine`` (fixed token ids), ``ConstantReward``,
+``FakeActor`` (a tiny torch language model).
+
+Conformance (``lightrft_core.testing.conformance``): ``AlgorithmConformance``,
+``StrategyConformance``, ``EngineConformance``, ``RewardConformance``, ``ActorConformance``,
+``PatchConformance`` -- subclass one in your plugin's tests as ``TestMyThing`` and set the
+class attribute (e.g. ``algorithm_cls = MyAlgorithm``).
+"""
+
+from .conformance import (
+    ActorConformance,
+    AlgorithmConformance,
+    EngineConformance,
+    PatchConformance,
+    RewardConformance,
+    StrategyConformance,
+)
+from .fakes import ConstantReward, FakeActor, FakeEngine, FakeStrategy
+
+__all__ = [
+    "ActorConformance",
+    "AlgorithmConformance",
+    "ConstantReward",
+    "EngineConformance",
+    "FakeActor",
+    "FakeEngine",
+    "FakeStrategy",
+    "PatchConformance",
+    "RewardConformance",
+    "StrategyConformance",
+]
