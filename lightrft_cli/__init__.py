@@ -1,0 +1,1 @@
+"""The ``lightrft`` command line (typer)."""

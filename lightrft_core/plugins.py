@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs
+from ._version import __version__
 from .registry import (
     REGISTRATION_HOOKS,
     ComponentInfo,
@@ -122,7 +123,13 @@ class PluginManager:
         self.trace = _env_flag(ENV_TRACE) if trace is None else trace
         if builtins:
             for name, module in BUILTIN_PLUGINS.items():
-                self.register(importlib.import_module(module), name=name, source="builtin")
+                self.register(
+                    importlib.import_module(module),
+                    name=name,
+                    source="builtin",
+                    distribution="lightrft-core",
+                    version=__version__,
+                )
 
     # ------------------------------------------------------------------ registration
     def register(

@@ -89,8 +89,7 @@ def duplicate_message(first: ComponentInfo, second: ComponentInfo) -> str:
 def unknown_component_message(kind: str, name: str, available: list[str]) -> str:
     msg = f"no {kind} named {name!r} is installed"
     close = difflib.get_close_matches(name, available, n=1)
-    if close:
-        msg += f"; did you mean {close[0]!r}?"
+    msg += f"; did you mean {close[0]!r}?" if close else "."
     msg += f" Available {kind} names: {', '.join(available) or '(none)'}."
     msg += " 'lightrft plugins' lists what each installed plugin provides."
     return msg

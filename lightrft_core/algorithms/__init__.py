@@ -7,13 +7,15 @@ math.
 
 from __future__ import annotations
 
-from .aggregation import AGGREGATION_MODES, aggregate_loss, masked_mean
-from .kl import KL_ESTIMATORS, KL_LOG_RATIO_CLAMP, kl_estimate
+from .aggregation import AGGREGATION_MODES, AggregationMode, aggregate_loss, masked_mean
+from .kl import KL_ESTIMATORS, KL_LOG_RATIO_CLAMP, KLEstimator, kl_estimate
 
 __all__ = [
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
     "KL_LOG_RATIO_CLAMP",
+    "AggregationMode",
+    "KLEstimator",
     "aggregate_loss",
     "kl_estimate",
     "masked_mean",

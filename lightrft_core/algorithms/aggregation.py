@@ -11,23 +11,27 @@ is exactly the loss of the whole batch computed at once, and so is its gradient.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from ..interfaces.algorithm import LossScale
 
-#: The loss-aggregation modes, as users write them in ``algorithm.loss_aggregation``.
-AGGREGATION_MODES: tuple[str, ...] = (
+#: A loss-aggregation mode, as users write it in ``algorithm.loss_aggregation`` (use it as
+#: the type of a config field: the configuration loader then checks the value).
+AggregationMode = Literal[
     "token-mean",
     "seq-mean-token-mean",
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
-)
+]
+AGGREGATION_MODES: tuple[str, ...] = get_args(AggregationMode)
 
 
 def aggregate_loss(
     per_token: torch.Tensor,
     mask: torch.Tensor,
-    mode: str,
+    mode: AggregationMode,
     scale: LossScale,
     *,
     max_tokens: int | None = None,

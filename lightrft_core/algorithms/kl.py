@@ -7,12 +7,13 @@ With ``Δ = lp − lp_ref``: ``k1 = Δ`` (unbiased, high variance, can be negati
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-#: The estimators, as users write them in ``algorithm.kl_estimator``.
-KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+#: A KL estimator, as users write it in ``algorithm.kl_estimator`` (a config field type).
+KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
 
 #: ``k3`` clamps ``Δ`` to ``[-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP]`` before ``exp`` so
 #: that one wild token cannot give ``inf`` (exp(20) ≈ 4.9e8 still fits float32 and bf16).
@@ -22,7 +23,7 @@ KL_LOG_RATIO_CLAMP = 20.0
 def kl_estimate(
     log_probs: torch.Tensor,
     ref_log_probs: torch.Tensor,
-    estimator: Literal["k1", "k2", "k3"] = "k3",
+    estimator: KLEstimator = "k3",
 ) -> torch.Tensor:
     """Per-token KL estimate, same shape as the inputs (``[B, T]``); callers apply the mask.
 

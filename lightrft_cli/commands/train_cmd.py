@@ -1,0 +1,71 @@
+"""``lightrft train``: resolve plugins and configuration, then run the training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lightrft_core.config import COMPONENT_SECTIONS, LightRFTConfig, load_config
+from lightrft_core.plugins import PluginManager, get_plugin_manager
+
+from ..errors import fail, user_errors
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", exists=True, dir_okay=False, help="YAML configuration file."
+)
+PLUGIN_OPTION = typer.Option(
+    [],
+    "--plugin",
+    "-p",
+    help="Load a plugin: an entry-point name, an importable module, or a .py file. Repeatable.",
+)
+OVERRIDES_ARGUMENT = typer.Argument(
+    None, help="Overrides such as trainer.max_steps=10 algorithm.name=grpo (later wins)."
+)
+
+
+def resolve(
+    config: Path | None, plugin: list[str], overrides: list[str] | None
+) -> tuple[LightRFTConfig, PluginManager]:
+    """Load the named plugins, then the configuration checked against them."""
+    manager = get_plugin_manager()
+    with user_errors():
+        for spec in plugin:
+            manager.load_plugin(spec)
+        cfg = load_config(config, overrides or [], manager=manager)
+    return cfg, manager
+
+
+def components_table(cfg: LightRFTConfig, manager: PluginManager) -> Table:
+    table = Table(title="Components")
+    for column in ("section", "name", "class", "plugin"):
+        table.add_column(column)
+    for section, kind in COMPONENT_SECTIONS.items():
+        info = manager.component_info(kind, getattr(cfg, section).name)
+        table.add_row(section, info.name, info.qualname, info.plugin)
+    return table
+
+
+def train(
+    config: Path | None = CONFIG_OPTION,
+    plugin: list[str] = PLUGIN_OPTION,
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Resolve plugins and validate the configuration, then stop."
+    ),
+    overrides: list[str] | None = OVERRIDES_ARGUMENT,
+) -> None:
+    """Train a policy with RL (rollout, reward, advantages, update) from a configuration."""
+    cfg, manager = resolve(config, plugin, overrides)
+    console = Console()
+    console.print(components_table(cfg, manager))
+    if dry_run:
+        console.print("[green]configuration is valid[/]; --dry-run: not training.")
+        return
+    raise fail(
+        "the training loop is not part of this build yet (it arrives with the end-to-end "
+        "issue); use --dry-run to check a configuration.",
+        code=1,
+    )

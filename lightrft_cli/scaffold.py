@@ -1,0 +1,94 @@
+"""Write a complete, installable third-party plugin package from the templates."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from lightrft_core import __version__
+from lightrft_core.config import COMPONENT_SECTIONS
+from lightrft_core.registry import REGISTRATION_HOOKS
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Kind:
+    conformance: str
+    attr: str
+
+
+#: The component kinds a new plugin can start from.
+KINDS: dict[str, Kind] = {
+    "algorithm": Kind("AlgorithmConformance", "algorithm_cls"),
+    "reward": Kind("RewardConformance", "reward_cls"),
+    "engine": Kind("EngineConformance", "engine_cls"),
+    "strategy": Kind("StrategyConformance", "strategy_cls"),
+}
+
+
+def core_requirement(version: str = __version__) -> str:
+    """The compatible range of ``lightrft-core`` for a plugin built against ``version``."""
+    major, minor = (int(p) for p in version.split(".")[:2])
+    upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
+    return f"lightrft-core>={major}.{minor}.0,<{upper}"
+
+
+def _template(*parts: str) -> str:
+    return resources.files("lightrft_cli").joinpath("templates", *parts).read_text("utf-8")
+
+
+def _render(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    leftover = re.findall(r"\{\{\w+\}\}", text)
+    assert not leftover, f"template placeholders left: {leftover}"
+    return text
+
+
+def new_plugin(name: str, kind: str, directory: Path, *, force: bool = False) -> Path:
+    """Create ``directory/lightrft-plugin-<name>/`` and return its path."""
+    if not NAME_RE.match(name):
+        raise ValueError(
+            f"plugin name {name!r} must be lower case letters and digits separated by '-' "
+            "or '_', starting with a letter (for example 'my-algo')"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    snake = name.replace("-", "_")
+    dist = f"lightrft-plugin-{name.replace('_', '-')}"
+    package = f"lightrft_plugin_{snake}"
+    root = directory / dist
+    if root.exists() and not force:
+        raise FileExistsError(f"{root} already exists; pass --force to overwrite it")
+    section = next(s for s, k in COMPONENT_SECTIONS.items() if k == kind)
+    values = {
+        "name": name,
+        "dist": dist,
+        "package": package,
+        "kind": kind,
+        "section": section,
+        "component": snake,
+        "module": kind,
+        "class_name": "".join(p.capitalize() for p in snake.split("_")) + kind.capitalize(),
+        "hook": REGISTRATION_HOOKS[kind],
+        "conformance": KINDS[kind].conformance,
+        "conformance_attr": KINDS[kind].attr,
+        "core_requirement": core_requirement(),
+    }
+    files = {
+        "pyproject.toml": _template("package", "pyproject.toml.tmpl"),
+        "README.md": _template("package", "README.md.tmpl"),
+        f"src/{package}/__init__.py": _template("package", "__init__.py.tmpl"),
+        f"src/{package}/py.typed": "",
+        f"src/{package}/plugin.py": _template("package", "plugin.py.tmpl"),
+        f"src/{package}/{kind}.py": _template("components", f"{kind}.py.tmpl"),
+        f"tests/test_{snake}.py": _template("package", "test_plugin.py.tmpl"),
+    }
+    for relative, text in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(_render(text, values), encoding="utf-8")
+    return root

@@ -1,0 +1,248 @@
+"""The typed configuration tree: one dataclass per section.
+
+Sections ``model``, ``strategy``, ``engine``, ``algorithm`` and ``reward`` select a component
+by ``name``; their other keys are the core's common fields below plus the options of the
+selected component (its own ``Config`` dataclass), written flat in the same YAML mapping::
+
+    strategy:
+      name: deepspeed
+      zero_stage: 3        # an option of the deepspeed strategy's Config
+
+Every field carries ``metadata={"help": ...}``; ``lightrft config schema`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{section}.{key} must be > 0, got {value}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ValueError(f"{section}.{key} must be >= 0, got {value}")
+
+
+OPTIONS_FIELD = "options"
+
+
+def options_field() -> Any:
+    """The field holding the selected component's own ``Config`` (filled by the loader)."""
+    return field(default=None, metadata={"help": "options of the selected component", "options": True})
+
+
+# ---------------------------------------------------------------------- plain sections
+@dataclass
+class RunConfig:
+    name: str = field(default="lightrft", metadata={"help": "Name of the run (used in logs)."})
+    output_dir: str = field(
+        default="runs/lightrft",
+        metadata={"help": "Directory for checkpoints, metrics, TensorBoard files and exports."},
+    )
+    seed: int = field(default=42, metadata={"help": "Global random seed."})
+    plugins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Plugins to load for this run, like repeated --plugin options."},
+    )
+
+
+@dataclass
+class DataConfig:
+    train_path: str | None = field(
+        default=None,
+        metadata={"help": "Training prompts: a JSONL/JSON/Parquet file or a datasets source."},
+    )
+    eval_path: str | None = field(
+        default=None, metadata={"help": "Held-out prompts for evaluation (same formats)."}
+    )
+    input_key: str = field(default="prompt", metadata={"help": "Field holding the prompt."})
+    label_key: str = field(
+        default="answer", metadata={"help": "Field holding the reference answer (label)."}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message prepended through the chat template."}
+    )
+    apply_chat_template: bool = field(
+        default=True, metadata={"help": "Format prompts with the tokenizer's chat template."}
+    )
+    max_prompt_length: int = field(
+        default=512, metadata={"help": "Prompts longer than this many tokens are filtered out."}
+    )
+    skip_malformed: bool = field(
+        default=False,
+        metadata={"help": "Skip and count malformed rows instead of failing on the first one."},
+    )
+
+    def __post_init__(self) -> None:
+        _positive("data", max_prompt_length=self.max_prompt_length)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = field(default=100, metadata={"help": "Number of RL steps (rollout + update)."})
+    prompts_per_step: int = field(
+        default=16, metadata={"help": "Prompts sampled per step (global, over all ranks)."}
+    )
+    micro_batch_size: int = field(
+        default=4, metadata={"help": "Samples per forward/backward pass on one rank."}
+    )
+    epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr_scheduler: Literal["constant", "cosine"] = field(
+        default="constant", metadata={"help": "Learning-rate schedule after warm-up."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up optimizer steps."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Global gradient-norm clipping; 0 disables it."}
+    )
+    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps; 0 disables."})
+    save_every: int = field(
+        default=0, metadata={"help": "Write a checkpoint every N steps; 0 only at the end."}
+    )
+    resume_from: str | None = field(
+        default=None, metadata={"help": "Checkpoint directory to resume from ('latest' allowed)."}
+    )
+
+    def __post_init__(self) -> None:
+        _positive(
+            "trainer",
+            max_steps=self.max_steps,
+            prompts_per_step=self.prompts_per_step,
+            micro_batch_size=self.micro_batch_size,
+            epochs=self.epochs,
+            learning_rate=self.learning_rate,
+        )
+        _non_negative(
+            "trainer",
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            max_grad_norm=self.max_grad_norm,
+            eval_every=self.eval_every,
+            save_every=self.save_every,
+        )
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = field(default=1, metadata={"help": "Print a metrics line every N steps."})
+    progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    jsonl: bool = field(default=True, metadata={"help": "Write metrics.jsonl in output_dir."})
+    tensorboard: bool = field(default=True, metadata={"help": "Write TensorBoard event files."})
+
+    def __post_init__(self) -> None:
+        _positive("logging", log_every=self.log_every)
+
+
+# ---------------------------------------------------------------------- component sections
+@dataclass
+class ModelSection:
+    name: str = field(default="language", metadata={"help": "Actor class (e.g. language)."})
+    path: str | None = field(
+        default=None, metadata={"help": "Hugging Face model folder (or hub id) of the policy."}
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32", metadata={"help": "Parameter dtype of the policy."}
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward to save memory."}
+    )
+    options: Any = options_field()
+
+
+@dataclass
+class StrategySection:
+    name: str = field(
+        default="local", metadata={"help": "Training strategy (local, fsdp, deepspeed ...)."}
+    )
+    options: Any = options_field()
+
+
+@dataclass
+class EngineSection:
+    name: str = field(default="hf", metadata={"help": "Rollout engine (hf, vllm, sglang ...)."})
+    n_samples_per_prompt: int = field(
+        default=8, metadata={"help": "Responses sampled per prompt (the group size)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1 = off)."})
+    top_k: int = field(default=-1, metadata={"help": "Top-k sampling (-1 = off)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Maximum response length."})
+    stop_token_ids: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Extra token ids that end a response (EOS always does)."},
+    )
+    options: Any = options_field()
+
+    def __post_init__(self) -> None:
+        _positive(
+            "engine",
+            n_samples_per_prompt=self.n_samples_per_prompt,
+            max_new_tokens=self.max_new_tokens,
+        )
+        _non_negative("engine", temperature=self.temperature)
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"engine.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class AlgorithmSection:
+    name: str = field(
+        default="grpo", metadata={"help": "RL algorithm (grpo, dapo, ppo ...; see plugins)."}
+    )
+    options: Any = options_field()
+
+
+@dataclass
+class RewardSection:
+    name: str = field(default="math", metadata={"help": "Reward model (math, exact_match ...)."})
+    failure_reward: float = field(
+        default=0.0,
+        metadata={"help": "Reward of a sample whose reward function raised or returned NaN."},
+    )
+    options: Any = options_field()
+
+
+@dataclass
+class LightRFTConfig:
+    """The whole configuration of a run."""
+
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "The run itself."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Prompt datasets."})
+    model: ModelSection = field(
+        default_factory=ModelSection, metadata={"help": "The policy (actor component)."}
+    )
+    strategy: StrategySection = field(
+        default_factory=StrategySection, metadata={"help": "Training strategy component."}
+    )
+    engine: EngineSection = field(
+        default_factory=EngineSection, metadata={"help": "Rollout engine component."}
+    )
+    algorithm: AlgorithmSection = field(
+        default_factory=AlgorithmSection, metadata={"help": "RL algorithm component."}
+    )
+    reward: RewardSection = field(
+        default_factory=RewardSection, metadata={"help": "Reward model component."}
+    )
+    trainer: TrainerConfig = field(
+        default_factory=TrainerConfig, metadata={"help": "Optimisation and schedule."}
+    )
+    logging: LoggingConfig = field(
+        default_factory=LoggingConfig, metadata={"help": "Metrics and progress output."}
+    )
+
+
+#: Sections that select a component, and the component kind they select.
+COMPONENT_SECTIONS: dict[str, str] = {
+    "model": "actor",
+    "strategy": "strategy",
+    "engine": "engine",
+    "algorithm": "algorithm",
+    "reward": "reward",
+}

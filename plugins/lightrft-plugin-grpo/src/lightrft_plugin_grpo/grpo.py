@@ -1,0 +1,246 @@
+"""GRPO: Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", arXiv
+2402.03300), with Dr.GRPO (Liu et al. 2025, arXiv 2503.20783) as a configuration.
+
+Advantages: each prompt's ``G`` samples are scored; ``A_i = (r_i − mean_G r) / (std_G r +
+ε)`` (unbiased std) is given to every response token of sample ``i`` (the paper's
+"outcome supervision"). Loss: the PPO clipped surrogate per token, aggregated over the
+optimizer batch, plus ``β·KL(π ‖ π_ref)`` estimated per token.
+
+Where this implementation departs from the paper, or lets configuration depart from it:
+
+* Loss aggregation: the paper averages each sequence's token mean, then over sequences
+  (``seq-mean-token-mean``). The default here is ``token-mean`` (as DAPO and most
+  frameworks); every mode of ``lightrft_core.algorithms.AGGREGATION_MODES`` is available.
+* Dr.GRPO = ``scale_rewards_by_std: false`` plus ``loss_aggregation:
+  seq-mean-token-sum-norm`` with ``max_tokens_norm`` = the maximum generation length.
+* Clip-higher (``clip_eps_high > clip_eps_low``, DAPO) and the dual clip (arXiv 1912.09729)
+  are options; the paper uses one symmetric ε and no dual clip.
+* KL: the paper adds ``β·k3`` to the loss (``kl_mode: loss``, the default, with estimator
+  ``k3``). ``kl_mode: reward`` instead subtracts ``β·Σ_t kl_t`` (the per-token penalty
+  ``R_t −= β·kl_t`` summed over the response, i.e. the return with γ = 1, estimated with the
+  rollout-time log-probs) from each sample's reward *before* the group normalisation, so the
+  penalty is normalised together with the outcome reward.
+* The paper's default ``β = 0.04``; here ``kl_coef`` defaults to 0 (no reference model),
+  as in DAPO, Dr.GRPO and most recent recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, get_args
+
+import torch
+
+from lightrft_core.algorithms import (
+    AGGREGATION_MODES,
+    KL_ESTIMATORS,
+    AggregationMode,
+    KLEstimator,
+    aggregate_loss,
+    kl_estimate,
+    masked_mean,
+)
+from lightrft_core.interfaces import (
+    AdvantageInput,
+    AdvantageOutput,
+    Algorithm,
+    PolicyLossInput,
+    PolicyLossOutput,
+)
+
+from .advantages import broadcast_to_tokens, group_normalized_advantages, zero_std_groups
+from .losses import ppo_clip_loss
+
+KLMode = Literal["loss", "reward"]
+KL_MODES: tuple[str, ...] = get_args(KLMode)
+
+
+class GRPO(Algorithm):
+    """Group-normalised outcome advantages and the PPO-clip policy loss."""
+
+    name: ClassVar[str] = "grpo"
+    requires_groups: ClassVar[bool] = True
+
+    @dataclass
+    class Config:
+        """Options of ``algorithm.name: grpo``."""
+
+        # ------------------------------------------------------------ clipping
+        clip_eps_low: float = field(
+            default=0.2,
+            metadata={"help": "PPO clip: the ratio is clipped below at 1 - clip_eps_low."},
+        )
+        clip_eps_high: float = field(
+            default=0.2,
+            metadata={
+                "help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high "
+                "(DAPO's clip-higher uses 0.28)."
+            },
+        )
+        dual_clip: float | None = field(
+            default=None,
+            metadata={
+                "help": "Dual-clip constant c > 1: the loss of a token with negative "
+                "advantage is capped at c*|A|. None disables it."
+            },
+        )
+        # ------------------------------------------------------------ advantages
+        scale_rewards_by_std: bool = field(
+            default=True,
+            metadata={
+                "help": "Divide group-centred rewards by the group std (GRPO). False gives "
+                "Dr.GRPO's unscaled advantages."
+            },
+        )
+        advantage_eps: float = field(
+            default=1e-6,
+            metadata={"help": "Added to the group std before dividing by it."},
+        )
+        # ------------------------------------------------------------ loss aggregation
+        loss_aggregation: AggregationMode = field(
+            default="token-mean",
+            metadata={
+                "help": "How per-token losses are averaged: one of "
+                + ", ".join(AGGREGATION_MODES)
+                + "."
+            },
+        )
+        max_tokens_norm: int | None = field(
+            default=None,
+            metadata={
+                "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
+                "(Dr.GRPO: the maximum generation length). Required for that mode."
+            },
+        )
+        # ------------------------------------------------------------ KL
+        kl_coef: float = field(
+            default=0.0,
+            metadata={
+                "help": "β, the weight of KL(policy || reference). 0 disables the reference model."
+            },
+        )
+        kl_estimator: KLEstimator = field(
+            default="k3",
+            metadata={"help": "Per-token KL estimator: one of " + ", ".join(KL_ESTIMATORS) + "."},
+        )
+        kl_mode: KLMode = field(
+            default="loss",
+            metadata={
+                "help": "'loss': add kl_coef * KL to the policy loss (the paper). 'reward': "
+                "subtract kl_coef * (sum of token KL) from each reward before normalising."
+            },
+        )
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.clip_eps_low < 1.0:
+                raise ValueError(f"clip_eps_low must be in [0, 1), got {self.clip_eps_low}")
+            if self.clip_eps_high < 0.0:
+                raise ValueError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
+            if self.dual_clip is not None and self.dual_clip <= 1.0:
+                raise ValueError(
+                    f"dual_clip must be > 1 (or null to disable it), got {self.dual_clip}"
+                )
+            if self.advantage_eps < 0.0:
+                raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
+            if self.loss_aggregation not in AGGREGATION_MODES:
+                raise ValueError(
+                    f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
+                    f"got {self.loss_aggregation!r}"
+                )
+            if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
+                raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
+            if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
+                raise ValueError(
+                    "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
+                    "maximum generation length, as Dr.GRPO)"
+                )
+            if self.kl_coef < 0.0:
+                raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+            if self.kl_estimator not in KL_ESTIMATORS:
+                raise ValueError(
+                    f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; "
+                    f"got {self.kl_estimator!r}"
+                )
+            if self.kl_mode not in KL_MODES:
+                raise ValueError(
+                    f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}"
+                )
+
+    config: Config
+
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0.0
+
+    # ------------------------------------------------------------------ advantages
+    @torch.no_grad()
+    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
+        cfg = self.config
+        mask = batch.action_mask.bool()  # [B, T]
+        rewards = batch.rewards.float()  # [B]
+        metrics: dict[str, float] = {}
+        if cfg.kl_mode == "reward" and cfg.kl_coef > 0.0:
+            if batch.ref_log_probs is None or batch.old_log_probs is None:
+                raise ValueError(
+                    "GRPO with kl_mode 'reward' and kl_coef > 0 needs old_log_probs and "
+                    "ref_log_probs in AdvantageInput (the loop computes them when "
+                    "needs_reference() is True)"
+                )
+            kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, cfg.kl_estimator)
+            seq_kl = torch.where(mask, kl, torch.zeros_like(kl)).sum(dim=-1)  # [B]
+            rewards = rewards - cfg.kl_coef * seq_kl
+            metrics["kl_penalty_mean"] = (cfg.kl_coef * seq_kl).mean().item()
+        advantages = group_normalized_advantages(
+            rewards,
+            batch.group_size,
+            eps=cfg.advantage_eps,
+            scale_by_std=cfg.scale_rewards_by_std,
+        )  # [B]
+        metrics["reward_mean"] = rewards.mean().item()
+        metrics["advantage_mean"] = advantages.mean().item()
+        metrics["advantage_std"] = advantages.std(correction=0).item()
+        metrics["zero_std_group_fraction"] = (
+            zero_std_groups(rewards, batch.group_size).float().mean().item()
+        )
+        return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
+
+    # ------------------------------------------------------------------ loss
+    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
+        cfg = self.config
+        mask = batch.action_mask.bool()  # [B, T]
+        ppo = ppo_clip_loss(
+            batch.log_probs,
+            batch.old_log_probs,
+            batch.advantages,
+            clip_eps_low=cfg.clip_eps_low,
+            clip_eps_high=cfg.clip_eps_high,
+            dual_clip=cfg.dual_clip,
+        )
+        loss = aggregate_loss(
+            ppo.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
+        )
+        kl = None
+        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
+            if batch.ref_log_probs is None:
+                raise ValueError(
+                    "GRPO with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
+                    "PolicyLossInput (the loop computes them when needs_reference() is True)"
+                )
+            kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
+            loss = loss + cfg.kl_coef * aggregate_loss(
+                kl, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
+            )
+
+        with torch.no_grad():
+            approx_kl = kl_estimate(batch.log_probs, batch.old_log_probs, "k3")
+            metrics = {
+                "clip_fraction": masked_mean(ppo.clipped.float(), mask),
+                "approx_kl": masked_mean(approx_kl, mask),
+                "ratio_mean": masked_mean(ppo.ratio.detach(), mask),
+            }
+            if cfg.dual_clip is not None:
+                metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), mask)
+            if kl is None and batch.ref_log_probs is not None:
+                kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)
+            if kl is not None:
+                metrics["kl"] = masked_mean(kl.detach(), mask)
+        return PolicyLossOutput(loss=loss, metrics=metrics)

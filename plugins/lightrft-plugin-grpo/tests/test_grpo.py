@@ -1,0 +1,333 @@
+"""The GRPO algorithm: advantages, loss, metrics, configuration, registration, invariance."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from typing import Any
+
+import lightrft_plugin_grpo
+import lightrft_plugin_grpo.plugin
+import pytest
+import torch
+from lightrft_plugin_grpo.grpo import GRPO
+
+import lightrft_core
+from lightrft_core.algorithms import AGGREGATION_MODES
+from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput
+from lightrft_core.plugins import PluginManager
+
+
+def make(**options: Any) -> GRPO:
+    return GRPO(GRPO.Config(**options))
+
+
+# ---------------------------------------------------------------------- advantages
+def test_advantages_are_broadcast_over_the_response() -> None:
+    # Rewards [1, 0 | 0, 1], group 2: ±0.5 / (sqrt(0.5) + 1e-6) = ±0.7071057812 per token.
+    mask = torch.tensor(
+        [[True, True, False], [False, True, True], [True, False, False], [True, True, True]]
+    )
+    out = make().compute_advantages(
+        AdvantageInput(rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), action_mask=mask, group_size=2)
+    )
+    a = 0.7071057812
+    expected = torch.tensor([[a, a, 0.0], [0.0, -a, -a], [-a, 0.0, 0.0], [a, a, a]])
+    torch.testing.assert_close(out.advantages, expected)
+    assert out.returns is None
+    assert out.metrics["zero_std_group_fraction"] == 0.0
+    assert out.metrics["reward_mean"] == pytest.approx(0.5)
+    assert out.metrics["advantage_mean"] == pytest.approx(0.0, abs=1e-7)
+    assert out.metrics["advantage_std"] == pytest.approx(a, abs=1e-6)
+
+
+def test_equal_reward_group_gives_zero_and_is_counted() -> None:
+    # Groups [1, 1] (no signal -> exactly 0) and [0, 1] (±0.7071057812).
+    out = make().compute_advantages(
+        AdvantageInput(
+            rewards=torch.tensor([1.0, 1.0, 0.0, 1.0]),
+            action_mask=torch.ones(4, 2, dtype=torch.bool),
+            group_size=2,
+        )
+    )
+    assert torch.equal(out.advantages[:2], torch.zeros(2, 2))
+    assert out.advantages[2, 0].item() == pytest.approx(-0.7071057812, abs=1e-6)
+    assert out.metrics["zero_std_group_fraction"] == 0.5
+
+
+def test_dr_grpo_advantages() -> None:
+    # [1, 2, 3, 4] without std scaling: r - 2.5 = -1.5, -0.5, 0.5, 1.5.
+    out = make(scale_rewards_by_std=False).compute_advantages(
+        AdvantageInput(
+            rewards=torch.tensor([1.0, 2.0, 3.0, 4.0]),
+            action_mask=torch.ones(4, 1, dtype=torch.bool),
+            group_size=4,
+        )
+    )
+    torch.testing.assert_close(out.advantages[:, 0], torch.tensor([-1.5, -0.5, 0.5, 1.5]))
+
+
+def test_kl_in_reward_is_subtracted_before_normalisation() -> None:
+    # k1 with Δ = old - ref: sample 0 tokens [0.2, 0.4] (both valid) -> Σ = 0.6;
+    # sample 1 tokens [1.0, 5.0] with only the first valid -> Σ = 1.0.
+    # β = 0.5: rewards [1, 0] become [1 - 0.3, 0 - 0.5] = [0.7, -0.5]; mean 0.1;
+    # Dr.GRPO (no std): advantages [0.6, -0.6].
+    old = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]])
+    ref = old - torch.tensor([[0.2, 0.4], [1.0, 5.0]])
+    algo = make(kl_mode="reward", kl_coef=0.5, kl_estimator="k1", scale_rewards_by_std=False)
+    assert algo.needs_reference()
+    out = algo.compute_advantages(
+        AdvantageInput(
+            rewards=torch.tensor([1.0, 0.0]),
+            action_mask=torch.tensor([[True, True], [True, False]]),
+            group_size=2,
+            old_log_probs=old,
+            ref_log_probs=ref,
+        )
+    )
+    torch.testing.assert_close(out.advantages, torch.tensor([[0.6, 0.6], [-0.6, 0.0]]))
+    # mean of β·Σ kl = (0.3 + 0.5) / 2
+    assert out.metrics["kl_penalty_mean"] == pytest.approx(0.4)
+    assert out.metrics["reward_mean"] == pytest.approx(0.1)
+
+
+def test_kl_in_reward_needs_log_probs() -> None:
+    algo = make(kl_mode="reward", kl_coef=0.1)
+    with pytest.raises(ValueError, match="ref_log_probs"):
+        algo.compute_advantages(
+            AdvantageInput(
+                rewards=torch.tensor([1.0, 0.0]),
+                action_mask=torch.ones(2, 1, dtype=torch.bool),
+                group_size=2,
+            )
+        )
+
+
+def test_group_size_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        make().compute_advantages(
+            AdvantageInput(
+                rewards=torch.tensor([1.0, 0.0]),
+                action_mask=torch.ones(2, 1, dtype=torch.bool),
+                group_size=1,
+            )
+        )
+
+
+# ---------------------------------------------------------------------- policy loss
+def _hand_batch(**overrides: Any) -> PolicyLossInput:
+    # One sequence, 3 positions, the last is padding. Ratios 1.5 and 1.1, A = 2.
+    old = torch.tensor([[-1.0, -2.0, -3.0]])
+    log_probs = (old + torch.log(torch.tensor([[1.5, 1.1, 7.0]]))).requires_grad_(True)
+    fields: dict[str, Any] = {
+        "log_probs": log_probs,
+        "old_log_probs": old,
+        "advantages": torch.tensor([[2.0, 2.0, 0.0]]),
+        "action_mask": torch.tensor([[True, True, False]]),
+        "scale": LossScale(num_tokens=2, num_sequences=1),
+    }
+    fields.update(overrides)
+    return PolicyLossInput(**fields)
+
+
+def test_policy_loss_hand_value_and_metrics() -> None:
+    # ε = 0.2: token 0: max(-3.0, -2.4) = -2.4 (clipped); token 1: -2.2; token 2 masked.
+    # token-mean over 2 tokens: (-2.4 - 2.2) / 2 = -2.3.
+    batch = _hand_batch()
+    out = make().policy_loss(batch)
+    assert out.loss.item() == pytest.approx(-2.3, abs=1e-6)
+    # clip fraction 1/2; ratio mean (1.5 + 1.1) / 2 = 1.3;
+    # approx_kl (k3, Δ = ln ρ): (1/1.5 - 1 + ln 1.5 + 1/1.1 - 1 + ln 1.1) / 2
+    #   = (0.0721317748 + 0.0044010889) / 2 = 0.0382664318
+    assert out.metrics["clip_fraction"].item() == pytest.approx(0.5)
+    assert out.metrics["ratio_mean"].item() == pytest.approx(1.3, abs=1e-6)
+    assert out.metrics["approx_kl"].item() == pytest.approx(0.0382664318, abs=1e-6)
+    assert "kl" not in out.metrics
+    assert all(not m.requires_grad for m in out.metrics.values())
+    # Gradient: clipped token 0 -> 0; token 1: d(-A·ρ/2)/dlp = -2 · 1.1 / 2 = -1.1; pad -> 0.
+    out.loss.backward()
+    assert batch.log_probs.grad is not None
+    torch.testing.assert_close(batch.log_probs.grad, torch.tensor([[0.0, -1.1, 0.0]]))
+
+
+def test_kl_in_loss() -> None:
+    # k1 with lp - ref = 0.5 on both valid tokens: KL token-mean 0.5; β = 0.1:
+    # loss = -2.3 + 0.1 · 0.5 = -2.25.
+    base = _hand_batch()
+    ref = base.log_probs.detach() - 0.5
+    algo = make(kl_coef=0.1, kl_estimator="k1")
+    assert algo.needs_reference()
+    out = algo.policy_loss(replace(base, ref_log_probs=ref))
+    assert out.loss.item() == pytest.approx(-2.25, abs=1e-6)
+    assert out.metrics["kl"].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_kl_in_loss_needs_reference() -> None:
+    with pytest.raises(ValueError, match="ref_log_probs"):
+        make(kl_coef=0.1).policy_loss(_hand_batch())
+
+
+def test_kl_is_reported_without_coefficient() -> None:
+    assert not make().needs_reference()
+    base = _hand_batch()
+    out = make().policy_loss(replace(base, ref_log_probs=base.log_probs.detach() - 0.5))
+    # k3 with Δ = 0.5: exp(-0.5) - 1 + 0.5 = 0.1065306597; the loss is unchanged.
+    assert out.metrics["kl"].item() == pytest.approx(0.1065306597, abs=1e-6)
+    assert out.loss.item() == pytest.approx(-2.3, abs=1e-6)
+
+
+def test_dual_clip_metric() -> None:
+    # A = -1, ρ = 5 on the first token, c = 3: loss min(5, 3) = 3; second token A = -1,
+    # ρ = 1 -> 1. token-mean (3 + 1) / 2 = 2; dual clip fraction 1/2.
+    old = torch.zeros(1, 2)
+    batch = PolicyLossInput(
+        log_probs=torch.tensor([[math.log(5.0), 0.0]], requires_grad=True),
+        old_log_probs=old,
+        advantages=torch.tensor([[-1.0, -1.0]]),
+        action_mask=torch.ones(1, 2, dtype=torch.bool),
+        scale=LossScale(num_tokens=2, num_sequences=1),
+    )
+    out = make(dual_clip=3.0).policy_loss(batch)
+    assert out.loss.item() == pytest.approx(2.0, abs=1e-6)
+    assert out.metrics["dual_clip_fraction"].item() == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------- invariance
+def _random_rollout(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    b, t = 8, 7
+    lengths = torch.tensor([7, 2, 5, 1, 6, 3, 4, 7])
+    return {
+        "old": -torch.rand(b, t, generator=gen) * 3,
+        "delta": torch.randn(b, t, generator=gen) * 0.3,  # log-ratio: some tokens clip
+        "ref_shift": torch.randn(b, t, generator=gen) * 0.2,
+        "features": torch.randn(b, t, generator=gen),
+        "advantages": torch.randn(b, 1, generator=gen).expand(b, t).contiguous(),
+        "mask": torch.arange(t)[None, :] < lengths[:, None],
+    }
+
+
+INVARIANCE_CONFIGS = [
+    {"loss_aggregation": mode, "max_tokens_norm": 7, **kl}
+    for mode in AGGREGATION_MODES
+    for kl in ({}, {"kl_coef": 0.1}, {"kl_coef": 0.1, "kl_estimator": "k2", "dual_clip": 2.0})
+]
+
+
+def _loss(
+    algo: GRPO, data: dict[str, torch.Tensor], lp: torch.Tensor, rows: slice, scale: LossScale
+) -> torch.Tensor:
+    mask = data["mask"][rows]
+    advantages = torch.where(mask, data["advantages"][rows], 0.0)
+    return algo.policy_loss(
+        PolicyLossInput(
+            log_probs=lp[rows],
+            old_log_probs=data["old"][rows],
+            advantages=advantages,
+            action_mask=mask,
+            scale=scale,
+            ref_log_probs=(data["old"] + data["ref_shift"])[rows],
+        )
+    ).loss
+
+
+@pytest.mark.parametrize("options", INVARIANCE_CONFIGS, ids=str)
+def test_gradient_is_the_same_for_1_and_4_micro_batches(options: dict[str, Any]) -> None:
+    algo = make(**options)
+    data = _random_rollout()
+    scale = LossScale(num_tokens=int(data["mask"].sum()), num_sequences=8)
+
+    def grad(row_slices: list[slice]) -> torch.Tensor:
+        lp = (data["old"] + data["delta"]).requires_grad_(True)  # leaf [B, T]
+        for rows in row_slices:
+            _loss(algo, data, lp, rows, scale).backward()  # gradients accumulate
+        assert lp.grad is not None
+        return lp.grad
+
+    full = grad([slice(0, 8)])
+    accumulated = grad([slice(i, i + 2) for i in range(0, 8, 2)])
+    assert full.abs().sum() > 0
+    torch.testing.assert_close(accumulated, full, atol=1e-6, rtol=0)
+    # Masked tokens get zero gradient.
+    assert torch.equal(full[~data["mask"]], torch.zeros(int((~data["mask"]).sum())))
+
+
+@pytest.mark.parametrize("options", INVARIANCE_CONFIGS, ids=str)
+def test_gradient_is_the_same_on_2_simulated_ranks(options: dict[str, Any]) -> None:
+    # A shared parameter θ [T]: log_probs = old + delta + θ·features. Each "rank" has its own
+    # replica of θ, computes its half (2 micro-batches of 2 rows) with world_size = 2; the
+    # strategy averages the replicas' gradients.
+    algo = make(**options)
+    data = _random_rollout(1)
+    tokens = int(data["mask"].sum())
+
+    def theta_grad(row_slices: list[slice], scale: LossScale) -> torch.Tensor:
+        theta = torch.zeros(7, requires_grad=True)
+        lp = data["old"] + data["delta"] + theta * data["features"]
+        for rows in row_slices:
+            _loss(algo, data, lp, rows, scale).backward(retain_graph=True)
+        assert theta.grad is not None
+        return theta.grad
+
+    full = theta_grad([slice(0, 8)], LossScale(tokens, 8, world_size=1))
+    dp = LossScale(tokens, 8, world_size=2)
+    rank0 = theta_grad([slice(0, 2), slice(2, 4)], dp)
+    rank1 = theta_grad([slice(4, 6), slice(6, 8)], dp)
+    torch.testing.assert_close((rank0 + rank1) / 2, full, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"loss_aggregation": "sum"}, "loss_aggregation must be one of token-mean"),
+        ({"dual_clip": 1.0}, "dual_clip must be > 1"),
+        ({"dual_clip": 0.5}, "dual_clip must be > 1"),
+        ({"clip_eps_low": -0.1}, "clip_eps_low"),
+        ({"clip_eps_low": 1.0}, "clip_eps_low"),
+        ({"clip_eps_high": -0.2}, "clip_eps_high"),
+        ({"advantage_eps": -1e-6}, "advantage_eps"),
+        ({"loss_aggregation": "seq-mean-token-sum-norm"}, "needs max_tokens_norm"),
+        ({"max_tokens_norm": 0}, "max_tokens_norm must be >= 1"),
+        ({"kl_coef": -0.1}, "kl_coef"),
+        ({"kl_estimator": "k4"}, "kl_estimator must be one of k1, k2, k3"),
+        ({"kl_mode": "both"}, "kl_mode must be one of loss, reward"),
+    ],
+)
+def test_config_validation(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GRPO.Config(**options)
+
+
+def test_config_fields_are_documented() -> None:
+    from dataclasses import fields
+
+    for f in fields(GRPO.Config):
+        assert f.metadata.get("help"), f.name
+
+
+def test_class_attributes() -> None:
+    assert GRPO.name == "grpo"
+    assert GRPO.requires_groups
+    assert not GRPO().needs_critic()
+    assert isinstance(GRPO().config, GRPO.Config)
+
+
+# ---------------------------------------------------------------------- packaging
+def test_plugin_registers_into_a_fresh_manager() -> None:
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    assert pm.get_algorithm("grpo") is GRPO
+    assert pm.component_info("algorithm", "grpo").plugin == "grpo"
+
+
+def test_version_is_in_lockstep_with_the_core() -> None:
+    assert lightrft_plugin_grpo.__version__ == lightrft_core.__version__
+
+
+@pytest.mark.slow
+def test_entry_point_module_does_not_import_torch() -> None:
+    code = "import sys, lightrft_plugin_grpo.plugin; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
