@@ -116,7 +116,9 @@ class PluginManager:
         self._plugins: dict[str, PluginInfo] = {}
         self._registry: ComponentRegistry | None = None
         self._entry_points_loaded = False
-        self.autoload = (not _env_flag(ENV_DISABLE_PLUGIN_AUTOLOAD)) if autoload is None else autoload
+        self.autoload = (
+            (not _env_flag(ENV_DISABLE_PLUGIN_AUTOLOAD)) if autoload is None else autoload
+        )
         if load_only is None and ENV_LOAD_PLUGINS in os.environ:
             load_only = [p for p in os.environ[ENV_LOAD_PLUGINS].split(",") if p.strip()]
         self.load_only = None if load_only is None else {p.strip() for p in load_only}
@@ -217,11 +219,15 @@ class PluginManager:
                 continue
             self._load_entry_point(ep, strict=False)
         if self.load_only:
-            missing = self.load_only - {
-                i.name for i in self._plugins.values() if i.status != "disabled"
-            } - {i.distribution for i in self._plugins.values() if i.status != "disabled"}
+            missing = (
+                self.load_only
+                - {i.name for i in self._plugins.values() if i.status != "disabled"}
+                - {i.distribution for i in self._plugins.values() if i.status != "disabled"}
+            )
             for name in sorted(missing):
-                logger.warning("%s names %r, but no such plugin is installed", ENV_LOAD_PLUGINS, name)
+                logger.warning(
+                    "%s names %r, but no such plugin is installed", ENV_LOAD_PLUGINS, name
+                )
 
     def _load_entry_point(self, ep: metadata.EntryPoint, *, strict: bool) -> PluginInfo:
         dist = ep.dist.name if ep.dist else None

@@ -101,8 +101,14 @@ def test_register_object_refuses_duplicates_directly() -> None:
         (type("NoName", (ToyAlgorithm,), {"name": ""}), "name must be a lower-case string"),
         (type("Abstract", (Algorithm,), {"name": "abstract"}), "abstract methods"),
         (
-            type("NoDefault", (ToyAlgorithm,), {"name": "nodefault", "Config": dataclass(
-                type("Config", (), {"__annotations__": {"x": int}}))}),
+            type(
+                "NoDefault",
+                (ToyAlgorithm,),
+                {
+                    "name": "nodefault",
+                    "Config": dataclass(type("Config", (), {"__annotations__": {"x": int}})),
+                },
+            ),
             "has no default",
         ),
         (42, "is not a class"),
@@ -246,7 +252,9 @@ def test_plugin_resolves_a_module_name(tmp_path, monkeypatch) -> None:
         "def lightrft_register_algorithms(register):\n"
         "    register(ToyAlgorithm)\n"
     )
-    monkeypatch.setitem(sys.modules, "tests_support_toy", SimpleNamespace(ToyAlgorithm=ToyAlgorithm))
+    monkeypatch.setitem(
+        sys.modules, "tests_support_toy", SimpleNamespace(ToyAlgorithm=ToyAlgorithm)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     pm = PluginManager(autoload=False)
     info = pm.load_plugin("my_local_algo")
@@ -264,7 +272,9 @@ def test_plugin_resolves_a_python_file(tmp_path, monkeypatch) -> None:
         "def lightrft_register_algorithms(register):\n"
         "    register(tests_support_toy.ToyAlgorithm)\n"
     )
-    monkeypatch.setitem(sys.modules, "tests_support_toy", SimpleNamespace(ToyAlgorithm=ToyAlgorithm))
+    monkeypatch.setitem(
+        sys.modules, "tests_support_toy", SimpleNamespace(ToyAlgorithm=ToyAlgorithm)
+    )
     pm = PluginManager(autoload=False)
     assert pm.load_plugin(str(path)).source == "file"
     assert pm.get_algorithm("toy") is ToyAlgorithm

@@ -9,7 +9,12 @@ from rich.console import Console
 from rich.table import Table
 
 from lightrft_core.config import COMPONENT_SECTIONS, dump_config, load_config_with_warnings
-from lightrft_core.config.describe import core_sections, dataclass_fields, schema_markdown, yaml_inline
+from lightrft_core.config.describe import (
+    core_sections,
+    dataclass_fields,
+    schema_markdown,
+    yaml_inline,
+)
 from lightrft_core.plugins import get_plugin_manager
 
 from ..errors import err_console, user_errors
@@ -67,11 +72,15 @@ def schema(
     if not core_only:
         registry = get_plugin_manager().registry
         for sec, kind in COMPONENT_SECTIONS.items():
-            components += [(sec, name, registry.get(kind, name).cls.Config) for name in registry.names(kind)]
+            components += [
+                (sec, name, registry.get(kind, name).cls.Config) for name in registry.names(kind)
+            ]
     if section is not None:
         known = core_sections()
         if section not in known:
-            err_console.print(f"[red]error:[/] no section {section!r}; sections: {', '.join(known)}")
+            err_console.print(
+                f"[red]error:[/] no section {section!r}; sections: {', '.join(known)}"
+            )
             raise typer.Exit(2)
         components = [c for c in components if c[0] == section]
     if markdown:

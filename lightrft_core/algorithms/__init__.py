@@ -1,8 +1,7 @@
 """Shared, algorithm-independent helpers: loss aggregation and KL estimators.
 
 Pure tensor functions that every algorithm plugin may use (plugins never inherit from each
-other; they share these free functions instead). See ``docs/`` and ``ALGORITHMS.md`` for the
-math.
+other; they share these free functions instead). Each function's docstring gives its math.
 """
 
 from __future__ import annotations

@@ -85,7 +85,9 @@ def _collect_lines(
         key = (*prefix, str(key_node.value))
         where = f"{file}:{key_node.start_mark.line + 1}"
         if key in lines:
-            issues.append(ConfigIssue(".".join(key), f"duplicate key (first at {lines[key]})", where))
+            issues.append(
+                ConfigIssue(".".join(key), f"duplicate key (first at {lines[key]})", where)
+            )
         lines[key] = where
         _collect_lines(value_node, key, file, lines, issues)
 
@@ -192,9 +194,7 @@ class _Builder:
         common = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("options")}
         component = self._lookup(kind, name, (section, "name"))
         if component is None:
-            section_obj = self.dataclass(
-                cls, {k: v for k, v in raw.items() if k in common}, path
-            )
+            section_obj = self.dataclass(cls, {k: v for k, v in raw.items() if k in common}, path)
             extra = {k: v for k, v in raw.items() if k not in common}
             if section_obj is not None:
                 setattr(section_obj, OPTIONS_FIELD, _plain(extra))
@@ -214,7 +214,8 @@ class _Builder:
             hint = did_you_mean(str(key), [*common, *option_names], prefix=f"{section}.")
             self.issue(
                 (section, str(key)),
-                f"unknown key for {kind} {name!r}{hint}" + _valid_keys([*common, *option_names], hint),
+                f"unknown key for {kind} {name!r}{hint}"
+                + _valid_keys([*common, *option_names], hint),
             )
         section_obj = self.dataclass(cls, {k: v for k, v in raw.items() if k in common}, path)
         options = self.dataclass(component.Config, options_raw, path)

@@ -32,9 +32,9 @@ def _non_negative(section: str, **values: float) -> None:
 OPTIONS_FIELD = "options"
 
 
-def options_field() -> Any:
-    """The field holding the selected component's own ``Config`` (filled by the loader)."""
-    return field(default=None, metadata={"help": "options of the selected component", "options": True})
+#: Metadata of the field holding the selected component's own ``Config`` instance; the
+#: loader fills it, and YAML output flattens it into the section.
+_OPTIONS_METADATA = {"help": "options of the selected component", "options": True}
 
 
 # ---------------------------------------------------------------------- plain sections
@@ -153,7 +153,7 @@ class ModelSection:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in backward to save memory."}
     )
-    options: Any = options_field()
+    options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
 
 @dataclass
@@ -161,7 +161,7 @@ class StrategySection:
     name: str = field(
         default="local", metadata={"help": "Training strategy (local, fsdp, deepspeed ...)."}
     )
-    options: Any = options_field()
+    options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
 
 @dataclass
@@ -178,7 +178,7 @@ class EngineSection:
         default_factory=list,
         metadata={"help": "Extra token ids that end a response (EOS always does)."},
     )
-    options: Any = options_field()
+    options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
     def __post_init__(self) -> None:
         _positive(
@@ -196,7 +196,7 @@ class AlgorithmSection:
     name: str = field(
         default="grpo", metadata={"help": "RL algorithm (grpo, dapo, ppo ...; see plugins)."}
     )
-    options: Any = options_field()
+    options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
 
 @dataclass
@@ -206,7 +206,7 @@ class RewardSection:
         default=0.0,
         metadata={"help": "Reward of a sample whose reward function raised or returned NaN."},
     )
-    options: Any = options_field()
+    options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
 
 @dataclass

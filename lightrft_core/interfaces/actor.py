@@ -28,7 +28,9 @@ class ActorModality(str, Enum):
     OMNI = "omni"
 
 
-_VISION_INPUTS = frozenset({"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"})
+_VISION_INPUTS = frozenset(
+    {"pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"}
+)
 _AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
 
 #: The extra ``forward`` keyword inputs each modality accepts (beyond token ids and masks).
@@ -96,5 +98,5 @@ class Actor(Component, torch.nn.Module):
         supported = self.get_supported_parameters()
         return {k: v for k, v in inputs.items() if k in supported and v is not None}
 
-    def gradient_checkpointing_enable(self) -> None:  # noqa: B027 - optional capability
+    def gradient_checkpointing_enable(self) -> None:
         """Trade compute for memory; a no-op for actors that do not support it."""

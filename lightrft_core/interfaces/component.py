@@ -27,7 +27,7 @@ class EmptyConfig:
     """The options of a component that has none."""
 
 
-class Component(ABC):
+class Component(ABC):  # noqa: B024 - abstract methods live in each interface
     """Base of every registrable component class."""
 
     #: Which interface this is ("strategy", "actor", ...); set once by each interface base.

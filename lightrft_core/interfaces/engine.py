@@ -80,11 +80,11 @@ class InferenceEngine(Component):
         """Load new weights (Hugging Face parameter names) into the running engine. May be
         fed in buckets: called several times, each with part of the model."""
 
-    def sleep(self, level: int = 1) -> None:  # noqa: B027 - optional capability
+    def sleep(self, level: int = 1) -> None:
         """Release memory while training runs (no-op unless ``supports_sleep``)."""
 
-    def wake_up(self) -> None:  # noqa: B027 - optional capability
+    def wake_up(self) -> None:
         """Restore what ``sleep`` released (no-op unless ``supports_sleep``)."""
 
-    def shutdown(self) -> None:  # noqa: B027 - optional capability
+    def shutdown(self) -> None:
         """Free every resource; the engine is not used afterwards."""

@@ -82,7 +82,9 @@ class AlgorithmConformance(_ComponentChecks):
             mask[row, : 1 + row % 3] = False
         old = -torch.rand(b, t, generator=g) - 0.1
         return {
-            "rewards": torch.randint(0, 3, (b,), generator=g).float() if rewards is None else rewards,
+            "rewards": torch.randint(0, 3, (b,), generator=g).float()
+            if rewards is None
+            else rewards,
             "mask": mask,
             "old": old,
             "ref": old + 0.05 * torch.randn(b, t, generator=g),
@@ -212,7 +214,9 @@ class StrategyConformance(_ComponentChecks):
         s.backward(((model(x) - 100 * y) ** 2).mean(), model)
         norm = s.optimizer_step(model, opt, max_grad_norm=0.01)
         after = list(s.unwrap(model).parameters())
-        step = torch.sqrt(sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before)))
+        step = torch.sqrt(
+            sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True))
+        )
         assert norm > 0.01
         assert float(step) <= 0.01 + 1e-5
 

@@ -90,7 +90,9 @@ class FakeStrategy(StrategyBase):
     def barrier(self) -> None:
         self.calls.append("barrier")
 
-    def save_checkpoint(self, path, *, model, optimizer=None, scheduler=None, client_state=None) -> None:  # type: ignore[no-untyped-def]
+    def save_checkpoint(
+        self, path, *, model, optimizer=None, scheduler=None, client_state=None
+    ) -> None:  # type: ignore[no-untyped-def]
         self.calls.append("save_checkpoint")
         state = {
             "model": model.state_dict(),
@@ -222,4 +224,3 @@ class FakeActor(Actor):
             probs = torch.softmax(logits, dim=-1)
             entropy = log_norm - (probs * logits).sum(-1)
         return ActorOutput(log_probs=chosen - log_norm, entropy=entropy)
-

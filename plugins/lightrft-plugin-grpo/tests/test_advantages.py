@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from lightrft_plugin_grpo.advantages import (
     broadcast_to_tokens,
     group_normalized_advantages,

@@ -8,16 +8,16 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-import lightrft_plugin_grpo
-import lightrft_plugin_grpo.plugin
 import pytest
 import torch
-from lightrft_plugin_grpo.grpo import GRPO
 
 import lightrft_core
+import lightrft_plugin_grpo
+import lightrft_plugin_grpo.plugin
 from lightrft_core.algorithms import AGGREGATION_MODES
 from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput
 from lightrft_core.plugins import PluginManager
+from lightrft_plugin_grpo.grpo import GRPO
 
 
 def make(**options: Any) -> GRPO:

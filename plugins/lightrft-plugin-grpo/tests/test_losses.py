@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from lightrft_plugin_grpo.losses import ppo_clip_loss
 
 
