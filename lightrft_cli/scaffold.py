@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lightrft_core import __version__
 from lightrft_core.config import COMPONENT_SECTIONS
+from lightrft_core.plugins import core_requirement
 from lightrft_core.registry import REGISTRATION_HOOKS
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
@@ -27,13 +28,6 @@ KINDS: dict[str, Kind] = {
     "engine": Kind("EngineConformance", "engine_cls"),
     "strategy": Kind("StrategyConformance", "strategy_cls"),
 }
-
-
-def core_requirement(version: str = __version__) -> str:
-    """The compatible range of ``lightrft-core`` for a plugin built against ``version``."""
-    major, minor = (int(p) for p in version.split(".")[:2])
-    upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
-    return f"lightrft-core>={major}.{minor}.0,<{upper}"
 
 
 def _template(*parts: str) -> str:
@@ -76,7 +70,7 @@ def new_plugin(name: str, kind: str, directory: Path, *, force: bool = False) ->
         "hook": REGISTRATION_HOOKS[kind],
         "conformance": KINDS[kind].conformance,
         "conformance_attr": KINDS[kind].attr,
-        "core_requirement": core_requirement(),
+        "core_requirement": core_requirement(__version__),
     }
     files = {
         "pyproject.toml": _template("package", "pyproject.toml.tmpl"),

@@ -92,6 +92,14 @@ class PluginInfo:
         }
 
 
+def core_requirement(version: str = __version__) -> str:
+    """The ``lightrft-core`` range a plugin built against ``version`` declares: the same
+    minor series before 1.0 (``>=0.1.0,<0.2``), the same major series after."""
+    major, minor = (int(p) for p in version.split(".")[:2])
+    upper = f"{major}.{minor + 1}" if major == 0 else f"{major + 1}"
+    return f"lightrft-core>={major}.{minor}.0,<{upper}"
+
+
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 

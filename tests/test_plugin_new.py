@@ -1,0 +1,97 @@
+"""End to end: a generated third-party plugin installs with pip, is discovered without
+touching the core, resolves in ``lightrft train --dry-run``, and its own tests pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lightrft_cli.scaffold import KINDS, new_plugin
+from lightrft_core.plugins import core_requirement
+
+pytestmark = [pytest.mark.slow, pytest.mark.installed_plugins]
+
+SECTION_OVERRIDES = {
+    "model.name": "fake",
+    "strategy.name": "fake",
+    "engine.name": "fake",
+    "reward.name": "constant",
+    "algorithm.name": "grpo",
+}
+SECTION_OF_KIND = {
+    "algorithm": "algorithm",
+    "reward": "reward",
+    "engine": "engine",
+    "strategy": "strategy",
+}
+
+
+def run(args: list[str], env: dict[str, str], cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_generated_plugin_installs_is_discovered_and_passes_its_tests(kind, tmp_path) -> None:
+    name = f"acme-{kind}"
+    component = name.replace("-", "_")
+    root = new_plugin(name, kind, tmp_path / "src")
+    target = tmp_path / "site"
+    pip = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(root),
+        ],
+        dict(os.environ),
+    )
+    assert pip.returncode == 0, pip.stderr
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD", None)
+
+    listed = run([sys.executable, "-m", "lightrft_cli", "plugins", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert plugins[name]["status"] == "ok", plugins[name]
+    assert plugins[name]["distribution"] == f"lightrft-plugin-{name}"
+    assert plugins[name]["version"] == "0.1.0"
+    assert plugins[name]["components"] == [f"{kind}:{component}"]
+
+    overrides = {**SECTION_OVERRIDES, f"{SECTION_OF_KIND[kind]}.name": component}
+    dry_run = run(
+        [
+            sys.executable,
+            "-m",
+            "lightrft_cli",
+            "train",
+            "--plugin",
+            name,
+            "--dry-run",
+            *(f"{k}={v}" for k, v in overrides.items()),
+        ],
+        env,
+    )
+    assert dry_run.returncode == 0, dry_run.stdout + dry_run.stderr
+    assert "configuration is valid" in dry_run.stdout
+    assert component in dry_run.stdout
+
+    tests = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], env, cwd=root)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert " passed" in tests.stdout and "failed" not in tests.stdout
+
+
+def test_generated_package_depends_on_a_compatible_core(tmp_path) -> None:
+    root = new_plugin("acme", "algorithm", tmp_path)
+    text = (root / "pyproject.toml").read_text()
+    assert f'"{core_requirement()}"' in text
+    assert 'acme = "lightrft_plugin_acme.plugin"' in text
