@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from lightrft_cli.scaffold import KINDS, new_plugin
+from lightrft_core.config import COMPONENT_SECTIONS
 from lightrft_core.plugins import core_requirement
 
 pytestmark = [pytest.mark.slow, pytest.mark.installed_plugins]
@@ -21,12 +22,6 @@ SECTION_OVERRIDES = {
     "engine.name": "fake",
     "reward.name": "constant",
     "algorithm.name": "grpo",
-}
-SECTION_OF_KIND = {
-    "algorithm": "algorithm",
-    "reward": "reward",
-    "engine": "engine",
-    "strategy": "strategy",
 }
 
 
@@ -67,7 +62,8 @@ def test_generated_plugin_installs_is_discovered_and_passes_its_tests(kind, tmp_
     assert plugins[name]["version"] == "0.1.0"
     assert plugins[name]["components"] == [f"{kind}:{component}"]
 
-    overrides = {**SECTION_OVERRIDES, f"{SECTION_OF_KIND[kind]}.name": component}
+    section = next(s for s, k in COMPONENT_SECTIONS.items() if k == kind)
+    overrides = {**SECTION_OVERRIDES, f"{section}.name": component}
     dry_run = run(
         [
             sys.executable,
