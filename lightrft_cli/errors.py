@@ -28,4 +28,4 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as exc:
-        raise fail(str(exc).strip("'\"")) from None
+        raise fail(str(exc)) from None

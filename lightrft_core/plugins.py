@@ -210,7 +210,8 @@ class PluginManager:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # Sorted by name: which of two clashing plugins wins must not depend on sys.path.
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if ep.name in self._plugins:
                 continue
             dist = ep.dist.name if ep.dist else None
@@ -319,7 +320,8 @@ class PluginManager:
         result = impl.function(**{k: kwargs[k] for k in impl.argnames})
         if isinstance(kwargs.get("register"), Register) and self.trace:
             staged = [i.name for i in kwargs["register"].staged]
-            self._trace(f"  {impl.plugin_name!r} registered {kwargs['register'].kind}s {staged}")
+            kind = kwargs["register"].kind
+            self._trace(f"  {impl.plugin_name!r} registered {kind} components {staged}")
         return result
 
     def _trace(self, message: str) -> None:

@@ -91,3 +91,52 @@ def test_generated_package_depends_on_a_compatible_core(tmp_path) -> None:
     text = (root / "pyproject.toml").read_text()
     assert f'"{core_requirement()}"' in text
     assert 'acme = "lightrft_plugin_acme.plugin"' in text
+
+
+def test_installed_broken_and_clashing_plugins_are_reported_not_fatal(tmp_path) -> None:
+    broken = new_plugin("acme-broken", "reward", tmp_path / "src")
+    plugin_py = broken / "src" / "lightrft_plugin_acme_broken" / "plugin.py"
+    plugin_py.write_text("import a_dependency_that_is_not_installed\n" + plugin_py.read_text())
+    clash = new_plugin("acme-clash", "algorithm", tmp_path / "src")
+    algo_py = clash / "src" / "lightrft_plugin_acme_clash" / "algorithm.py"
+    algo_py.write_text(algo_py.read_text().replace('name = "acme_clash"', 'name = "grpo"'))
+    target = tmp_path / "site"
+    for root in (broken, clash):
+        pip = run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(target),
+                str(root),
+            ],
+            dict(os.environ),
+        )
+        assert pip.returncode == 0, pip.stderr
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD", None)
+
+    listed = run([sys.executable, "-m", "lightrft_cli", "plugins", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert plugins["acme-broken"]["status"] == "broken"
+    assert plugins["acme-broken"]["distribution"] == "lightrft-plugin-acme-broken"
+    assert "a_dependency_that_is_not_installed" in plugins["acme-broken"]["error"]
+    assert "plugin 'acme-broken' (distribution lightrft-plugin-acme-broken 0.1.0)" in listed.stderr
+    # Entry points load in name order, so 'acme-clash' takes the name and 'grpo' is refused.
+    assert plugins["acme-clash"]["status"] == "ok"
+    assert plugins["acme-clash"]["components"] == ["algorithm:grpo"]
+    assert plugins["grpo"]["status"] == "broken"
+    assert "by plugin 'acme-clash'" in plugins["grpo"]["error"]
+    assert "by plugin 'grpo'" in plugins["grpo"]["error"]
+
+    explicit = run(
+        [sys.executable, "-m", "lightrft_cli", "train", "--plugin", "acme-broken", "--dry-run"], env
+    )
+    assert explicit.returncode == 2
+    assert "a_dependency_that_is_not_installed" in explicit.stderr

@@ -234,7 +234,7 @@ def test_trace_env_prints_hook_calls(fake_entry_points, monkeypatch, capsys) -> 
     err = capsys.readouterr().err
     assert "loading entry point 'good'" in err
     assert "calling lightrft_register_reward_models of plugin 'good'" in err
-    assert "registered rewards ['seven']" in err
+    assert "registered reward components ['seven']" in err
 
 
 def test_an_explicitly_requested_broken_plugin_is_fatal(fake_entry_points) -> None:

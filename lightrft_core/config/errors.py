@@ -25,11 +25,19 @@ class ConfigError(ValueError):
     """The configuration is invalid; ``issues`` lists every problem found."""
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
-        self.issues = list(issues)
+        self.issues = sorted(issues, key=_file_order)
         count = len(self.issues)
         lines = [f"invalid configuration ({count} problem{'s' if count != 1 else ''}):"]
         lines += [f"  {issue}" for issue in self.issues]
         super().__init__("\n".join(lines))
+
+
+def _file_order(issue: ConfigIssue) -> tuple[int, str, int]:
+    """File problems first, in line order; command-line problems after them."""
+    file, sep, line = (issue.location or "").rpartition(":")
+    if sep and line.isdigit():
+        return (0, file, int(line))
+    return (1, issue.location or "", 0)
 
 
 def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
