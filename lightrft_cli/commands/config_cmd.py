@@ -84,7 +84,7 @@ def schema(
             raise typer.Exit(2)
         components = [c for c in components if c[0] == section]
     if markdown:
-        typer.echo(schema_markdown(components), nl=False)
+        typer.echo(schema_markdown(components, section), nl=False)
         return
     console = Console()
     for name, (help_, fields) in core_sections().items():

@@ -57,9 +57,11 @@ def core_sections() -> dict[str, tuple[str, list[FieldDoc]]]:
     return out
 
 
-def schema_markdown(components: list[tuple[str, str, type]] = ()) -> str:
-    """The configuration reference as Markdown; ``components`` adds option tables for
-    ``(section, component name, Config class)`` triples."""
+def schema_markdown(
+    components: list[tuple[str, str, type]] = (), section: str | None = None
+) -> str:
+    """The configuration reference as Markdown (only ``section`` when given);
+    ``components`` adds option tables for ``(section, component name, Config class)``."""
     lines = [
         "# Configuration reference",
         "",
@@ -71,11 +73,12 @@ def schema_markdown(components: list[tuple[str, str, type]] = ()) -> str:
         "of the selected component: `lightrft config schema` lists those of every installed one.",
         "",
     ]
-    for section, (help_, fields) in core_sections().items():
-        lines += [f"## `{section}`", "", help_, "", *_table(fields), ""]
-    for section, name, config_cls in components:
-        fields = dataclass_fields(config_cls, section)
-        lines += [f"### `{section}.name: {name}` options", ""]
+    for name, (help_, fields) in core_sections().items():
+        if section in (None, name):
+            lines += [f"## `{name}`", "", help_, "", *_table(fields), ""]
+    for sec, name, config_cls in components:
+        fields = dataclass_fields(config_cls, sec)
+        lines += [f"### `{sec}.name: {name}` options", ""]
         lines += [*_table(fields), ""] if fields else ["(no options)", ""]
     return "\n".join(lines).rstrip() + "\n"
 
