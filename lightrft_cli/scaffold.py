@@ -12,7 +12,7 @@ from lightrft_core.config import COMPONENT_SECTIONS
 from lightrft_core.plugins import core_requirement
 from lightrft_core.registry import REGISTRATION_HOOKS
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9]*([_-][a-z0-9]+)*$")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,13 @@ def new_plugin(name: str, kind: str, directory: Path, *, force: bool = False) ->
     """Create ``directory/lightrft-plugin-<name>/`` and return its path."""
     if not NAME_RE.match(name):
         raise ValueError(
-            f"plugin name {name!r} must be lower case letters and digits separated by '-' "
-            "or '_', starting with a letter (for example 'my-algo')"
+            f"plugin name {name!r} must be lower case letters and digits separated by '-', "
+            "starting with a letter (for example 'my-algo'); the component is named 'my_algo'"
         )
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     snake = name.replace("-", "_")
-    dist = f"lightrft-plugin-{name.replace('_', '-')}"
+    dist = f"lightrft-plugin-{name}"
     package = f"lightrft_plugin_{snake}"
     root = directory / dist
     if root.exists() and not force:

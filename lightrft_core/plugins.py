@@ -3,7 +3,8 @@
 Nothing outside this module touches ``pluggy`` hooks directly. Entry points of the group
 ``lightrft`` are imported lazily (the first time a plugin list or a component is needed)
 and once. A plugin that fails to import, or whose registration hook raises, is reported and
-skipped; ``strict=True`` (used for plugins a run names explicitly) makes that fatal.
+skipped -- unless the run names it explicitly (``--plugin``, ``run.plugins``): then any
+failure is fatal.
 
 Environment:
 
@@ -19,6 +20,7 @@ import importlib.metadata as metadata
 import importlib.util
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -60,6 +62,7 @@ ENV_TRACE = "LIGHTRFT_TRACE_PLUGINS"
 BUILTIN_PLUGINS: dict[str, str] = {"builtins": "lightrft_core.builtins"}
 
 logger = logging.getLogger("lightrft.plugins")
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class PluginLoadError(Exception):
@@ -124,6 +127,7 @@ class PluginManager:
         self._plugins: dict[str, PluginInfo] = {}
         self._registry: ComponentRegistry | None = None
         self._entry_points_loaded = False
+        self._explicit: set[str] = set()
         self.autoload = (
             (not _env_flag(ENV_DISABLE_PLUGIN_AUTOLOAD)) if autoload is None else autoload
         )
@@ -197,11 +201,18 @@ class PluginManager:
         info.error = _short_error(exc)
         self._plugins[info.name] = info
         where = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
-        message = f"plugin {info.name!r}{where} failed and was skipped: {info.error}"
         if strict:
-            raise PluginLoadError(message) from exc
-        logger.warning("%s\n%s", message, "".join(traceback.format_exception(exc)).rstrip())
-        self._trace(message)
+            raise PluginLoadError(f"plugin {info.name!r}{where} failed: {info.error}") from exc
+        if info.name not in self._explicit:  # load_plugin raises for those instead
+            logger.warning(
+                "plugin %r%s failed and was skipped: %s (LIGHTRFT_TRACE_PLUGINS=1 shows the "
+                "traceback; 'lightrft plugins' lists broken plugins)",
+                info.name,
+                where,
+                info.error,
+            )
+        if self.trace:
+            self._trace("".join(traceback.format_exception(exc)).rstrip())
         return info
 
     # ------------------------------------------------------------------ loading
@@ -253,38 +264,53 @@ class PluginManager:
         )
 
     def load_plugin(self, spec: str) -> PluginInfo:
-        """Load the plugin a run names (``--plugin X``): an entry-point name, else an importable
-        module, else a path to a ``.py`` file. Failures raise ``PluginLoadError``."""
-        existing = self._plugins.get(spec)
-        if existing is not None and existing.status == "ok":
-            return existing
+        """Load a plugin a run names (``--plugin X``, ``run.plugins``).
+
+        ``spec`` is tried as an entry-point name, then as an importable module, then as a path
+        to a ``.py`` file. Every failure -- not found, an import error, or a registration hook
+        that raises (a duplicate name, an invalid class) -- raises ``PluginLoadError``.
+        """
+        self._explicit.add(spec)
+        info = self._plugins.get(spec)
+        if info is None or info.status == "disabled":
+            info = self._find_and_register(spec)
+        self.registry  # noqa: B018 - runs the plugin's registration hooks now
+        if info.status != "ok":
+            raise PluginLoadError(f"plugin {spec!r} cannot be used: {info.error}")
+        return info
+
+    def _find_and_register(self, spec: str) -> PluginInfo:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == spec:
                 return self._load_entry_point(ep, strict=True)
-        path = Path(spec)
-        if spec.endswith(".py") or os.sep in spec:
-            if not path.is_file():
+        if _MODULE_NAME.fullmatch(spec) and not spec.endswith(".py"):
+            try:
+                module = importlib.import_module(spec)
+            except ModuleNotFoundError as exc:
+                if exc.name != spec and not spec.startswith(f"{exc.name}."):
+                    raise PluginLoadError(  # the module exists; one of its imports does not
+                        f"plugin {spec!r} failed to import: {_short_error(exc)}"
+                    ) from exc
+            except Exception as exc:
                 raise PluginLoadError(
-                    f"plugin {spec!r}: no entry point of that name, and no file at {path}"
+                    f"plugin {spec!r} failed to import: {_short_error(exc)}"
+                ) from exc
+            else:
+                dist, version = _distribution_of(module)
+                return self.register(
+                    module, spec, source="module", distribution=dist, version=version
                 )
-            return self.register(_import_file(path), str(path), source="file", strict=True)
-        try:
-            module = importlib.import_module(spec)
-        except ModuleNotFoundError as exc:
-            if exc.name != spec and not spec.startswith(f"{exc.name}."):
-                return self._broken(PluginInfo(spec, "module"), exc, strict=True)
-            installed = sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-            raise PluginLoadError(
-                f"plugin {spec!r} not found: it is not an installed entry point "
-                f"(installed: {', '.join(installed) or 'none'}), not an importable module, and "
-                f"not a path to a .py file. Install it (pip install lightrft-plugin-{spec}) or "
-                f"give a module or file path."
-            ) from exc
-        except Exception as exc:
-            return self._broken(PluginInfo(spec, "module"), exc, strict=True)
-        dist, version = _distribution_of(module)
-        return self.register(
-            module, spec, source="module", distribution=dist, version=version, strict=True
+        path = Path(spec)
+        if path.suffix == ".py" and path.is_file():
+            return self.register(_import_file(path), spec, source="file")
+        if path.suffix == ".py" or os.sep in spec:
+            raise PluginLoadError(f"plugin {spec!r}: no file at {path.resolve()}")
+        installed = sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+        raise PluginLoadError(
+            f"plugin {spec!r} not found: it is not an installed entry point "
+            f"(installed: {', '.join(installed) or 'none'}), not an importable module, and "
+            f"not a path to an existing .py file. Install it (pip install "
+            f"lightrft-plugin-{spec}) or give a module name or a file path."
         )
 
     # ------------------------------------------------------------------ registry
@@ -297,22 +323,31 @@ class PluginManager:
         return self._registry
 
     def _build_registry(self) -> ComponentRegistry:
+        """Call each plugin's registration hooks, plugin by plugin in loading order.
+
+        A plugin's components reach the registry only if all its hooks succeed: a plugin that
+        fails for one kind is broken as a whole, never half registered.
+        """
         registry = ComponentRegistry()
-        for info in self._plugins.values():
-            info.components = []
+        impls: dict[str, list[tuple[str, str, Any]]] = {}
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():  # registration order
-                info = self._plugins[impl.plugin_name]
-                if info.status != "ok":
-                    continue
-                register: Register[Any] = Register(kind, registry, impl.plugin_name)
-                try:
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                impls.setdefault(impl.plugin_name, []).append((kind, hook_name, impl))
+        for name, info in self._plugins.items():
+            info.components = []
+            if info.status != "ok":
+                continue
+            registers: list[Register[Any]] = []
+            try:
+                for kind, hook_name, impl in impls.get(name, []):
+                    register: Register[Any] = Register(kind, registry, name)
                     self._call_impl(impl, hook_name, {"register": register})
-                    added = register.commit()
-                except Exception as exc:
-                    self._broken(info, exc, strict=False)
-                    continue
-                info.components += [f"{c.kind}:{c.name}" for c in added]
+                    registers.append(register)
+            except Exception as exc:
+                self._broken(info, exc, strict=False)
+                continue
+            for register in registers:
+                info.components += [f"{c.kind}:{c.name}" for c in register.commit()]
         return registry
 
     def _call_impl(self, impl: Any, hook_name: str, kwargs: dict[str, Any]) -> Any:

@@ -116,7 +116,7 @@ class Register(Generic[T]):
         problems = component_class_problems(cls, self.base)
         if problems:
             raise RegistrationError(
-                f"plugin {self.plugin!r} cannot register {cls!r} as a {self.kind}: "
+                f"plugin {self.plugin!r} cannot register {cls!r} as a {self.kind} component: "
                 + "; ".join(problems)
             )
         info = ComponentInfo(self.kind, cls.name, cls, self.plugin)

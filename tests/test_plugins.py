@@ -291,3 +291,49 @@ def test_plugin_not_found_says_what_was_tried(tmp_path) -> None:
 def test_module_lookups_use_the_process_wide_manager() -> None:
     assert plugins.get_strategy("fake") is FakeStrategy
     assert plugins.get_plugin_manager() is plugins.get_plugin_manager()
+
+
+def test_an_explicit_plugin_whose_registration_fails_is_fatal(tmp_path) -> None:
+    path = tmp_path / "clashing.py"
+    path.write_text(
+        "from lightrft_core import hookimpl\n"
+        "from lightrft_core.testing import FakeStrategy\n"
+        "@hookimpl\n"
+        "def lightrft_register_strategies(register):\n"
+        "    register(FakeStrategy)\n"
+    )
+    pm = PluginManager(autoload=False)
+    with pytest.raises(PluginLoadError, match="registered twice: by plugin 'builtins'"):
+        pm.load_plugin(str(path))
+
+
+def test_a_plugin_failing_for_one_kind_registers_nothing() -> None:
+    class HalfBroken:
+        @hookimpl
+        def lightrft_register_algorithms(self, register):
+            register(ToyAlgorithm)
+
+        @hookimpl
+        def lightrft_register_engines(self, register):
+            raise RuntimeError("engine import failed")
+
+    pm = PluginManager(autoload=False)
+    pm.register(HalfBroken(), name="half")
+    info = next(p for p in pm.plugins() if p.name == "half")
+    assert info.status == "broken" and info.components == []
+    with pytest.raises(UnknownComponentError):
+        pm.get_algorithm("toy")
+
+
+def test_overrides_of_an_unknown_section_point_at_the_command_line(tmp_path) -> None:
+    from lightrft_core.config import ConfigError, load_config
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("trainer:\n  max_steps: 1\n")
+    with pytest.raises(ConfigError, match=r"command line 'trainr\.max_steps=2': trainr: unknown"):
+        load_config(
+            path,
+            ["trainr.max_steps=2"],
+            manager=PluginManager(autoload=False),
+            check_components=False,
+        )

@@ -42,9 +42,12 @@ class _Sources:
     keys: dict[Path_, str] = field(default_factory=dict)
 
     def where(self, path: Path_) -> str | None:
-        for end in range(len(path), 0, -1):
+        for end in range(len(path), 0, -1):  # the key itself, else its closest parent
             if path[:end] in self.keys:
                 return self.keys[path[:end]]
+        for key, where in self.keys.items():  # a section only written as 'a.b=c'
+            if key[: len(path)] == path:
+                return where
         return self.file
 
 

@@ -189,6 +189,8 @@ class EngineSection:
         _non_negative("engine", temperature=self.temperature)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"engine.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k != -1 and self.top_k < 1:
+            raise ValueError(f"engine.top_k must be -1 (off) or >= 1, got {self.top_k}")
 
 
 @dataclass

@@ -4,7 +4,7 @@ The training loop is the only caller. One optimizer step of the loop is::
 
     model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)   # once
     for micro_batch in batch:                       # gradient accumulation
-        loss = ...                                  # already scaled, see ALGORITHMS.md
+        loss = ...                                  # already scaled, see LossScale
         strategy.backward(loss, model)
     grad_norm = strategy.optimizer_step(model, optimizer, scheduler, max_grad_norm=1.0)
 
