@@ -27,6 +27,8 @@ KINDS: dict[str, Kind] = {
     "reward": Kind("RewardConformance", "reward_cls"),
     "engine": Kind("EngineConformance", "engine_cls"),
     "strategy": Kind("StrategyConformance", "strategy_cls"),
+    "actor": Kind("ActorConformance", "actor_cls"),
+    "patch": Kind("PatchConformance", "patch_cls"),
 }
 
 
@@ -57,13 +59,20 @@ def new_plugin(name: str, kind: str, directory: Path, *, force: bool = False) ->
     root = directory / dist
     if root.exists() and not force:
         raise FileExistsError(f"{root} already exists; pass --force to overwrite it")
-    section = next(s for s, k in COMPONENT_SECTIONS.items() if k == kind)
+    section = next((s for s, k in COMPONENT_SECTIONS.items() if k == kind), None)
+    if section is not None:
+        usage = f"lightrft train --config run.yaml {section}.name={snake}"
+        options = f"users set under `{section}:` in their configuration"
+    else:  # patches are applied by the actor that needs them, not selected in a section
+        usage = f"# an actor applies it by name: lightrft_core.plugins.get_patch('{snake}')"
+        options = "an actor passes when it applies the patch"
     values = {
         "name": name,
         "dist": dist,
         "package": package,
         "kind": kind,
-        "section": section,
+        "usage": usage,
+        "options": options,
         "component": snake,
         "module": kind,
         "class_name": "".join(p.capitalize() for p in snake.split("_")) + kind.capitalize(),
