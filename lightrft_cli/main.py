@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -53,7 +54,8 @@ app.add_typer(plugin_cmd.app, name="plugin", help="Create a new plugin package."
 def main() -> None:
     """Console-script entry point: load plugin commands, then run."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    from lightrft_core.plugins import get_plugin_manager
+    if sys.argv[1:] not in (["--version"], ["-V"]):  # plugins cannot change the version
+        from lightrft_core.plugins import get_plugin_manager
 
-    get_plugin_manager().add_cli_commands(app)
+        get_plugin_manager().add_cli_commands(app)
     app()
