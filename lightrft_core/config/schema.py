@@ -143,15 +143,9 @@ class LoggingConfig:
 # ---------------------------------------------------------------------- component sections
 @dataclass
 class ModelSection:
-    name: str = field(default="language", metadata={"help": "Actor class (e.g. language)."})
-    path: str | None = field(
-        default=None, metadata={"help": "Hugging Face model folder (or hub id) of the policy."}
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = field(
-        default="float32", metadata={"help": "Parameter dtype of the policy."}
-    )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations in backward to save memory."}
+    name: str = field(
+        default="language",
+        metadata={"help": "Actor class (language; plugins add vision/audio actors)."},
     )
     options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 

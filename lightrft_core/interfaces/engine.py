@@ -1,7 +1,7 @@
 """``InferenceEngine``: generates rollouts and receives the trained weights.
 
-The training loop calls, per step: ``wake_up()`` -> ``generate(...)`` -> ``sleep()`` ->
-(training) -> ``update_weights(...)``. Engines that cannot release memory report
+The training loop calls ``setup(...)`` once, then per step: ``wake_up()`` ->
+``generate(...)`` -> ``sleep()`` -> (training) -> ``update_weights(...)``. Engines that cannot release memory report
 ``supports_sleep = False`` and treat ``sleep``/``wake_up`` as no-ops.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -67,6 +67,21 @@ class InferenceEngine(Component):
     kind: ClassVar[str] = "engine"
     #: Whether ``sleep``/``wake_up`` really release and restore memory.
     supports_sleep: ClassVar[bool] = False
+
+    def setup(  # noqa: B027 - engines without weights (test doubles) need nothing
+        self,
+        *,
+        model_path: str | None = None,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        """Load the policy once, before the first ``generate``. Called by the training loop.
+
+        ``model`` is the trainer's live policy module: an engine that can generate with it
+        directly (``hf``) shares it and needs no weight copies. Engines with their own copy
+        (vLLM, SGLang) load ``model_path`` (a Hugging Face folder) and later receive
+        ``update_weights``. ``tokenizer`` gives the EOS and pad ids.
+        """
 
     @abstractmethod
     def generate(

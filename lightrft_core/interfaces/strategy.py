@@ -2,6 +2,8 @@
 
 The training loop is the only caller. One optimizer step of the loop is::
 
+    optimizer = strategy.create_optimizer(model, lr=...)                           # once
+    scheduler = strategy.create_scheduler(optimizer, name="cosine", ...)          # once
     model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)   # once
     for micro_batch in batch:                       # gradient accumulation
         loss = ...                                  # already scaled, see LossScale
@@ -69,6 +71,29 @@ class StrategyBase(Component):
         Returns the objects the loop must use from now on (they may be wrappers). A model
         without optimizer (reference model, reward model) is prepared for inference only.
         """
+
+    def create_optimizer(
+        self,
+        model: torch.nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> torch.optim.Optimizer:
+        """AdamW over the trainable parameters (no weight decay on biases and norms).
+        Called once before ``prepare``; strategies with their own optimizers override it."""
+        from ..optim import adamw
+
+        return adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
+
+    def create_scheduler(
+        self, optimizer: torch.optim.Optimizer, *, name: str, warmup_steps: int, total_steps: int
+    ) -> Any:
+        """Learning-rate schedule stepped once per optimizer step: linear warm-up, then
+        ``constant`` or ``cosine`` decay to 0 at ``total_steps``."""
+        from ..optim import lr_schedule
+
+        return lr_schedule(optimizer, name=name, warmup_steps=warmup_steps, total_steps=total_steps)
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:

@@ -1,0 +1,1 @@
+"""Model helpers: tiny models and tokenizers built locally (no hub access needed)."""

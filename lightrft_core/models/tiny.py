@@ -1,0 +1,107 @@
+"""Tiny Qwen2-architecture models and a byte-level tokenizer, built locally.
+
+Used by the demo and the tests: no download, deterministic from a seed. The tokenizer is a
+byte-level BPE with no merges -- token id = byte value (0..255) -- plus ``<|endoftext|>``,
+``<|im_start|>`` and ``<|im_end|>`` and a ChatML chat template; it round-trips any text
+exactly and loads under the Qwen2 and Llama tokenizer classes alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+
+
+#: Named sizes (head_dim 64 everywhere: vLLM's CPU attention rejects smaller heads).
+TINY_SIZES: dict[str, TinySize] = {
+    "5m": TinySize(256, 704, 4, 4, 2),
+    "30m": TinySize(512, 1408, 8, 8, 4),
+}
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character map of byte-level BPE (GPT-2 style):
+    printable bytes map to themselves, the others to characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def build_byte_tokenizer() -> Any:
+    """A ``PreTrainedTokenizerFast``: ids 0..255 are bytes, then the special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: byte for byte, char in _byte_to_unicode().items()}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(SPECIAL_TOKENS))  # ids 256, 257, 258 in this order
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(size: str = "5m", *, vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A randomly initialised ``Qwen2ForCausalLM`` of a named size (fp32, eager attention)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if size not in TINY_SIZES:
+        raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+    shape = TINY_SIZES[size]
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        **overrides,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def build_tiny_checkpoint(path: str | Path, size: str = "5m", *, seed: int = 0) -> Path:
+    """Write a tiny model and its tokenizer as a Hugging Face folder; returns the path."""
+    path = Path(path)
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(size, vocab_size=len(tokenizer), seed=seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
