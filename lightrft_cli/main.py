@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 
 from lightrft_core import __version__
 
-from .commands import config_cmd, plugin_cmd, plugins_cmd, train_cmd
+from .commands import config_cmd, demo_cmd, plugin_cmd, plugins_cmd, sft_cmd, tools_cmd, train_cmd
 
 app = typer.Typer(
     name="lightrft",
@@ -47,6 +48,14 @@ app.command(
     help="Train with RL from a YAML config and key=value overrides.",
     context_settings={"allow_extra_args": False},
 )(train_cmd.train)
+app.command("sft", help="Supervised fine-tuning on prompt/response data (warm start).")(sft_cmd.sft)
+app.command("demo", help="End-to-end demo: tiny model, arithmetic task, SFT then RL (CPU).")(
+    demo_cmd.demo
+)
+app.command("generate", help="Answer prompts with a trained model or run folder.")(
+    tools_cmd.generate
+)
+app.command("plot", help="Draw a run's reward and accuracy curves to PNG.")(tools_cmd.plot)
 app.add_typer(config_cmd.app, name="config", help="Show, validate and document configurations.")
 app.add_typer(plugin_cmd.app, name="plugin", help="Create a new plugin package.")
 
@@ -54,6 +63,8 @@ app.add_typer(plugin_cmd.app, name="plugin", help="Create a new plugin package."
 def main() -> None:
     """Console-script entry point: load plugin commands, then run."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if sys.argv[1:] not in (["--version"], ["-V"]):  # plugins cannot change the version
         from lightrft_core.plugins import get_plugin_manager
 

@@ -1,4 +1,7 @@
-"""The built-in components, registered through the same hooks as any plugin."""
+"""The built-in components, registered through the same hooks as any plugin.
+
+Imports happen inside the hooks, so that listing plugins stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +12,37 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def lightrft_register_strategies(register: Any) -> None:
+    from .strategies.local import LocalStrategy
     from .testing.fakes import FakeStrategy
 
+    register(LocalStrategy)
     register(FakeStrategy)
 
 
 @hookimpl
+def lightrft_register_actors(register: Any) -> None:
+    from .actors.language import ActorLanguage
+    from .testing.fakes import FakeActor
+
+    register(ActorLanguage)
+    register(FakeActor)
+
+
+@hookimpl
 def lightrft_register_engines(register: Any) -> None:
+    from .engines.hf import HFEngine
     from .testing.fakes import FakeEngine
 
+    register(HFEngine)
     register(FakeEngine)
 
 
 @hookimpl
 def lightrft_register_reward_models(register: Any) -> None:
+    from .rewards.combined import CombinedReward
+    from .rewards.math import MathReward
+    from .rewards.rules import ExactMatchReward, FormatReward
     from .testing.fakes import ConstantReward
 
-    register(ConstantReward)
-
-
-@hookimpl
-def lightrft_register_actors(register: Any) -> None:
-    from .testing.fakes import FakeActor
-
-    register(FakeActor)
+    for cls in (MathReward, ExactMatchReward, FormatReward, CombinedReward, ConstantReward):
+        register(cls)

@@ -32,7 +32,7 @@ def plugins(
         return
     table = Table(title="LightRFT plugins", show_lines=True)
     for column in ("name", "version", "distribution", "status", "components", "hooks"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column in ("name", "version", "components"))
     for info in infos:
         style = _STATUS_STYLE.get(info.status, "")
         status = f"[{style}]{info.status}[/]"

@@ -11,7 +11,8 @@ from rich.table import Table
 from lightrft_core.config import COMPONENT_SECTIONS, LightRFTConfig, load_config
 from lightrft_core.plugins import PluginManager, get_plugin_manager
 
-from ..errors import fail, user_errors
+from ..errors import user_errors
+from ..progress import progress_bars
 
 CONFIG_OPTION = typer.Option(
     None, "--config", "-c", exists=True, dir_okay=False, help="YAML configuration file."
@@ -59,13 +60,15 @@ def train(
 ) -> None:
     """Train a policy with RL (rollout, reward, advantages, update) from a configuration."""
     cfg, manager = resolve(config, plugin, overrides)
-    console = Console()
+    console = Console(highlight=False)
     console.print(components_table(cfg, manager))
     if dry_run:
         console.print("[green]configuration is valid[/]; --dry-run: not training.")
         return
-    raise fail(
-        "the training loop is not part of this build yet (it arrives with the end-to-end "
-        "issue); use --dry-run to check a configuration.",
-        code=1,
-    )
+    from lightrft_core.trainer.rl import RLTrainer
+
+    with user_errors(), progress_bars(console, cfg.logging.progress_bar) as bars:
+        trainer = RLTrainer(cfg, manager, console=console, progress=bars("RL steps"))
+        result = trainer.train()
+    console.print(trainer.metrics.summary_table())
+    console.print(f"model: {result.final_model}  metrics: {result.output_dir / 'metrics.jsonl'}")

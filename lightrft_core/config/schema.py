@@ -65,6 +65,9 @@ class DataConfig:
     label_key: str = field(
         default="answer", metadata={"help": "Field holding the reference answer (label)."}
     )
+    response_key: str = field(
+        default="response", metadata={"help": "Field holding the target response (SFT data)."}
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended through the chat template."}
     )
@@ -93,6 +96,13 @@ class TrainerConfig:
         default=4, metadata={"help": "Samples per forward/backward pass on one rank."}
     )
     epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
+    optimizer_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per optimizer step (global); null = the whole rollout batch, "
+            "i.e. one optimizer step per epoch."
+        },
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (AdamW)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     lr_scheduler: Literal["constant", "cosine"] = field(
@@ -102,7 +112,16 @@ class TrainerConfig:
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Global gradient-norm clipping; 0 disables it."}
     )
-    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps; 0 disables."})
+    eval_every: int = field(
+        default=0, metadata={"help": "Evaluate every N steps (and before/after); 0 disables."}
+    )
+    eval_max_prompts: int = field(
+        default=256, metadata={"help": "Held-out prompts scored per evaluation."}
+    )
+    eval_pass_k: int = field(
+        default=0,
+        metadata={"help": "Also report pass@k with k samples at the engine temperature; 0 = off."},
+    )
     save_every: int = field(
         default=0, metadata={"help": "Write a checkpoint every N steps; 0 only at the end."}
     )
@@ -119,14 +138,50 @@ class TrainerConfig:
             epochs=self.epochs,
             learning_rate=self.learning_rate,
         )
+        if self.optimizer_batch_size is not None:
+            _positive("trainer", optimizer_batch_size=self.optimizer_batch_size)
         _non_negative(
             "trainer",
+            eval_pass_k=self.eval_pass_k,
+            eval_max_prompts=self.eval_max_prompts,
             weight_decay=self.weight_decay,
             warmup_steps=self.warmup_steps,
             max_grad_norm=self.max_grad_norm,
             eval_every=self.eval_every,
             save_every=self.save_every,
         )
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = field(default=1, metadata={"help": "Passes over the SFT dataset."})
+    batch_size: int = field(default=32, metadata={"help": "Samples per optimizer step."})
+    micro_batch_size: int = field(
+        default=8, metadata={"help": "Samples per forward/backward pass."}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    lr_scheduler: Literal["constant", "cosine"] = field(
+        default="cosine", metadata={"help": "Learning-rate schedule after warm-up."}
+    )
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up optimizer steps."})
+    max_steps: int = field(
+        default=0, metadata={"help": "Stop after this many optimizer steps; 0 = no limit."}
+    )
+    max_length: int = field(
+        default=1024, metadata={"help": "Longer prompt+response samples are dropped."}
+    )
+
+    def __post_init__(self) -> None:
+        _positive(
+            "sft",
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            micro_batch_size=self.micro_batch_size,
+            learning_rate=self.learning_rate,
+            max_length=self.max_length,
+        )
+        _non_negative("sft", warmup_steps=self.warmup_steps, max_steps=self.max_steps)
 
 
 @dataclass
@@ -227,7 +282,10 @@ class LightRFTConfig:
         default_factory=RewardSection, metadata={"help": "Reward model component."}
     )
     trainer: TrainerConfig = field(
-        default_factory=TrainerConfig, metadata={"help": "Optimisation and schedule."}
+        default_factory=TrainerConfig, metadata={"help": "RL optimisation and schedule."}
+    )
+    sft: SFTConfig = field(
+        default_factory=SFTConfig, metadata={"help": "Supervised fine-tuning (lightrft sft)."}
     )
     logging: LoggingConfig = field(
         default_factory=LoggingConfig, metadata={"help": "Metrics and progress output."}

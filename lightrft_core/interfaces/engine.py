@@ -1,7 +1,8 @@
 """``InferenceEngine``: generates rollouts and receives the trained weights.
 
 The training loop calls ``setup(...)`` once, then per step: ``wake_up()`` ->
-``generate(...)`` -> ``sleep()`` -> (training) -> ``update_weights(...)``. Engines that cannot release memory report
+``generate(...)`` -> ``sleep()`` -> (training) -> ``update_weights(...)``. Engines that
+cannot release memory report
 ``supports_sleep = False`` and treat ``sleep``/``wake_up`` as no-ops.
 """
 
@@ -68,7 +69,7 @@ class InferenceEngine(Component):
     #: Whether ``sleep``/``wake_up`` really release and restore memory.
     supports_sleep: ClassVar[bool] = False
 
-    def setup(  # noqa: B027 - engines without weights (test doubles) need nothing
+    def setup(
         self,
         *,
         model_path: str | None = None,

@@ -61,6 +61,9 @@ class RewardModel(Component):
     """Turns (prompt, response, label) triples into scalar rewards."""
 
     kind: ClassVar[str] = "reward"
+    #: Rule rewards compare with a reference answer: the data loader then requires
+    #: ``data.label_key`` in every row instead of silently scoring a missing label as wrong.
+    requires_label: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, batch: RewardInput) -> RewardOutput:

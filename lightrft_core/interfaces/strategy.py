@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -115,6 +116,11 @@ class StrategyBase(Component):
         """Reduce gradients across ranks, clip to ``max_grad_norm`` (global norm over all
         shards; ``None`` or ``<= 0`` disables clipping), step the optimizer and scheduler,
         zero the gradients. Returns the global gradient norm before clipping."""
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """Context for forward passes (mixed precision); the loop wraps every forward in it.
+        The default does nothing; strategies with a bf16 option return ``torch.autocast``."""
+        return nullcontext()
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever wrapper ``prepare`` returned."""

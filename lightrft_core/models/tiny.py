@@ -80,17 +80,16 @@ def build_tiny_model(size: str = "5m", *, vocab_size: int, seed: int = 0, **over
     if size not in TINY_SIZES:
         raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(TINY_SIZES)}")
     shape = TINY_SIZES[size]
-    config = Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        **overrides,
-    )
+    fields = {
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": True,
+    }
+    config = Qwen2Config(vocab_size=vocab_size, **{**fields, **overrides})
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)
 

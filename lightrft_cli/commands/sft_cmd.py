@@ -1,0 +1,29 @@
+"""``lightrft sft``: supervised fine-tuning with the same parts as RL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import user_errors
+from ..progress import progress_bars
+from .train_cmd import CONFIG_OPTION, OVERRIDES_ARGUMENT, PLUGIN_OPTION, resolve
+
+
+def sft(
+    config: Path | None = CONFIG_OPTION,
+    plugin: list[str] = PLUGIN_OPTION,
+    overrides: list[str] | None = OVERRIDES_ARGUMENT,
+) -> None:
+    """Supervised fine-tuning on prompt/response rows (data.train_path, the sft section)."""
+    from lightrft_core.trainer.sft import run_sft
+
+    cfg, manager = resolve(config, plugin, overrides)
+    console = Console(highlight=False)
+    with user_errors(), progress_bars(console, cfg.logging.progress_bar) as bars:
+        result = run_sft(cfg, manager, console=console, progress=bars("SFT steps"))
+    last = result.history[-1] if result.history else {}
+    console.print(
+        f"final loss {last.get('sft/loss', float('nan')):.4f}; model: {result.final_model}"
+    )

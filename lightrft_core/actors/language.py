@@ -1,0 +1,328 @@
+"""``language``: the built-in actor, any Hugging Face causal language model.
+
+Log-probs are computed from the decoder's last hidden state, applying the output head
+chunk by chunk (``logprobs.py``), so the ``[B, T, V]`` logits are never materialised.
+Sample packing: when ``position_ids`` are given, attention is confined to each sequence,
+by flash-attention's variable-length path or by a block-diagonal 4-D mask (``packing.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..interfaces import Actor, ActorModality, ActorOutput
+from .logprobs import chunked_token_log_probs
+from .packing import packed_causal_mask
+
+logger = logging.getLogger("lightrft.actor")
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
+
+
+def resolve_attn_implementation(requested: str, dtype: str) -> str:
+    """The attention implementation to load; logs one line saying which and why."""
+    if requested in ("eager", "sdpa"):
+        logger.info("actor attention: %s (as configured)", requested)
+        return requested
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "flash_attn is not installed"
+    elif not torch.cuda.is_available():
+        why = "CUDA is not available"
+    elif dtype not in ("bfloat16", "float16"):
+        why = f"flash-attention needs bfloat16 or float16, dtype is {dtype}"
+    else:
+        logger.info("actor attention: flash_attention_2 (flash_attn installed, CUDA available)")
+        return "flash_attention_2"
+    if requested == "flash_attention_2":
+        logger.warning("actor attention: sdpa, not the requested flash_attention_2 (%s)", why)
+    else:
+        logger.info("actor attention: sdpa (%s)", why)
+    return "sdpa"
+
+
+def find_lora_target_modules(model: torch.nn.Module) -> list[str]:
+    """Short names of every linear layer of ``model`` except its output head (sorted)."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is head}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
+    return sorted(names - head_names - {"lm_head"})
+
+
+def _logit_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The output head plus the logit post-processing some architectures apply."""
+    head = model.get_output_embeddings()
+    config = model.config.get_text_config()
+    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+    divide = getattr(config, "logits_scaling", None)  # Granite
+    multiply = getattr(config, "logit_scale", None)  # Cohere
+
+    def logits(hidden: torch.Tensor) -> torch.Tensor:  # [n, H] -> [n, V]
+        out = head(hidden)
+        if multiply is not None:
+            out = out * multiply
+        if divide is not None:
+            out = out / divide
+        if softcap is not None:
+            out = torch.tanh(out / softcap) * softcap
+        return out
+
+    return logits
+
+
+class ActorLanguage(Actor):
+    """Wraps a transformers causal LM (from a folder or an existing model object)."""
+
+    name = "language"
+    modality = ActorModality.LANGUAGE_ONLY
+
+    @dataclass
+    class Config:
+        # ------------------------------------------------------------ model
+        path: str | None = field(
+            default=None,
+            metadata={"help": "Hugging Face model folder (or hub id) to load the policy from."},
+        )
+        dtype: Literal["float32", "bfloat16", "float16"] = field(
+            default="float32", metadata={"help": "Parameter dtype of the loaded model."}
+        )
+        attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = field(
+            default="auto",
+            metadata={
+                "help": "Attention kernel. 'auto': flash_attention_2 when flash_attn is "
+                "installed, CUDA is available and dtype is 16-bit, else sdpa."
+            },
+        )
+        trust_remote_code: bool = field(
+            default=False, metadata={"help": "Allow model code shipped with the checkpoint."}
+        )
+        gradient_checkpointing: bool = field(
+            default=False,
+            metadata={"help": "Recompute layer activations in backward to save memory."},
+        )
+        logprob_chunk_size: int = field(
+            default=1024,
+            metadata={"help": "Token positions per chunk when computing log-probs."},
+        )
+        # ------------------------------------------------------------ LoRA
+        lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+        lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
+        lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on LoRA inputs."})
+        lora_target_modules: list[str] | None = field(
+            default=None,
+            metadata={
+                "help": "Module names LoRA adapts; null: every linear layer except the "
+                "output head (lm_head)."
+            },
+        )
+
+        def __post_init__(self) -> None:
+            if self.dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            if self.attn_implementation not in _ATTN_CHOICES:
+                raise ValueError(
+                    f"attn_implementation must be one of {', '.join(_ATTN_CHOICES)}, "
+                    f"got {self.attn_implementation!r}"
+                )
+            if self.logprob_chunk_size < 1:
+                raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}")
+            if self.lora_rank < 0:
+                raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
+            if self.lora_alpha <= 0:
+                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            targets = self.lora_target_modules
+            if targets is not None and (not targets or not all(targets)):
+                raise ValueError(
+                    "lora_target_modules must be null (auto-detect) or a non-empty list "
+                    f"of module names, got {targets!r}"
+                )
+
+    def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        attn = resolve_attn_implementation(cfg.attn_implementation, cfg.dtype)
+        if model is None:
+            if cfg.path is None:
+                raise ValueError(
+                    "actor 'language' needs a model: set actor.path to a Hugging Face model "
+                    "folder, or build it with ActorLanguage.from_model(model)"
+                )
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.path,
+                dtype=DTYPES[cfg.dtype],
+                attn_implementation=attn,
+                trust_remote_code=cfg.trust_remote_code,
+            )
+        else:
+            if model.dtype != DTYPES[cfg.dtype]:
+                model = model.to(DTYPES[cfg.dtype])
+            if model.config._attn_implementation != attn:
+                model.set_attn_implementation(attn)
+        if cfg.lora_rank > 0:
+            model = self._add_lora(model)
+        self.model = model
+        if cfg.gradient_checkpointing:
+            self.gradient_checkpointing_enable()
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, config: Any = None) -> ActorLanguage:
+        """Wrap an existing causal LM; cast to ``config.dtype`` (kept without ``config``).
+
+        With LoRA on, the adapters are injected into ``model`` itself (peft works in place).
+        """
+        if config is None:
+            names = {dtype: name for name, dtype in DTYPES.items()}
+            config = cls.Config(dtype=names.get(model.dtype, "float32"))
+        return cls(config, model=model)
+
+    # ---------------------------------------------------------------- model parts
+    @property
+    def base_model(self) -> Any:
+        """The transformers model (the one inside the peft wrapper when LoRA is on)."""
+        return self.model.get_base_model() if self._has_lora else self.model
+
+    @property
+    def _has_lora(self) -> bool:
+        return type(self.model).__module__.startswith("peft.")
+
+    def _add_lora(self, model: torch.nn.Module) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        targets = cfg.lora_target_modules or find_lora_target_modules(model)
+        if not targets:
+            raise ValueError("no linear layer found for LoRA; set actor.lora_target_modules")
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(targets),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Checkpoint every decoder layer (non-reentrant); turns the KV cache off."""
+        base = self.base_model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing_disable()
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        return_entropy: bool = False,
+        **modal_inputs: Any,
+    ) -> ActorOutput:
+        """Per-token log-probs ``[B, T-1]`` fp32 (0 where a token is padding).
+
+        With ``position_ids`` (packing), positions whose next token starts a new sequence
+        are 0 too.
+        """
+        if modal_inputs:
+            raise ValueError(f"actor 'language' takes no extra inputs, got {sorted(modal_inputs)}")
+        base = self.base_model
+        mask = attention_mask.to(sequences.device).bool()  # [B, T]
+        valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
+        if position_ids is None:
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+            states, logit_fn = self._states(base, sequences, mask.long(), positions)
+        else:
+            positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
+            valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
+            states, logit_fn = self._packed_states(base, sequences, mask, positions)
+        log_probs, entropy = chunked_token_log_probs(
+            states[:, :-1][valid],  # [N, H or V]
+            sequences[:, 1:][valid],  # [N]
+            logit_fn,
+            chunk_size=self.config.logprob_chunk_size,
+            return_entropy=return_entropy,
+        )
+        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
+        return ActorOutput(
+            log_probs=zeros.masked_scatter(valid, log_probs),
+            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
+        )
+
+    @staticmethod
+    def _states(base: Any, tokens: torch.Tensor, mask: Any, positions: torch.Tensor) -> Any:
+        """Last hidden states ``[B, T, H]`` and the head, or logits ``[B, T, V]`` and None."""
+        inputs = {"input_ids": tokens, "attention_mask": mask, "position_ids": positions}
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+        if decoder is None or decoder is base or base.get_output_embeddings() is None:
+            return base(**inputs, use_cache=False).logits, None  # no separable head
+        return decoder(**inputs, use_cache=False).last_hidden_state, _logit_fn(base)
+
+    def _packed_states(
+        self, base: Any, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> Any:
+        """``_states`` for packed rows, attention confined to each sequence.
+
+        Flash-attention finds the sequences from ``position_ids`` only in a single row, so the
+        rows are flattened into one; other kernels get a block-diagonal 4-D mask.
+        """
+        impl = base.config._attn_implementation or ""
+        if impl.startswith("flash_attention"):
+            rows, length = tokens.shape
+            states, logit_fn = self._states(
+                base, tokens.reshape(1, -1), None, positions.reshape(1, -1)
+            )
+            return states.reshape(rows, length, -1), logit_fn
+        dtype = torch.bool if impl == "sdpa" else base.dtype
+        return self._states(
+            base, tokens, packed_causal_mask(positions, mask, dtype=dtype), positions
+        )
+
+    # ---------------------------------------------------------------- weight sync
+    @torch.no_grad()
+    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights under Hugging Face names (LoRA merged in), for an inference engine.
+
+        The names are those of the transformers model's ``state_dict()``; LoRA adapter
+        tensors are folded into their base weights and not listed.
+        """
+        base = self.base_model
+        if not self._has_lora:
+            for name, tensor in base.state_dict().items():
+                yield name, tensor.detach()
+            return
+        from peft.tuners.lora import LoraLayer
+
+        lora_layers = {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
+        for key, tensor in base.state_dict().items():
+            if any(part.startswith("lora_") for part in key.split(".")):
+                continue
+            name = key.replace(".base_layer.", ".")
+            module_name, _, leaf = name.rpartition(".")
+            layer = lora_layers.get(module_name)
+            if layer is not None and leaf == "weight" and not layer.merged:
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A or adapter in layer.lora_embedding_A:
+                        tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+            yield name, tensor.detach()

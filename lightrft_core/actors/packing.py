@@ -1,0 +1,112 @@
+"""Sample packing: several sequences in one row, attention kept inside each sequence.
+
+A packed row holds sequences back to back; ``position_ids`` restart at 0 where a new
+sequence starts and padding at the end of a row has ``attention_mask == 0``. Per-token
+outputs follow the actor alignment (``out[:, t]`` predicts token ``t + 1``), so a sequence
+of ``n`` tokens starting at column ``s`` owns ``out[row, s : s + n - 1]``; the column
+``s + n - 1`` predicts the first token of the next sequence and belongs to none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PackedSpan:
+    """Where one sequence lies in a packed batch: ``row``, first column ``start``, ``length``."""
+
+    row: int
+    start: int
+    length: int
+
+
+@dataclass
+class PackedBatch:
+    """The tensors ``Actor.forward`` takes, plus where each input sequence went."""
+
+    sequences: torch.Tensor  # [R, L] int64
+    attention_mask: torch.Tensor  # [R, L] int64, 0 on row-end padding
+    position_ids: torch.Tensor  # [R, L] int64, restart at 0 per sequence, 0 on padding
+    spans: list[PackedSpan]  # one per input sequence, in input order
+
+
+def pack_sequences(
+    sequences: Sequence[torch.Tensor],
+    max_tokens_per_row: int | None = None,
+    *,
+    pad_token_id: int = 0,
+) -> PackedBatch:
+    """Pack 1-D token tensors into rows of at most ``max_tokens_per_row`` tokens.
+
+    First-fit in input order (a sequence goes into the first row with room); ``None`` puts
+    everything in one row. Rows are right-padded to the longest row.
+    """
+    if not sequences:
+        raise ValueError("pack_sequences needs at least one sequence")
+    lengths = [int(s.numel()) for s in sequences]
+    if any(n == 0 for n in lengths):
+        raise ValueError("pack_sequences got an empty sequence")
+    capacity = sum(lengths) if max_tokens_per_row is None else max_tokens_per_row
+    if max(lengths) > capacity:
+        raise ValueError(
+            f"a sequence of {max(lengths)} tokens does not fit max_tokens_per_row={capacity}"
+        )
+    row_used: list[int] = []
+    spans: list[PackedSpan] = []
+    for n in lengths:
+        row = next((r for r, used in enumerate(row_used) if used + n <= capacity), None)
+        if row is None:
+            row = len(row_used)
+            row_used.append(0)
+        spans.append(PackedSpan(row, row_used[row], n))
+        row_used[row] += n
+
+    rows, width = len(row_used), max(row_used)
+    device = sequences[0].device
+    tokens = torch.full((rows, width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((rows, width), dtype=torch.long, device=device)
+    positions = torch.zeros((rows, width), dtype=torch.long, device=device)
+    for seq, span in zip(sequences, spans, strict=True):
+        cols = slice(span.start, span.start + span.length)
+        tokens[span.row, cols] = seq.to(device=device, dtype=torch.long)
+        mask[span.row, cols] = 1
+        positions[span.row, cols] = torch.arange(span.length, device=device)
+    return PackedBatch(tokens, mask, positions, spans)
+
+
+def unpack_per_token(values: torch.Tensor, spans: Sequence[PackedSpan]) -> list[torch.Tensor]:
+    """Per-sequence slices ``[length - 1]`` of packed per-token outputs ``values [R, L-1]``."""
+    return [values[s.row, s.start : s.start + s.length - 1] for s in spans]
+
+
+def packed_causal_mask(
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.bool,
+) -> torch.Tensor:
+    """A block-diagonal causal mask ``[B, 1, T, T]`` for packed rows.
+
+    A new sequence starts wherever ``position_ids`` is 0. Query ``i`` may see key ``j`` when
+    ``j <= i``, both lie in the same sequence, and key ``j`` is a real token; a padding query
+    sees itself, so no row of the mask is empty. ``dtype=torch.bool`` gives True = attend
+    (SDPA); a floating dtype gives an additive mask of 0 and the dtype's minimum (eager).
+    """
+    real = attention_mask.bool()  # [B, T]
+    segment = (position_ids == 0).long().cumsum(-1)  # [B, T], one id per sequence
+    length = position_ids.shape[-1]
+    idx = torch.arange(length, device=position_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # [T, T]: key j <= query i
+    same = segment[:, :, None] == segment[:, None, :]  # [B, T, T]
+    allowed = causal & same & real[:, None, :]  # [B, T, T]
+    allowed |= torch.eye(length, dtype=torch.bool, device=idx.device)
+    allowed = allowed[:, None]  # [B, 1, T, T]
+    if dtype == torch.bool:
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=idx.device)
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=idx.device)
+    return torch.where(allowed, zero, blocked)

@@ -1,0 +1,246 @@
+"""Prompt datasets for RL: formatting, tokenising, length filtering, and a resumable sampler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+import numpy as np
+
+from .rows import DataError, read_rows, row_problem
+
+logger = logging.getLogger("lightrft.data")
+
+
+@dataclass
+class PromptItem:
+    """One prompt: the formatted text, its token ids, the label and the other fields."""
+
+    prompt_text: str
+    prompt_ids: list[int]
+    label: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _messages(prompt: Any, system_prompt: str | None) -> list[dict[str, Any]]:
+    if isinstance(prompt, list):  # already a conversation: [{"role": ..., "content": ...}]
+        messages = [dict(m) for m in prompt]
+    else:
+        messages = [{"role": "user", "content": str(prompt)}]
+    if system_prompt and not (messages and messages[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` carries a chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(
+    tokenizer: Any,
+    prompt: Any,
+    *,
+    system_prompt: str | None = None,
+    apply_chat_template: bool = True,
+) -> str:
+    """The text the model sees: the chat template with a generation prompt when the tokenizer
+    has one (and ``apply_chat_template``), else the raw prompt after ``system_prompt + "\\n"``.
+
+    ``prompt`` is a string or a list of chat messages.
+    """
+    if apply_chat_template and has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            _messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True
+        )
+    if isinstance(prompt, list):
+        text = "\n".join(str(m.get("content", "")) for m in prompt)
+    else:
+        text = str(prompt)
+    return f"{system_prompt}\n{text}" if system_prompt else text
+
+
+def encode_prompt(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
+    """Token ids of a formatted prompt; a chat template already holds the special tokens."""
+    return list(tokenizer.encode(text, add_special_tokens=not templated))
+
+
+class PromptDataset(Sequence[PromptItem]):
+    """Formatted, tokenised prompts; those over ``max_prompt_length`` tokens are dropped.
+
+    ``num_filtered`` counts the dropped prompts, ``num_skipped`` the malformed rows skipped
+    while reading (see ``from_source``).
+    """
+
+    def __init__(
+        self,
+        rows: Iterable[Mapping[str, Any]],
+        tokenizer: Any,
+        *,
+        input_key: str = "prompt",
+        label_key: str | None = "answer",
+        system_prompt: str | None = None,
+        apply_chat_template: bool = True,
+        max_prompt_length: int | None = 512,
+        source: str = "rows",
+    ) -> None:
+        templated = apply_chat_template and has_chat_template(tokenizer)
+        self.items: list[PromptItem] = []
+        self.num_filtered = 0
+        self.num_skipped = 0
+        for index, row in enumerate(rows):
+            problem = row_problem(row, (input_key,), what="a mapping")
+            if problem:
+                raise DataError(f"{source}: row {index}: {problem}")
+            text = format_prompt(
+                tokenizer,
+                row[input_key],
+                system_prompt=system_prompt,
+                apply_chat_template=apply_chat_template,
+            )
+            ids = encode_prompt(tokenizer, text, templated=templated)
+            if max_prompt_length is not None and len(ids) > max_prompt_length:
+                self.num_filtered += 1
+                continue
+            label = row.get(label_key) if label_key else None
+            metadata = {k: v for k, v in row.items() if k not in (input_key, label_key)}
+            self.items.append(PromptItem(text, ids, label, metadata))
+        if self.num_filtered:
+            logger.info(
+                "%s: dropped %d prompt(s) longer than max_prompt_length=%s tokens",
+                source,
+                self.num_filtered,
+                max_prompt_length,
+            )
+        if not self.items:
+            raise DataError(
+                f"{source}: no prompts left: all {self.num_filtered} are longer than "
+                f"max_prompt_length={max_prompt_length} tokens; raise data.max_prompt_length"
+            )
+
+    @classmethod
+    def from_source(
+        cls,
+        source: str,
+        tokenizer: Any,
+        config: Any,
+        *,
+        require_label: bool = True,
+    ) -> PromptDataset:
+        """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``label_key``,
+        ``system_prompt``, ``apply_chat_template``, ``max_prompt_length``, ``skip_malformed``).
+
+        ``require_label``: every row must have a non-empty ``label_key`` (rule rewards need
+        one); otherwise a missing label is ``None``.
+        """
+        keys = (config.input_key, config.label_key) if require_label else (config.input_key,)
+        result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
+        dataset = cls(
+            result.rows,
+            tokenizer,
+            input_key=config.input_key,
+            label_key=config.label_key,
+            system_prompt=config.system_prompt,
+            apply_chat_template=config.apply_chat_template,
+            max_prompt_length=config.max_prompt_length,
+            source=str(source),
+        )
+        dataset.num_skipped = result.skipped
+        return dataset
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> PromptItem: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptItem]: ...
+    def __getitem__(self, index: int | slice) -> PromptItem | list[PromptItem]:
+        return self.items[index]
+
+
+class PromptSampler(Iterator[list[Any]]):
+    """Endless batches of ``batch_size`` items, reshuffled every epoch, resumable exactly.
+
+    Epoch ``e`` visits the items in the order ``permutation(seed, e)``; a batch that crosses
+    the end of an epoch is completed from the next one. With ``world_size > 1`` every rank
+    gets its contiguous slice of each global batch (``batch_size`` is the global size).
+    """
+
+    def __init__(
+        self,
+        dataset: Sequence[Any],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if len(dataset) == 0:
+            raise ValueError("cannot sample from an empty dataset")
+        if batch_size <= 0 or batch_size % world_size:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be positive and divisible by the number of "
+                f"processes ({world_size})"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.position = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        return np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+
+    def next_indices(self) -> list[int]:
+        """Dataset indices of this rank's share of the next global batch."""
+        indices: list[int] = []
+        while len(indices) < self.batch_size:
+            take = min(self.batch_size - len(indices), len(self._order) - self.position)
+            indices += self._order[self.position : self.position + take]
+            self.position += take
+            if self.position == len(self._order):
+                self.epoch += 1
+                self.position = 0
+                self._order = self._permutation(self.epoch)
+        share = self.batch_size // self.world_size
+        return indices[self.rank * share : (self.rank + 1) * share]
+
+    def __next__(self) -> list[Any]:
+        return [self.dataset[i] for i in self.next_indices()]
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the sampler is: enough to continue with exactly the same batches."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_items": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Continue from a ``state_dict()``; the dataset must have the same size."""
+        if state.get("num_items", len(self.dataset)) != len(self.dataset):
+            raise ValueError(
+                f"the saved data position is for {state['num_items']} prompts but the dataset "
+                f"has {len(self.dataset)}; resuming needs the same data and filters"
+            )
+        position = int(state["position"])
+        if not 0 <= position < len(self.dataset):
+            raise ValueError(f"saved data position {position} is outside the dataset")
+        self.seed = int(state.get("seed", self.seed))
+        self.epoch = int(state["epoch"])
+        self.position = position
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,1 @@
+"""The built-in demo: a verifiable arithmetic task learned by a tiny model on CPU."""

@@ -1,0 +1,58 @@
+"""A verifiable arithmetic task with train and held-out splits (no download needed)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Problems ``a+b=`` / ``a-b=`` with operands below ``10**digits``; the answer is exact."""
+
+    digits: int = 2
+    operations: str = "+-"
+
+    def problem(self, rng: random.Random) -> tuple[str, str]:
+        a = rng.randrange(10**self.digits)
+        b = rng.randrange(10**self.digits)
+        op = rng.choice(self.operations)
+        value = a + b if op == "+" else a - b
+        return f"{a}{op}{b}=", str(value)
+
+    def splits(self, *, train: int, held_out: int, seed: int) -> tuple[list[dict], list[dict]]:
+        """Disjoint train and held-out problem lists (held-out prompts never appear in train)."""
+        rng = random.Random(seed)
+        held: dict[str, str] = {}
+        while len(held) < held_out:
+            prompt, answer = self.problem(rng)
+            held[prompt] = answer
+        rows: list[dict] = []
+        while len(rows) < train:
+            prompt, answer = self.problem(rng)
+            if prompt not in held:
+                rows.append({"prompt": prompt, "answer": answer})
+        return rows, [{"prompt": p, "answer": a} for p, a in held.items()]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_task_data(
+    directory: str | Path, task: ArithmeticTask, *, sft: int, rl: int, held_out: int, seed: int
+) -> dict[str, Path]:
+    """``sft.jsonl`` (prompt/response), ``train.jsonl`` and ``eval.jsonl`` (prompt/answer)."""
+    directory = Path(directory)
+    train, held = task.splits(train=sft + rl, held_out=held_out, seed=seed)
+    sft_rows = [{"prompt": r["prompt"], "response": r["answer"]} for r in train[:sft]]
+    return {
+        "sft": write_jsonl(directory / "sft.jsonl", sft_rows),
+        "train": write_jsonl(directory / "train.jsonl", train[sft:]),
+        "eval": write_jsonl(directory / "eval.jsonl", held),
+    }

@@ -1,0 +1,29 @@
+"""Rule rewards (math answers, exact match, format), their weighted combination, and
+failure-tolerant scoring."""
+
+from __future__ import annotations
+
+from .base import RuleReward
+from .combined import CombinedReward
+from .math import MathReward, answers_match, extract_answer, extract_boxed, last_number
+from .rules import ExactMatchReward, FormatReward
+from .safe import SafeScore, reset_failure_log, score_safely
+
+#: The reward classes this package provides (for registration).
+RULE_REWARDS = (MathReward, ExactMatchReward, FormatReward, CombinedReward)
+
+__all__ = [
+    "RULE_REWARDS",
+    "CombinedReward",
+    "ExactMatchReward",
+    "FormatReward",
+    "MathReward",
+    "RuleReward",
+    "SafeScore",
+    "answers_match",
+    "extract_answer",
+    "extract_boxed",
+    "last_number",
+    "reset_failure_log",
+    "score_safely",
+]

@@ -1,0 +1,257 @@
+"""``LocalStrategy``: one process, plain PyTorch.
+
+AdamW and warm-up + cosine/constant schedules come from ``lightrft_core.optim``; gradient
+accumulation is plain ``backward`` calls summed until ``optimizer_step``, which clips the
+global norm. ``bf16`` is mixed precision: parameters and optimizer state stay fp32 and the
+forward runs under ``autocast()``.
+
+A checkpoint is a folder, swapped in atomically::
+
+    model.safetensors     the model's state dict (tied tensors stored once)
+    training_state.pt     optimizer, scheduler, RNG states, client_state (torch.save)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_directory, recover_directory
+from ..interfaces import StrategyBase
+from ..interfaces.strategy import ReduceOp
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "training_state.pt"
+REDUCE_OPS = ("mean", "sum", "max", "min")
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG this process draws from (python, numpy, torch CPU, CUDA when present)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what ``rng_states`` returned."""
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model to export: peft adapters merged into a deep copy (the
+    training model is never touched); any other model is returned as it is."""
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+class LocalStrategy(StrategyBase):
+    """Trains on one device in one process (CPU or a single GPU)."""
+
+    name = "local"
+
+    @dataclass
+    class Config:
+        # ------------------------------------------------------------ numerics
+        precision: Literal["fp32", "bf16"] = field(
+            default="fp32",
+            metadata={
+                "help": "fp32, or bf16 mixed precision (fp32 weights, bf16 autocast forward)."
+            },
+        )
+        # ------------------------------------------------------------ placement
+        device: Literal["auto", "cpu", "cuda"] = field(
+            default="auto", metadata={"help": "Where to train; auto picks cuda when available."}
+        )
+        seed: int = field(
+            default=42, metadata={"help": "Seed for python, numpy and torch RNGs at setup."}
+        )
+
+        def __post_init__(self) -> None:
+            if self.precision not in ("fp32", "bf16"):
+                raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+            if self.device not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._device: torch.device | None = None
+
+    # ------------------------------------------------------------------ process group
+    def setup_distributed(self) -> None:
+        """No process group; pick the device and seed every RNG."""
+        wanted = self.config.device
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
+        use_cuda = wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available())
+        self._device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        seed = self.config.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also seeds every CUDA device
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            raise RuntimeError("call LocalStrategy.setup_distributed() first")
+        return self._device
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for forward passes: bf16 autocast when ``precision='bf16'``."""
+        if self.config.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    # ------------------------------------------------------------------ training
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
+        """Move the model to the device (parameters keep their identity, so an optimizer
+        created before stays bound); a model without optimizer is put in eval mode."""
+        model.to(self.device)
+        if optimizer is None:
+            model.eval()
+        return model, optimizer, scheduler
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        loss.backward()
+
+    def optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> float:
+        """Clip, step, schedule, zero. A non-finite gradient norm skips the optimizer and
+        scheduler step (weights unchanged) and is returned for the loop to log."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(params, clip)) if params else 0.0
+        if math.isfinite(norm):
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        else:
+            logger.warning("gradient norm is %s: optimizer step skipped", norm)
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # ------------------------------------------------------------------ collectives
+    def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"unknown reduce op {op!r}; choose one of {', '.join(REDUCE_OPS)}")
+        result = torch.as_tensor(value).detach().clone()
+        if op == "mean" and not result.is_floating_point():
+            result = result.to(torch.get_default_dtype())
+        return result
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """One rank: a copy (a 0-d tensor becomes shape ``[1]``, as with several ranks)."""
+        return tensor.detach().reshape(-1) if tensor.ndim == 0 else tensor.detach().clone()
+
+    def barrier(self) -> None:
+        """Nothing to wait for in one process."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        client_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        from safetensors.torch import save_model
+
+        state = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_states(),
+            "client_state": dict(client_state or {}),
+        }
+        with atomic_directory(path) as tmp:
+            save_model(self.unwrap(model), str(tmp / MODEL_FILE))
+            torch.save(state, tmp / STATE_FILE)
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler and RNG states in place; returns
+        ``client_state``. ``client_state`` is read with ``weights_only=True``: keep it to
+        Python numbers, strings, lists, dicts and tensors."""
+        from safetensors.torch import load_model
+
+        path = recover_directory(path)
+        for name in (MODEL_FILE, STATE_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"no checkpoint at {path}: {name} is missing")
+        target = self.unwrap(model)
+        first = next(iter(target.parameters()), None)
+        device = str(first.device) if first is not None else "cpu"
+        load_model(target, str(path / MODEL_FILE), strict=True, device=device)
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        if optimizer is not None:
+            if state["optimizer"] is None:
+                raise ValueError(f"checkpoint {path} has no optimizer state to restore")
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            if state["scheduler"] is None:
+                raise ValueError(f"checkpoint {path} has no scheduler state to restore")
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        return dict(state["client_state"])
+
+    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
+        """Write a Hugging Face folder (LoRA merged into a copy), atomically."""
+        export = merged_copy(self.unwrap(model))
+        if not hasattr(export, "save_pretrained"):
+            raise TypeError(
+                f"export_hf needs a transformers model (with save_pretrained), "
+                f"got {type(export).__name__}"
+            )
+        with atomic_directory(path) as tmp:
+            export.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)

@@ -1,0 +1,95 @@
+"""Rollout batches: prompt + response token tensors, masks, and per-token quantities.
+
+Layout of one row (right padding)::
+
+    sequences[i] = prompt tokens (Lp) | response tokens (Lr) | pad ...
+    action_mask[i, t] is True when sequences[i, t + 1] is a response token, i.e. for
+    t in [Lp - 1, Lp - 1 + Lr) -- per-token tensors have T - 1 positions (see actor.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from ..interfaces import GenerationOutput
+
+
+@dataclass
+class RolloutBatch:
+    """One step's experience. ``B`` rows (samples), grouped by prompt (``group_size``)."""
+
+    sequences: torch.Tensor  # [B, T] int64
+    attention_mask: torch.Tensor  # [B, T] int64
+    action_mask: torch.Tensor  # [B, T-1] bool
+    rewards: torch.Tensor  # [B] float32
+    engine_log_probs: torch.Tensor  # [B, T-1] float32, 0 outside action_mask
+    group_size: int
+    old_log_probs: torch.Tensor | None = None  # [B, T-1]
+    ref_log_probs: torch.Tensor | None = None  # [B, T-1]
+    advantages: torch.Tensor | None = None  # [B, T-1]
+    returns: torch.Tensor | None = None  # [B, T-1]
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.action_mask.sum(dim=1)
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> RolloutBatch:
+        """The rows ``rows``, trimmed to their longest sequence (less padding to compute)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        length = int(self.attention_mask[rows].sum(dim=1).max())
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value[rows]
+                if value.dim() == 2:  # [B, T] tensors keep `length`, per-token ones `length - 1`
+                    full = value.shape[1] == self.sequences.shape[1]
+                    value = value[:, : length if full else length - 1]
+            picked[f.name] = value
+        return replace(self, **picked)
+
+
+def build_rollout(
+    prompt_ids: Sequence[Sequence[int]],
+    outputs: Sequence[GenerationOutput],
+    rewards: torch.Tensor,
+    *,
+    group_size: int,
+    pad_id: int,
+) -> RolloutBatch:
+    """Assemble the tensors of a rollout from the engine's outputs (in output order)."""
+    rows = [list(prompt_ids[o.prompt_index]) + list(o.token_ids) for o in outputs]
+    width = max(len(r) for r in rows)
+    b = len(rows)
+    sequences = torch.full((b, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((b, width), dtype=torch.long)
+    action_mask = torch.zeros((b, width - 1), dtype=torch.bool)
+    engine_log_probs = torch.zeros((b, width - 1), dtype=torch.float32)
+    for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
+        start = len(prompt_ids[out.prompt_index]) - 1
+        n = len(out.token_ids)
+        sequences[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, : len(row)] = 1
+        action_mask[i, start : start + n] = True
+        if out.log_probs:
+            engine_log_probs[i, start : start + n] = torch.tensor(out.log_probs)
+    return RolloutBatch(
+        sequences=sequences,
+        attention_mask=attention_mask,
+        action_mask=action_mask,
+        rewards=rewards.float(),
+        engine_log_probs=engine_log_probs,
+        group_size=group_size,
+    )
+
+
+def shuffled_chunks(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """A random permutation of ``range(n)`` cut into chunks of ``size`` (last may be short)."""
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(size)

@@ -1,0 +1,109 @@
+"""Supervised fine-tuning (``lightrft sft``): the same strategy, data and logging parts as
+RL, with the negative log-likelihood of the response tokens as the loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import LightRFTConfig, dump_config
+from ..data.sft import SFTDataset, collate
+from ..plugins import PluginManager, get_plugin_manager
+from .components import load_tokenizer, model_path, seed_everything
+from .metrics import MetricsLogger
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    final_model: Path
+    history: list[dict[str, Any]]
+
+
+def run_sft(
+    cfg: LightRFTConfig,
+    manager: PluginManager | None = None,
+    *,
+    console: Any = None,
+    progress: Any = None,
+) -> SFTResult:
+    """Train ``model`` on ``data.train_path`` (prompt/response rows); export to ``final/``."""
+    manager = manager or get_plugin_manager()
+    out = Path(cfg.run.output_dir)
+    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
+    strategy.setup_distributed()
+    seed_everything(cfg.run.seed)
+    actor = manager.get_actor(cfg.model.name)(cfg.model.options)
+    tokenizer = load_tokenizer(model_path(cfg.model.options))
+    d, s = cfg.data, cfg.sft
+    if d.train_path is None:
+        raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
+    dataset = SFTDataset.from_source(
+        d.train_path, tokenizer, d, response_key=d.response_key, max_length=s.max_length
+    )
+    steps_per_epoch = math.ceil(len(dataset) / s.batch_size)
+    total = s.epochs * steps_per_epoch
+    if s.max_steps:
+        total = min(total, s.max_steps)
+    optimizer = strategy.create_optimizer(actor, lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = strategy.create_scheduler(
+        optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
+    )
+    actor, optimizer, scheduler = strategy.prepare(actor, optimizer, scheduler)
+    metrics = MetricsLogger(
+        out,
+        enabled=strategy.is_rank_0,
+        jsonl=cfg.logging.jsonl,
+        tensorboard=cfg.logging.tensorboard,
+        log_every=cfg.logging.log_every,
+        console=console,
+    )
+    if strategy.is_rank_0:
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    step = 0
+    actor.train()
+    for _epoch in range(s.epochs):
+        for batch_rows in torch.randperm(len(dataset), generator=generator).split(s.batch_size):
+            if step >= total:
+                break
+            started = time.perf_counter()
+            batch = collate([dataset[int(i)] for i in batch_rows], pad_id)
+            target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
+            num_tokens = max(1.0, float(target.sum()))
+            loss_sum = 0.0
+            for rows in torch.arange(len(batch_rows)).split(s.micro_batch_size):
+                with strategy.autocast():
+                    lp = actor(batch["input_ids"][rows], batch["attention_mask"][rows]).log_probs
+                loss = -(lp.float() * target[rows]).sum() / num_tokens * strategy.world_size
+                strategy.backward(loss, actor)
+                loss_sum += float(loss.detach())
+            grad_norm = strategy.optimizer_step(
+                actor, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
+            )
+            step += 1
+            elapsed = time.perf_counter() - started
+            metrics.log(
+                step,
+                {
+                    "sft/loss": loss_sum / strategy.world_size,
+                    "grad_norm": grad_norm,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
+                    "time/step": elapsed,
+                },
+            )
+            if progress is not None:
+                progress(step, total)
+    final = out / "final"
+    strategy.export_hf(getattr(actor, "model", actor), final, tokenizer)
+    metrics.close()
+    return SFTResult(out, final, metrics.history)
