@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +15,16 @@ from lightrft_core.registry import UnknownComponentError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-USER_ERRORS = (ConfigError, PluginLoadError, UnknownComponentError, FileExistsError)
+#: Errors that are the user's to fix (configuration, plugins, files, data).
+USER_ERRORS = (
+    ConfigError,
+    PluginLoadError,
+    UnknownComponentError,
+    FileExistsError,
+    FileNotFoundError,
+    ValueError,
+)
+ENV_DEBUG = "LIGHTRFT_DEBUG"
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -24,8 +34,11 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn configuration and plugin errors into a clear message and exit status 2."""
+    """Turn user errors into a clear message and exit status 2 (``LIGHTRFT_DEBUG=1`` shows
+    the traceback instead)."""
     try:
         yield
     except USER_ERRORS as exc:
+        if os.environ.get(ENV_DEBUG, "") not in ("", "0"):
+            raise
         raise fail(str(exc)) from None

@@ -75,10 +75,10 @@ def test_config_validate_and_train_dry_run_on_the_example() -> None:
 
 
 @pytest.mark.installed_plugins
-def test_train_without_dry_run_says_the_loop_is_missing() -> None:
-    result = invoke("train", "--config", EXAMPLE)
-    assert result.exit_code == 1
-    assert "training loop is not part of this build yet" in result.output
+def test_train_without_a_model_path_is_a_clear_error() -> None:
+    result = invoke("train", *FAKES[1:], "model.name=language", "data.train_path=x.jsonl")
+    assert result.exit_code == 2
+    assert "needs a model: set" in result.output
 
 
 def test_misspelt_key_exits_2_with_location_and_suggestion(tmp_path) -> None:
