@@ -44,8 +44,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 demo: $(STAMP)
-	@echo "make demo arrives with the end-to-end issue (the training loop); until then:"
-	$(VENV)/bin/lightrft train --config examples/dry_run.yaml --dry-run
+	$(VENV)/bin/lightrft demo
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

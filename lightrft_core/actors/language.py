@@ -162,7 +162,7 @@ class ActorLanguage(Actor):
         if model is None:
             if cfg.path is None:
                 raise ValueError(
-                    "actor 'language' needs a model: set actor.path to a Hugging Face model "
+                    "actor 'language' needs a model: set model.path to a Hugging Face model "
                     "folder, or build it with ActorLanguage.from_model(model)"
                 )
             from transformers import AutoModelForCausalLM

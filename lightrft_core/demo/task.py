@@ -10,17 +10,21 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class ArithmeticTask:
-    """Problems ``a+b=`` / ``a-b=`` with operands below ``10**digits``; the answer is exact."""
+    """Problems like ``3+7-2=`` with ``operands`` numbers below ``10**digits`` joined by
+    random operations from ``operations``; the answer is exact."""
 
-    digits: int = 2
+    digits: int = 1
+    operands: int = 3
     operations: str = "+-"
 
     def problem(self, rng: random.Random) -> tuple[str, str]:
-        a = rng.randrange(10**self.digits)
-        b = rng.randrange(10**self.digits)
-        op = rng.choice(self.operations)
-        value = a + b if op == "+" else a - b
-        return f"{a}{op}{b}=", str(value)
+        numbers = [rng.randrange(10**self.digits) for _ in range(self.operands)]
+        text, value = str(numbers[0]), numbers[0]
+        for number in numbers[1:]:
+            op = rng.choice(self.operations)
+            text += f"{op}{number}"
+            value = value + number if op == "+" else value - number
+        return f"{text}=", str(value)
 
     def splits(self, *, train: int, held_out: int, seed: int) -> tuple[list[dict], list[dict]]:
         """Disjoint train and held-out problem lists (held-out prompts never appear in train)."""

@@ -35,6 +35,10 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.sequences.shape[0]
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        """The same batch with every tensor on ``device`` (a no-op on the same device)."""
+        return _moved(self, device)
+
     @property
     def response_lengths(self) -> torch.Tensor:
         return self.action_mask.sum(dim=1)
@@ -53,6 +57,15 @@ class RolloutBatch:
                     value = value[:, : length if full else length - 1]
             picked[f.name] = value
         return replace(self, **picked)
+
+
+def _moved(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
+    moved = {
+        f.name: getattr(batch, f.name).to(device)
+        for f in fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    }
+    return replace(batch, **moved)
 
 
 def build_rollout(

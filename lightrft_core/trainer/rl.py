@@ -128,7 +128,7 @@ class RLTrainer:
         started = time.perf_counter()
         items = next(self.data.sampler)
 
-        with timer("generate"):
+        with timer("generate"), self._autocast():
             c.engine.wake_up()
             outputs = c.engine.generate([it.prompt_ids for it in items], self._sampling(step))
             c.engine.sleep()
@@ -199,10 +199,10 @@ class RLTrainer:
         was_training = actor.training
         actor.eval()
         for rows in torch.arange(len(rollout)).split(size):
-            mb = rollout.select(rows)
+            mb = rollout.select(rows).to(self.c.strategy.device)
             with self._autocast():
                 lp = actor(mb.sequences, mb.attention_mask).log_probs
-            out[rows, : lp.shape[1]] = lp.float()
+            out[rows, : lp.shape[1]] = lp.float().cpu()
         actor.train(was_training)
         return out * rollout.action_mask
 
@@ -223,7 +223,7 @@ class RLTrainer:
                     world_size=s.world_size,
                 )
                 for rows in chunk.split(t.micro_batch_size):
-                    mb = rollout.select(rows)
+                    mb = rollout.select(rows).to(s.device)
                     with self._autocast():
                         out = self.actor(mb.sequences, mb.attention_mask, return_entropy=True)
                     loss = self.c.algorithm.policy_loss(

@@ -76,7 +76,10 @@ def run_sft(
             if step >= total:
                 break
             started = time.perf_counter()
-            batch = collate([dataset[int(i)] for i in batch_rows], pad_id)
+            batch = {
+                k: v.to(strategy.device)
+                for k, v in collate([dataset[int(i)] for i in batch_rows], pad_id).items()
+            }
             target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
             num_tokens = max(1.0, float(target.sum()))
             loss_sum = 0.0
