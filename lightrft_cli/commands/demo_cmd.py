@@ -42,5 +42,5 @@ def demo(
     console.print(table)
     console.print(f"curves: {result.curves}")
     console.print(f"model (Hugging Face format): {result.final_model}")
-    console.print(f"try it: lightrft generate {result.rl_dir} --prompt '12+34='")
+    console.print(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='")
     console.print(f"total time {time.perf_counter() - started:.0f} s")

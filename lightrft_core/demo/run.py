@@ -28,10 +28,11 @@ class DemoPlan:
     model_size: str = "5m"
     task: ArithmeticTask = field(default_factory=ArithmeticTask)
     seed: int = 0
-    sft_examples: int = 12_000
+    sft_examples: int = 8_000
     rl_prompts: int = 20_000
     held_out: int = 256
     rl_overrides: Sequence[str] = ()
+    sft_overrides: Sequence[str] = ()
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -47,6 +48,7 @@ class DemoPlan:
                 f"run.seed={self.seed}",
                 f"data.train_path={p['data'] / 'sft.jsonl'}",
                 f"model.path={p['base']}",
+                *self.sft_overrides,
             ],
             manager=manager,
         )

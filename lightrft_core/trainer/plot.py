@@ -11,6 +11,17 @@ REWARD_CURVES = (("reward/mean", "train reward"), ("eval/reward", "held-out rewa
 ACCURACY_CURVES = (("accuracy", "train accuracy"), ("eval/accuracy", "held-out accuracy (greedy)"))
 
 
+def moving_average(values: list[float] | tuple[float, ...], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (shorter at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Draw the curves of ``run_dir/metrics.jsonl`` to ``output`` (default
     ``run_dir/curves.png``); returns the PNG path."""
@@ -29,10 +40,21 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     ):
         for key, label in curves:
             points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o" if len(points) < 30 else None, label=label)
-                drawn += 1
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            drawn += 1
+            if len(points) < 30:
+                ax.plot(steps, values, marker="o", label=label)
+                continue
+            line = ax.plot(steps, values, alpha=0.3)[0]  # noisy per-step values, faint
+            window = max(5, len(points) // 15)
+            ax.plot(
+                steps,
+                moving_average(values, window),
+                color=line.get_color(),
+                label=f"{label} (mean of {window})",
+            )
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
