@@ -301,7 +301,7 @@ def test_load_from_path_in_bfloat16(tmp_path: pytest.TempPathFactory) -> None:
 
 
 def test_constructor_without_path_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"actor\.path"):
+    with pytest.raises(ValueError, match=r"set model\.path"):
         ActorLanguage(ActorLanguage.Config())
 
 

@@ -32,12 +32,14 @@ def generate(
 ) -> None:
     """Answer prompts with a trained model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from lightrft_core.data.prompts import encode_prompt, format_prompt
     from lightrft_core.engines.hf import HFEngine
     from lightrft_core.interfaces import SamplingParams
 
     folder = _model_folder(model)
+    hf_logging.disable_progress_bar()  # stdout carries only the answers
     tokenizer = AutoTokenizer.from_pretrained(folder)
     engine = HFEngine()
     engine.setup(model=AutoModelForCausalLM.from_pretrained(folder), tokenizer=tokenizer)
