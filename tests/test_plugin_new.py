@@ -29,30 +29,24 @@ def run(args: list[str], env: dict[str, str], cwd=None) -> subprocess.CompletedP
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
+def install(target, *roots) -> dict[str, str]:
+    """pip-install plugin folders into ``target`` (never into the test environment) and
+    return the environment of a process that sees them, with autoloading on."""
+    for root in roots:
+        args = ["install", "--quiet", "--no-deps", "--no-build-isolation", "--target"]
+        pip = run([sys.executable, "-m", "pip", *args, str(target), str(root)], dict(os.environ))
+        assert pip.returncode == 0, pip.stderr
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    env.pop("LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD", None)
+    return env
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_generated_plugin_installs_is_discovered_and_passes_its_tests(kind, tmp_path) -> None:
     name = f"acme-{kind}"
     component = name.replace("-", "_")
     root = new_plugin(name, kind, tmp_path / "src")
-    target = tmp_path / "site"
-    pip = run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(root),
-        ],
-        dict(os.environ),
-    )
-    assert pip.returncode == 0, pip.stderr
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    env.pop("LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD", None)
+    env = install(tmp_path / "site", root)
 
     listed = run([sys.executable, "-m", "lightrft_cli", "plugins", "--json"], env)
     assert listed.returncode == 0, listed.stderr
@@ -90,26 +84,7 @@ def test_installed_broken_and_clashing_plugins_are_reported_not_fatal(tmp_path) 
     clash = new_plugin("acme-clash", "algorithm", tmp_path / "src")
     algo_py = clash / "src" / "lightrft_plugin_acme_clash" / "algorithm.py"
     algo_py.write_text(algo_py.read_text().replace('name = "acme_clash"', 'name = "grpo"'))
-    target = tmp_path / "site"
-    for root in (broken, clash):
-        pip = run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-build-isolation",
-                "--target",
-                str(target),
-                str(root),
-            ],
-            dict(os.environ),
-        )
-        assert pip.returncode == 0, pip.stderr
-    env = {**os.environ, "PYTHONPATH": str(target)}
-    env.pop("LIGHTRFT_DISABLE_PLUGIN_AUTOLOAD", None)
+    env = install(tmp_path / "site", broken, clash)
 
     listed = run([sys.executable, "-m", "lightrft_cli", "plugins", "--json"], env)
     assert listed.returncode == 0, listed.stderr
