@@ -166,6 +166,13 @@ def test_combined_weights_and_sub_scores() -> None:
     assert out.sub_scores["accuracy"].tolist() == [1.0, 0.0, 1.0]
 
 
+def test_combined_requires_a_label_when_a_part_does() -> None:
+    with_math = CombinedReward.Config(rewards=[{"name": "math"}, {"name": "format"}])
+    only_format = CombinedReward.Config(rewards=[{"name": "format"}])
+    assert CombinedReward(with_math, resolve=REWARDS).requires_label is True
+    assert CombinedReward(only_format, resolve=REWARDS).requires_label is False
+
+
 def test_combined_repeated_names_get_indexed_keys() -> None:
     config = CombinedReward.Config(
         rewards=[

@@ -123,6 +123,27 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
     assert steps == [1, 2, 3, 4]
 
 
+def test_sampling_params_come_from_the_engine_section(
+    manager, tiny_model_dir, prompts, tmp_path
+) -> None:
+    cfg = config(
+        manager,
+        tiny_model_dir,
+        prompts,
+        tmp_path / "run",
+        "trainer.max_steps=1",
+        "engine.first_token_temperature=2.5",
+        "engine.top_k=5",
+        "engine.stop_token_ids=[7]",
+    )
+    trainer = RLTrainer(cfg, manager)
+    params = trainer._sampling(step=3)
+    assert params.first_token_temperature == 2.5
+    assert params.top_k == 5 and params.n == 4 and params.max_new_tokens == 6
+    assert list(params.stop_token_ids) == [trainer.c.tokenizer.eos_token_id, 7]
+    assert params.seed == 3 * 1_000_003 + 3
+
+
 def test_outputs_of_a_run(manager, tiny_model_dir, prompts, tmp_path) -> None:
     out = tmp_path / "run"
     cfg = config(

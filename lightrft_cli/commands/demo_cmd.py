@@ -19,6 +19,9 @@ def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Run folder."),
     algorithm: str = typer.Option("grpo", "--algorithm", "-a", help="RL algorithm to use."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the data and the run."),
+    plugin: list[str] = typer.Option(
+        [], "--plugin", "-p", help="Load a plugin (e.g. one providing --algorithm). Repeatable."
+    ),
     overrides: list[str] | None = typer.Argument(
         None, help="Overrides of the RL configuration, e.g. trainer.max_steps=20."
     ),
@@ -30,8 +33,11 @@ def demo(
     console = Console(highlight=False)
     plan = DemoPlan(output_dir=output, algorithm=algorithm, seed=seed, rl_overrides=overrides or [])
     started = time.perf_counter()
+    manager = get_plugin_manager()
     with user_errors(), progress_bars(console) as bars:
-        result = run_demo(plan, manager=get_plugin_manager(), console=console, progress=bars)
+        for spec in plugin:
+            manager.load_plugin(spec)
+        result = run_demo(plan, manager=manager, console=console, progress=bars)
     table = Table(title=f"Demo: {algorithm} on the arithmetic task (held-out, greedy)")
     for column in ("", "accuracy"):
         table.add_column(column)

@@ -227,6 +227,10 @@ class EngineSection:
         default_factory=list,
         metadata={"help": "Extra token ids that end a response (EOS always does)."},
     )
+    first_token_temperature: float | None = field(
+        default=None,
+        metadata={"help": "FIRE sampling: temperature of the first response token only."},
+    )
     options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
     def __post_init__(self) -> None:

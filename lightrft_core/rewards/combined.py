@@ -72,6 +72,10 @@ class CombinedReward(RewardModel):
             key = entry["name"] if names.count(entry["name"]) == 1 else f"{entry['name']}_{index}"
             self.parts.append((key, float(entry.get("weight", 1.0)), part))
 
+    @property  # type: ignore[override]
+    def requires_label(self) -> bool:  # a part that compares with the label needs one
+        return any(part.requires_label for _, _, part in self.parts)
+
     def score(self, batch: RewardInput) -> RewardOutput:
         total = torch.zeros(len(batch), dtype=torch.float32)
         sub_scores: dict[str, torch.Tensor] = {}

@@ -190,6 +190,7 @@ class RLTrainer:
             max_new_tokens=e.max_new_tokens,
             stop_token_ids=[*self.data.stop_ids, *e.stop_token_ids],
             seed=self.cfg.run.seed * 1_000_003 + step,
+            first_token_temperature=e.first_token_temperature,
         )
 
     @torch.no_grad()
