@@ -185,3 +185,25 @@ def test_outputs_of_a_run(manager, tiny_model_dir, prompts, tmp_path) -> None:
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(result.final_model) is not None
+
+
+def test_resume_latest_without_checkpoints_and_reuse_of_a_folder_are_announced(
+    manager, tiny_model_dir, prompts, tmp_path, caplog
+) -> None:
+    out = tmp_path / "run"
+    RLTrainer(
+        config(
+            manager,
+            tiny_model_dir,
+            prompts,
+            out,
+            "trainer.max_steps=1",
+            "trainer.resume_from=latest",
+        ),
+        manager,
+    )
+    assert "no checkpoint in" in caplog.text
+    RLTrainer(config(manager, tiny_model_dir, prompts, out, "trainer.max_steps=1"), manager).train()
+    caplog.clear()
+    RLTrainer(config(manager, tiny_model_dir, prompts, out, "trainer.max_steps=1"), manager)
+    assert "already holds checkpoints of an earlier run" in caplog.text

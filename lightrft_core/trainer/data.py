@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +9,6 @@ from ..config import LightRFTConfig
 from ..data.prompts import PromptDataset, PromptItem, PromptSampler
 from ..interfaces import RewardInput, RewardModel
 from ..rewards.safe import SafeScore, score_safely
-
-logger = logging.getLogger("lightrft.data")
 
 
 @dataclass
@@ -28,14 +25,8 @@ class RunData:
 
 
 def _dataset(path: str, cfg: LightRFTConfig, tokenizer: Any, reward: RewardModel) -> PromptDataset:
-    dataset = PromptDataset.from_source(
-        path, tokenizer, cfg.data, require_label=reward.requires_label
-    )
-    if dataset.num_skipped:
-        logger.warning(
-            "%s: skipped %d malformed rows (data.skip_malformed)", path, dataset.num_skipped
-        )
-    return dataset
+    # read_rows already logs one line about skipped malformed rows
+    return PromptDataset.from_source(path, tokenizer, cfg.data, require_label=reward.requires_label)
 
 
 def load_run_data(

@@ -19,7 +19,7 @@ import torch
 from ..config import LightRFTConfig, dump_config
 from ..interfaces import AdvantageInput, LossScale, PolicyLossInput, RewardInput, SamplingParams
 from ..plugins import PluginManager, get_plugin_manager
-from .checkpoints import checkpoint_dir, resolve_resume
+from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
 from .data import RunData, load_run_data
 from .evaluate import evaluate
@@ -84,7 +84,17 @@ class RLTrainer:
             )
             self.start_step = int(state["step"])
             self.data.sampler.load_state_dict(state["sampler"])
-            logger.info("resumed from %s at step %d", resume, self.start_step)
+            logger.warning("resumed from %s at step %d", resume, self.start_step)
+        elif t.resume_from == "latest":
+            logger.warning(
+                "trainer.resume_from=latest: no checkpoint in %s; starting at step 1", self.out
+            )
+        elif latest_checkpoint(self.out) is not None:
+            logger.warning(
+                "%s already holds checkpoints of an earlier run; this run starts at step 1 and "
+                "overwrites them as it goes (set trainer.resume_from=latest to continue instead)",
+                self.out,
+            )
         self.metrics = MetricsLogger(
             self.out,
             enabled=s.is_rank_0,
