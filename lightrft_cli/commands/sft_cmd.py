@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from ..errors import user_errors
 from ..progress import progress_bars
-from .train_cmd import CONFIG_OPTION, OVERRIDES_ARGUMENT, PLUGIN_OPTION, resolve
+from .train_cmd import CONFIG_OPTION, PLUGIN_OPTION, resolve
+
+SFT_OVERRIDES = typer.Argument(
+    None, help="Overrides such as sft.epochs=2 sft.learning_rate=1e-4 (later wins)."
+)
 
 
 def sft(
     config: Path | None = CONFIG_OPTION,
     plugin: list[str] = PLUGIN_OPTION,
-    overrides: list[str] | None = OVERRIDES_ARGUMENT,
+    overrides: list[str] | None = SFT_OVERRIDES,
 ) -> None:
     """Supervised fine-tuning on prompt/response rows (data.train_path, the sft section)."""
     from lightrft_core.trainer.sft import run_sft
