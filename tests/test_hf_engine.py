@@ -9,7 +9,7 @@ import torch
 
 from lightrft_core.engines import HFEngine
 from lightrft_core.interfaces import InferenceEngine, SamplingParams
-from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
 from lightrft_core.testing import EngineConformance
 
 TOKENIZER = build_byte_tokenizer()
@@ -18,20 +18,17 @@ PROMPTS = [[72, 101, 108, 108, 111], [87, 111], [40, 41, 42, 43, 44, 45, 46, 47]
 
 def tiny_model(seed: int = 0) -> Any:
     """A 2-layer Qwen2 over the byte tokenizer's vocabulary (fp32)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
+    return build_tiny_model(
+        "5m",
         vocab_size=len(TOKENIZER),
+        seed=seed,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
 
 
 def shared_engine(model: Any, **config: Any) -> HFEngine:

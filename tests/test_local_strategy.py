@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
 from lightrft_core.optim import adamw, lr_factor, lr_schedule
 from lightrft_core.strategies import LocalStrategy
 from lightrft_core.testing import StrategyConformance
@@ -29,20 +29,17 @@ def make_strategy(**config: Any) -> LocalStrategy:
 
 def tiny_qwen2(seed: int = 0) -> Any:
     """A 2-layer Qwen2 with tied embeddings over the byte tokenizer's vocabulary."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
+    return build_tiny_model(
+        "5m",
         vocab_size=259,
+        seed=seed,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
 
 
 # ---------------------------------------------------------------------- optim.py

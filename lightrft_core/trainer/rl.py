@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms import masked_mean
 from ..config import LightRFTConfig, dump_config
 from ..interfaces import AdvantageInput, LossScale, PolicyLossInput, RewardInput, SamplingParams
 from ..plugins import PluginManager, get_plugin_manager
@@ -253,7 +254,7 @@ class RLTrainer:
                     tokens_seen += weight
                     extra = {"loss": loss.loss.detach() * scale.num_tokens / max(weight, 1.0)}
                     if out.entropy is not None:
-                        extra["entropy"] = masked_mean(out.entropy.detach(), mb.action_mask)
+                        extra["entropy"] = float(masked_mean(out.entropy.detach(), mb.action_mask))
                     for key, value in {**loss.metrics, **extra}.items():
                         sums[key] = sums.get(key, 0.0) + float(value) * weight
                 grad_norms.append(
@@ -287,11 +288,6 @@ class RLTrainer:
         )
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    mask = mask.to(values.dtype)
-    return float((values * mask).sum() / mask.sum().clamp(min=1))
-
-
 def rollout_metrics(
     rollout: RolloutBatch, sub_scores: dict[str, torch.Tensor], failures: int
 ) -> dict[str, float]:
@@ -309,5 +305,5 @@ def rollout_metrics(
         metrics["accuracy"] = float(sub_scores["accuracy"].float().mean())
     if rollout.old_log_probs is not None and rollout.engine_log_probs.abs().sum() > 0:
         diff = (rollout.old_log_probs - rollout.engine_log_probs).abs()
-        metrics["logprob_mismatch"] = masked_mean(diff, rollout.action_mask)
+        metrics["logprob_mismatch"] = float(masked_mean(diff, rollout.action_mask))
     return metrics
