@@ -194,6 +194,74 @@ def test_dual_clip_metric() -> None:
     assert out.metrics["dual_clip_fraction"].item() == pytest.approx(0.5)
 
 
+# ---------------------------------------------------------------------- sum-norm constant
+def _sum_norm_batch(**overrides: Any) -> PolicyLossInput:
+    # Two sequences at ratio 1 (lp = old): per-token loss -A. Sequence 0: A = 1 on 2 tokens;
+    # sequence 1: A = -0.5 on 1 token.
+    fields: dict[str, Any] = {
+        "log_probs": torch.zeros(2, 2, requires_grad=True),
+        "old_log_probs": torch.zeros(2, 2),
+        "advantages": torch.tensor([[1.0, 1.0], [-0.5, 0.0]]),
+        "action_mask": torch.tensor([[True, True], [True, False]]),
+        "scale": LossScale(num_tokens=3, num_sequences=2),
+    }
+    fields.update(overrides)
+    return PolicyLossInput(**fields)
+
+
+def test_sum_norm_divides_by_the_engine_max_new_tokens() -> None:
+    # Token sums: -2 and +0.5; MAX_TOKENS = 4 (from the loop): (-2/4 + 0.5/4) / 2 = -0.1875.
+    algo = make(loss_aggregation="seq-mean-token-sum-norm")
+    out = algo.policy_loss(_sum_norm_batch(max_new_tokens=4))
+    assert out.loss.item() == pytest.approx(-0.1875)
+    # max_tokens_norm, when set, wins: (-2/2 + 0.5/2) / 2 = -0.375.
+    algo = make(loss_aggregation="seq-mean-token-sum-norm", max_tokens_norm=2)
+    out = algo.policy_loss(_sum_norm_batch(max_new_tokens=4))
+    assert out.loss.item() == pytest.approx(-0.375)
+
+
+def test_sum_norm_without_a_constant_is_refused_when_the_loss_is_computed() -> None:
+    algo = make(loss_aggregation="seq-mean-token-sum-norm")  # a valid configuration
+    with pytest.raises(ValueError, match="set algorithm.max_tokens_norm"):
+        algo.policy_loss(_sum_norm_batch())
+
+
+# ---------------------------------------------------------------------- entropy options
+def test_high_entropy_token_selection_zeroes_the_other_tokens() -> None:
+    # _hand_batch: ratios 1.5 (clipped, -2.4) and 1.1 (-2.2), A = 2, third position padding.
+    # Entropies 0.3 and 0.9 (9.0 on the padding is ignored); fraction 0.5 of 2 tokens keeps
+    # ceil(1.0) = 1 token: the second. Loss: -2.2 / N_tok (still 2) = -1.1.
+    entropy = torch.tensor([[0.3, 0.9, 9.0]])
+    out = make(high_entropy_token_fraction=0.5).policy_loss(_hand_batch(entropy=entropy))
+    assert out.loss.item() == pytest.approx(-1.1, abs=1e-6)
+    assert out.metrics["selected_token_fraction"].item() == pytest.approx(0.5)
+    assert out.metrics["clip_fraction"].item() == 0.0  # over the selected token only
+    # Gradient: token 1: -A·ρ / 2 = -2·1.1 / 2 = -1.1; token 0 is not selected: 0.
+    batch = _hand_batch(entropy=entropy)
+    make(high_entropy_token_fraction=0.5).policy_loss(batch).loss.backward()
+    assert batch.log_probs.grad is not None
+    torch.testing.assert_close(batch.log_probs.grad, torch.tensor([[0.0, -1.1, 0.0]]))
+
+
+def test_entropy_bonus_is_added_and_has_gradient() -> None:
+    # Entropies 1 and 3 on the 2 valid tokens: token-mean 2; coef 0.01: bonus -0.02;
+    # loss -2.3 - 0.02 = -2.32. d loss / d H_t = -0.01 / 2 = -0.005 on valid tokens.
+    entropy = torch.tensor([[1.0, 3.0, 5.0]], requires_grad=True)
+    out = make(entropy_coef=0.01).policy_loss(_hand_batch(entropy=entropy))
+    assert out.loss.item() == pytest.approx(-2.32, abs=1e-6)
+    out.loss.backward()
+    assert entropy.grad is not None
+    torch.testing.assert_close(entropy.grad, torch.tensor([[-0.005, -0.005, 0.0]]))
+
+
+@pytest.mark.parametrize(
+    "options", [{"entropy_coef": 0.01}, {"high_entropy_token_fraction": 0.2}], ids=str
+)
+def test_entropy_options_need_the_entropy(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="PolicyLossInput.entropy"):
+        make(**options).policy_loss(_hand_batch())
+
+
 # ---------------------------------------------------------------------- invariance
 def _random_rollout(seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
@@ -289,11 +357,13 @@ def test_gradient_is_the_same_on_2_simulated_ranks(options: dict[str, Any]) -> N
         ({"clip_eps_low": 1.0}, "clip_eps_low"),
         ({"clip_eps_high": -0.2}, "clip_eps_high"),
         ({"advantage_eps": -1e-6}, "advantage_eps"),
-        ({"loss_aggregation": "seq-mean-token-sum-norm"}, "needs max_tokens_norm"),
         ({"max_tokens_norm": 0}, "max_tokens_norm must be >= 1"),
         ({"kl_coef": -0.1}, "kl_coef"),
         ({"kl_estimator": "k4"}, "kl_estimator must be one of k1, k2, k3"),
         ({"kl_mode": "both"}, "kl_mode must be one of loss, reward"),
+        ({"high_entropy_token_fraction": 0.0}, "high_entropy_token_fraction must be in"),
+        ({"high_entropy_token_fraction": 1.5}, "high_entropy_token_fraction must be in"),
+        ({"entropy_coef": -0.1}, "entropy_coef must be >= 0"),
     ],
 )
 def test_config_validation(options: dict[str, Any], match: str) -> None:
@@ -317,10 +387,24 @@ def test_class_attributes() -> None:
 
 # ---------------------------------------------------------------------- packaging
 def test_plugin_registers_into_a_fresh_manager() -> None:
+    from lightrft_plugin_grpo.dapo import DAPO
+    from lightrft_plugin_grpo.dr_grpo import DrGRPO
+    from lightrft_plugin_grpo.gmpo import GMPO
+    from lightrft_plugin_grpo.gspo import GSPO, GSPOToken
+
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
-    assert pm.get_algorithm("grpo") is GRPO
-    assert pm.component_info("algorithm", "grpo").plugin == "grpo"
+    expected = {
+        "grpo": GRPO,
+        "dr_grpo": DrGRPO,
+        "dapo": DAPO,
+        "gspo": GSPO,
+        "gspo_token": GSPOToken,
+        "gmpo": GMPO,
+    }
+    for name, cls in expected.items():
+        assert pm.get_algorithm(name) is cls
+        assert pm.component_info("algorithm", name).plugin == "grpo"
 
 
 def test_version_is_in_lockstep_with_the_core() -> None:

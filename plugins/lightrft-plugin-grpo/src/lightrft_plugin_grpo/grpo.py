@@ -1,5 +1,5 @@
 """GRPO: Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", arXiv
-2402.03300), with Dr.GRPO (Liu et al. 2025, arXiv 2503.20783) as a configuration.
+2402.03300) -- and the base of the plugin's other algorithms (Dr.GRPO, DAPO, GSPO, GMPO).
 
 Advantages: each prompt's ``G`` samples are scored; ``A_i = (r_i − mean_G r) / (std_G r +
 ε)`` (unbiased std) is given to every response token of sample ``i`` (the paper's
@@ -11,8 +11,8 @@ Where this implementation departs from the paper, or lets configuration depart f
 * Loss aggregation: the paper averages each sequence's token mean, then over sequences
   (``seq-mean-token-mean``). The default here is ``token-mean`` (as DAPO and most
   frameworks); every mode of ``lightrft_core.algorithms.AGGREGATION_MODES`` is available.
-* Dr.GRPO = ``scale_rewards_by_std: false`` plus ``loss_aggregation:
-  seq-mean-token-sum-norm`` with ``max_tokens_norm`` = the maximum generation length.
+  ``seq-mean-token-sum-norm`` divides by ``max_tokens_norm``, or by the engine's
+  ``max_new_tokens`` (``PolicyLossInput.max_new_tokens``) when that is not set.
 * Clip-higher (``clip_eps_high > clip_eps_low``, DAPO) and the dual clip (arXiv 1912.09729)
   are options; the paper uses one symmetric ε and no dual clip.
 * KL: the paper adds ``β·k3`` to the loss (``kl_mode: loss``, the default, with estimator
@@ -22,12 +22,17 @@ Where this implementation departs from the paper, or lets configuration depart f
   penalty is normalised together with the outcome reward.
 * The paper's default ``β = 0.04``; here ``kl_coef`` defaults to 0 (no reference model),
   as in DAPO, Dr.GRPO and most recent recipes.
+* Options from later work: high-entropy token selection (arXiv 2506.01939) and an entropy
+  bonus (``lightrft_core.algorithms.token_selection``).
+
+The variants subclass ``GRPO`` and override its hooks: ``shaped_rewards`` (the rewards the
+group normalisation sees) and ``surrogate`` (the per-token policy loss before aggregation).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
 
@@ -40,6 +45,7 @@ from lightrft_core.algorithms import (
     kl_estimate,
     masked_mean,
 )
+from lightrft_core.algorithms.token_selection import entropy_bonus_loss, high_entropy_token_mask
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -53,6 +59,14 @@ from .losses import ppo_clip_loss
 
 KLMode = Literal["loss", "reward"]
 KL_MODES: tuple[str, ...] = get_args(KLMode)
+
+
+class Surrogate(NamedTuple):
+    """``loss``: ``[B, T]`` per-token policy loss, already zero on tokens that must not count
+    (aggregated over the response mask). ``metrics``: detached scalars."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
 
 
 class GRPO(Algorithm):
@@ -109,7 +123,8 @@ class GRPO(Algorithm):
             default=None,
             metadata={
                 "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
-                "(Dr.GRPO: the maximum generation length). Required for that mode."
+                "(Dr.GRPO: the maximum generation length). None: engine.max_new_tokens, "
+                "as the training loop passes it."
             },
         )
         # ------------------------------------------------------------ KL
@@ -130,16 +145,25 @@ class GRPO(Algorithm):
                 "subtract kl_coef * (sum of token KL) from each reward before normalising."
             },
         )
+        # ------------------------------------------------------------ entropy
+        high_entropy_token_fraction: float | None = field(
+            default=None,
+            metadata={
+                "help": "Only the top fraction (0, 1] of each response's tokens by entropy "
+                "enter the policy loss (arXiv 2506.01939 keeps 0.2); at least 1 token per "
+                "response. None: every token."
+            },
+        )
+        entropy_coef: float = field(
+            default=0.0,
+            metadata={
+                "help": "Entropy bonus: adds -entropy_coef * entropy (aggregated like the "
+                "loss) to the loss. 0 disables it."
+            },
+        )
 
         def __post_init__(self) -> None:
-            if not 0.0 <= self.clip_eps_low < 1.0:
-                raise ValueError(f"clip_eps_low must be in [0, 1), got {self.clip_eps_low}")
-            if self.clip_eps_high < 0.0:
-                raise ValueError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
-            if self.dual_clip is not None and self.dual_clip <= 1.0:
-                raise ValueError(
-                    f"dual_clip must be > 1 (or null to disable it), got {self.dual_clip}"
-                )
+            self._check_clipping()
             if self.advantage_eps < 0.0:
                 raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
             if self.loss_aggregation not in AGGREGATION_MODES:
@@ -149,11 +173,6 @@ class GRPO(Algorithm):
                 )
             if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
                 raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
-            if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
-                raise ValueError(
-                    "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
-                    "maximum generation length, as Dr.GRPO)"
-                )
             if self.kl_coef < 0.0:
                 raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
             if self.kl_estimator not in KL_ESTIMATORS:
@@ -164,6 +183,24 @@ class GRPO(Algorithm):
             if self.kl_mode not in KL_MODES:
                 raise ValueError(
                     f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}"
+                )
+            fraction = self.high_entropy_token_fraction
+            if fraction is not None and not 0.0 < fraction <= 1.0:
+                raise ValueError(
+                    f"high_entropy_token_fraction must be in (0, 1] (or null for every "
+                    f"token), got {fraction}"
+                )
+            if self.entropy_coef < 0.0:
+                raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
+
+        def _check_clipping(self) -> None:
+            if not 0.0 <= self.clip_eps_low < 1.0:
+                raise ValueError(f"clip_eps_low must be in [0, 1), got {self.clip_eps_low}")
+            if self.clip_eps_high < 0.0:
+                raise ValueError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
+            if self.dual_clip is not None and self.dual_clip <= 1.0:
+                raise ValueError(
+                    f"dual_clip must be > 1 (or null to disable it), got {self.dual_clip}"
                 )
 
     config: Config
@@ -176,19 +213,8 @@ class GRPO(Algorithm):
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
         cfg = self.config
         mask = batch.action_mask.bool()  # [B, T]
-        rewards = batch.rewards.float()  # [B]
         metrics: dict[str, float] = {}
-        if cfg.kl_mode == "reward" and cfg.kl_coef > 0.0:
-            if batch.ref_log_probs is None or batch.old_log_probs is None:
-                raise ValueError(
-                    "GRPO with kl_mode 'reward' and kl_coef > 0 needs old_log_probs and "
-                    "ref_log_probs in AdvantageInput (the loop computes them when "
-                    "needs_reference() is True)"
-                )
-            kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, cfg.kl_estimator)
-            seq_kl = torch.where(mask, kl, torch.zeros_like(kl)).sum(dim=-1)  # [B]
-            rewards = rewards - cfg.kl_coef * seq_kl
-            metrics["kl_penalty_mean"] = (cfg.kl_coef * seq_kl).mean().item()
+        rewards = self.shaped_rewards(batch, metrics)  # [B]
         advantages = group_normalized_advantages(
             rewards,
             batch.group_size,
@@ -203,10 +229,77 @@ class GRPO(Algorithm):
         )
         return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
 
+    def shaped_rewards(self, batch: AdvantageInput, metrics: dict[str, float]) -> torch.Tensor:
+        """``[B]`` the rewards the group normalisation sees: the outcome rewards, minus
+        ``β·Σ_t kl_t`` with ``kl_mode: reward``. Subclasses add their own shaping; they may
+        add metrics to ``metrics``."""
+        cfg = self.config
+        rewards = batch.rewards.float()  # [B]
+        if cfg.kl_mode == "reward" and cfg.kl_coef > 0.0:
+            if batch.ref_log_probs is None or batch.old_log_probs is None:
+                raise ValueError(
+                    f"{self.name} with kl_mode 'reward' and kl_coef > 0 needs old_log_probs "
+                    "and ref_log_probs in AdvantageInput (the loop computes them when "
+                    "needs_reference() is True)"
+                )
+            mask = batch.action_mask.bool()
+            kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, cfg.kl_estimator)
+            seq_kl = torch.where(mask, kl, torch.zeros_like(kl)).sum(dim=-1)  # [B]
+            rewards = rewards - cfg.kl_coef * seq_kl
+            metrics["kl_penalty_mean"] = (cfg.kl_coef * seq_kl).mean().item()
+        return rewards
+
     # ------------------------------------------------------------------ loss
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
         cfg = self.config
         mask = batch.action_mask.bool()  # [B, T]
+        policy_mask = mask
+        if cfg.high_entropy_token_fraction is not None:
+            entropy = self._entropy(batch, "high_entropy_token_fraction")
+            policy_mask = high_entropy_token_mask(entropy, mask, cfg.high_entropy_token_fraction)
+        max_tokens = self.resolve_max_tokens(batch)
+        surrogate = self.surrogate(batch, policy_mask)
+        loss = aggregate_loss(
+            surrogate.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
+        )
+        kl = None
+        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
+            if batch.ref_log_probs is None:
+                raise ValueError(
+                    f"{self.name} with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
+                    "PolicyLossInput (the loop computes them when needs_reference() is True)"
+                )
+            kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
+            loss = loss + cfg.kl_coef * aggregate_loss(
+                kl, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
+            )
+        if cfg.entropy_coef > 0.0:
+            entropy = self._entropy(batch, "entropy_coef")
+            loss = loss + entropy_bonus_loss(
+                entropy.float(),
+                mask,
+                cfg.loss_aggregation,
+                batch.scale,
+                coef=cfg.entropy_coef,
+                max_tokens=max_tokens,
+            )
+
+        with torch.no_grad():
+            approx_kl = kl_estimate(batch.log_probs, batch.old_log_probs, "k3")
+            metrics = dict(surrogate.metrics)
+            metrics["approx_kl"] = masked_mean(approx_kl, mask)
+            if cfg.high_entropy_token_fraction is not None:
+                metrics["selected_token_fraction"] = masked_mean(policy_mask.float(), mask)
+            if kl is None and batch.ref_log_probs is not None:
+                kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)
+            if kl is not None:
+                metrics["kl"] = masked_mean(kl.detach(), mask)
+        return PolicyLossOutput(loss=loss, metrics=metrics)
+
+    def surrogate(self, batch: PolicyLossInput, policy_mask: torch.Tensor) -> Surrogate:
+        """GRPO's per-token PPO-clip loss, zero outside ``policy_mask`` (``[B, T]`` bool: the
+        response tokens, or the selected high-entropy ones)."""
+        cfg = self.config
         ppo = ppo_clip_loss(
             batch.log_probs,
             batch.old_log_probs,
@@ -215,32 +308,37 @@ class GRPO(Algorithm):
             clip_eps_high=cfg.clip_eps_high,
             dual_clip=cfg.dual_clip,
         )
-        loss = aggregate_loss(
-            ppo.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
-        )
-        kl = None
-        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
-            if batch.ref_log_probs is None:
-                raise ValueError(
-                    "GRPO with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
-                    "PolicyLossInput (the loop computes them when needs_reference() is True)"
-                )
-            kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
-            loss = loss + cfg.kl_coef * aggregate_loss(
-                kl, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
-            )
-
+        loss = torch.where(policy_mask, ppo.loss, torch.zeros_like(ppo.loss))
         with torch.no_grad():
-            approx_kl = kl_estimate(batch.log_probs, batch.old_log_probs, "k3")
             metrics = {
-                "clip_fraction": masked_mean(ppo.clipped.float(), mask),
-                "approx_kl": masked_mean(approx_kl, mask),
-                "ratio_mean": masked_mean(ppo.ratio.detach(), mask),
+                "clip_fraction": masked_mean(ppo.clipped.float(), policy_mask),
+                "ratio_mean": masked_mean(ppo.ratio.detach(), policy_mask),
             }
             if cfg.dual_clip is not None:
-                metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), mask)
-            if kl is None and batch.ref_log_probs is not None:
-                kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)
-            if kl is not None:
-                metrics["kl"] = masked_mean(kl.detach(), mask)
-        return PolicyLossOutput(loss=loss, metrics=metrics)
+                metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), policy_mask)
+        return Surrogate(loss, metrics)
+
+    def resolve_max_tokens(self, batch: PolicyLossInput) -> int | None:
+        """The constant of ``seq-mean-token-sum-norm``: ``max_tokens_norm`` if set, else the
+        engine's ``max_new_tokens``; ``None`` for the other modes."""
+        cfg = self.config
+        if cfg.loss_aggregation != "seq-mean-token-sum-norm":
+            return cfg.max_tokens_norm
+        value = cfg.max_tokens_norm if cfg.max_tokens_norm is not None else batch.max_new_tokens
+        if value is None or value < 1:
+            raise ValueError(
+                f"{self.name}: loss_aggregation 'seq-mean-token-sum-norm' divides by the "
+                "maximum generation length: set algorithm.max_tokens_norm, or let the training "
+                "loop pass engine.max_new_tokens (PolicyLossInput.max_new_tokens); got "
+                f"{value!r}"
+            )
+        return value
+
+    def _entropy(self, batch: PolicyLossInput, option: str) -> torch.Tensor:
+        if batch.entropy is None:
+            raise ValueError(
+                f"{self.name} with {option} set needs the per-token entropy in "
+                "PolicyLossInput.entropy (the loop asks the actor for it with "
+                "return_entropy=True)"
+            )
+        return batch.entropy

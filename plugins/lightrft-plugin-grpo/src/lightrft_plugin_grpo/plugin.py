@@ -9,6 +9,11 @@ from lightrft_core import hookimpl
 
 @hookimpl
 def lightrft_register_algorithms(register: Any) -> None:
+    from .dapo import DAPO
+    from .dr_grpo import DrGRPO
+    from .gmpo import GMPO
     from .grpo import GRPO
+    from .gspo import GSPO, GSPOToken
 
-    register(GRPO)
+    for algorithm in (GRPO, DrGRPO, DAPO, GSPO, GSPOToken, GMPO):
+        register(algorithm)
