@@ -19,3 +19,43 @@ __all__ = [
     "kl_estimate",
     "masked_mean",
 ]
+
+# ---- PPO clip, whitening, KL controllers, reward shaping (kl_control.py, ppo_clip.py,
+# reward_shaping.py, whitening.py)
+from .kl_control import (
+    KL_CONTROLLER_KINDS,
+    AdaptiveKLController,
+    FixedKLController,
+    KLController,
+    KLControllerKind,
+    build_kl_controller,
+)
+from .ppo_clip import LOG_RATIO_CLAMP, PPOClipLoss, check_clip_parameters, ppo_clip_loss
+from .reward_shaping import (
+    RewardNormalizer,
+    RunningMeanStd,
+    clip_rewards,
+    normalize_rewards,
+)
+from .whitening import AllReduce, WhitenedValues, clip_advantages, masked_whiten
+
+__all__ += [
+    "KL_CONTROLLER_KINDS",
+    "LOG_RATIO_CLAMP",
+    "AdaptiveKLController",
+    "AllReduce",
+    "FixedKLController",
+    "KLController",
+    "KLControllerKind",
+    "PPOClipLoss",
+    "RewardNormalizer",
+    "RunningMeanStd",
+    "WhitenedValues",
+    "build_kl_controller",
+    "check_clip_parameters",
+    "clip_advantages",
+    "clip_rewards",
+    "masked_whiten",
+    "normalize_rewards",
+    "ppo_clip_loss",
+]

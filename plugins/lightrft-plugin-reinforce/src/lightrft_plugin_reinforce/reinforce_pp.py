@@ -1,0 +1,178 @@
+"""REINFORCE++ and REINFORCE++-baseline (J. Hu et al., "REINFORCE++: A Simple and
+Efficient Approach for Aligning Large Language Models", arXiv 2501.03262).
+
+Advantages (once per rollout batch, no critic)::
+
+    r_i ← r_i − mean_G r                        (REINFORCE++-baseline only)
+    R_t = −β·kl_t + r_i·[t is the last response token],   kl_t = kl(lp_old_t, lp_ref_t)
+    G_t = Σ_{k≥t} γ^{k−t} R_k
+    A_t = (G_t − μ) / (σ + ε)     μ, σ: masked mean / population std over every response
+                                  token of the *global* batch (all ranks)
+
+Loss: the PPO clip on ``A_t`` (see ``losses.py``), aggregated over the optimizer batch.
+
+Where this implementation departs from the paper, or lets configuration depart from it:
+
+* Global statistics: with several ranks the whitening all-reduces its sums through
+  ``AdvantageInput.all_reduce`` (the strategy's ``all_reduce``) when the loop provides it;
+  without it each rank whitens its own shard. One process is exact either way.
+* REINFORCE++-baseline whitens without re-centring by default (``whiten_center: false``):
+  the group mean already centres the outcome reward, and re-centring by the batch's token
+  mean would give the samples of an all-equal group a non-zero advantage, which this
+  project forbids (ALGORITHMS.md). ``whiten_center: true`` gives the formula above exactly.
+* A batch whose returns are all equal is whitened to exactly 0 (no division of a rounding
+  residue by ε); ``advantage_clip`` optionally clamps the whitened advantages.
+* ``kl_coef`` (β) defaults to 0, so no reference model runs unless asked for; the paper's
+  token-level KL penalty is ``kl_coef > 0`` (estimator ``k1``, ``kl(lp_old, lp_ref) = lp_old −
+  lp_ref``, by default). Mind that the whitening rescales the returns to unit spread: in a
+  batch without any outcome signal (all rewards equal) the KL penalty alone then sets the
+  advantages, at full scale, whatever β is.
+* ``kl_mode: loss`` moves the KL from the token rewards to a ``β·KL`` loss term (as GRPO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from lightrft_core.algorithms import clip_advantages, masked_mean, masked_whiten
+from lightrft_core.interfaces import (
+    AdvantageInput,
+    AdvantageOutput,
+    Algorithm,
+    PolicyLossInput,
+    PolicyLossOutput,
+)
+
+from .groups import check_rewards, equal_reward_groups, group_centered
+from .losses import ClippedLossOptions, clipped_policy_loss, rollout_kl
+from .returns import discounted_returns, token_level_rewards
+
+
+def batch_all_reduce(batch: AdvantageInput) -> Any:
+    """The strategy's ``all_reduce`` when the loop passes it in ``AdvantageInput.all_reduce``
+    (``None`` in one process, or while the core's ``AdvantageInput`` lacks the field)."""
+    return getattr(batch, "all_reduce", None)
+
+
+class ReinforcePP(Algorithm):
+    """REINFORCE++: KL-shaped token rewards, discounted returns, global whitening."""
+
+    name: ClassVar[str] = "reinforce_pp"
+
+    @dataclass
+    class Config(ClippedLossOptions):
+        """Options of ``algorithm.name: reinforce_pp``."""
+
+        # ------------------------------------------------------------ returns
+        gamma: float = field(
+            default=1.0,
+            metadata={"help": "Discount γ of the token returns G_t = Σ γ^(k-t) R_k; in [0, 1]."},
+        )
+        # ------------------------------------------------------------ whitening
+        whiten_center: bool = field(
+            default=True,
+            metadata={
+                "help": "Subtract the global token mean of the returns before dividing by "
+                "their std (the paper). False: divide by the std only."
+            },
+        )
+        advantage_eps: float = field(
+            default=1e-8,
+            metadata={"help": "Added to the global std of the returns before dividing by it."},
+        )
+        advantage_clip: float | None = field(
+            default=None,
+            metadata={"help": "Clamp the whitened advantages to [-c, c]. None disables it."},
+        )
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.gamma <= 1.0:
+                raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+            if self.advantage_eps < 0.0:
+                raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
+            if self.advantage_clip is not None and self.advantage_clip <= 0.0:
+                raise ValueError(
+                    f"advantage_clip must be > 0 (or null to disable it), got {self.advantage_clip}"
+                )
+
+    config: Config
+
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0.0
+
+    @torch.no_grad()
+    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
+        return reinforce_pp_advantages(self.config, batch, baseline=False, algorithm=self.name)
+
+    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
+        return clipped_policy_loss(self.config, batch, self.name)
+
+
+class ReinforcePPBaseline(Algorithm):
+    """REINFORCE++-baseline: the group mean is subtracted from the rewards first."""
+
+    name: ClassVar[str] = "reinforce_pp_baseline"
+    requires_groups: ClassVar[bool] = True
+
+    @dataclass
+    class Config(ReinforcePP.Config):
+        """Options of ``algorithm.name: reinforce_pp_baseline``."""
+
+        whiten_center: bool = field(
+            default=False,
+            metadata={
+                "help": "Also subtract the global token mean when whitening (the paper). "
+                "Default false: an all-equal group keeps exactly zero advantage."
+            },
+        )
+
+    config: Config
+
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0.0
+
+    @torch.no_grad()
+    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
+        return reinforce_pp_advantages(self.config, batch, baseline=True, algorithm=self.name)
+
+    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
+        return clipped_policy_loss(self.config, batch, self.name)
+
+
+def reinforce_pp_advantages(
+    cfg: ReinforcePP.Config, batch: AdvantageInput, *, baseline: bool, algorithm: str
+) -> AdvantageOutput:
+    """The advantages of the module docstring, with their metrics."""
+    mask = batch.action_mask.bool()  # [B, T]
+    rewards = check_rewards(batch.rewards)  # [B]
+    metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
+    if baseline:
+        metrics["zero_std_group_fraction"] = (
+            equal_reward_groups(rewards, batch.group_size).float().mean().item()
+        )
+        rewards = group_centered(rewards, batch.group_size)  # [B]
+    kl = rollout_kl(cfg, batch, algorithm) if cfg.kl_in_reward else None  # [B, T]
+    token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=cfg.kl_coef)  # [B, T]
+    returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
+    whitened = masked_whiten(
+        returns,
+        mask,
+        center=cfg.whiten_center,
+        eps=cfg.advantage_eps,
+        all_reduce=batch_all_reduce(batch),
+    )
+    advantages = clip_advantages(whitened.values, cfg.advantage_clip)  # [B, T]
+
+    if kl is not None:
+        sequence_kl = kl.sum(dim=-1)  # [B]
+        metrics["kl_sequence_mean"] = sequence_kl.mean().item()
+        metrics["kl_penalty_mean"] = (cfg.kl_coef * sequence_kl).mean().item()
+    metrics["return_mean"] = whitened.mean
+    metrics["return_std"] = whitened.std
+    metrics["advantage_mean"] = float(masked_mean(advantages, mask))
+    metrics["advantage_abs_max"] = float(advantages.abs().max()) if advantages.numel() else 0.0
+    return AdvantageOutput(advantages=advantages, metrics=metrics)
