@@ -26,17 +26,47 @@ Dynamic sampling (DAPO, arXiv 2503.14476) -- the contract between an algorithm a
 
 The base class keeps every group and allows no extra round, so an algorithm that does not
 override them never changes the loop's behaviour.
+
+A critic (PPO with GAE, arXiv 1707.06347 and 1506.02438) -- the contract between an algorithm
+whose ``needs_critic()`` is True and the loop (critic-free algorithms return ``None`` from
+``build_critic`` and nothing below happens):
+
+1. Once, after the actor is prepared, inside ``model_init_context(strategy)``:
+   ``critic = algorithm.build_critic(cfg, strategy, actor)``. The critic builds its model,
+   its own optimizer and scheduler through ``strategy`` and prepares them itself.
+2. Every step, after the old (and reference) log-probs and before ``compute_advantages``:
+   ``values = critic.compute_values(sequences, attention_mask, micro_batch_size=...) *
+   action_mask`` (``[B, T-1]``, aligned with the log-probs). Pass it as
+   ``AdvantageInput.values``; keep it (the *old values*) and ``AdvantageOutput.returns``
+   with the rollout; log ``critic.rollout_metrics(values, returns, action_mask)``.
+3. ``algorithm.updates_policy(step)`` (``step`` counts from 1) is False during the critic's
+   warm-up: the loop then skips the actor's forward, policy loss, backward, optimizer step
+   and weight sync, and trains only the critic.
+4. For every micro-batch, after the policy backward and before the actor's
+   ``optimizer_step``: ``critic.train_micro_batch(CriticBatch(...), step=step,
+   sync_gradients=<last micro-batch of the optimizer batch>)`` with the policy loss's own
+   ``LossScale``. It runs forward, value loss and backward, and returns metrics that are
+   per-token means of the micro-batch (weight them by its response tokens, as the policy
+   metrics). After the optimizer batch's last micro-batch: ``critic.optimizer_step()``,
+   which returns the gradient norm. (A critic that shares the actor's trunk leaves the value
+   loss's trunk gradient for the actor's ``optimizer_step``; hence the order.)
+5. ``critic.save(dir)`` after each actor checkpoint (e.g. into ``<step dir>/critic``),
+   ``critic.load(dir)`` on resume, ``critic.export_hf(dir, tokenizer)`` at the end.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .component import Component
+
+if TYPE_CHECKING:
+    from .strategy import StrategyBase
 
 
 @dataclass
@@ -113,6 +143,69 @@ class PolicyLossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class CriticBatch:
+    """One micro-batch for ``Critic.train_micro_batch``. ``sequences``/``attention_mask``:
+    ``[B, T]`` as for the actor. ``old_values``: ``[B, T-1]`` the values computed before
+    ``compute_advantages`` (``Critic.compute_values``). ``returns``: ``[B, T-1]`` from
+    ``AdvantageOutput.returns``. ``action_mask``: ``[B, T-1]`` bool. ``scale``: the policy
+    loss's ``LossScale`` of the optimizer batch."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    old_values: torch.Tensor
+    returns: torch.Tensor
+    action_mask: torch.Tensor
+    scale: LossScale
+
+
+class Critic(ABC):
+    """A trainable value function as the loop drives it (see the module docstring, "A
+    critic"); built by ``Algorithm.build_critic``. It owns its model, optimizer and scheduler,
+    and calls the strategy itself."""
+
+    @abstractmethod
+    def compute_values(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, *, micro_batch_size: int
+    ) -> torch.Tensor:
+        """``[B, T-1]`` float32 values, no gradients, on ``sequences.device``: position ``t``
+        is the value of the state ``sequences[:, : t + 1]``, the state before the action
+        whose log-prob is at ``t``; 0 where a token is padding."""
+
+    @abstractmethod
+    def rollout_metrics(
+        self, values: torch.Tensor, returns: torch.Tensor, action_mask: torch.Tensor
+    ) -> dict[str, float]:
+        """Metrics of a rollout's old values against its returns over the response tokens of
+        every rank (e.g. ``critic/explained_variance``). Collective: every rank calls it."""
+
+    @abstractmethod
+    def train_micro_batch(
+        self, batch: CriticBatch, *, step: int, sync_gradients: bool = True
+    ) -> dict[str, float]:
+        """Forward, value loss and backward of one micro-batch (gradients accumulate until
+        ``optimizer_step``). ``sync_gradients=False`` on every micro-batch of an optimizer
+        batch but the last. Returns per-token means of the micro-batch (``critic/...``)."""
+
+    @abstractmethod
+    def optimizer_step(self) -> float:
+        """Clip, step the critic's optimizer and scheduler, zero its gradients; returns the
+        gradient norm before clipping."""
+
+    @abstractmethod
+    def save(self, path: str | Path) -> None:
+        """Write a resumable checkpoint of the critic (model, optimizer, scheduler) at
+        ``path``. Collective."""
+
+    @abstractmethod
+    def load(self, path: str | Path) -> None:
+        """Restore what ``save`` wrote. Collective."""
+
+    @abstractmethod
+    def export_hf(self, path: str | Path, tokenizer: Any = None) -> None:
+        """Write the trained critic as a folder its model class reloads. Collective."""
+
+
 class Algorithm(Component):
     """RL algorithm: turns rewards into advantages and log-probs into a loss."""
 
@@ -148,6 +241,20 @@ class Algorithm(Component):
         """How many extra rollout rounds per step the loop may run to replace groups that
         ``filter_groups`` dropped (0: never resample)."""
         return 0
+
+    def build_critic(
+        self, cfg: Any, strategy: StrategyBase, actor: torch.nn.Module
+    ) -> Critic | None:
+        """The critic the loop trains beside the actor (module docstring, "A critic"), or
+        ``None``. ``cfg``: the run's ``LightRFTConfig``; ``actor``: the prepared actor (a
+        critic may share its trunk). An algorithm whose ``needs_critic()`` is True must
+        return one; the base class returns ``None``."""
+        return None
+
+    def updates_policy(self, step: int) -> bool:
+        """Whether the loop updates the policy at ``step`` (counted from 1). False during a
+        critic warm-up, when only the critic is trained; the base class always updates."""
+        return True
 
     @abstractmethod
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:

@@ -1,0 +1,413 @@
+"""PPO with GAE and a learned critic (Schulman et al. 2017, "Proximal Policy Optimization
+Algorithms", arXiv 1707.06347; GAE: Schulman et al. 2016, arXiv 1506.02438), as used for
+RLHF (Ouyang et al. 2022, arXiv 2203.02155: a KL penalty in the token rewards).
+
+Advantages, once per rollout batch (``gae.py``)::
+
+    R_t = −β·kl(lp_old_t, lp_ref_t) + r·[t is last]       (kl_mode: reward)
+    A_t = Σ_{k≥t} (γλ)^{k−t} (R_k + γV_{k+1} − V_k),  V after the last token = 0
+    G_t = A_t + V_t                                       (the critic's target)
+    A_t ← (A_t − μ) / (σ + ε)   over the global batch     (whiten_advantages)
+
+Policy loss per token: the core's PPO clip, ``−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)``,
+aggregated over the optimizer batch (``loss_aggregation``). Value loss per token
+(``value_loss.py``): ``0.5·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)``, aggregated
+the same way; the critic is trained with its own optimizer (``loop_support.py``).
+
+Where this implementation departs from the papers, or lets configuration depart from them:
+
+* Value clipping is from OpenAI's ``baselines`` implementation, not the paper (which uses
+  the plain squared error); ``value_clip: null`` gives the paper's loss.
+* Advantage whitening over the batch is an implementation practice, not in the paper
+  (on by default; ``whiten_advantages: false`` turns it off). The returns are computed from
+  the advantages *before* whitening.
+* ``kl_coef`` defaults to 0 (no reference model), like the other plugins; classic RLHF PPO
+  sets it > 0 with the k1 estimator in the reward.
+* The critic is a separate model by default (its own trunk, initialised from the actor's
+  checkpoint or ``critic_path``); ``critic: shared`` puts the value head on the actor's trunk
+  (one network, loss ``L_policy + vf_coef·L_value`` as in the paper's eq. 9).
+* Critic warm-up (``critic_warmup_steps``): the first steps train only the critic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args
+
+import torch
+
+from lightrft_core.algorithms import (
+    AGGREGATION_MODES,
+    KL_ESTIMATORS,
+    AggregationMode,
+    KLEstimator,
+    aggregate_loss,
+    check_clip_parameters,
+    clip_advantages,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    ppo_clip_loss,
+)
+from lightrft_core.interfaces import (
+    AdvantageInput,
+    AdvantageOutput,
+    Algorithm,
+    LossScale,
+    PolicyLossInput,
+    PolicyLossOutput,
+)
+
+from .gae import gae_advantages, token_level_rewards
+from .value_loss import clipped_value_loss
+
+if TYPE_CHECKING:
+    from lightrft_core.interfaces import StrategyBase
+    from lightrft_core.interfaces.algorithm import Critic
+
+KLMode = Literal["reward", "loss"]
+KL_MODES: tuple[str, ...] = get_args(KLMode)
+CriticKind = Literal["separate", "shared"]
+CRITIC_KINDS: tuple[str, ...] = get_args(CriticKind)
+
+
+class ValueLossOutput(NamedTuple):
+    """``loss``: scalar with gradients, this micro-batch's share of the batch value loss.
+    ``metrics``: detached per-micro-batch means (``value_clip_fraction`` ...)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+class PPO(Algorithm):
+    """PPO-clip with GAE advantages from a learned critic."""
+
+    name: ClassVar[str] = "ppo"
+
+    @dataclass
+    class Config:
+        """Options of ``algorithm.name: ppo``."""
+
+        # ------------------------------------------------------------ GAE
+        gamma: float = field(
+            default=1.0,
+            metadata={"help": "Discount γ of the token rewards in GAE; in [0, 1]."},
+        )
+        lam: float = field(
+            default=0.95,
+            metadata={"help": "GAE λ: 0 gives one-step TD advantages, 1 Monte-Carlo; in [0, 1]."},
+        )
+        whiten_advantages: bool = field(
+            default=True,
+            metadata={
+                "help": "Whiten the advantages over the (global) batch: (A - mean) / (std + eps)."
+            },
+        )
+        advantage_eps: float = field(
+            default=1e-8, metadata={"help": "Added to the std when whitening the advantages."}
+        )
+        advantage_clip: float | None = field(
+            default=None,
+            metadata={"help": "Clamp the advantages to [-c, c] after whitening. None: off."},
+        )
+        # ------------------------------------------------------------ policy loss
+        clip_eps_low: float = field(
+            default=0.2,
+            metadata={"help": "PPO clip: the ratio is clipped below at 1 - clip_eps_low."},
+        )
+        clip_eps_high: float = field(
+            default=0.2,
+            metadata={"help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high."},
+        )
+        dual_clip: float | None = field(
+            default=None,
+            metadata={
+                "help": "Dual-clip constant c > 1: the loss of a token with negative advantage "
+                "is capped at c*|A|. None disables it."
+            },
+        )
+        loss_aggregation: AggregationMode = field(
+            default="token-mean",
+            metadata={
+                "help": "How per-token policy and value losses are averaged: one of "
+                + ", ".join(AGGREGATION_MODES)
+                + "."
+            },
+        )
+        max_tokens_norm: int | None = field(
+            default=None,
+            metadata={
+                "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
+                "(the maximum generation length); required for that mode."
+            },
+        )
+        # ------------------------------------------------------------ KL to the reference
+        kl_coef: float = field(
+            default=0.0,
+            metadata={
+                "help": "β, the weight of KL(policy || reference). 0 disables the reference model."
+            },
+        )
+        kl_estimator: KLEstimator = field(
+            default="k1",
+            metadata={"help": "Per-token KL estimator: one of " + ", ".join(KL_ESTIMATORS) + "."},
+        )
+        kl_mode: KLMode = field(
+            default="reward",
+            metadata={
+                "help": "'reward': R_t -= kl_coef * kl_t in the token rewards (classic RLHF PPO). "
+                "'loss': kl_coef * KL is added to the policy loss."
+            },
+        )
+        # ------------------------------------------------------------ critic
+        critic: CriticKind = field(
+            default="separate",
+            metadata={
+                "help": "'separate': the critic is its own model (trunk + value head). "
+                "'shared': a value head on the actor's trunk."
+            },
+        )
+        critic_path: str | None = field(
+            default=None,
+            metadata={
+                "help": "Folder the separate critic is initialised from (a causal LM, or a "
+                "critic exported by this plugin). None: the actor's model.path."
+            },
+        )
+        critic_learning_rate: float = field(
+            default=1e-5, metadata={"help": "Peak learning rate of the critic's optimizer."}
+        )
+        critic_warmup_steps: int = field(
+            default=0,
+            metadata={
+                "help": "The first N RL steps train only the critic; the policy is not updated."
+            },
+        )
+        value_clip: float | None = field(
+            default=0.2,
+            metadata={
+                "help": "ε_v: the new value is kept within old value ± ε_v in the clipped "
+                "branch of the value loss. None: the plain squared error."
+            },
+        )
+        vf_coef: float = field(
+            default=0.1,
+            metadata={
+                "help": "Weight of the value loss in the shared trunk's gradient (critic: "
+                "shared only)."
+            },
+        )
+        value_head_init_std: float = field(
+            default=0.0,
+            metadata={"help": "Std of the value head's initial weights; 0: zero-initialised."},
+        )
+
+        def __post_init__(self) -> None:
+            for name in ("gamma", "lam"):
+                value = getattr(self, name)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{name} must be in [0, 1], got {value}")
+            if self.advantage_eps < 0.0:
+                raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
+            if self.advantage_clip is not None and self.advantage_clip <= 0.0:
+                raise ValueError(
+                    f"advantage_clip must be > 0 (or null to disable it), got {self.advantage_clip}"
+                )
+            check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
+            self._check_aggregation()
+            self._check_kl()
+            self._check_critic()
+
+        def _check_aggregation(self) -> None:
+            if self.loss_aggregation not in AGGREGATION_MODES:
+                raise ValueError(
+                    f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
+                    f"got {self.loss_aggregation!r}"
+                )
+            if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
+                raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
+            if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
+                raise ValueError(
+                    "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
+                    "maximum generation length)"
+                )
+
+        def _check_kl(self) -> None:
+            if self.kl_coef < 0.0:
+                raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
+            if self.kl_estimator not in KL_ESTIMATORS:
+                raise ValueError(
+                    f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; "
+                    f"got {self.kl_estimator!r}"
+                )
+            if self.kl_mode not in KL_MODES:
+                raise ValueError(
+                    f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}"
+                )
+
+        def _check_critic(self) -> None:
+            if self.critic not in CRITIC_KINDS:
+                raise ValueError(
+                    f"critic must be one of {', '.join(CRITIC_KINDS)}; got {self.critic!r}"
+                )
+            if self.critic == "shared" and self.critic_path is not None:
+                raise ValueError(
+                    "critic_path is for critic: separate; a shared critic is a value head on "
+                    "the actor's own trunk"
+                )
+            if self.critic_learning_rate <= 0.0:
+                raise ValueError(
+                    f"critic_learning_rate must be > 0, got {self.critic_learning_rate}"
+                )
+            if self.critic_warmup_steps < 0:
+                raise ValueError(
+                    f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}"
+                )
+            if self.value_clip is not None and self.value_clip <= 0.0:
+                raise ValueError(
+                    f"value_clip must be > 0 (or null to disable it), got {self.value_clip}"
+                )
+            if self.vf_coef <= 0.0:
+                raise ValueError(f"vf_coef must be > 0, got {self.vf_coef}")
+            if self.value_head_init_std < 0.0:
+                raise ValueError(
+                    f"value_head_init_std must be >= 0, got {self.value_head_init_std}"
+                )
+
+        @property
+        def kl_in_reward(self) -> bool:
+            return self.kl_mode == "reward" and self.kl_coef > 0.0
+
+    config: Config
+
+    # ------------------------------------------------------------------ the loop's questions
+    def needs_reference(self) -> bool:
+        return self.config.kl_coef > 0.0
+
+    def needs_critic(self) -> bool:
+        return True
+
+    def updates_policy(self, step: int) -> bool:
+        """False for steps ``1 … critic_warmup_steps``: only the critic trains then."""
+        return step > self.config.critic_warmup_steps
+
+    def build_critic(self, cfg: Any, strategy: StrategyBase, actor: torch.nn.Module) -> Critic:
+        """The separate or shared critic (``loop_support.PPOCritic``), its optimizer and
+        scheduler created through ``strategy``."""
+        from .loop_support import CriticSettings, build_ppo_critic
+
+        return build_ppo_critic(self, CriticSettings.from_run_config(cfg), strategy, actor)
+
+    # ------------------------------------------------------------------ advantages
+    @torch.no_grad()
+    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
+        cfg = self.config
+        if batch.values is None:
+            raise ValueError(
+                "ppo needs the critic's values in AdvantageInput.values (the loop computes "
+                "them with critic.compute_values when needs_critic() is True)"
+            )
+        mask = batch.action_mask.bool()  # [B, T]
+        rewards = batch.rewards.float()  # [B]
+        if not torch.isfinite(rewards).all():
+            raise ValueError("ppo: the rewards must be finite (NaN or inf seen)")
+        metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
+        kl = self._rollout_kl(batch) if cfg.kl_in_reward else None  # [B, T]
+        token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=cfg.kl_coef)
+        gae = gae_advantages(token_rewards, batch.values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        advantages = gae.advantages  # [B, T]
+        if cfg.whiten_advantages:
+            all_reduce = getattr(batch, "all_reduce", None)  # when the loop provides it
+            advantages = masked_whiten(
+                advantages, mask, center=True, eps=cfg.advantage_eps, all_reduce=all_reduce
+            ).values
+        advantages = clip_advantages(advantages, cfg.advantage_clip)
+
+        if kl is not None:
+            sequence_kl = kl.sum(dim=-1)  # [B]
+            metrics["kl_sequence_mean"] = sequence_kl.mean().item()
+            metrics["kl_penalty_mean"] = (cfg.kl_coef * sequence_kl).mean().item()
+        metrics["raw_advantage_mean"] = float(masked_mean(gae.advantages, mask))
+        metrics["return_mean"] = float(masked_mean(gae.returns, mask))
+        metrics["value_mean"] = float(masked_mean(batch.values.float(), mask))
+        metrics["advantage_abs_max"] = float(advantages.abs().max()) if advantages.numel() else 0.0
+        return AdvantageOutput(advantages=advantages, returns=gae.returns, metrics=metrics)
+
+    def _rollout_kl(self, batch: AdvantageInput) -> torch.Tensor:
+        """``[B, T]`` per-token ``kl(lp_old, lp_ref)``, 0 outside the mask."""
+        if batch.old_log_probs is None or batch.ref_log_probs is None:
+            raise ValueError(
+                "ppo with kl_mode 'reward' and kl_coef > 0 needs old_log_probs and "
+                "ref_log_probs in AdvantageInput (the loop computes them when "
+                "needs_reference() is True)"
+            )
+        kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, self.config.kl_estimator)
+        return torch.where(batch.action_mask.bool(), kl, torch.zeros_like(kl))
+
+    # ------------------------------------------------------------------ losses
+    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
+        cfg = self.config
+        mask = batch.action_mask.bool()  # [B, T]
+        ppo = ppo_clip_loss(
+            batch.log_probs,
+            batch.old_log_probs,
+            batch.advantages,
+            clip_eps_low=cfg.clip_eps_low,
+            clip_eps_high=cfg.clip_eps_high,
+            dual_clip=cfg.dual_clip,
+        )
+        loss = self._aggregate(ppo.loss, mask, batch.scale)
+        kl = None
+        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
+            if batch.ref_log_probs is None:
+                raise ValueError(
+                    "ppo with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
+                    "PolicyLossInput (the loop computes them when needs_reference() is True)"
+                )
+            kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
+            loss = loss + cfg.kl_coef * self._aggregate(kl, mask, batch.scale)
+
+        with torch.no_grad():
+            approx_kl = kl_estimate(batch.log_probs, batch.old_log_probs, "k3")
+            metrics = {
+                "clip_fraction": masked_mean(ppo.clipped.float(), mask),
+                "approx_kl": masked_mean(approx_kl.detach(), mask),
+                "ratio_mean": masked_mean(ppo.ratio.detach(), mask),
+            }
+            if cfg.dual_clip is not None:
+                metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), mask)
+            if kl is None and batch.ref_log_probs is not None:
+                kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)
+            if kl is not None:
+                metrics["kl"] = masked_mean(kl.detach(), mask)
+        return PolicyLossOutput(loss=loss, metrics=metrics)
+
+    def value_loss(
+        self,
+        values: torch.Tensor,
+        old_values: torch.Tensor,
+        returns: torch.Tensor,
+        action_mask: torch.Tensor,
+        scale: LossScale,
+    ) -> ValueLossOutput:
+        """This micro-batch's share of the clipped value loss (``value_loss.py``),
+        aggregated like the policy loss. ``values``: ``[B, T]`` with gradients; the other
+        tensors ``[B, T]`` as stored with the rollout; ``scale``: the optimizer batch's."""
+        mask = action_mask.bool()
+        per_token = clipped_value_loss(values, old_values, returns, clip=self.config.value_clip)
+        loss = self._aggregate(per_token.loss, mask, scale)
+        with torch.no_grad():
+            metrics = {
+                "value_loss": masked_mean(per_token.loss.detach(), mask),
+                "value_clip_fraction": masked_mean(per_token.clipped.float(), mask),
+                "value_mean": masked_mean(values.detach().float(), mask),
+            }
+        return ValueLossOutput(loss=loss, metrics=metrics)
+
+    def _aggregate(
+        self, per_token: torch.Tensor, mask: torch.Tensor, scale: LossScale
+    ) -> torch.Tensor:
+        cfg = self.config
+        return aggregate_loss(
+            per_token, mask, cfg.loss_aggregation, scale, max_tokens=cfg.max_tokens_norm
+        )
