@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from lightrft_core import hookimpl
-from lightrft_core.config import load_config
+from lightrft_core.config import ConfigError, load_config
 from lightrft_core.interfaces import RewardModel, RewardOutput
 from lightrft_core.plugins import PluginManager
+from lightrft_core.strategies import LocalStrategy
 from lightrft_core.trainer.checkpoints import latest_checkpoint
 from lightrft_core.trainer.rl import RLTrainer
 
@@ -207,3 +208,39 @@ def test_resume_latest_without_checkpoints_and_reuse_of_a_folder_are_announced(
     caplog.clear()
     RLTrainer(config(manager, tiny_model_dir, prompts, out, "trainer.max_steps=1"), manager)
     assert "already holds checkpoints of an earlier run" in caplog.text
+
+
+class _RankZeroOfTwo(LocalStrategy):
+    """``local``, but claiming to be rank 0 of 2: enough to reach the checks of global sizes."""
+
+    name = "rank_zero_of_two"
+
+    @property
+    def world_size(self) -> int:
+        return 2
+
+
+class _TwoRankPlugin:
+    @hookimpl
+    def lightrft_register_strategies(self, register):
+        register(_RankZeroOfTwo)
+
+
+def test_global_sizes_that_ranks_cannot_share_are_config_errors(
+    manager, tiny_model_dir, prompts, tmp_path
+) -> None:
+    manager.register(_TwoRankPlugin(), name="two-ranks")
+    cfg = config(
+        manager,
+        tiny_model_dir,
+        prompts,
+        tmp_path / "run",
+        "strategy.name=rank_zero_of_two",
+        "trainer.prompts_per_step=3",
+        "trainer.optimizer_batch_size=6",
+        "trainer.max_steps=1",
+    )
+    with pytest.raises(ConfigError) as error:
+        RLTrainer(cfg, manager)
+    assert [issue.key for issue in error.value.issues] == ["trainer.prompts_per_step"]
+    assert "divisible by the 2 ranks" in str(error.value)

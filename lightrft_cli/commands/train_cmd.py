@@ -1,7 +1,11 @@
-"""``lightrft train``: resolve plugins and configuration, then run the training loop."""
+"""``lightrft train``: resolve plugins and configuration, then run the training loop.
+
+The same command runs one process per device under ``torchrun -m lightrft_cli train ...``;
+then only rank 0 prints (tables, progress bars, metric lines)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -26,6 +30,16 @@ PLUGIN_OPTION = typer.Option(
 OVERRIDES_ARGUMENT = typer.Argument(
     None, help="Overrides such as trainer.max_steps=10 algorithm.name=grpo (later wins)."
 )
+
+
+def launched_as_rank_0() -> bool:
+    """False in the processes ``torchrun`` starts with a rank other than 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def run_console() -> Console:
+    """The console of a run: silent on ranks other than 0."""
+    return Console(highlight=False, quiet=not launched_as_rank_0())
 
 
 def resolve(
@@ -60,14 +74,15 @@ def train(
 ) -> None:
     """Train a policy with RL (rollout, reward, advantages, update) from a configuration."""
     cfg, manager = resolve(config, plugin, overrides)
-    console = Console(highlight=False)
+    console = run_console()
     console.print(components_table(cfg, manager))
     if dry_run:
         console.print("[green]configuration is valid[/]; --dry-run: not training.")
         return
     from lightrft_core.trainer.rl import RLTrainer
 
-    with user_errors(), progress_bars(console, cfg.logging.progress_bar) as bars:
+    bars_on = cfg.logging.progress_bar and launched_as_rank_0()
+    with user_errors(), progress_bars(console, bars_on) as bars:
         trainer = RLTrainer(cfg, manager, console=console, progress=bars("RL steps"))
         result = trainer.train()
     console.print(trainer.metrics.summary_table())

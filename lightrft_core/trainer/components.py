@@ -11,6 +11,7 @@ import torch
 from ..config import LightRFTConfig
 from ..interfaces import Actor, Algorithm, InferenceEngine, RewardModel, StrategyBase
 from ..plugins import PluginManager
+from .distributed import model_init_context
 
 
 @dataclass
@@ -54,11 +55,13 @@ def build_components(cfg: LightRFTConfig, manager: PluginManager) -> Components:
     strategy.setup_distributed()
     seed_everything(cfg.run.seed)
     actor_cls = manager.get_actor(cfg.model.name)
-    actor = actor_cls(cfg.model.options)
+    with model_init_context(strategy):  # fsdp meta_init: structure only on ranks > 0
+        actor = actor_cls(cfg.model.options)
     algorithm = manager.get_algorithm(cfg.algorithm.name)(cfg.algorithm.options)
     reference = None
     if algorithm.needs_reference():
-        reference = actor_cls(cfg.model.options)
+        with model_init_context(strategy):
+            reference = actor_cls(cfg.model.options)
         reference.eval()
         reference.requires_grad_(False)
     tokenizer = load_tokenizer(model_path(cfg.model.options))

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from ..config import LightRFTConfig
-from ..interfaces import InferenceEngine, RewardInput, SamplingParams
+from ..interfaces import InferenceEngine, RewardInput, SamplingParams, StrategyBase
 from .data import RunData
+from .distributed import reduce_values
 
 
 def _score(data: RunData, items: list[Any], outputs: list[Any], tokenizer: Any) -> Any:
@@ -31,24 +32,33 @@ def _correct(output: Any) -> torch.Tensor:
 
 
 def evaluate(
-    engine: InferenceEngine, tokenizer: Any, data: RunData, cfg: LightRFTConfig
+    engine: InferenceEngine,
+    tokenizer: Any,
+    data: RunData,
+    cfg: LightRFTConfig,
+    strategy: StrategyBase | None = None,
 ) -> dict[str, float]:
     """``eval/accuracy`` and ``eval/reward`` of greedy answers on the held-out prompts;
-    ``eval/pass@k`` when ``trainer.eval_pass_k`` > 0."""
-    items = data.eval_items[: cfg.trainer.eval_max_prompts]
+    ``eval/pass@k`` when ``trainer.eval_pass_k`` > 0.
+
+    With a ``strategy`` of several ranks, each rank answers every ``world_size``-th prompt
+    and the sums are reduced, so every rank returns the metrics of all the prompts. The
+    caller makes generation collective-free (``generation_context``)."""
+    rank, world_size = (strategy.rank, strategy.world_size) if strategy else (0, 1)
+    items = data.eval_items[: cfg.trainer.eval_max_prompts][rank::world_size]
     prompts = [it.prompt_ids for it in items]
     stops = [*data.stop_ids, *cfg.engine.stop_token_ids]
-    greedy = SamplingParams(
-        n=1, temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop_token_ids=stops
-    )
-    engine.wake_up()
-    output = _score(data, items, engine.generate(prompts, greedy), tokenizer)
-    metrics = {
-        "eval/accuracy": float(_correct(output).mean()),
-        "eval/reward": float(output.rewards.mean()),
-    }
     k = cfg.trainer.eval_pass_k
-    if k > 0:
+    sums = {"correct": 0.0, "reward": 0.0, "prompts": float(len(items)), "pass": 0.0}
+    engine.wake_up()
+    if items:
+        greedy = SamplingParams(
+            n=1, temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop_token_ids=stops
+        )
+        output = _score(data, items, engine.generate(prompts, greedy), tokenizer)
+        sums["correct"] = float(_correct(output).sum())
+        sums["reward"] = float(output.rewards.sum())
+    if items and k > 0:
         sampled = SamplingParams(
             n=k,
             temperature=cfg.engine.temperature or 1.0,
@@ -56,10 +66,16 @@ def evaluate(
             top_k=cfg.engine.top_k,
             max_new_tokens=cfg.engine.max_new_tokens,
             stop_token_ids=stops,
-            seed=cfg.run.seed,
+            seed=cfg.run.seed + rank,
         )
         output = _score(data, items, engine.generate(prompts, sampled), tokenizer)
         per_prompt = _correct(output).view(len(items), k)
-        metrics[f"eval/pass@{k}"] = float(per_prompt.max(dim=1).values.mean())
+        sums["pass"] = float(per_prompt.max(dim=1).values.sum())
     engine.sleep()
+    if strategy is not None:
+        sums = reduce_values(strategy, sums, "sum")
+    count = max(sums["prompts"], 1.0)
+    metrics = {"eval/accuracy": sums["correct"] / count, "eval/reward": sums["reward"] / count}
+    if k > 0:
+        metrics[f"eval/pass@{k}"] = sums["pass"] / count
     return metrics

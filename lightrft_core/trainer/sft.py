@@ -1,10 +1,15 @@
 """Supervised fine-tuning (``lightrft sft``): the same strategy, data and logging parts as
-RL, with the negative log-likelihood of the response tokens as the loss."""
+RL, with the negative log-likelihood of the response tokens as the loss.
+
+Under ``torchrun`` every rank draws the same shuffled batches and trains on its contiguous
+share of each (``sft.batch_size`` is global); the loss divides by the batch's token count
+over all ranks, so a step is the same whatever the number of ranks."""
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,7 @@ from ..config import LightRFTConfig, dump_config
 from ..data.sft import SFTDataset, collate
 from ..plugins import PluginManager, get_plugin_manager
 from .components import load_tokenizer, model_path, seed_everything
+from .distributed import check_divisible, model_init_context, no_sync
 from .metrics import MetricsLogger
 
 
@@ -38,9 +44,11 @@ def run_sft(
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
     strategy.setup_distributed()
     seed_everything(cfg.run.seed)
-    actor = manager.get_actor(cfg.model.name)(cfg.model.options)
-    tokenizer = load_tokenizer(model_path(cfg.model.options))
     d, s = cfg.data, cfg.sft
+    check_divisible(strategy.world_size, {"sft.batch_size": s.batch_size})
+    with model_init_context(strategy):
+        actor = manager.get_actor(cfg.model.name)(cfg.model.options)
+    tokenizer = load_tokenizer(model_path(cfg.model.options))
     if d.train_path is None:
         raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
     dataset = SFTDataset.from_source(
@@ -69,35 +77,45 @@ def run_sft(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     generator = torch.Generator().manual_seed(cfg.run.seed)
+    rank, world_size = strategy.rank, strategy.world_size
     step = 0
     actor.train()
     for _epoch in range(s.epochs):
         for batch_rows in torch.randperm(len(dataset), generator=generator).split(s.batch_size):
             if step >= total:
                 break
+            # a short last batch is cut to a multiple of the ranks (equal shares)
+            share = len(batch_rows) // world_size
+            if share == 0:
+                continue
             started = time.perf_counter()
             batch = {
                 k: v.to(strategy.device)
                 for k, v in collate([dataset[int(i)] for i in batch_rows], pad_id).items()
             }
             target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
-            num_tokens = max(1.0, float(target.sum()))
+            num_tokens = max(1.0, float(target[: share * world_size].sum()))
+            mine = torch.arange(rank * share, (rank + 1) * share).split(s.micro_batch_size)
             loss_sum = 0.0
-            for rows in torch.arange(len(batch_rows)).split(s.micro_batch_size):
-                with strategy.autocast():
-                    lp = actor(batch["input_ids"][rows], batch["attention_mask"][rows]).log_probs
-                loss = -(lp.float() * target[rows]).sum() / num_tokens * strategy.world_size
-                strategy.backward(loss, actor)
+            for index, rows in enumerate(mine):
+                last = index == len(mine) - 1
+                with nullcontext() if last else no_sync(strategy, actor):
+                    with strategy.autocast():
+                        lp = actor(batch["input_ids"][rows], batch["attention_mask"][rows])
+                    loss = -(lp.log_probs.float() * target[rows]).sum() / num_tokens * world_size
+                    strategy.backward(loss, actor)
                 loss_sum += float(loss.detach())
             grad_norm = strategy.optimizer_step(
                 actor, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
             )
             step += 1
-            elapsed = time.perf_counter() - started
+            as_double = torch.tensor([loss_sum, time.perf_counter() - started], dtype=torch.float64)
+            loss_sum = float(strategy.all_reduce(as_double[:1], op="sum"))
+            elapsed = float(strategy.all_reduce(as_double[1:], op="max"))
             metrics.log(
                 step,
                 {
-                    "sft/loss": loss_sum / strategy.world_size,
+                    "sft/loss": loss_sum / world_size,
                     "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0],
                     "tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,

@@ -1,0 +1,192 @@
+"""Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP) and full Hugging Face
+exports, both written atomically. Every function here is collective: all ranks call it.
+
+A checkpoint is a folder::
+
+    dcp/                  model and optimizer, each rank writing its own shards (DCP format)
+    training_state.pt     scheduler, client_state (step, data position) -- written by rank 0
+    rng_rank<R>.pt        the RNG states of rank R
+    world.json            {"world_size": N}: resuming needs the same number of ranks
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lightrft_core.checkpoint import atomic_directory, recover_directory
+from lightrft_core.strategies.local import rng_states, set_rng_states
+
+DCP_DIR = "dcp"
+STATE_FILE = "training_state.pt"
+WORLD_FILE = "world.json"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Replace ``path`` by ``tmp`` with two renames (``recover_directory`` undoes a crash
+    between them)."""
+    old = path.with_name(f"{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _state_dicts(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return {"model": get_model_state_dict(model)}
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def save_sharded(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    client_state: Mapping[str, Any] | None,
+) -> None:
+    """Write a checkpoint into ``.<name>.tmp`` beside ``path``; after a barrier rank 0 swaps
+    it in. A crash on any rank leaves the previous checkpoint at ``path`` intact."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    rank = dist.get_rank()
+    tmp = path.with_name(f".{path.name}.tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
+    torch.save(rng_states(), tmp / rng_file(rank))
+    if rank == 0:
+        state = {
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "client_state": dict(client_state or {}),
+        }
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / WORLD_FILE).write_text(json.dumps({"world_size": dist.get_world_size()}))
+    dist.barrier()
+    if rank == 0:
+        _swap_in(tmp, path)
+    dist.barrier()
+
+
+def load_sharded(
+    path: str | Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG states in place; returns
+    ``client_state``. The world size must be the one the checkpoint was written with."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    path = Path(path)
+    if dist.get_rank() == 0:
+        recover_directory(path)
+    dist.barrier()
+    _check_world_size(path)
+    wanted = _state_dicts(model, optimizer)
+    dcp.load(wanted, checkpoint_id=str(path / DCP_DIR))
+    set_state_dict(
+        model,
+        optimizer if optimizer is not None else [],
+        model_state_dict=wanted["model"],
+        optim_state_dict=wanted.get("optimizer", {}),
+    )
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    if scheduler is not None:
+        if state["scheduler"] is None:
+            raise ValueError(f"checkpoint {path} has no scheduler state to restore")
+        scheduler.load_state_dict(state["scheduler"])
+    rng = torch.load(path / rng_file(dist.get_rank()), map_location="cpu", weights_only=True)
+    set_rng_states(rng)
+    return dict(state["client_state"])
+
+
+def _check_world_size(path: Path) -> None:
+    for name in (DCP_DIR, STATE_FILE, WORLD_FILE):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"no fsdp checkpoint at {path}: {name} is missing")
+    saved = json.loads((path / WORLD_FILE).read_text())["world_size"]
+    if saved != dist.get_world_size():
+        raise ValueError(
+            f"checkpoint {path} was written by {saved} ranks but this job has "
+            f"{dist.get_world_size()}; resume with --nproc-per-node/--nnodes giving {saved} "
+            "ranks (or export it with lightrft and start a new run from the export)"
+        )
+
+
+# ---------------------------------------------------------------------- Hugging Face export
+def full_state_dict(root: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The unsharded weights of the submodule at ``prefix`` of ``root``, on CPU, on rank 0
+    (an empty dict on the others). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(root, options=options)
+    start = f"{prefix}." if prefix else ""
+    return {k[len(start) :]: v for k, v in state.items() if k.startswith(start)}
+
+
+def plain_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain (unsharded, CPU) transformers model with ``model``'s class and config holding
+    ``state``; a peft model is rebuilt with its adapters and merged. Rank 0 only."""
+    peft_config = getattr(model, "peft_config", None)
+    base = model.get_base_model() if peft_config else model
+    base_cls = _original_class(base)
+    with torch.device("meta"):
+        copy = base_cls._from_config(base.config, dtype=base.dtype)
+    if peft_config:
+        from peft import get_peft_model
+
+        copy = get_peft_model(copy, peft_config["default"])
+    copy.load_state_dict(state, strict=False, assign=True)
+    if hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    missing = [n for n, p in copy.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"export: no gathered weights for {missing[:5]}")
+    if getattr(base, "generation_config", None) is not None:
+        copy.generation_config = base.generation_config
+    if peft_config:
+        copy = copy.merge_and_unload()
+    return copy
+
+
+def _original_class(module: torch.nn.Module) -> type:
+    """The user's class of a module that ``fully_shard`` may have re-classed."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(module)
+    if issubclass(cls, FSDPModule):
+        return next(b for b in cls.__mro__[1:] if not issubclass(b, FSDPModule))
+    return cls
+
+
+def export_hf(
+    root: torch.nn.Module, prefix: str, model: torch.nn.Module, path: Path, tokenizer: Any
+) -> None:
+    """Gather the full weights of ``model`` (the submodule ``prefix`` of the prepared
+    ``root``) and write a Hugging Face folder on rank 0, atomically."""
+    state = full_state_dict(root, prefix)
+    if dist.get_rank() == 0:
+        export = plain_copy(model, state)
+        with atomic_directory(path) as tmp:
+            export.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    dist.barrier()

@@ -1,0 +1,374 @@
+"""``FSDPStrategy``: data-parallel training with PyTorch FSDP2 (``fully_shard``).
+
+One process per device, launched by ``torchrun`` (without it: one process, world size 1).
+Parameters, gradients and optimizer states are sharded over all ranks; each decoder layer
+is all-gathered just before its forward and freed after (see ``sharding.py``). Gradients
+are averaged over ranks by reduce-scatter, matching ``LossScale.world_size``.
+
+Beyond ``StrategyBase`` it offers three contexts the training loop uses when a strategy
+has them (see ``docs/distributed.md``):
+
+* ``model_init_context()``: models built inside are skeletons on the meta device on ranks
+  > 0 (with ``meta_init``); ``prepare`` fills them from rank 0;
+* ``no_sync(model)``: backward passes inside accumulate gradients without communication;
+* ``generation_context(model)``: the whole model gathered on every rank, for generation
+  with the training module (the ``hf`` engine) -- no collective runs inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lightrft_core.interfaces import StrategyBase
+from lightrft_core.interfaces.strategy import ReduceOp
+
+from . import checkpointing, sharding
+
+logger = logging.getLogger("lightrft.fsdp")
+
+REDUCE_OPS = ("mean", "sum", "max", "min")
+_DIST_OPS = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
+
+
+class FSDPStrategy(StrategyBase):
+    """Shards the policy (and the reference model) over every rank with FSDP2."""
+
+    name = "fsdp"
+
+    @dataclass
+    class Config:
+        # ------------------------------------------------------------ numerics
+        precision: Literal["fp32", "bf16"] = field(
+            default="fp32",
+            metadata={
+                "help": "fp32, or bf16 mixed precision: bf16 parameters in forward/backward, "
+                "fp32 gradient reduction, fp32 sharded weights and optimizer states."
+            },
+        )
+        # ------------------------------------------------------------ sharding
+        reshard_after_forward: bool = field(
+            default=True,
+            metadata={
+                "help": "Free each layer's gathered parameters after its forward and gather "
+                "them again in backward (least memory); false keeps them until backward."
+            },
+        )
+        shard_modules: list[str] | None = field(
+            default=None,
+            metadata={
+                "help": "Class names of the modules sharded one by one; null: the decoder "
+                "layers the transformers model names in _no_split_modules."
+            },
+        )
+        cpu_offload: bool = field(
+            default=False,
+            metadata={
+                "help": "Keep sharded parameters, gradients and optimizer states in CPU "
+                "memory (the optimizer steps on the CPU); a no-op on CPU-only machines."
+            },
+        )
+        offload_reference: bool = field(
+            default=False,
+            metadata={
+                "help": "Keep the shards of models prepared without an optimizer (the "
+                "reference model) in CPU memory; gathered only for their forward passes."
+            },
+        )
+        meta_init: bool = field(
+            default=False,
+            metadata={
+                "help": "Only rank 0 reads the weights; the other ranks build the model on "
+                "the meta device and receive rank 0's weights by broadcast (large models)."
+            },
+        )
+        # ------------------------------------------------------------ process group
+        backend: Literal["auto", "gloo", "nccl"] = field(
+            default="auto",
+            metadata={"help": "Collective backend; auto: nccl on CUDA, gloo on CPU."},
+        )
+        device: Literal["auto", "cpu", "cuda"] = field(
+            default="auto",
+            metadata={"help": "auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu."},
+        )
+        timeout_s: float = field(
+            default=600.0,
+            metadata={
+                "help": "Seconds a collective may wait for the other ranks before failing "
+                "(a dead or stuck rank makes the others exit instead of hanging)."
+            },
+        )
+        seed: int = field(
+            default=42, metadata={"help": "Seed for python, numpy and torch RNGs at setup."}
+        )
+
+        def __post_init__(self) -> None:
+            if self.precision not in ("fp32", "bf16"):
+                raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+            if self.backend not in ("auto", "gloo", "nccl"):
+                raise ValueError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
+            if self.device not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+            if not self.timeout_s > 0:
+                raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+            if self.shard_modules is not None and not all(self.shard_modules):
+                raise ValueError("shard_modules must be null or a list of class names")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self._device: torch.device | None = None
+        self._mesh: Any = None
+        self._reshard: dict[Any, bool] = {}  # FSDP unit -> its reshard_after_forward
+        self._roots: list[torch.nn.Module] = []
+
+    # ------------------------------------------------------------------ process group
+    def setup_distributed(self) -> None:
+        """Join the ``torchrun`` process group (or make a one-process group), pick the
+        device, build the device mesh and seed every RNG."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self._device = self._pick_device()
+        if not dist.is_initialized():
+            backend = self.config.backend
+            if backend == "auto":
+                backend = "nccl" if self._device.type == "cuda" else "gloo"
+            timeout = timedelta(seconds=self.config.timeout_s)
+            if "RANK" in os.environ:
+                dist.init_process_group(backend, timeout=timeout)
+            else:  # a plain `python ...` run: one rank
+                store = dist.HashStore()
+                dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        self._mesh = init_device_mesh(self._device.type, (dist.get_world_size(),))
+        seed = self.config.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _pick_device(self) -> torch.device:
+        wanted = self.config.device
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
+        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+            return device
+        return torch.device("cpu")
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_initialized() else 0
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size() if dist.is_initialized() else 1
+
+    @property
+    def device(self) -> torch.device:
+        if self._device is None:
+            raise RuntimeError("call FSDPStrategy.setup_distributed() first")
+        return self._device
+
+    # ------------------------------------------------------------------ contexts
+    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the loop builds models: with ``meta_init``, ranks > 0 get structure only."""
+        if self.config.meta_init and self.rank != 0:
+            return sharding.transformers_on_meta()
+        return contextlib.nullcontext()
+
+    def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Backward passes inside accumulate gradients locally (no reduce-scatter, layers
+        stay gathered); the last micro-batch of an optimizer batch runs outside."""
+        return sharding.gradient_sync_off(model)
+
+    def generation_context(self, model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """All of ``model`` gathered on every rank while the body runs (generation)."""
+        if not self._is_prepared(model):
+            return contextlib.nullcontext()
+        return sharding.unsharded(model, self._reshard)
+
+    # ------------------------------------------------------------------ training
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
+        """Shard ``model``: each decoder layer a unit, ``model`` the root. The optimizer
+        (created on the unsharded model) is rebound in place to the sharded parameters. A
+        model without optimizer (reference, reward) is prepared for inference: frozen, in
+        eval mode, its root freed after every forward, optionally kept on the CPU."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
+
+        cfg = self.config
+        training = optimizer is not None
+        names = sharding.parameter_names(model, optimizer) if training else None
+        full_state = None
+        if cfg.meta_init and self.rank == 0:
+            full_state = sharding.full_state_of(model)
+        if cfg.precision == "bf16":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        else:
+            mp = MixedPrecisionPolicy()
+        offload = cfg.cpu_offload if training else (cfg.cpu_offload or cfg.offload_reference)
+        classes = sharding.layer_class_names(model, cfg.shard_modules)
+        units = sharding.shard_units(model, classes)
+        if not units and self.rank == 0:
+            logger.warning(
+                "fsdp: no module of the classes %s in %s (set strategy.shard_modules to the "
+                "decoder layer class): the whole model is one unit, gathered at once",
+                sorted(classes),
+                type(model).__name__,
+            )
+        if not training:
+            model.requires_grad_(False)
+        self._reshard.update(
+            sharding.apply_fsdp(
+                model,
+                mesh=self._mesh,
+                units=units,
+                mp_policy=mp,
+                offload_policy=(
+                    CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+                    if offload
+                    else OffloadPolicy()
+                ),
+                reshard_after_forward=cfg.reshard_after_forward,
+                root_reshard_after_forward=not training,
+            )
+        )
+        if cfg.meta_init:
+            sharding.materialize_from_rank_0(
+                model, full_state, device=self.device, cpu_offload=offload
+            )
+        sharding.initialize_root(model)
+        self._roots.append(model)
+        if training:
+            sharding.rebind_optimizer(optimizer, model, names)
+        else:
+            model.eval()
+        return model, optimizer, scheduler
+
+    def _is_prepared(self, model: torch.nn.Module) -> bool:
+        return any(model is root for root in self._roots)
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        loss.backward()
+
+    def optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> float:
+        """Clip to the global norm over all shards, step, schedule, zero. A non-finite norm
+        (the same on every rank) skips the step on every rank."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        clip = max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else math.inf
+        norm = 0.0
+        if params:
+            total = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            if hasattr(total, "full_tensor"):  # a DTensor: the norm over every shard
+                total = total.full_tensor()
+            norm = float(total)
+        if math.isfinite(norm):
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        else:
+            logger.warning("gradient norm is %s: optimizer step skipped", norm)
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    # ------------------------------------------------------------------ collectives
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
+        if op not in REDUCE_OPS:
+            raise ValueError(f"unknown reduce op {op!r}; choose one of {', '.join(REDUCE_OPS)}")
+        source = torch.as_tensor(value)
+        result = source.detach().clone()
+        if op == "mean" and not result.is_floating_point():
+            result = result.to(torch.get_default_dtype())
+        moved = result.to(self._comm_device())
+        dist.all_reduce(moved, op=getattr(dist.ReduceOp, _DIST_OPS[op]))
+        if op == "mean":
+            moved /= self.world_size
+        return moved.to(source.device)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate along dim 0 in rank order; ranks may hold different lengths."""
+        local = tensor.detach().reshape(-1) if tensor.ndim == 0 else tensor.detach()
+        device = self._comm_device()
+        length = torch.tensor([local.shape[0]], device=device)
+        lengths = [torch.zeros_like(length) for _ in range(self.world_size)]
+        dist.all_gather(lengths, length)
+        longest = max(int(n) for n in lengths)
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
+        padded[: local.shape[0]] = local.to(device)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        out = torch.cat([p[: int(n)] for p, n in zip(parts, lengths, strict=True)])
+        return out.to(tensor.device)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        client_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A sharded DCP checkpoint (see ``checkpointing.py``), swapped in atomically."""
+        checkpointing.save_sharded(
+            path, model=model, optimizer=optimizer, scheduler=scheduler, client_state=client_state
+        )
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict[str, Any]:
+        """Restore in place; needs the world size the checkpoint was written with."""
+        return checkpointing.load_sharded(
+            path, model=model, optimizer=optimizer, scheduler=scheduler
+        )
+
+    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
+        """Gather the full weights (CPU) and write a Hugging Face folder on rank 0 (LoRA
+        merged). ``model`` is a prepared model or a submodule of one (the transformers
+        model inside the actor)."""
+        root, prefix = self._root_of(model)
+        checkpointing.export_hf(root, prefix, model, Path(path), tokenizer)
+
+    def _root_of(self, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+        for root in self._roots:
+            for name, module in root.named_modules():
+                if module is model:
+                    return root, name
+        raise ValueError(
+            f"export_hf: {type(model).__name__} was not prepared by this strategy (nor is it "
+            "inside a prepared model)"
+        )
