@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from lightrft_cli.main import app
 from lightrft_core.demo.run import CONFIG_FILES, DemoPlan, config_path, run_demo
-from lightrft_core.demo.task import ArithmeticTask
+from lightrft_core.demo.task import ArithmeticTask, estimate, write_task_data
 from lightrft_core.plugins import PluginManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,37 @@ def test_task_answers_are_right_and_splits_disjoint() -> None:
     train, held = ArithmeticTask().splits(train=500, held_out=50, seed=0)
     assert len(held) == 50 and len(train) == 500
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [("14", "~10"), ("15", "~20"), ("-15", "~-20"), ("-4", "~0"), ("0", "~0"), ("27", "~30")],
+)
+def test_estimate_rounds_to_the_nearest_ten_halves_away_from_zero(answer, expected) -> None:
+    assert estimate(answer) == expected
+
+
+def test_sft_data_mixes_exact_answers_and_estimates(tmp_path) -> None:
+    paths = write_task_data(
+        tmp_path, ArithmeticTask(), sft=2000, rl=10, held_out=10, seed=0, estimate_fraction=0.3
+    )
+    rows = [json.loads(x) for x in paths["sft"].open()]
+    estimated = [r for r in rows if r["response"].startswith("~")]
+    exact = [r for r in rows if not r["response"].startswith("~")]
+    assert 0.25 < len(estimated) / len(rows) < 0.35
+    assert all(eval(r["prompt"].rstrip("=")) == int(r["response"]) for r in exact)
+    for r in estimated:
+        assert r["response"] == estimate(str(eval(r["prompt"].rstrip("="))))
+    # the RL and held-out sets always carry the exact answer
+    for name in ("train", "eval"):
+        for r in (json.loads(x) for x in paths[name].open()):
+            assert eval(r["prompt"].rstrip("=")) == int(r["answer"])
+    clean = write_task_data(tmp_path / "clean", ArithmeticTask(), sft=200, rl=1, held_out=1, seed=0)
+    assert not any("~" in x for x in clean["sft"].read_text().splitlines())
+    with pytest.raises(ValueError, match="estimate_fraction"):
+        write_task_data(
+            tmp_path, ArithmeticTask(), sft=1, rl=1, held_out=1, seed=0, estimate_fraction=1.5
+        )
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))

@@ -19,6 +19,14 @@ def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Run folder."),
     algorithm: str = typer.Option("grpo", "--algorithm", "-a", help="RL algorithm to use."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the data and the run."),
+    estimates: float = typer.Option(
+        0.3,
+        "--sft-estimates",
+        min=0.0,
+        max=1.0,
+        help="Share of SFT demonstrations that only estimate the answer ('~10' for 14); "
+        "0 gives exact demonstrations only.",
+    ),
     plugin: list[str] = typer.Option(
         [], "--plugin", "-p", help="Load a plugin (e.g. one providing --algorithm). Repeatable."
     ),
@@ -31,7 +39,13 @@ def demo(
     from lightrft_core.demo.run import DemoPlan, run_demo
 
     console = Console(highlight=False)
-    plan = DemoPlan(output_dir=output, algorithm=algorithm, seed=seed, rl_overrides=overrides or [])
+    plan = DemoPlan(
+        output_dir=output,
+        algorithm=algorithm,
+        seed=seed,
+        sft_estimate_fraction=estimates,
+        rl_overrides=overrides or [],
+    )
     started = time.perf_counter()
     manager = get_plugin_manager()
     with user_errors(), progress_bars(console) as bars:

@@ -31,6 +31,8 @@ class DemoPlan:
     sft_examples: int = 8_000
     rl_prompts: int = 20_000
     held_out: int = 256
+    #: Share of SFT demonstrations that only estimate the answer (``~10``); see task.py.
+    sft_estimate_fraction: float = 0.3
     rl_overrides: Sequence[str] = ()
     sft_overrides: Sequence[str] = ()
 
@@ -91,6 +93,7 @@ def prepare(plan: DemoPlan) -> None:
         rl=plan.rl_prompts,
         held_out=plan.held_out,
         seed=plan.seed,
+        estimate_fraction=plan.sft_estimate_fraction,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,14 @@ class ArithmeticTask:
         return rows, [{"prompt": p, "answer": a} for p, a in held.items()]
 
 
+def estimate(answer: str) -> str:
+    """A careless demonstrator's answer: ``~`` and the exact answer rounded to the nearest
+    ten (halves away from zero), e.g. ``14`` -> ``~10``, ``-15`` -> ``~-20``."""
+    value = int(answer)
+    rounded = int(math.copysign(math.floor(abs(value) / 10 + 0.5) * 10, value))
+    return f"~{rounded}"
+
+
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,12 +58,32 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
 
 
 def write_task_data(
-    directory: str | Path, task: ArithmeticTask, *, sft: int, rl: int, held_out: int, seed: int
+    directory: str | Path,
+    task: ArithmeticTask,
+    *,
+    sft: int,
+    rl: int,
+    held_out: int,
+    seed: int,
+    estimate_fraction: float = 0.0,
 ) -> dict[str, Path]:
-    """``sft.jsonl`` (prompt/response), ``train.jsonl`` and ``eval.jsonl`` (prompt/answer)."""
+    """``sft.jsonl`` (prompt/response), ``train.jsonl`` and ``eval.jsonl`` (prompt/answer).
+
+    ``estimate_fraction`` of the SFT responses (chosen at random, seeded) are a careless
+    demonstrator's estimates (:func:`estimate`) instead of the exact answer: imitation learns
+    that habit, a verifier that rewards only exact answers can remove it."""
+    if not 0.0 <= estimate_fraction <= 1.0:
+        raise ValueError(f"estimate_fraction must be in [0, 1], got {estimate_fraction}")
     directory = Path(directory)
     train, held = task.splits(train=sft + rl, held_out=held_out, seed=seed)
-    sft_rows = [{"prompt": r["prompt"], "response": r["answer"]} for r in train[:sft]]
+    rng = random.Random(seed + 1)
+    sft_rows = [
+        {
+            "prompt": r["prompt"],
+            "response": estimate(r["answer"]) if rng.random() < estimate_fraction else r["answer"],
+        }
+        for r in train[:sft]
+    ]
     return {
         "sft": write_jsonl(directory / "sft.jsonl", sft_rows),
         "train": write_jsonl(directory / "train.jsonl", train[sft:]),
