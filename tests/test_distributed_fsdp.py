@@ -4,7 +4,8 @@ Three launches run every check:
 
 1. one plan (``distributed_utils.py``): SFT of the demo model under fsdp; one GRPO step on
    a fixed batch with fsdp (fp32; CPU offload + meta-device init; bf16) and with ``local``
-   on the whole batch; the demo config for ``K + M`` steps, and for ``K`` steps;
+   on the whole batch; the demo config for ``K + M`` steps, and for ``K`` steps; DAPO with
+   dynamic sampling for 2 steps;
 2. ``lightrft train`` under torchrun resuming the ``K``-step run to ``K + M`` steps;
 3. a run whose rank 1 is killed.
 """
@@ -170,6 +171,20 @@ def launched(demo: DemoPlan, tiny_model_dir: Path, tmp_path_factory) -> Path:
             "config": str(DEMO_CONFIG),
             "overrides": demo_overrides(demo, root / "resumed", f"trainer.max_steps={K}"),
         },
+        {  # DAPO's dynamic sampling: the SFT model answers many prompts all right
+            "job": "train",
+            "out": str(root / "dapo"),
+            "config": str(DEMO_CONFIG),
+            "overrides": demo_overrides(
+                demo,
+                root / "dapo",
+                "algorithm.name=dapo",
+                "trainer.max_steps=2",
+                "trainer.prompts_per_step=8",
+                "engine.n_samples_per_prompt=4",
+                "trainer.eval_every=0",
+            ),
+        },
         {  # the reference: the whole batch in one process, 2 micro-batches of 4
             "job": "grpo_step",
             "out": str(root / "local"),
@@ -248,6 +263,17 @@ def test_demo_config_learns_under_fsdp(launched: Path) -> None:
     rewards = [r["reward/mean"] for r in records[1:]]
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.1, rewards
     assert all(r["samples"] == 16 * 8 for r in records[1:])  # global: both ranks' samples
+
+
+def test_dynamic_sampling_under_torchrun_keeps_every_batch_full(launched: Path) -> None:
+    records = [json.loads(x) for x in (launched / "dapo" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["samples"] == 8 * 4  # both ranks' shares, always full
+        assert 1 <= r["dynamic_sampling/rounds"] <= 1 + 3
+        assert r["dynamic_sampling/extra_prompts"] % 2 == 0  # every rank draws the same
+        assert r["dynamic_sampling/kept_groups"] + r["dynamic_sampling/filled_groups"] == 8
+    assert sum(r["dynamic_sampling/filtered_groups"] for r in records) > 0
 
 
 # ---------------------------------------------------------------------- launch 2

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from ..errors import user_errors
 from ..progress import progress_bars
-from .train_cmd import CONFIG_OPTION, PLUGIN_OPTION, resolve
+from .train_cmd import CONFIG_OPTION, PLUGIN_OPTION, launched_as_rank_0, resolve, run_console
 
 SFT_OVERRIDES = typer.Argument(
     None, help="Overrides such as sft.epochs=2 sft.learning_rate=1e-4 (later wins)."
@@ -25,8 +24,9 @@ def sft(
     from lightrft_core.trainer.sft import run_sft
 
     cfg, manager = resolve(config, plugin, overrides)
-    console = Console(highlight=False)
-    with user_errors(), progress_bars(console, cfg.logging.progress_bar) as bars:
+    console = run_console()  # silent on ranks other than 0 under torchrun
+    bars_on = cfg.logging.progress_bar and launched_as_rank_0()
+    with user_errors(), progress_bars(console, bars_on) as bars:
         result = run_sft(cfg, manager, console=console, progress=bars("SFT steps"))
     last = result.history[-1] if result.history else {}
     console.print(

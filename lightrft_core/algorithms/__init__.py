@@ -1,4 +1,8 @@
-"""Shared, algorithm-independent helpers: loss aggregation and KL estimators.
+"""Shared, algorithm-independent helpers: loss aggregation, KL estimators and controllers,
+the PPO clipped surrogate, whitening, reward normalisation -- exported here -- and the
+modules ``groups`` (per-group reward statistics), ``token_rewards`` (outcome rewards per
+token), ``token_selection`` (high-entropy tokens, entropy bonus) and ``options`` (checks of
+shared config options).
 
 Pure tensor functions that every algorithm plugin may use (plugins never inherit from each
 other; they share these free functions instead). Each function's docstring gives its math.
@@ -30,7 +34,13 @@ from .kl_control import (
     KLControllerKind,
     build_kl_controller,
 )
-from .ppo_clip import LOG_RATIO_CLAMP, PPOClipLoss, check_clip_parameters, ppo_clip_loss
+from .ppo_clip import (
+    LOG_RATIO_CLAMP,
+    PPOClipLoss,
+    check_clip_parameters,
+    clipped_surrogate,
+    ppo_clip_loss,
+)
 from .reward_shaping import (
     RewardNormalizer,
     RunningMeanStd,
@@ -55,6 +65,7 @@ __all__ += [
     "check_clip_parameters",
     "clip_advantages",
     "clip_rewards",
+    "clipped_surrogate",
     "masked_whiten",
     "normalize_rewards",
     "ppo_clip_loss",

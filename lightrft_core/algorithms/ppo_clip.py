@@ -16,6 +16,9 @@ stops pushing (zero gradient) instead of growing without bound.
 
 Numerical guard: the log-ratio is clamped to ``±LOG_RATIO_CLAMP`` before ``exp`` (beyond
 the clamp the gradient is zero), so one wild token cannot produce ``inf``.
+
+``clipped_surrogate`` applies the same formulas to any log-ratio (GSPO's sequence-level
+ratio); ``ppo_clip_loss`` is it with ``log ρ_t = lp_t − lp_old_t``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ LOG_RATIO_CLAMP = 20.0
 
 
 class PPOClipLoss(NamedTuple):
-    """The per-token pieces of the PPO-clip loss, all ``[B, T]``.
+    """The pieces of the PPO-clip loss, all of the inputs' shape (``[B, T]`` per token).
 
     ``loss``: per-token loss, not masked (aggregate it with ``aggregate_loss`` and the mask).
     ``clipped``: bool, the clip is active (``A > 0`` and ``ρ > 1 + ε_high``, or ``A < 0`` and
@@ -73,21 +76,43 @@ def ppo_clip_loss(
     ``log_probs``: ``[B, T]`` current policy, with gradients. ``old_log_probs``: ``[B, T]``
     behaviour policy. ``advantages``: ``[B, T]`` (no gradient flows into them).
     """
+    return clipped_surrogate(
+        log_probs - old_log_probs,
+        advantages,
+        clip_eps_low=clip_eps_low,
+        clip_eps_high=clip_eps_high,
+        dual_clip=dual_clip,
+    )
+
+
+def clipped_surrogate(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    dual_clip: float | None = None,
+) -> PPOClipLoss:
+    """The clipped surrogate of the module docstring for any ``ρ = exp(log_ratio)``.
+
+    ``log_ratio`` and ``advantages`` have the same shape: ``[B, T]`` per token (PPO, GRPO,
+    GSPO-token) or ``[B, 1]`` per sequence (GSPO's ``log s_i``). The log-ratio is clamped to
+    ``±LOG_RATIO_CLAMP`` before ``exp``; no gradient flows into ``advantages``.
+    """
     check_clip_parameters(clip_eps_low, clip_eps_high, dual_clip)
     advantages = advantages.detach()
-    log_ratio = (log_probs - old_log_probs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)  # [B, T]
-    bounded_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)  # [B, T]
-    surrogate_loss = -advantages * ratio  # [B, T]
-    bounded_loss = -advantages * bounded_ratio  # [B, T]
-    loss = torch.maximum(surrogate_loss, bounded_loss)  # [B, T]
-    clipped = bounded_loss > surrogate_loss  # [B, T] bool
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    bounded_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    surrogate_loss = -advantages * ratio
+    bounded_loss = -advantages * bounded_ratio
+    loss = torch.maximum(surrogate_loss, bounded_loss)
+    clipped = bounded_loss > surrogate_loss  # bool, the clip is active
 
-    negative = advantages < 0  # [B, T] bool
+    negative = advantages < 0
     if dual_clip is None:
         dual_clipped = torch.zeros_like(clipped)
     else:
-        cap = -dual_clip * advantages  # [B, T]; = c·|A| where A < 0
+        cap = -dual_clip * advantages  # = c·|A| where A < 0
         dual_clipped = negative & (cap < loss)
         loss = torch.where(negative, torch.minimum(loss, cap), loss)
     return PPOClipLoss(loss=loss, clipped=clipped, dual_clipped=dual_clipped, ratio=ratio)

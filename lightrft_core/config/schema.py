@@ -128,8 +128,41 @@ class TrainerConfig:
     resume_from: str | None = field(
         default=None, metadata={"help": "Checkpoint directory to resume from ('latest' allowed)."}
     )
+    # ------------------------------------------------------------ rewards and KL control
+    reward_normalize: bool = field(
+        default=False,
+        metadata={
+            "help": "Normalise the rewards the algorithm sees by the running mean and std of "
+            "every reward trained on so far (over all ranks); reward/mean stays raw."
+        },
+    )
+    reward_clip: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clamp the rewards the algorithm sees to [-c, c], after normalisation; "
+            "null: off."
+        },
+    )
+    kl_controller: Literal["fixed", "adaptive"] = field(
+        default="fixed",
+        metadata={
+            "help": "The KL coefficient: 'fixed' keeps algorithm.kl_coef; 'adaptive' starts "
+            "from it and steers the rollout KL towards trainer.kl_target (Ziegler et al. 2019)."
+        },
+    )
+    kl_target: float = field(
+        default=6.0,
+        metadata={"help": "Adaptive KL: target KL per sample (summed over its tokens)."},
+    )
+    kl_horizon: float = field(
+        default=10000.0,
+        metadata={"help": "Adaptive KL: horizon in samples; larger adapts more slowly."},
+    )
 
     def __post_init__(self) -> None:
+        if self.reward_clip is not None:
+            _positive("trainer", reward_clip=self.reward_clip)
+        _positive("trainer", kl_target=self.kl_target, kl_horizon=self.kl_horizon)
         _positive(
             "trainer",
             max_steps=self.max_steps,

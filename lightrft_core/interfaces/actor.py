@@ -55,7 +55,7 @@ class ActorOutput:
     entropy: torch.Tensor | None = None
 
 
-class Actor(Component, torch.nn.Module):
+class Actor(torch.nn.Module, Component):
     """A policy: wraps a causal LM and returns per-token log-probs of given tokens.
 
     Called by the training loop (to score rollouts and to compute the loss with gradients)

@@ -31,7 +31,7 @@ A critic (PPO with GAE, arXiv 1707.06347 and 1506.02438) -- the contract between
 whose ``needs_critic()`` is True and the loop (critic-free algorithms return ``None`` from
 ``build_critic`` and nothing below happens):
 
-1. Once, after the actor is prepared, inside ``model_init_context(strategy)``:
+1. Once, after the actor is prepared, inside ``strategy.model_init_context()``:
    ``critic = algorithm.build_critic(cfg, strategy, actor)``. The critic builds its model,
    its own optimizer and scheduler through ``strategy`` and prepares them itself.
 2. Every step, after the old (and reference) log-probs and before ``compute_advantages``:
@@ -57,6 +57,7 @@ whose ``needs_critic()`` is True and the loop (critic-free algorithms return ``N
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -78,7 +79,9 @@ class AdvantageInput:
     float32 (behaviour policy, reference policy, critic). ``max_new_tokens``: the engine's
     maximum response length in tokens (``engine.max_new_tokens``), for estimators that
     shape rewards by length (DAPO's overlong shaping); ``None`` when the caller does not
-    know it.
+    know it. ``all_reduce``: the strategy's ``all_reduce(value, op=...)`` when the batch is
+    one rank's share of a data-parallel batch (``None`` on one process), for estimators
+    whose statistics span the global batch (whitening, global group counts).
     """
 
     rewards: torch.Tensor
@@ -88,6 +91,7 @@ class AdvantageInput:
     ref_log_probs: torch.Tensor | None = None
     values: torch.Tensor | None = None
     max_new_tokens: int | None = None
+    all_reduce: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass

@@ -126,6 +126,30 @@ class StrategyBase(Component):
         """The user's module inside whatever wrapper ``prepare`` returned."""
         return model
 
+    # ------------------------------------------------------------------ loop contexts
+    def model_init_context(self) -> AbstractContextManager[Any]:
+        """Where the loop builds models (actor, reference, critic), before ``prepare``.
+
+        A sharded strategy may build structure only here (e.g. on the meta device on ranks
+        other than 0) and fill the weights in ``prepare``. The default does nothing."""
+        return nullcontext()
+
+    def no_sync(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        """Backward passes inside accumulate gradients of ``model`` without communication.
+
+        The loop enters it for every micro-batch of an optimizer batch but the last, so a
+        data-parallel strategy reduces gradients once per optimizer step. The default does
+        nothing (gradients are reduced in ``optimizer_step`` anyway)."""
+        return nullcontext()
+
+    def generation_context(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        """The whole of ``model`` usable on every rank while the body runs: the loop enters
+        it around ``engine.generate`` and evaluation, when the engine generates with the
+        training module (the ``hf`` engine). No collective may run inside (ranks generate
+        different numbers of tokens), so a sharded strategy gathers the parameters on entry
+        (FSDP, DeepSpeed ZeRO-3) and frees them on exit. The default does nothing."""
+        return nullcontext()
+
     # ------------------------------------------------------------------ collectives
     @abstractmethod
     def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:

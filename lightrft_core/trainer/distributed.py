@@ -4,16 +4,15 @@ Every rank runs the same program on its share of the data (SPMD). Sizes that def
 optimization (``prompts_per_step``, ``optimizer_batch_size``, the loss scale) are global;
 metrics are reduced over ranks so that rank 0 logs the numbers of the whole batch.
 
-Optional strategy contexts: a strategy may offer ``model_init_context()``, ``no_sync(model)``
-and ``generation_context(model)`` (``fsdp`` offers all three, see docs/distributed.md); one
-that does not gets a no-op, so ``local`` runs exactly as it always did.
+Strategy contexts: ``StrategyBase`` has ``model_init_context()``, ``no_sync(model)`` and
+``generation_context(model)``, no-ops by default (``local``); ``fsdp`` and ``deepspeed``
+override them (see docs/distributed.md). The functions below are the loop's names for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -22,26 +21,21 @@ from ..interfaces import StrategyBase
 
 
 # ---------------------------------------------------------------------- strategy contexts
-def _optional_context(strategy: StrategyBase, name: str, *args: Any) -> AbstractContextManager:
-    method = getattr(strategy, name, None)
-    return method(*args) if method is not None else nullcontext()
-
-
 def model_init_context(strategy: StrategyBase) -> AbstractContextManager:
     """Where models are built (``fsdp`` with ``meta_init``: structure only on ranks > 0)."""
-    return _optional_context(strategy, "model_init_context")
+    return strategy.model_init_context()
 
 
 def no_sync(strategy: StrategyBase, model: torch.nn.Module) -> AbstractContextManager:
     """Backward passes inside accumulate gradients without communication (every micro-batch
     of an optimizer batch but the last)."""
-    return _optional_context(strategy, "no_sync", model)
+    return strategy.no_sync(model)
 
 
 def generation_context(strategy: StrategyBase, model: torch.nn.Module) -> AbstractContextManager:
     """The whole model present on every rank (generation with the training module): no
     collective runs inside, so ranks may generate different numbers of tokens."""
-    return _optional_context(strategy, "generation_context", model)
+    return strategy.generation_context(model)
 
 
 # ---------------------------------------------------------------------- global sizes

@@ -29,8 +29,9 @@ class RolloutBatch:
     group_size: int
     old_log_probs: torch.Tensor | None = None  # [B, T-1]
     ref_log_probs: torch.Tensor | None = None  # [B, T-1]
+    values: torch.Tensor | None = None  # [B, T-1], the critic's old values
     advantages: torch.Tensor | None = None  # [B, T-1]
-    returns: torch.Tensor | None = None  # [B, T-1]
+    returns: torch.Tensor | None = None  # [B, T-1], the critic's targets
 
     def __len__(self) -> int:
         return self.sequences.shape[0]

@@ -1,7 +1,9 @@
 """The RL training loop, shared by every algorithm (DESIGN.md, "The training loop").
 
-Per step: rollout -> reward -> log-probs (policy, reference) -> advantages -> shuffled
-micro-batches for ``epochs`` -> weight sync -> log / evaluate / checkpoint.
+Per step: rollout rounds (generate -> reward -> keep the groups the algorithm wants, more
+rounds while groups are missing) -> log-probs (policy, reference) and critic values ->
+advantages -> shuffled micro-batches for ``epochs`` (policy and critic) -> weight sync ->
+log / evaluate / checkpoint.
 
 Under ``torchrun`` every rank runs this same loop on its share of the prompts (see
 ``distributed.py``): sizes in the configuration are global, the loss scale counts the
@@ -25,27 +27,37 @@ from ..algorithms import masked_mean
 from ..config import LightRFTConfig, dump_config
 from ..interfaces import (
     AdvantageInput,
+    AdvantageOutput,
     LossScale,
     PolicyLossInput,
     RewardInput,
     SamplingParams,
-    StrategyBase,
 )
 from ..plugins import PluginManager, get_plugin_manager
 from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
+from .controls import LoopControls, rollout_kl
+from .critic import (
+    CRITIC_DIR,
+    FINAL_CRITIC_DIR,
+    build_loop_critic,
+    critic_batch,
+    critic_values,
+    load_critic,
+)
 from .data import RunData, load_run_data
 from .distributed import (
     check_divisible,
-    gather_columns,
     generation_context,
     no_sync,
     reduce_means,
     reduce_values,
 )
+from .dynamic_sampling import CollectedGroups, ScoredRound, collect_groups, draw_prompts
 from .evaluate import evaluate
 from .experience import RolloutBatch, build_rollout, shuffled_chunks
 from .metrics import MetricsLogger, PhaseTimer
+from .step_metrics import rollout_metrics
 
 logger = logging.getLogger("lightrft.trainer")
 
@@ -55,6 +67,7 @@ class TrainResult:
     output_dir: Path
     final_model: Path | None
     history: list[dict[str, Any]]
+    final_critic: Path | None = None
 
 
 class RLTrainer:
@@ -87,6 +100,12 @@ class RLTrainer:
         self.updates_per_step = t.epochs * math.ceil(
             rollout_size / (t.optimizer_batch_size or rollout_size)
         )
+        self.controls = LoopControls(
+            t,
+            self.c.algorithm,
+            samples_per_step=rollout_size,
+            has_reference=self.c.reference is not None,
+        )
         optimizer = s.create_optimizer(
             self.c.actor, lr=t.learning_rate, weight_decay=t.weight_decay
         )
@@ -99,6 +118,7 @@ class RLTrainer:
         self.actor, self.optimizer, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
+        self.critic = build_loop_critic(cfg, self.c.algorithm, s, self.actor)
         self.start_step = 0
         resume = self._find_resume()
         if resume is not None:
@@ -107,6 +127,10 @@ class RLTrainer:
             )
             self.start_step = int(state["step"])
             self.data.sampler.load_state_dict(state["sampler"])
+            self.controls.load_state_dict(state.get("controls", {}))
+            self.controls.apply_kl_coef(self.c.algorithm)
+            if self.critic is not None:
+                load_critic(self.critic, resume)
         if s.is_rank_0:
             self._announce_start(resume)
         self.metrics = MetricsLogger(
@@ -164,69 +188,74 @@ class RLTrainer:
         self.save(t.max_steps)
         final = self.out / "final"
         self.c.strategy.export_hf(getattr(self.actor, "model", self.actor), final, self.c.tokenizer)
+        final_critic = None
+        if self.critic is not None:
+            final_critic = self.out / FINAL_CRITIC_DIR
+            self.critic.export_hf(final_critic, self.c.tokenizer)
         self.metrics.close()
-        return TrainResult(self.out, final, self.metrics.history)
+        return TrainResult(self.out, final, self.metrics.history, final_critic)
 
     def step(self, step: int) -> dict[str, float]:
         """One RL step; returns its metrics."""
-        c, cfg = self.c, self.cfg
         timer = PhaseTimer()
         started = time.perf_counter()
-        items = next(self.data.sampler)
-
-        with timer("generate"), self._autocast(), generation_context(c.strategy, self.actor):
-            c.engine.wake_up()
-            outputs = c.engine.generate([it.prompt_ids for it in items], self._sampling(step))
-            c.engine.sleep()
-        with timer("reward"):
-            responses = [c.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs]
-            scored = self.data.score(
-                RewardInput(
-                    prompts=[items[o.prompt_index].prompt_text for o in outputs],
-                    responses=responses,
-                    labels=[items[o.prompt_index].label for o in outputs],
-                    metadata=[items[o.prompt_index].metadata for o in outputs],
-                )
-            )
-        rollout = build_rollout(
-            [it.prompt_ids for it in items],
-            outputs,
-            scored.output.rewards,
-            group_size=cfg.engine.n_samples_per_prompt,
-            pad_id=self.data.pad_id,
-        )
+        self.controls.apply_kl_coef(self.c.algorithm)  # β of this step (adaptive KL)
+        collected = self._collect(step, timer)  # generate + reward rounds, dynamic sampling
+        rollout = self._build_rollout(collected)
         with timer("logprobs"):
-            rollout.old_log_probs = self._log_probs(self.actor, rollout)
-            if c.reference is not None:
-                rollout.ref_log_probs = self._log_probs(c.reference, rollout)
-        advantages = c.algorithm.compute_advantages(
-            AdvantageInput(
-                rewards=rollout.rewards,
-                action_mask=rollout.action_mask,
-                group_size=rollout.group_size,
-                old_log_probs=rollout.old_log_probs,
-                ref_log_probs=rollout.ref_log_probs,
-            )
-        )
-        rollout.advantages = advantages.advantages
+            self._score_rollout(rollout)  # old and reference log-probs, critic values
+        advantages = self._advantages(rollout)
         with timer("train"):
-            train_metrics = self._train(rollout, step)
-        with timer("sync"):
-            sync = getattr(self.actor, "named_weights_for_sync", None)
-            c.engine.update_weights(sync() if sync is not None else iter(()))
-
-        metrics = rollout_metrics(c.strategy, rollout, scored.output.sub_scores, scored.failures)
-        metrics.update(self._sample_means(advantages.metrics, len(rollout), "advantage/"))
+            train_metrics = self._train(rollout, step)  # policy (unless warm-up) and critic
+        if self.c.algorithm.updates_policy(step):
+            with timer("sync"):
+                self._sync_weights()
+        metrics = self._rollout_metrics(collected, rollout, advantages)
         metrics.update(train_metrics)
-        metrics["lr"] = self.scheduler.get_last_lr()[0] if self.scheduler is not None else 0.0
-        times = {**timer.pop(), "time/step": time.perf_counter() - started}
-        metrics.update(reduce_values(c.strategy, times, "max"))  # the slowest rank's pace
-        generated = float(c.strategy.all_reduce(float(rollout.action_mask.sum()), op="sum"))
-        metrics["tokens_per_s"] = generated / max(metrics["time/generate"], 1e-9)
+        metrics.update(self._kl_control(rollout))  # logs β, then an adaptive step
+        metrics.update(self._pace(timer, started, metrics.pop("generated_tokens")))
         return metrics
 
-    # ------------------------------------------------------------------ parts
-    def _sampling(self, step: int) -> SamplingParams:
+    # ------------------------------------------------------------------ rollout
+    def _collect(self, step: int, timer: PhaseTimer) -> CollectedGroups:
+        """This step's rollout rounds (``dynamic_sampling.py``): ``prompts_per_step /
+        world_size`` groups on this rank."""
+        c = self.c
+        quota = self.cfg.trainer.prompts_per_step // c.strategy.world_size
+
+        def run_round(prompts: int, round_index: int) -> ScoredRound:
+            items = draw_prompts(self.data.sampler, prompts)
+            with timer("generate"), self._autocast(), generation_context(c.strategy, self.actor):
+                c.engine.wake_up()
+                params = self._sampling(step, round_index)
+                outputs = c.engine.generate([it.prompt_ids for it in items], params)
+                c.engine.sleep()
+            with timer("reward"):
+                texts = [c.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs]
+                scored = self.data.score(
+                    RewardInput(
+                        prompts=[items[o.prompt_index].prompt_text for o in outputs],
+                        responses=texts,
+                        labels=[items[o.prompt_index].label for o in outputs],
+                        metadata=[items[o.prompt_index].metadata for o in outputs],
+                    )
+                )
+            out = scored.output
+            return ScoredRound(items, outputs, out.rewards, dict(out.sub_scores), scored.failures)
+
+        return collect_groups(c.algorithm, c.strategy, quota, run_round)
+
+    def _build_rollout(self, collected: CollectedGroups) -> RolloutBatch:
+        prompt_ids, outputs, rewards = collected.trained_batch()
+        return build_rollout(
+            prompt_ids,
+            outputs,
+            rewards,
+            group_size=self.cfg.engine.n_samples_per_prompt,
+            pad_id=self.data.pad_id,
+        )
+
+    def _sampling(self, step: int, round_index: int = 0) -> SamplingParams:
         e = self.cfg.engine
         return SamplingParams(
             n=e.n_samples_per_prompt,
@@ -235,9 +264,79 @@ class RLTrainer:
             top_k=e.top_k,
             max_new_tokens=e.max_new_tokens,
             stop_token_ids=[*self.data.stop_ids, *e.stop_token_ids],
-            seed=self.cfg.run.seed * 1_000_003 + step + 1_000_000_007 * self.c.strategy.rank,
+            seed=self.cfg.run.seed * 1_000_003
+            + step
+            + 1_000_000_007 * self.c.strategy.rank
+            + 100_003 * round_index,
             first_token_temperature=e.first_token_temperature,
         )
+
+    def _score_rollout(self, rollout: RolloutBatch) -> None:
+        """Old (behaviour) and reference log-probs, and the critic's old values."""
+        c = self.c
+        rollout.old_log_probs = self._log_probs(self.actor, rollout)
+        if c.reference is not None:
+            rollout.ref_log_probs = self._log_probs(c.reference, rollout)
+        if self.critic is not None:
+            rollout.values = critic_values(self.critic, rollout, self.cfg.trainer.micro_batch_size)
+
+    def _advantages(self, rollout: RolloutBatch) -> AdvantageOutput:
+        """The algorithm's advantages (and the critic's returns) of the whole rollout, from
+        the rewards as ``trainer.reward_normalize``/``reward_clip`` shape them."""
+        s = self.c.strategy
+        out = self.c.algorithm.compute_advantages(
+            AdvantageInput(
+                rewards=self.controls.rewards_for_algorithm(rollout.rewards, s),
+                action_mask=rollout.action_mask,
+                group_size=rollout.group_size,
+                old_log_probs=rollout.old_log_probs,
+                ref_log_probs=rollout.ref_log_probs,
+                values=rollout.values,
+                max_new_tokens=self.cfg.engine.max_new_tokens,
+                all_reduce=s.all_reduce if s.world_size > 1 else None,
+            )
+        )
+        rollout.advantages = out.advantages
+        rollout.returns = out.returns
+        return out
+
+    def _kl_control(self, rollout: RolloutBatch) -> dict[str, float]:
+        """``kl_coef`` of this step and the rollout's KL to the reference; then one step of
+        an adaptive controller."""
+        metrics = self.controls.metrics()
+        if rollout.ref_log_probs is not None and rollout.old_log_probs is not None:
+            measured = rollout_kl(
+                self.c.strategy, rollout.old_log_probs, rollout.ref_log_probs, rollout.action_mask
+            )
+            metrics["rollout_kl"] = measured
+            samples = len(rollout) * self.c.strategy.world_size
+            self.controls.update_kl(measured, samples)
+        return metrics
+
+    def _sync_weights(self) -> None:
+        sync = getattr(self.actor, "named_weights_for_sync", None)
+        self.c.engine.update_weights(sync() if sync is not None else iter(()))
+
+    def _rollout_metrics(
+        self, collected: CollectedGroups, rollout: RolloutBatch, advantages: AdvantageOutput
+    ) -> dict[str, float]:
+        """Rewards and lengths, dynamic sampling, the algorithm's advantage metrics and the
+        critic's view of the rollout, over every rank."""
+        metrics = rollout_metrics(self.c.strategy, collected, rollout)
+        metrics.update(collected.metrics)
+        metrics.update(self._sample_means(advantages.metrics, len(rollout), "advantage/"))
+        if self.critic is not None and rollout.values is not None and rollout.returns is not None:
+            metrics.update(
+                self.critic.rollout_metrics(rollout.values, rollout.returns, rollout.action_mask)
+            )
+        return metrics
+
+    def _pace(self, timer: PhaseTimer, started: float, generated: float) -> dict[str, float]:
+        """Seconds per phase (the slowest rank's), and generated tokens per second."""
+        s = self.c.strategy
+        times = reduce_values(s, {**timer.pop(), "time/step": time.perf_counter() - started}, "max")
+        times["tokens_per_s"] = generated / max(times["time/generate"], 1e-9)
+        return times
 
     def _sample_means(
         self, means: dict[str, float], samples: int, prefix: str = ""
@@ -260,15 +359,20 @@ class RLTrainer:
         actor.train(was_training)
         return out * rollout.action_mask
 
+    # ------------------------------------------------------------------ update
     def _train(self, rollout: RolloutBatch, step: int) -> dict[str, float]:
         """``epochs`` passes over this rank's rollout in shuffled optimizer batches (this
-        rank's share of ``optimizer_batch_size``), each in micro-batches of accumulation."""
+        rank's share of ``optimizer_batch_size``), each in micro-batches of accumulation.
+        The policy trains unless ``algorithm.updates_policy(step)`` says no (critic
+        warm-up); a critic trains on the same micro-batches."""
         t, s = self.cfg.trainer, self.c.strategy
+        updates_policy = self.c.algorithm.updates_policy(step)
         generator = torch.Generator().manual_seed(self.cfg.run.seed * 7_919 + step)
         batch_size = (t.optimizer_batch_size or len(rollout) * s.world_size) // s.world_size
         sums: dict[str, float] = {}
         tokens_seen = 0.0
-        grad_norms = []
+        grad_norms: list[float] = []
+        critic_norms: list[float] = []
         self.actor.train()
         for _ in range(t.epochs):
             for chunk in shuffled_chunks(len(rollout), batch_size, generator):
@@ -276,18 +380,38 @@ class RLTrainer:
                 micro_batches = chunk.split(t.micro_batch_size)
                 for index, rows in enumerate(micro_batches):
                     last = index == len(micro_batches) - 1
-                    with nullcontext() if last else no_sync(s, self.actor):
-                        weight, metrics = self._train_micro_batch(rollout.select(rows), scale)
+                    mb = rollout.select(rows)
+                    weight = float(mb.action_mask.sum())
+                    metrics: dict[str, float] = {}
+                    if updates_policy:
+                        with nullcontext() if last else no_sync(s, self.actor):
+                            metrics.update(self._train_micro_batch(mb, scale))
+                    if self.critic is not None:
+                        metrics.update(
+                            self.critic.train_micro_batch(
+                                critic_batch(mb, scale), step=step, sync_gradients=last
+                            )
+                        )
                     tokens_seen += weight
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value * weight
-                grad_norms.append(
-                    s.optimizer_step(
-                        self.actor, self.optimizer, self.scheduler, max_grad_norm=t.max_grad_norm
+                if updates_policy:
+                    grad_norms.append(
+                        s.optimizer_step(
+                            self.actor,
+                            self.optimizer,
+                            self.scheduler,
+                            max_grad_norm=t.max_grad_norm,
+                        )
                     )
-                )
+                if self.critic is not None:
+                    critic_norms.append(self.critic.optimizer_step())
         metrics = reduce_means(s, sums, tokens_seen)
-        metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if grad_norms:
+            metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if critic_norms:
+            metrics["critic/grad_norm"] = sum(critic_norms) / len(critic_norms)
+        metrics["lr"] = self.scheduler.get_last_lr()[0] if self.scheduler is not None else 0.0
         return metrics
 
     def _loss_scale(self, rollout: RolloutBatch, chunk: torch.Tensor) -> LossScale:
@@ -299,11 +423,9 @@ class RLTrainer:
             num_tokens=max(1, tokens), num_sequences=sequences, world_size=s.world_size
         )
 
-    def _train_micro_batch(
-        self, mb: RolloutBatch, scale: LossScale
-    ) -> tuple[float, dict[str, float]]:
-        """Forward, loss and backward of one micro-batch; returns its token count and its
-        metrics (per-token means)."""
+    def _train_micro_batch(self, mb: RolloutBatch, scale: LossScale) -> dict[str, float]:
+        """Forward, policy loss and backward of one micro-batch; returns its metrics
+        (per-token means)."""
         s = self.c.strategy
         mb = mb.to(s.device)
         with self._autocast():
@@ -317,6 +439,7 @@ class RLTrainer:
                 scale=scale,
                 ref_log_probs=mb.ref_log_probs,
                 entropy=out.entropy,
+                max_new_tokens=self.cfg.engine.max_new_tokens,
             )
         )
         s.backward(loss.loss, self.actor)
@@ -327,8 +450,9 @@ class RLTrainer:
         metrics["loss"] = float(per_token)
         if out.entropy is not None:
             metrics["entropy"] = float(masked_mean(out.entropy.detach(), mb.action_mask))
-        return weight, metrics
+        return metrics
 
+    # ------------------------------------------------------------------ evaluate, save
     def _autocast(self) -> Any:
         return self.c.strategy.autocast()
 
@@ -338,48 +462,19 @@ class RLTrainer:
             return evaluate(self.c.engine, self.c.tokenizer, self.data, self.cfg, s)
 
     def save(self, step: int) -> None:
+        """The actor's checkpoint (with the loop's state in its client state), then the
+        critic's inside it."""
+        path = checkpoint_dir(self.out, step)
         self.c.strategy.save_checkpoint(
-            checkpoint_dir(self.out, step),
+            path,
             model=self.actor,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            client_state={"step": step, "sampler": self.data.sampler.state_dict()},
+            client_state={
+                "step": step,
+                "sampler": self.data.sampler.state_dict(),
+                "controls": self.controls.state_dict(),
+            },
         )
-
-
-def rollout_metrics(
-    strategy: StrategyBase,
-    rollout: RolloutBatch,
-    sub_scores: dict[str, torch.Tensor],
-    failures: int,
-) -> dict[str, float]:
-    """Reward, accuracy, length and engine/trainer log-prob agreement of the rollout of
-    every rank (per-sample values are gathered, so the std is that of the whole batch)."""
-    columns = {"reward": rollout.rewards.float(), "length": rollout.response_lengths.float()}
-    columns.update({f"sub/{name}": scores.float() for name, scores in sub_scores.items()})
-    every = gather_columns(strategy, columns)
-    rewards = every["reward"]
-    metrics = {
-        "reward/mean": float(rewards.mean()),
-        "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "response_length": float(every["length"].mean()),
-        "samples": float(len(rewards)),
-    }
-    for name in sub_scores:
-        metrics[f"reward/{name}"] = float(every[f"sub/{name}"].mean())
-    if "accuracy" in sub_scores:
-        metrics["accuracy"] = metrics["reward/accuracy"]
-    counts = {"failures": float(failures), "diff": 0.0, "tokens": 0.0, "engine": 0.0}
-    if rollout.old_log_probs is not None and rollout.engine_log_probs.abs().sum() > 0:
-        mask = rollout.action_mask
-        diff = (rollout.old_log_probs - rollout.engine_log_probs).abs()
-        counts.update(
-            diff=float(torch.where(mask, diff, torch.zeros_like(diff)).sum()),
-            tokens=float(mask.sum()),
-            engine=1.0,
-        )
-    totals = reduce_values(strategy, counts, "sum")
-    metrics["reward/failures"] = totals["failures"]
-    if totals["engine"] > 0:
-        metrics["logprob_mismatch"] = totals["diff"] / max(totals["tokens"], 1.0)
-    return metrics
+        if self.critic is not None:
+            self.critic.save(path / CRITIC_DIR)

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import torch
 
+from lightrft_core.algorithms.groups import broadcast_to_tokens
 from lightrft_core.interfaces import AdvantageInput
-from lightrft_plugin_cpgd.advantages import broadcast_to_tokens, cpgd_advantages
+from lightrft_plugin_cpgd.advantages import cpgd_advantages
 from lightrft_plugin_cpgd.cpgd import CPGD
 
 
@@ -82,9 +83,7 @@ def test_clip_filter_like_counts_are_global_on_2_ranks(thread_group: Any) -> Non
     mask = torch.ones(8, 1, dtype=torch.bool)
 
     def advantages(rows: slice, all_reduce: Any = None) -> torch.Tensor:
-        batch = AdvantageInput(rewards[rows], mask[rows], 2)
-        if all_reduce is not None:
-            batch.all_reduce = all_reduce  # type: ignore[attr-defined]
+        batch = AdvantageInput(rewards[rows], mask[rows], 2, all_reduce=all_reduce)
         return algo.compute_advantages(batch).advantages[:, 0]
 
     rank0, rank1 = thread_group(2).run(

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightrft_plugin_grpo.advantages import (
+from lightrft_core.algorithms.groups import (
     broadcast_to_tokens,
     group_normalized_advantages,
     zero_std_groups,

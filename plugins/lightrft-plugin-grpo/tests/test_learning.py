@@ -56,16 +56,12 @@ def prompts(tmp_path):
 
 STEPS = 12
 
-# Options per algorithm. The loop does not pass engine.max_new_tokens to the algorithm yet,
-# so the length constants are given explicitly; dynamic sampling is not wired in the loop
-# yet either, so DAPO runs without it (its filter is tested alone in test_dapo.py).
+# Options per algorithm. The length constants (Dr.GRPO's norm, DAPO's L_max) come from
+# engine.max_new_tokens through the loop; DAPO runs with dynamic sampling (the loop drops
+# all-equal groups and draws more prompts; reward/mean covers every generated sample).
 ALGORITHMS = {
-    "dr_grpo": ["algorithm.max_tokens_norm=6"],
-    "dapo": [
-        "algorithm.dynamic_sampling=false",
-        "algorithm.max_response_length=6",
-        "algorithm.overlong_buffer=2",
-    ],
+    "dr_grpo": [],
+    "dapo": ["algorithm.overlong_buffer=2"],
     "gspo": [],
     "gspo_token": [],
     "gmpo": [],
@@ -74,7 +70,7 @@ ALGORITHMS = {
 # A metric each algorithm logs, showing that the algorithm asked for is the one that ran.
 SIGNATURE_METRICS = {
     "dr_grpo": "clip_fraction",
-    "dapo": "advantage/overlong_penalty_mean",
+    "dapo": "dynamic_sampling/filtered_groups",
     "gspo": "clip_fraction",
     "gspo_token": "clip_fraction",
     "gmpo": "clip_fraction",

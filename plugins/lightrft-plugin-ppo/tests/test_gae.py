@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightrft_core.algorithms.token_rewards import last_token_mask, token_level_rewards
 from lightrft_core.interfaces import AdvantageInput
-from lightrft_plugin_ppo.gae import gae_advantages, last_token_mask, token_level_rewards
+from lightrft_plugin_ppo.gae import gae_advantages
 from lightrft_plugin_ppo.ppo import PPO
 
 JUNK = 7.0  # values at masked positions: must never be read

@@ -24,9 +24,8 @@ def _advantages(algo: Any, rewards: list[float], group_size: int = 1, **kw: Any)
         group_size=group_size,
         old_log_probs=kw.pop("old", OLD),
         ref_log_probs=kw.pop("ref", REF),
+        **kw,  # e.g. all_reduce
     )
-    for key, value in kw.items():  # e.g. all_reduce, the field the loop will pass
-        setattr(batch, key, value)
     return algo.compute_advantages(batch)
 
 
@@ -156,9 +155,9 @@ def test_whitening_on_2_ranks_uses_the_global_batch(cls: Any, thread_group: Any)
     algo = cls(cls.Config(gamma=0.9, kl_coef=0.05))
 
     def advantages(rows: slice, all_reduce: Any = None) -> torch.Tensor:
-        batch = AdvantageInput(rewards[rows], mask[rows], 2, old[rows], ref[rows])
-        if all_reduce is not None:
-            batch.all_reduce = all_reduce  # type: ignore[attr-defined]
+        batch = AdvantageInput(
+            rewards[rows], mask[rows], 2, old[rows], ref[rows], all_reduce=all_reduce
+        )
         return algo.compute_advantages(batch).advantages
 
     whole = advantages(slice(0, 8))

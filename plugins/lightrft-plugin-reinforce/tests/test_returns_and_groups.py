@@ -5,17 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightrft_plugin_reinforce.groups import (
+from lightrft_core.algorithms.groups import (
     broadcast_to_tokens,
-    equal_reward_groups,
     group_centered,
     leave_one_out,
+    zero_std_groups,
 )
-from lightrft_plugin_reinforce.returns import (
-    discounted_returns,
-    last_token_mask,
-    token_level_rewards,
-)
+from lightrft_core.algorithms.token_rewards import last_token_mask, token_level_rewards
+from lightrft_plugin_reinforce.returns import discounted_returns
 
 # Row 0: prompt at position 0, response at 1..3. Row 1: response at 0..1, then padding.
 # Row 2: no response token at all.
@@ -101,7 +98,7 @@ def test_group_centering_by_hand() -> None:
     centered = group_centered(rewards, 4)
     torch.testing.assert_close(centered[:4], torch.tensor([-2.0, -1.0, 0.0, 3.0]))
     assert torch.equal(centered[4:], torch.zeros(4))
-    assert equal_reward_groups(rewards, 4).tolist() == [False, True]
+    assert zero_std_groups(rewards, 4).tolist() == [False, True]
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ Where this implementation departs from the paper, or lets configuration depart f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -45,6 +45,8 @@ from lightrft_core.algorithms import (
     kl_estimate,
     masked_mean,
 )
+from lightrft_core.algorithms.groups import broadcast_to_tokens, zero_std_groups
+from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -53,13 +55,7 @@ from lightrft_core.interfaces import (
     PolicyLossOutput,
 )
 
-from .advantages import (
-    ADVANTAGE_WEIGHTINGS,
-    AdvantageWeighting,
-    broadcast_to_tokens,
-    cpgd_advantages,
-    equal_reward_groups,
-)
+from .advantages import ADVANTAGE_WEIGHTINGS, AdvantageWeighting, cpgd_advantages
 from .losses import cpgd_token_loss, log_ratio_bounds
 
 
@@ -141,36 +137,15 @@ class CPGD(Algorithm):
             log_ratio_bounds(self.clip_eps_low, self.clip_eps_high)  # raises on bad values
             if self.policy_drift_coef < 0.0:
                 raise ValueError(f"policy_drift_coef must be >= 0, got {self.policy_drift_coef}")
-            if self.advantage_weighting not in ADVANTAGE_WEIGHTINGS:
-                raise ValueError(
-                    f"advantage_weighting must be one of {', '.join(ADVANTAGE_WEIGHTINGS)}; "
-                    f"got {self.advantage_weighting!r}"
-                )
+            check_one_of("advantage_weighting", self.advantage_weighting, ADVANTAGE_WEIGHTINGS)
             if self.advantage_eps < 0.0:
                 raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
             if self.clip_filter_max_weight < 1.0:
                 raise ValueError(
                     f"clip_filter_max_weight must be >= 1, got {self.clip_filter_max_weight}"
                 )
-            if self.loss_aggregation not in AGGREGATION_MODES:
-                raise ValueError(
-                    f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
-                    f"got {self.loss_aggregation!r}"
-                )
-            if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
-                raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
-            if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
-                raise ValueError(
-                    "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
-                    "maximum generation length)"
-                )
-            if self.kl_coef < 0.0:
-                raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-            if self.kl_estimator not in KL_ESTIMATORS:
-                raise ValueError(
-                    f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; "
-                    f"got {self.kl_estimator!r}"
-                )
+            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
+            check_kl(self.kl_coef, self.kl_estimator)
 
     config: Config
 
@@ -188,7 +163,7 @@ class CPGD(Algorithm):
             weighting=cfg.advantage_weighting,
             eps=cfg.advantage_eps,
             max_weight=cfg.clip_filter_max_weight,
-            all_reduce=_batch_all_reduce(batch),
+            all_reduce=batch.all_reduce,
         )  # [B]
         metrics = {
             "reward_mean": batch.rewards.float().mean().item(),
@@ -196,7 +171,7 @@ class CPGD(Algorithm):
             "advantage_std": advantages.std(correction=0).item(),
             "advantage_weight": weight,
             "zero_std_group_fraction": (
-                equal_reward_groups(batch.rewards, batch.group_size).float().mean().item()
+                zero_std_groups(batch.rewards, batch.group_size).float().mean().item()
             ),
         }
         return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
@@ -240,9 +215,3 @@ class CPGD(Algorithm):
             if kl is not None:
                 metrics["kl"] = masked_mean(kl.detach(), mask)
         return PolicyLossOutput(loss=loss, metrics=metrics)
-
-
-def _batch_all_reduce(batch: AdvantageInput) -> Any:
-    """The strategy's ``all_reduce`` when the loop passes it in ``AdvantageInput.all_reduce``
-    (``None`` in one process, or while the core's ``AdvantageInput`` lacks the field)."""
-    return getattr(batch, "all_reduce", None)

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.fsdp._fully_shard._fully_shard import get_cls_to_fsdp_cls
 
 
 def _transformers_models(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -49,44 +48,6 @@ def shard_units(model: torch.nn.Module, class_names: set[str]) -> list[torch.nn.
     return units
 
 
-def _no_deepcopy(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("an FSDP module cannot be deep-copied; use its state dict")
-
-
-def _sharded_apply(self: Any, *args: Any, **kwargs: Any) -> Any:
-    """``FSDPModule._apply`` for a class where ``nn.Module`` precedes ``FSDPModule``."""
-    self.reshard()
-    result = torch.nn.Module._apply(self, *args, **kwargs)
-    with torch.no_grad():
-        for group in self._get_fsdp_state()._fsdp_param_groups:
-            for fsdp_param in group.fsdp_params:
-                fsdp_param.reset_sharded_param()
-    return result
-
-
-def allow_reclassing(module: torch.nn.Module) -> None:
-    """Let ``fully_shard`` re-class ``module`` even when Python refuses its usual
-    ``(FSDPModule, cls)`` class.
-
-    Python refuses that ``__class__`` change for a class whose first base is not an
-    ``nn.Module`` (the core's ``Actor(Component, nn.Module)``: "object layout differs").
-    Such a class gets ``(cls, FSDPModule)`` instead, registered in FSDP's class cache, with
-    the two ``FSDPModule`` members that ``nn.Module`` would otherwise shadow.
-    """
-    cls = type(module)
-    cache = get_cls_to_fsdp_cls()
-    if cls in cache or isinstance(module, FSDPModule):
-        return
-    try:  # the usual class works: leave it to fully_shard
-        module.__class__ = type(f"FSDP{cls.__name__}", (FSDPModule, cls), {})
-        module.__class__ = cls
-        return
-    except TypeError:
-        pass
-    members = {"_orig_cls_mro_index": 1, "_apply": _sharded_apply, "__deepcopy__": _no_deepcopy}
-    cache[cls] = type(f"FSDP{cls.__name__}", (cls, FSDPModule), members)
-
-
 def apply_fsdp(
     model: torch.nn.Module,
     *,
@@ -102,10 +63,8 @@ def apply_fsdp(
     options = {"mesh": mesh, "mp_policy": mp_policy, "offload_policy": offload_policy}
     reshard: dict[FSDPModule, bool] = {}
     for unit in units:
-        allow_reclassing(unit)
         fully_shard(unit, reshard_after_forward=reshard_after_forward, **options)
         reshard[unit] = reshard_after_forward  # type: ignore[index]
-    allow_reclassing(model)
     fully_shard(model, reshard_after_forward=root_reshard_after_forward, **options)
     reshard[model] = root_reshard_after_forward  # type: ignore[index]
     return reshard

@@ -31,9 +31,10 @@ from typing import ClassVar
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES, AggregationMode
+from lightrft_core.algorithms.groups import zero_std_groups
 from lightrft_core.interfaces import AdvantageInput
 
-from .advantages import overlong_length_penalty, zero_std_groups
+from .advantages import overlong_length_penalty
 from .grpo import GRPO
 
 #: ``L_buf = L_max // OVERLONG_BUFFER_DIVISOR`` when ``overlong_buffer`` is not set.

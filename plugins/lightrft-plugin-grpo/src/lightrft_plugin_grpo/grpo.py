@@ -42,9 +42,17 @@ from lightrft_core.algorithms import (
     AggregationMode,
     KLEstimator,
     aggregate_loss,
+    check_clip_parameters,
     kl_estimate,
     masked_mean,
+    ppo_clip_loss,
 )
+from lightrft_core.algorithms.groups import (
+    broadcast_to_tokens,
+    group_normalized_advantages,
+    zero_std_groups,
+)
+from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.algorithms.token_selection import entropy_bonus_loss, high_entropy_token_mask
 from lightrft_core.interfaces import (
     AdvantageInput,
@@ -53,9 +61,6 @@ from lightrft_core.interfaces import (
     PolicyLossInput,
     PolicyLossOutput,
 )
-
-from .advantages import broadcast_to_tokens, group_normalized_advantages, zero_std_groups
-from .losses import ppo_clip_loss
 
 KLMode = Literal["loss", "reward"]
 KL_MODES: tuple[str, ...] = get_args(KLMode)
@@ -166,24 +171,10 @@ class GRPO(Algorithm):
             self._check_clipping()
             if self.advantage_eps < 0.0:
                 raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
-            if self.loss_aggregation not in AGGREGATION_MODES:
-                raise ValueError(
-                    f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
-                    f"got {self.loss_aggregation!r}"
-                )
-            if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
-                raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
-            if self.kl_coef < 0.0:
-                raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-            if self.kl_estimator not in KL_ESTIMATORS:
-                raise ValueError(
-                    f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; "
-                    f"got {self.kl_estimator!r}"
-                )
-            if self.kl_mode not in KL_MODES:
-                raise ValueError(
-                    f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}"
-                )
+            # seq-mean-token-sum-norm falls back to the engine's max_new_tokens
+            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=False)
+            check_kl(self.kl_coef, self.kl_estimator)
+            check_one_of("kl_mode", self.kl_mode, KL_MODES)
             fraction = self.high_entropy_token_fraction
             if fraction is not None and not 0.0 < fraction <= 1.0:
                 raise ValueError(
@@ -194,14 +185,7 @@ class GRPO(Algorithm):
                 raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
 
         def _check_clipping(self) -> None:
-            if not 0.0 <= self.clip_eps_low < 1.0:
-                raise ValueError(f"clip_eps_low must be in [0, 1), got {self.clip_eps_low}")
-            if self.clip_eps_high < 0.0:
-                raise ValueError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
-            if self.dual_clip is not None and self.dual_clip <= 1.0:
-                raise ValueError(
-                    f"dual_clip must be > 1 (or null to disable it), got {self.dual_clip}"
-                )
+            check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
 
     config: Config
 

@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import torch
 
-from .losses import LOG_RATIO_CLAMP, PPOClipLoss, clipped_surrogate
+from lightrft_core.algorithms.ppo_clip import LOG_RATIO_CLAMP, PPOClipLoss, clipped_surrogate
 
 
 def sequence_log_ratio(

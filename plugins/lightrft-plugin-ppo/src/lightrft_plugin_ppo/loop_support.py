@@ -218,8 +218,7 @@ class PPOCritic(Critic):
         trunk_gradients = not self.shared or algorithm.updates_policy(step)
         device = strategy.device
         mask = batch.action_mask.to(device)
-        no_sync = getattr(strategy, "no_sync", None)
-        context = nullcontext() if sync_gradients or no_sync is None else no_sync(self.trained)
+        context = nullcontext() if sync_gradients else strategy.no_sync(self.trained)
         with context:
             with strategy.autocast():
                 values = self.value_model(

@@ -49,6 +49,8 @@ from lightrft_core.algorithms import (
     masked_whiten,
     ppo_clip_loss,
 )
+from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
+from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -58,7 +60,7 @@ from lightrft_core.interfaces import (
     PolicyLossOutput,
 )
 
-from .gae import gae_advantages, token_level_rewards
+from .gae import gae_advantages
 from .value_loss import clipped_value_loss
 
 if TYPE_CHECKING:
@@ -214,42 +216,13 @@ class PPO(Algorithm):
                     f"advantage_clip must be > 0 (or null to disable it), got {self.advantage_clip}"
                 )
             check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
-            self._check_aggregation()
-            self._check_kl()
+            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
+            check_kl(self.kl_coef, self.kl_estimator)
+            check_one_of("kl_mode", self.kl_mode, KL_MODES)
             self._check_critic()
 
-        def _check_aggregation(self) -> None:
-            if self.loss_aggregation not in AGGREGATION_MODES:
-                raise ValueError(
-                    f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
-                    f"got {self.loss_aggregation!r}"
-                )
-            if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
-                raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
-            if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
-                raise ValueError(
-                    "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
-                    "maximum generation length)"
-                )
-
-        def _check_kl(self) -> None:
-            if self.kl_coef < 0.0:
-                raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-            if self.kl_estimator not in KL_ESTIMATORS:
-                raise ValueError(
-                    f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; "
-                    f"got {self.kl_estimator!r}"
-                )
-            if self.kl_mode not in KL_MODES:
-                raise ValueError(
-                    f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}"
-                )
-
         def _check_critic(self) -> None:
-            if self.critic not in CRITIC_KINDS:
-                raise ValueError(
-                    f"critic must be one of {', '.join(CRITIC_KINDS)}; got {self.critic!r}"
-                )
+            check_one_of("critic", self.critic, CRITIC_KINDS)
             if self.critic == "shared" and self.critic_path is not None:
                 raise ValueError(
                     "critic_path is for critic: separate; a shared critic is a value head on "
@@ -317,9 +290,8 @@ class PPO(Algorithm):
         gae = gae_advantages(token_rewards, batch.values, mask, gamma=cfg.gamma, lam=cfg.lam)
         advantages = gae.advantages  # [B, T]
         if cfg.whiten_advantages:
-            all_reduce = getattr(batch, "all_reduce", None)  # when the loop provides it
             advantages = masked_whiten(
-                advantages, mask, center=True, eps=cfg.advantage_eps, all_reduce=all_reduce
+                advantages, mask, center=True, eps=cfg.advantage_eps, all_reduce=batch.all_reduce
             ).values
         advantages = clip_advantages(advantages, cfg.advantage_clip)
 

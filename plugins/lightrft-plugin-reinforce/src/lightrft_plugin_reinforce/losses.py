@@ -27,6 +27,7 @@ from lightrft_core.algorithms import (
     masked_mean,
     ppo_clip_loss,
 )
+from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.interfaces import AdvantageInput, PolicyLossInput, PolicyLossOutput
 
 KLMode = Literal["reward", "loss"]
@@ -90,26 +91,9 @@ class ClippedLossOptions:
 
     def __post_init__(self) -> None:
         check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
-        if self.loss_aggregation not in AGGREGATION_MODES:
-            raise ValueError(
-                f"loss_aggregation must be one of {', '.join(AGGREGATION_MODES)}; "
-                f"got {self.loss_aggregation!r}"
-            )
-        if self.max_tokens_norm is not None and self.max_tokens_norm < 1:
-            raise ValueError(f"max_tokens_norm must be >= 1, got {self.max_tokens_norm}")
-        if self.loss_aggregation == "seq-mean-token-sum-norm" and self.max_tokens_norm is None:
-            raise ValueError(
-                "loss_aggregation 'seq-mean-token-sum-norm' needs max_tokens_norm (e.g. the "
-                "maximum generation length)"
-            )
-        if self.kl_coef < 0.0:
-            raise ValueError(f"kl_coef must be >= 0, got {self.kl_coef}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}"
-            )
-        if self.kl_mode not in KL_MODES:
-            raise ValueError(f"kl_mode must be one of {', '.join(KL_MODES)}; got {self.kl_mode!r}")
+        check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
+        check_kl(self.kl_coef, self.kl_estimator)
+        check_one_of("kl_mode", self.kl_mode, KL_MODES)
 
     @property
     def kl_in_reward(self) -> bool:

@@ -14,8 +14,8 @@ Loss: the PPO clip on ``A_t`` (see ``losses.py``), aggregated over the optimizer
 Where this implementation departs from the paper, or lets configuration depart from it:
 
 * Global statistics: with several ranks the whitening all-reduces its sums through
-  ``AdvantageInput.all_reduce`` (the strategy's ``all_reduce``) when the loop provides it;
-  without it each rank whitens its own shard. One process is exact either way.
+  ``AdvantageInput.all_reduce`` (the strategy's ``all_reduce``, which the loop passes when
+  ``world_size > 1``); without it each rank would whiten its own shard.
 * REINFORCE++-baseline whitens without re-centring by default (``whiten_center: false``):
   the group mean already centres the outcome reward, and re-centring by the batch's token
   mean would give the samples of an all-equal group a non-zero advantage, which this
@@ -33,11 +33,13 @@ Where this implementation departs from the paper, or lets configuration depart f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from lightrft_core.algorithms import clip_advantages, masked_mean, masked_whiten
+from lightrft_core.algorithms.groups import check_rewards, group_centered, zero_std_groups
+from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -46,15 +48,8 @@ from lightrft_core.interfaces import (
     PolicyLossOutput,
 )
 
-from .groups import check_rewards, equal_reward_groups, group_centered
 from .losses import ClippedLossOptions, clipped_policy_loss, rollout_kl
-from .returns import discounted_returns, token_level_rewards
-
-
-def batch_all_reduce(batch: AdvantageInput) -> Any:
-    """The strategy's ``all_reduce`` when the loop passes it in ``AdvantageInput.all_reduce``
-    (``None`` in one process, or while the core's ``AdvantageInput`` lacks the field)."""
-    return getattr(batch, "all_reduce", None)
+from .returns import discounted_returns
 
 
 class ReinforcePP(Algorithm):
@@ -152,7 +147,7 @@ def reinforce_pp_advantages(
     metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
     if baseline:
         metrics["zero_std_group_fraction"] = (
-            equal_reward_groups(rewards, batch.group_size).float().mean().item()
+            zero_std_groups(rewards, batch.group_size).float().mean().item()
         )
         rewards = group_centered(rewards, batch.group_size)  # [B]
     kl = rollout_kl(cfg, batch, algorithm) if cfg.kl_in_reward else None  # [B, T]
@@ -163,7 +158,7 @@ def reinforce_pp_advantages(
         mask,
         center=cfg.whiten_center,
         eps=cfg.advantage_eps,
-        all_reduce=batch_all_reduce(batch),
+        all_reduce=batch.all_reduce,
     )
     advantages = clip_advantages(whitened.values, cfg.advantage_clip)  # [B, T]
 

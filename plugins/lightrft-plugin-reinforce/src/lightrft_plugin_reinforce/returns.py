@@ -1,4 +1,5 @@
-"""Token-level rewards and discounted returns (REINFORCE++): pure functions of tensors.
+"""Discounted returns of token-level rewards (REINFORCE++): pure functions of tensors.
+The token rewards themselves are the core's ``lightrft_core.algorithms.token_rewards``.
 
 For a response with valid tokens ``t`` (``mask`` True) and outcome reward ``r``::
 
@@ -13,39 +14,6 @@ count as steps.
 from __future__ import annotations
 
 import torch
-
-
-def last_token_mask(action_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` bool: True at the last True position of each row of ``action_mask``
-    (a row without any True position has none)."""
-    mask = action_mask.bool()
-    positions = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape)  # [B, T]
-    last = torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values
-    return (positions == last.unsqueeze(1)) & mask
-
-
-def token_level_rewards(
-    rewards: torch.Tensor,
-    action_mask: torch.Tensor,
-    *,
-    kl: torch.Tensor | None = None,
-    kl_coef: float = 0.0,
-) -> torch.Tensor:
-    """``[B, T]``: ``R_t = −β·kl_t + r_i·[t is last]`` on valid tokens, 0 elsewhere.
-
-    ``rewards``: ``[B]``. ``kl``: ``[B, T]`` per-token KL estimate (or ``None`` for no
-    penalty). ``kl_coef``: ``β``.
-    """
-    if rewards.dim() != 1 or rewards.shape[0] != action_mask.shape[0]:
-        raise ValueError(
-            f"expected rewards [B] and action_mask [B, T], got {tuple(rewards.shape)} and "
-            f"{tuple(action_mask.shape)}"
-        )
-    mask = action_mask.bool()
-    outcome = torch.where(last_token_mask(mask), rewards.unsqueeze(1), 0.0)  # [B, T]
-    if kl is not None and kl_coef != 0.0:
-        outcome = outcome - kl_coef * torch.where(mask, kl, 0.0)
-    return torch.where(mask, outcome, 0.0).to(torch.float32)
 
 
 def discounted_returns(

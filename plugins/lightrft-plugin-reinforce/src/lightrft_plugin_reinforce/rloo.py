@@ -32,6 +32,12 @@ from typing import ClassVar
 
 import torch
 
+from lightrft_core.algorithms.groups import (
+    broadcast_to_tokens,
+    check_rewards,
+    leave_one_out,
+    zero_std_groups,
+)
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -40,7 +46,6 @@ from lightrft_core.interfaces import (
     PolicyLossOutput,
 )
 
-from .groups import broadcast_to_tokens, check_rewards, equal_reward_groups, leave_one_out
 from .losses import ClippedLossOptions, clipped_policy_loss, rollout_kl
 
 
@@ -75,7 +80,7 @@ class RLOO(Algorithm):
         metrics["advantage_mean"] = advantages.mean().item()
         metrics["advantage_std"] = advantages.std(correction=0).item()
         metrics["zero_std_group_fraction"] = (
-            equal_reward_groups(rewards, batch.group_size).float().mean().item()
+            zero_std_groups(rewards, batch.group_size).float().mean().item()
         )
         return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
 
