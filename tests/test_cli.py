@@ -45,16 +45,28 @@ def test_plugins_json_lists_builtins_without_autoload() -> None:
     assert plugins["grpo"]["status"] == "disabled"  # autoload is off in unit tests
 
 
+FIRST_PARTY = {
+    "grpo": ["grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "gmpo"],
+    "reinforce": ["reinforce_pp", "reinforce_pp_baseline", "rloo"],
+    "cpgd": ["cpgd"],
+    "ppo": ["ppo"],
+}
+
+
 @pytest.mark.installed_plugins
-def test_plugins_json_lists_the_installed_first_party_plugin() -> None:
+def test_plugins_json_lists_the_installed_first_party_plugins() -> None:
     result = invoke("plugins", "--json")
     plugins = {p["name"]: p for p in json.loads(result.output)}
-    grpo = plugins["grpo"]
-    assert grpo["status"] == "ok"
-    assert grpo["distribution"] == "lightrft-plugin-grpo"
-    assert grpo["version"] == __version__
-    assert grpo["components"] == ["algorithm:grpo"]
-    assert grpo["hooks"] == ["lightrft_register_algorithms"]
+    for name, algorithms in FIRST_PARTY.items():
+        plugin = plugins[name]
+        assert plugin["status"] == "ok", plugin
+        assert plugin["distribution"] == f"lightrft-plugin-{name}"
+        assert plugin["version"] == __version__
+        assert plugin["components"] == [f"algorithm:{a}" for a in algorithms]
+        assert plugin["hooks"] == ["lightrft_register_algorithms"]
+    for name, kind in {"fsdp": "strategy", "deepspeed": "strategy", "vllm": "engine"}.items():
+        assert plugins[name]["status"] == "ok"
+        assert plugins[name]["components"] == [f"{kind}:{name}"]
 
 
 def test_plugins_table_shows_status() -> None:
