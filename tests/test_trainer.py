@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lightrft_core import hookimpl
 from lightrft_core.config import ConfigError, load_config
+from lightrft_core.engines import HFEngine
 from lightrft_core.interfaces import RewardModel, RewardOutput
 from lightrft_core.plugins import PluginManager
 from lightrft_core.strategies import LocalStrategy
@@ -33,10 +34,23 @@ class LetterReward(RewardModel):
         return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
 
 
+class OwnCopyEngine(HFEngine):
+    """The ``hf`` engine holding its own copy of the weights (as vLLM or SGLang do)."""
+
+    name = "hf_own_copy"
+
+    def setup(self, *, model_path, model=None, tokenizer=None):
+        super().setup(model_path=model_path, model=None, tokenizer=tokenizer)
+
+
 class _Plugin:
     @hookimpl
     def lightrft_register_reward_models(self, register):
         register(LetterReward)
+
+    @hookimpl
+    def lightrft_register_engines(self, register):
+        register(OwnCopyEngine)
 
 
 @pytest.fixture
@@ -122,6 +136,36 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
             assert a[key] == b[key], (a["step"], key)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_an_engine_with_its_own_weights_is_synced_on_resume_and_after_each_step(
+    manager, tiny_model_dir, prompts, tmp_path
+) -> None:
+    def engine_matches_actor(trainer) -> bool:
+        own = trainer.c.engine.model.state_dict()
+        return all(torch.equal(own[k], v) for k, v in trainer.actor.named_weights_for_sync())
+
+    extra = ("engine.name=hf_own_copy", "trainer.save_every=2")
+    first = RLTrainer(
+        config(manager, tiny_model_dir, prompts, tmp_path / "r", "trainer.max_steps=2", *extra),
+        manager,
+    )
+    first.train()
+    assert engine_matches_actor(first)
+    resumed = RLTrainer(
+        config(
+            manager,
+            tiny_model_dir,
+            prompts,
+            tmp_path / "r",
+            "trainer.max_steps=3",
+            "trainer.resume_from=latest",
+            *extra,
+        ),
+        manager,
+    )
+    assert resumed.start_step == 2
+    assert engine_matches_actor(resumed)  # not the weights of model.path
 
 
 def test_sampling_params_come_from_the_engine_section(

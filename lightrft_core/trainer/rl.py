@@ -131,6 +131,7 @@ class RLTrainer:
             self.controls.apply_kl_coef(self.c.algorithm)
             if self.critic is not None:
                 load_critic(self.critic, resume)
+            self._sync_weights()  # an engine with its own copy still holds model.path's weights
         if s.is_rank_0:
             self._announce_start(resume)
         self.metrics = MetricsLogger(
@@ -314,6 +315,10 @@ class RLTrainer:
         return metrics
 
     def _sync_weights(self) -> None:
+        """Push the actor's weights to the engine. An engine that generates with the actor's
+        own module needs nothing (and gathering sharded weights for it would be wasted)."""
+        if getattr(self.c.engine, "shares_model", False):
+            return
         sync = getattr(self.actor, "named_weights_for_sync", None)
         self.c.engine.update_weights(sync() if sync is not None else iter(()))
 
