@@ -8,6 +8,10 @@ Conformance (``lightrft_core.testing.conformance``): ``AlgorithmConformance``,
 ``StrategyConformance``, ``EngineConformance``, ``RewardConformance``, ``ActorConformance``,
 ``PatchConformance`` -- subclass one in your plugin's tests as ``TestMyThing`` and set the
 class attribute (e.g. ``algorithm_cls = MyAlgorithm``).
+
+Training helpers (``lightrft_core.testing.training``): ``ThreadGroup`` (ranks as threads with
+a real all-reduce), ``LetterReward``, ``build_fast_tiny_model`` and ``short_rl_rewards`` (a
+short seeded run of the core loop with a plugin's algorithm).
 """
 
 from .conformance import (

@@ -1,62 +1,14 @@
-"""Fixtures of this plugin's tests: a 2-rank stand-in and a short real training run."""
+"""Fixtures of this plugin's tests: a 2-rank stand-in and a short real training run
+(both from ``lightrft_core.testing.training``)."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
-from lightrft_core import hookimpl
-from lightrft_core.interfaces import RewardModel, RewardOutput
-
-
-# ---------------------------------------------------------------------- 2 ranks in threads
-class ThreadGroup:
-    """``world_size`` threads that all-reduce through shared slots: a real collective in one
-    process, so per-rank code runs unchanged and sees the statistics of the global batch."""
-
-    def __init__(self, world_size: int) -> None:
-        self.slots: list[torch.Tensor | None] = [None] * world_size
-        self.barrier = threading.Barrier(world_size, timeout=30)
-
-    def all_reduce_for(self, rank: int) -> Callable[..., torch.Tensor]:
-        def all_reduce(value: torch.Tensor, op: str = "mean") -> torch.Tensor:
-            self.slots[rank] = torch.as_tensor(value).detach().clone()
-            self.barrier.wait()
-            stacked = torch.stack([s for s in self.slots if s is not None])
-            self.barrier.wait()  # every rank has read the slots before they are reused
-            reduce = {"sum": stacked.sum, "mean": stacked.mean}
-            if op in reduce:
-                return reduce[op](0)
-            return stacked.max(0).values if op == "max" else stacked.min(0).values
-
-        return all_reduce
-
-    def run(self, fns: list[Callable[[Callable[..., torch.Tensor]], Any]]) -> list[Any]:
-        results: list[Any] = [None] * len(fns)
-        errors: list[BaseException] = []
-
-        def target(rank: int) -> None:
-            try:
-                results[rank] = fns[rank](self.all_reduce_for(rank))
-            except BaseException as exc:  # pragma: no cover - re-raised below
-                errors.append(exc)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(r,)) for r in range(len(fns))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
+from lightrft_core.testing.training import ThreadGroup, build_fast_tiny_model, short_rl_rewards
 
 
 @pytest.fixture
@@ -64,93 +16,18 @@ def thread_group() -> type[ThreadGroup]:
     return ThreadGroup
 
 
-# ---------------------------------------------------------------------- a short real run
-class LetterReward(RewardModel):
-    """Fraction of response characters equal to ``letter`` (an easy, graded task)."""
-
-    name = "letter"
-
-    @dataclass
-    class Config:
-        letter: str = field(default="a", metadata={"help": "The rewarded character."})
-
-    def score(self, batch):  # type: ignore[no-untyped-def]
-        values = [r.count(self.config.letter) / max(1, len(r)) for r in batch.responses]
-        rewards = torch.tensor(values, dtype=torch.float32)
-        return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
-
-
-class _LetterPlugin:
-    @hookimpl
-    def lightrft_register_reward_models(self, register: Any) -> None:
-        register(LetterReward)
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer tiny Qwen2 (hidden 64) with the byte tokenizer: fast enough for a
-    learning test of a few seconds on 2 CPU cores."""
-    from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-reinforce-model")
-    tokenizer = build_byte_tokenizer()
-    model = build_tiny_model(
-        "5m",
-        vocab_size=len(tokenizer),
-        seed=0,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-    )
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_fast_tiny_model(tmp_path_factory.mktemp("tiny-reinforce-model"))
 
 
 @pytest.fixture
 def train_rewards(tiny_model_dir: Path, tmp_path: Path) -> Callable[[str, list[str]], list[float]]:
-    """``train_rewards(algorithm, overrides)``: run the core RL loop with this plugin's
-    ``algorithm`` on the letter task; returns the mean reward of every step."""
-    import lightrft_plugin_reinforce.plugin
-    from lightrft_core.config import load_config
-    from lightrft_core.plugins import PluginManager
-    from lightrft_core.trainer.rl import RLTrainer
-
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"prompt": f"say a{i}:", "answer": "a"}) + "\n" for i in range(32))
-    )
+    """``train_rewards(algorithm, overrides)``: the mean reward of every step of a short run
+    with this plugin's ``algorithm`` on the letter task."""
+    import lightrft_plugin_reinforce.plugin as plugin
 
     def run(algorithm: str, overrides: list[str]) -> list[float]:
-        pm = PluginManager(autoload=False)
-        pm.register(lightrft_plugin_reinforce.plugin, name="reinforce")
-        pm.register(_LetterPlugin(), name="letter")
-        cfg = load_config(
-            None,
-            [
-                f"run.output_dir={tmp_path / algorithm}",
-                "run.seed=3",
-                f"data.train_path={prompts}",
-                "data.apply_chat_template=false",
-                f"model.path={tiny_model_dir}",
-                f"algorithm.name={algorithm}",
-                "engine.n_samples_per_prompt=4",
-                "engine.max_new_tokens=4",
-                "reward.name=letter",
-                "trainer.prompts_per_step=4",
-                "trainer.micro_batch_size=16",
-                "trainer.learning_rate=1e-2",
-                "trainer.max_grad_norm=1.0",
-                "logging.tensorboard=false",
-                *overrides,
-            ],
-            manager=pm,
-        )
-        history = RLTrainer(cfg, pm).train().history
-        return [record["reward/mean"] for record in history if "reward/mean" in record]
+        return short_rl_rewards(plugin, "reinforce", tiny_model_dir, tmp_path, algorithm, overrides)
 
     return run

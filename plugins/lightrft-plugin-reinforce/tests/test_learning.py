@@ -1,7 +1,8 @@
 """Short seeded runs of the core RL loop on an easy task: each algorithm raises the reward.
 
-The task (``LetterReward`` in ``conftest.py``): the reward is the fraction of the response's
-characters that are ``a``; a randomly initialised one-layer model starts near 0.
+The task (``LetterReward`` in ``lightrft_core.testing.training``): the reward is the
+fraction of the response's characters that are ``a``; a randomly initialised one-layer
+model starts near 0.
 """
 
 from __future__ import annotations
