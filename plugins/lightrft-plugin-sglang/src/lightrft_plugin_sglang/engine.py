@@ -187,6 +187,8 @@ class SGLangEngine(InferenceEngine):
     ) -> list[GenerationOutput]:
         engine = self._require()
         prompts = [list(p) for p in prompt_token_ids]
+        if not prompts:
+            return []
         rows = [(i, k) for i in range(len(prompts)) for k in range(params.n)]
         first_temp = params.first_token_temperature
         first = self._call(

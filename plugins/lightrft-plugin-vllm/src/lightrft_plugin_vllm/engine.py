@@ -1,8 +1,13 @@
 """``VLLMEngine``: rollouts from a vLLM ``LLM`` colocated in the training process.
 
-The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): on one device or CPU a
-single-process executor, under ``torchrun`` on GPUs vLLM's ``external_launcher`` backend
-(one engine per tensor-parallel group, every rank of the group issuing the same requests).
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): in one process a
+single-process executor; under ``torchrun`` vLLM's ``external_launcher`` backend joins the
+trainer's world, one engine per tensor-parallel group (``tp_size`` ranks; 1 by default, so
+one engine per rank) and ``world_size / tp_size`` data-parallel engines. Each rank
+generates its own prompts; the ranks of a tensor-parallel group pool theirs (every rank of
+a group must issue the same requests). vLLM's data-parallel engines step in lockstep, so
+every rank calls ``generate`` as often as the others: the loop does (one call per rollout
+round and per evaluation), and a rank with no prompts sends a one-token dummy request.
 
 Log-prob convention: vLLM is started with ``logprobs_mode="raw_logprobs"``, i.e. the
 log-prob of each sampled token under the model's raw distribution (before temperature,
@@ -150,6 +155,8 @@ class VLLMEngine(InferenceEngine):
         self.llm: Any = None
         self.eos_token_ids: list[int] = []
         self.in_process = True
+        self.lockstep = False  # data-parallel engines under torchrun step together
+        self.tp_group: Any = None  # the ranks sharing this engine (tp_size > 1)
         self.asleep = False
         self.weights_asleep = False
         self._sleep_notice_given = False
@@ -174,8 +181,14 @@ class VLLMEngine(InferenceEngine):
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = True
         if world_size > 1:
-            # torchrun already started one process per device: vLLM joins that world.
+            # torchrun already started the processes: vLLM joins that world, one engine per
+            # tensor-parallel group
+            if world_size % cfg.tp_size:
+                raise ValueError(
+                    f"engine.tp_size={cfg.tp_size} must divide the world size {world_size}"
+                )
             kwargs["distributed_executor_backend"] = "external_launcher"
+            kwargs["data_parallel_size"] = world_size // cfg.tp_size
         return kwargs
 
     def setup(
@@ -204,14 +217,14 @@ class VLLMEngine(InferenceEngine):
         world_size = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world_size = torch.distributed.get_world_size()
-        if world_size > 1 and not cuda:
-            raise NotImplementedError(
-                "the vllm engine under torchrun needs GPUs (external_launcher); on CPU run "
-                "one process, or use engine.name=hf"
-            )
+        self.lockstep = world_size // cfg.tp_size > 1
         self.supports_sleep = cuda and bool(current_platform.is_sleep_mode_available())
         self.eos_token_ids = _eos_ids(tokenizer, model_path)
         self.llm = vllm.LLM(**self.engine_kwargs(model_path, cuda=cuda, world_size=world_size))
+        if world_size > 1 and cfg.tp_size > 1:
+            from vllm.distributed.parallel_state import get_tp_group
+
+            self.tp_group = get_tp_group().cpu_group
 
     def _require_llm(self) -> Any:
         if self.llm is None:
@@ -252,16 +265,35 @@ class VLLMEngine(InferenceEngine):
             return outs
         return self._request(llm, prompts, kwargs, seeds, params.return_log_probs)
 
-    @staticmethod
     def _request(
+        self,
         llm: Any,
         prompts: list[list[int]],
         kwargs: dict[str, Any],
         seeds: Sequence[int | None] | None,
         return_log_probs: bool,
     ) -> list[GenerationOutput]:
+        """One generation call of this rank (through its tensor-parallel group, if any)."""
+        if self.tp_group is not None:  # the group's engine answers every member's prompts
+            return self._request_pooled(llm, prompts, kwargs, seeds, return_log_probs)
+        return self._submit(llm, prompts, kwargs, seeds, return_log_probs)
+
+    def _submit(
+        self,
+        llm: Any,
+        prompts: list[list[int]],
+        kwargs: dict[str, Any],
+        seeds: Sequence[int | None] | None,
+        return_log_probs: bool,
+    ) -> list[GenerationOutput]:
+        """One ``llm.generate`` call: the single place requests reach vLLM."""
         from vllm import SamplingParams as VLLMSamplingParams
 
+        if not prompts:
+            if self.lockstep:  # the other engines step with this one: step with them
+                dummy = VLLMSamplingParams(max_tokens=1, detokenize=False)
+                llm.generate([{"prompt_token_ids": [0]}], dummy, use_tqdm=False)
+            return []
         sampling: Any = VLLMSamplingParams(**kwargs)
         if seeds is not None:
             sampling = [VLLMSamplingParams(**{**kwargs, "seed": seed}) for seed in seeds]
@@ -270,6 +302,30 @@ class VLLMEngine(InferenceEngine):
         return outputs_from_request_outputs(
             results, n=kwargs["n"], return_log_probs=return_log_probs
         )
+
+    def _request_pooled(
+        self,
+        llm: Any,
+        prompts: list[list[int]],
+        kwargs: dict[str, Any],
+        seeds: Sequence[int | None] | None,
+        return_log_probs: bool,
+    ) -> list[GenerationOutput]:
+        """Tensor parallel: every rank of the group submits the group's pooled prompts (the
+        first rank's sampling options and seeds), then keeps the answers to its own."""
+        group = self.tp_group
+        mine = (prompts, list(seeds) if seeds is not None else [None] * len(prompts), kwargs)
+        everyone: list[Any] = [None] * torch.distributed.get_world_size(group)
+        torch.distributed.all_gather_object(everyone, mine, group=group)
+        pooled = [p for member in everyone for p in member[0]]
+        pooled_seeds = [s for member in everyone for s in member[1]]
+        start = sum(len(member[0]) for member in everyone[: torch.distributed.get_rank(group)])
+        seeds_or_none = None if all(s is None for s in pooled_seeds) else pooled_seeds
+        outs = self._submit(llm, pooled, everyone[0][2], seeds_or_none, return_log_probs)
+        own = [o for o in outs if start <= o.prompt_index < start + len(prompts)]
+        for out in own:
+            out.prompt_index -= start
+        return own
 
     def _generate_fire(
         self, llm: Any, prompts: list[list[int]], params: SamplingParams
@@ -281,7 +337,8 @@ class VLLMEngine(InferenceEngine):
             llm, prompts, params, temperature=params.first_token_temperature, max_tokens=1
         )
         rows = [row for row, out in enumerate(first) if out.finish_reason != "stop"]
-        if params.max_new_tokens == 1 or not rows:
+        collective = self.lockstep or self.tp_group is not None  # others wait for this call
+        if params.max_new_tokens == 1 or (not rows and not collective):
             return first
         continued = [prompts[first[row].prompt_index] + first[row].token_ids for row in rows]
         seeds = None  # a seeded call: one distinct seed per continuation, reproducible
