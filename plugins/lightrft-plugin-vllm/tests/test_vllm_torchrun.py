@@ -1,7 +1,8 @@
 """The vLLM engine under ``torchrun`` (2 ranks, gloo; skipped where ``vllm`` is not
 importable): one engine per rank joined to the trainer's world (vLLM's ``external_launcher``
-with data-parallel engines) while FSDP2 trains, and one engine shared by both ranks
-(``tp_size=2``) answering each rank's own prompts. The workers are ``torchrun_*.py``."""
+with data-parallel engines) while FSDP2 or DeepSpeed ZeRO-3 trains, and one engine shared by
+both ranks (``tp_size=2``) answering each rank's own prompts. The workers are
+``torchrun_*.py``."""
 
 from __future__ import annotations
 
@@ -41,8 +42,13 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def test_one_engine_per_rank_under_torchrun_with_fsdp(tied_model_dir, tmp_path) -> None:
-    """2 ranks (gloo), FSDP2 training, a vLLM engine on each rank: the engines join the
+@pytest.mark.parametrize(
+    "strategy",
+    [["strategy.name=fsdp"], ["strategy.name=deepspeed", "strategy.zero_stage=3"]],
+    ids=["fsdp", "deepspeed-zero3"],
+)
+def test_one_engine_per_rank_under_torchrun(tied_model_dir, tmp_path, strategy) -> None:
+    """2 ranks (gloo), FSDP2 or ZeRO-3 training, a vLLM engine on each rank: the engines join the
     trainer's world as vLLM data-parallel engines, generate each rank's own prompts, stay in
     step when a rank has nothing to evaluate (1 held-out prompt for 2 ranks), hold the
     trainer's weights after every sync, and the reward rises."""
@@ -56,7 +62,7 @@ def test_one_engine_per_rank_under_torchrun_with_fsdp(tied_model_dir, tmp_path) 
         "out": str(out),
         "overrides": [
             "run.seed=3",
-            "strategy.name=fsdp",
+            *strategy,
             f"data.train_path={prompts}",
             f"data.eval_path={held_out}",
             "data.apply_chat_template=false",

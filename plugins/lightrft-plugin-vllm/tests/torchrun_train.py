@@ -21,6 +21,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 def main(job_path: str) -> None:
     import torch.distributed as dist
 
+    import lightrft_plugin_deepspeed.plugin
     import lightrft_plugin_fsdp.plugin
     import lightrft_plugin_grpo.plugin
     import lightrft_plugin_vllm.plugin
@@ -40,6 +41,7 @@ def main(job_path: str) -> None:
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
     pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
+    pm.register(lightrft_plugin_deepspeed.plugin, name="deepspeed")
     pm.register(lightrft_plugin_vllm.plugin, name="vllm")
     pm.register(Letter(), name="letter")
     cfg = load_config(None, [f"run.output_dir={out}", *job["overrides"]], manager=pm)
