@@ -231,3 +231,44 @@ def test_small_buckets_and_the_bytes_transport(untied_model_dir) -> None:
         engine.config.update_bucket_mb, engine.in_process = bucket_mb, in_process
     params = SamplingParams(n=2, max_new_tokens=8, seed=5)
     assert_agreement(actor, PROMPTS, engine.generate(PROMPTS, params))
+
+
+# ---------------------------------------------------------------------- lockstep (torchrun)
+class StoppingLLM:
+    """Stands in for ``vllm.LLM``: records each ``generate`` call's prompts; every sample is
+    one stop token (so FIRE's first call finishes every sample)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[list[int]]] = []
+
+    def generate(self, requests, sampling, use_tqdm=False):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.calls.append([r["prompt_token_ids"] for r in requests])
+        n = (sampling[0] if isinstance(sampling, list) else sampling).n
+        done = SimpleNamespace(token_ids=[EOS], logprobs=None, finish_reason="stop")
+        completions = [SimpleNamespace(index=k, **vars(done)) for k in range(n)]
+        return [SimpleNamespace(outputs=completions) for _ in requests]
+
+    def reset_prefix_cache(self) -> None:
+        pass
+
+
+def test_a_lockstep_engine_steps_with_the_others_even_without_work() -> None:
+    """Under torchrun vLLM's data-parallel engines step together: a rank with no prompts
+    still sends one request, and FIRE makes its second call even when every sample ended
+    in the first (another rank's samples may not have)."""
+    from lightrft_plugin_vllm.engine import VLLMEngine
+
+    engine = VLLMEngine(VLLMEngine.Config())
+    engine.llm = StoppingLLM()
+    fire = SamplingParams(n=2, max_new_tokens=4, first_token_temperature=1.5)
+    assert engine.generate([], SamplingParams()) == []
+    assert engine.generate(PROMPTS[:1], fire)[0].token_ids == [EOS]
+    assert engine.llm.calls == [PROMPTS[:1]]  # alone: no dummy, no second FIRE call
+
+    engine.llm, engine.lockstep = StoppingLLM(), True
+    assert engine.generate([], SamplingParams()) == []
+    assert engine.llm.calls == [[[0]]]  # one 1-token dummy request
+    assert engine.generate(PROMPTS[:1], fire)[0].token_ids == [EOS]
+    assert engine.llm.calls[1:] == [PROMPTS[:1], [[0]]]  # FIRE's second call, a dummy
