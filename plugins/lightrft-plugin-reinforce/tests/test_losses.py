@@ -1,5 +1,6 @@
-"""The policy loss shared by REINFORCE++, REINFORCE++-baseline and RLOO: hand values,
-micro-batch and data-parallel invariance, and the configuration checks."""
+"""The policy loss REINFORCE++, REINFORCE++-baseline and RLOO share (the core's
+``clipped_loss``): hand values, micro-batch and data-parallel invariance, and the
+configuration checks."""
 
 from __future__ import annotations
 
@@ -49,6 +50,19 @@ def test_ppo_clip_loss_value_gradient_and_metrics(cls: Any) -> None:
     assert out.metrics["ratio_mean"].item() == pytest.approx(1.3, abs=1e-6)
     assert out.metrics["approx_kl"].item() == pytest.approx(0.0382664, abs=1e-6)
     assert all(not m.requires_grad for m in out.metrics.values())
+
+
+@pytest.mark.parametrize("cls", ALGORITHMS)
+def test_seq_mean_token_sum_norm_divides_by_the_engine_max_new_tokens(cls: Any) -> None:
+    # Token losses -2.4 and -2.2 (above), one sequence: Σ_t L / MAX / 1. With the engine's
+    # max_new_tokens = 4: -4.6 / 4 = -1.15; max_tokens_norm = 2, when set, wins: -2.3.
+    algo = cls(cls.Config(loss_aggregation="seq-mean-token-sum-norm"))
+    out = algo.policy_loss(_hand_batch(max_new_tokens=4))
+    assert out.loss.item() == pytest.approx(-1.15, abs=1e-6)
+    pinned = cls(cls.Config(loss_aggregation="seq-mean-token-sum-norm", max_tokens_norm=2))
+    assert pinned.policy_loss(_hand_batch(max_new_tokens=4)).loss.item() == pytest.approx(-2.3)
+    with pytest.raises(ValueError, match="set algorithm.max_tokens_norm"):
+        algo.policy_loss(_hand_batch())
 
 
 @pytest.mark.parametrize("cls", ALGORITHMS)
@@ -181,7 +195,6 @@ def test_gradient_is_the_same_on_2_simulated_ranks(cls: Any, options: dict[str, 
         ({"dual_clip": 1.0}, "dual_clip must be > 1"),
         ({"clip_eps_low": 1.0}, "clip_eps_low"),
         ({"clip_eps_high": -0.2}, "clip_eps_high"),
-        ({"loss_aggregation": "seq-mean-token-sum-norm"}, "needs max_tokens_norm"),
         ({"max_tokens_norm": 0}, "max_tokens_norm must be >= 1"),
         ({"kl_coef": -0.1}, "kl_coef"),
         ({"kl_estimator": "k4"}, "kl_estimator must be one of k1, k2, k3"),

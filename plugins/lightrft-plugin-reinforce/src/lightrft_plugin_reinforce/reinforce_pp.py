@@ -9,7 +9,8 @@ Advantages (once per rollout batch, no critic)::
     A_t = (G_t − μ) / (σ + ε)     μ, σ: masked mean / population std over every response
                                   token of the *global* batch (all ranks)
 
-Loss: the PPO clip on ``A_t`` (see ``losses.py``), aggregated over the optimizer batch.
+Loss: the PPO clip on ``A_t`` (``lightrft_core.algorithms.clipped_loss``), aggregated over the
+optimizer batch.
 
 Where this implementation departs from the paper, or lets configuration depart from it:
 
@@ -38,6 +39,11 @@ from typing import ClassVar
 import torch
 
 from lightrft_core.algorithms import clip_advantages, masked_mean, masked_whiten
+from lightrft_core.algorithms.clipped_loss import (
+    ClippedLossOptions,
+    clipped_policy_loss,
+    rollout_kl,
+)
 from lightrft_core.algorithms.groups import check_rewards, group_centered, zero_std_groups
 from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
@@ -48,7 +54,6 @@ from lightrft_core.interfaces import (
     PolicyLossOutput,
 )
 
-from .losses import ClippedLossOptions, clipped_policy_loss, rollout_kl
 from .returns import discounted_returns
 
 

@@ -11,7 +11,7 @@ copied to every response token of sample ``i``. With ``kl_mode: reward`` and ``�
 reward is first penalised by the sequence KL, ``r_i ← r_i − β·Σ_t kl(lp_old_t, lp_ref_t)``,
 as the paper's sequence-level reward does.
 
-Loss: the PPO clip on ``A`` (``losses.py``).
+Loss: the PPO clip on ``A`` (``lightrft_core.algorithms.clipped_loss``).
 
 Where this implementation departs from the paper, or lets configuration depart from it:
 
@@ -32,6 +32,11 @@ from typing import ClassVar
 
 import torch
 
+from lightrft_core.algorithms.clipped_loss import (
+    ClippedLossOptions,
+    clipped_policy_loss,
+    rollout_kl,
+)
 from lightrft_core.algorithms.groups import (
     broadcast_to_tokens,
     check_rewards,
@@ -45,8 +50,6 @@ from lightrft_core.interfaces import (
     PolicyLossInput,
     PolicyLossOutput,
 )
-
-from .losses import ClippedLossOptions, clipped_policy_loss, rollout_kl
 
 
 class RLOO(Algorithm):

@@ -1,12 +1,18 @@
-"""What REINFORCE++ and RLOO share: the loss options and the policy loss of a micro-batch.
+"""The clipped policy loss that PPO, REINFORCE++, RLOO (and GRPO's options) share: its
+config options and the loss of one micro-batch.
 
-Loss per token: the core's PPO clip (``lightrft_core.algorithms.ppo_clip_loss``)::
+Loss per token: the PPO clip (``ppo_clip.ppo_clip_loss``)::
 
     L_t = −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t)     (+ optional dual clip)
 
 aggregated over the optimizer batch with ``aggregate_loss`` (exact under gradient
 accumulation and data parallel), plus ``β·aggregate(kl(lp, lp_ref))`` when the KL is a loss
-term (``kl_mode: loss``). With ``kl_mode: reward`` the KL is in the advantages instead.
+term (``kl_mode: loss``). With ``kl_mode: reward`` the algorithm puts the KL in its
+advantages instead (``rollout_kl``).
+
+``seq-mean-token-sum-norm`` divides token sums by a constant: ``max_tokens_norm`` when set,
+else the engine's ``max_new_tokens`` that the loop passes in ``PolicyLossInput``
+(``resolve_max_tokens``).
 """
 
 from __future__ import annotations
@@ -16,19 +22,11 @@ from typing import Literal, get_args
 
 import torch
 
-from lightrft_core.algorithms import (
-    AGGREGATION_MODES,
-    KL_ESTIMATORS,
-    AggregationMode,
-    KLEstimator,
-    aggregate_loss,
-    check_clip_parameters,
-    kl_estimate,
-    masked_mean,
-    ppo_clip_loss,
-)
-from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
-from lightrft_core.interfaces import AdvantageInput, PolicyLossInput, PolicyLossOutput
+from ..interfaces import AdvantageInput, PolicyLossInput, PolicyLossOutput
+from .aggregation import AGGREGATION_MODES, AggregationMode, aggregate_loss, masked_mean
+from .kl import KL_ESTIMATORS, KLEstimator, kl_estimate
+from .options import check_aggregation, check_kl, check_one_of
+from .ppo_clip import check_clip_parameters, ppo_clip_loss
 
 KLMode = Literal["reward", "loss"]
 KL_MODES: tuple[str, ...] = get_args(KLMode)
@@ -36,7 +34,8 @@ KL_MODES: tuple[str, ...] = get_args(KLMode)
 
 @dataclass
 class ClippedLossOptions:
-    """Options every algorithm of this plugin has (each algorithm's ``Config`` extends it)."""
+    """Options of the clipped policy loss; an algorithm's ``Config`` extends it (and may
+    redeclare a field to change its default)."""
 
     # ------------------------------------------------------------ clipping
     clip_eps_low: float = field(
@@ -45,7 +44,10 @@ class ClippedLossOptions:
     )
     clip_eps_high: float = field(
         default=0.2,
-        metadata={"help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high."},
+        metadata={
+            "help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high (DAPO's "
+            "clip-higher uses 0.28)."
+        },
     )
     dual_clip: float | None = field(
         default=None,
@@ -66,8 +68,9 @@ class ClippedLossOptions:
     max_tokens_norm: int | None = field(
         default=None,
         metadata={
-            "help": "The constant token sums are divided by in seq-mean-token-sum-norm (the "
-            "maximum generation length). Required for that mode."
+            "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
+            "(Dr.GRPO: the maximum generation length). None: engine.max_new_tokens, as the "
+            "training loop passes it."
         },
     )
     # ------------------------------------------------------------ KL to the reference
@@ -84,20 +87,46 @@ class ClippedLossOptions:
     kl_mode: KLMode = field(
         default="reward",
         metadata={
-            "help": "'reward': the KL penalises the reward (token-level for REINFORCE++, "
-            "summed per sequence for RLOO). 'loss': kl_coef * KL is added to the loss."
+            "help": "'reward': the KL penalises the rewards (how depends on the algorithm). "
+            "'loss': kl_coef * KL is added to the policy loss."
         },
     )
 
     def __post_init__(self) -> None:
-        check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
-        check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
+        self._check_clipping()
+        check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=False)
         check_kl(self.kl_coef, self.kl_estimator)
         check_one_of("kl_mode", self.kl_mode, KL_MODES)
+
+    def _check_clipping(self) -> None:
+        """The clip parameters (an algorithm with other clipping rules overrides this)."""
+        check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
 
     @property
     def kl_in_reward(self) -> bool:
         return self.kl_mode == "reward" and self.kl_coef > 0.0
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl_mode == "loss" and self.kl_coef > 0.0
+
+
+def resolve_max_tokens(
+    loss_aggregation: str, max_tokens_norm: int | None, batch: PolicyLossInput, algorithm: str
+) -> int | None:
+    """The constant of ``seq-mean-token-sum-norm``: ``max_tokens_norm`` if set, else the
+    engine's ``max_new_tokens`` (``batch.max_new_tokens``); ``max_tokens_norm`` for the other
+    modes (unused there)."""
+    if loss_aggregation != "seq-mean-token-sum-norm":
+        return max_tokens_norm
+    value = max_tokens_norm if max_tokens_norm is not None else batch.max_new_tokens
+    if value is None or value < 1:
+        raise ValueError(
+            f"{algorithm}: loss_aggregation 'seq-mean-token-sum-norm' divides by the maximum "
+            "generation length: set algorithm.max_tokens_norm, or let the training loop pass "
+            f"engine.max_new_tokens (PolicyLossInput.max_new_tokens); got {value!r}"
+        )
+    return value
 
 
 def rollout_kl(options: ClippedLossOptions, batch: AdvantageInput, algorithm: str) -> torch.Tensor:
@@ -115,7 +144,9 @@ def rollout_kl(options: ClippedLossOptions, batch: AdvantageInput, algorithm: st
 def clipped_policy_loss(
     options: ClippedLossOptions, batch: PolicyLossInput, algorithm: str
 ) -> PolicyLossOutput:
-    """This micro-batch's share of the loss (module docstring) and its metrics."""
+    """This micro-batch's share of the loss (module docstring) and its metrics:
+    ``clip_fraction``, ``approx_kl`` (k3 to the old policy), ``ratio_mean``, and
+    ``dual_clip_fraction`` / ``kl`` when they apply."""
     mask = batch.action_mask.bool()  # [B, T]
     ppo = ppo_clip_loss(
         batch.log_probs,
@@ -125,10 +156,11 @@ def clipped_policy_loss(
         clip_eps_high=options.clip_eps_high,
         dual_clip=options.dual_clip,
     )
-    aggregation, max_tokens = options.loss_aggregation, options.max_tokens_norm
+    aggregation = options.loss_aggregation
+    max_tokens = resolve_max_tokens(aggregation, options.max_tokens_norm, batch, algorithm)
     loss = aggregate_loss(ppo.loss, mask, aggregation, batch.scale, max_tokens=max_tokens)
     kl = None
-    if options.kl_mode == "loss" and options.kl_coef > 0.0:
+    if options.kl_in_loss:
         if batch.ref_log_probs is None:
             raise ValueError(
                 f"{algorithm} with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
