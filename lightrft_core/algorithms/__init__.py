@@ -1,11 +1,13 @@
 """Shared, algorithm-independent helpers: loss aggregation, KL estimators and controllers,
 the PPO clipped surrogate, whitening, reward normalisation -- exported here -- and the
-modules ``groups`` (per-group reward statistics), ``token_rewards`` (outcome rewards per
-token), ``token_selection`` (high-entropy tokens, entropy bonus) and ``options`` (checks of
-shared config options).
+modules ``clipped_loss`` (the clipped policy loss and its config options), ``groups``
+(per-group reward statistics), ``token_rewards`` (outcome rewards per token),
+``token_selection`` (high-entropy tokens, entropy bonus) and ``options`` (checks of shared
+config options).
 
-Pure tensor functions that every algorithm plugin may use (plugins never inherit from each
-other; they share these free functions instead). Each function's docstring gives its math.
+Mostly pure tensor functions that every algorithm plugin may use (plugins never inherit from
+each other; they share these functions, and ``ClippedLossOptions`` for their configs). Each
+function's docstring gives its math.
 """
 
 from __future__ import annotations

@@ -69,6 +69,19 @@ def test_without_drift_only_the_clipped_policy_gradient_remains() -> None:
     torch.testing.assert_close(batch.log_probs.grad, torch.tensor([[0.0, 0.5, 0.0]]))
 
 
+def test_seq_mean_token_sum_norm_divides_by_the_engine_max_new_tokens() -> None:
+    # α = 0: token losses -0.3646431 and 0.5, one sequence: Σ_t L / MAX. The engine's
+    # max_new_tokens = 4: 0.1353569 / 4 = 0.0338392; max_tokens_norm = 2 wins: 0.0676784.
+    config = {"policy_drift_coef": 0.0, "loss_aggregation": "seq-mean-token-sum-norm"}
+    algo = CPGD(CPGD.Config(**config))  # type: ignore[arg-type]
+    batch = replace(_hand_batch(), max_new_tokens=4)
+    assert algo.policy_loss(batch).loss.item() == pytest.approx(0.0338392, abs=1e-6)
+    pinned = CPGD(CPGD.Config(**config, max_tokens_norm=2))  # type: ignore[arg-type]
+    assert pinned.policy_loss(batch).loss.item() == pytest.approx(0.0676784, abs=1e-6)
+    with pytest.raises(ValueError, match="set algorithm.max_tokens_norm"):
+        algo.policy_loss(_hand_batch())
+
+
 def test_reference_kl_term() -> None:
     # kl_coef 0.2, k1 with lp - ref = 0.4 on both tokens: + 0.2·0.4 = 0.08 (token-mean).
     base = _hand_batch()
@@ -189,7 +202,6 @@ def test_gradient_is_the_same_on_2_simulated_ranks(options: dict[str, Any]) -> N
         ({"advantage_eps": -1.0}, "advantage_eps"),
         ({"clip_filter_max_weight": 0.5}, "clip_filter_max_weight"),
         ({"loss_aggregation": "sum"}, "loss_aggregation must be one of token-mean"),
-        ({"loss_aggregation": "seq-mean-token-sum-norm"}, "needs max_tokens_norm"),
         ({"max_tokens_norm": 0}, "max_tokens_norm must be >= 1"),
         ({"kl_coef": -0.1}, "kl_coef"),
         ({"kl_estimator": "k4"}, "kl_estimator must be one of k1, k2, k3"),

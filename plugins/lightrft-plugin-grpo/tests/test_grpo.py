@@ -360,7 +360,7 @@ def test_gradient_is_the_same_on_2_simulated_ranks(options: dict[str, Any]) -> N
         ({"max_tokens_norm": 0}, "max_tokens_norm must be >= 1"),
         ({"kl_coef": -0.1}, "kl_coef"),
         ({"kl_estimator": "k4"}, "kl_estimator must be one of k1, k2, k3"),
-        ({"kl_mode": "both"}, "kl_mode must be one of loss, reward"),
+        ({"kl_mode": "both"}, "kl_mode must be one of reward, loss"),
         ({"high_entropy_token_fraction": 0.0}, "high_entropy_token_fraction must be in"),
         ({"high_entropy_token_fraction": 1.5}, "high_entropy_token_fraction must be in"),
         ({"entropy_coef": -0.1}, "entropy_coef must be >= 0"),

@@ -45,6 +45,7 @@ from lightrft_core.algorithms import (
     kl_estimate,
     masked_mean,
 )
+from lightrft_core.algorithms.clipped_loss import resolve_max_tokens
 from lightrft_core.algorithms.groups import broadcast_to_tokens, zero_std_groups
 from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.interfaces import (
@@ -115,7 +116,8 @@ class CPGD(Algorithm):
             default=None,
             metadata={
                 "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
-                "(the maximum generation length). Required for that mode."
+                "(the maximum generation length). None: engine.max_new_tokens, as the "
+                "training loop passes it."
             },
         )
         # ------------------------------------------------------------ KL to the reference
@@ -144,7 +146,7 @@ class CPGD(Algorithm):
                 raise ValueError(
                     f"clip_filter_max_weight must be >= 1, got {self.clip_filter_max_weight}"
                 )
-            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
+            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=False)
             check_kl(self.kl_coef, self.kl_estimator)
 
     config: Config
@@ -197,8 +199,9 @@ class CPGD(Algorithm):
                 )
             kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
             per_token = per_token + cfg.kl_coef * kl
+        max_tokens = resolve_max_tokens(cfg.loss_aggregation, cfg.max_tokens_norm, batch, "cpgd")
         loss = aggregate_loss(
-            per_token, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
+            per_token, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
         )
 
         with torch.no_grad():

@@ -32,27 +32,28 @@ group normalisation sees) and ``surrogate`` (the per-token policy loss before ag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, NamedTuple, get_args
+from typing import ClassVar, NamedTuple
 
 import torch
 
 from lightrft_core.algorithms import (
-    AGGREGATION_MODES,
     KL_ESTIMATORS,
-    AggregationMode,
     KLEstimator,
     aggregate_loss,
-    check_clip_parameters,
     kl_estimate,
     masked_mean,
     ppo_clip_loss,
+)
+from lightrft_core.algorithms.clipped_loss import (
+    ClippedLossOptions,
+    KLMode,
+    resolve_max_tokens,
 )
 from lightrft_core.algorithms.groups import (
     broadcast_to_tokens,
     group_normalized_advantages,
     zero_std_groups,
 )
-from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.algorithms.token_selection import entropy_bonus_loss, high_entropy_token_mask
 from lightrft_core.interfaces import (
     AdvantageInput,
@@ -61,9 +62,6 @@ from lightrft_core.interfaces import (
     PolicyLossInput,
     PolicyLossOutput,
 )
-
-KLMode = Literal["loss", "reward"]
-KL_MODES: tuple[str, ...] = get_args(KLMode)
 
 
 class Surrogate(NamedTuple):
@@ -81,26 +79,22 @@ class GRPO(Algorithm):
     requires_groups: ClassVar[bool] = True
 
     @dataclass
-    class Config:
-        """Options of ``algorithm.name: grpo``."""
+    class Config(ClippedLossOptions):
+        """Options of ``algorithm.name: grpo``: the clipped loss's (``clip_eps_low``,
+        ``clip_eps_high``, ``dual_clip``, ``loss_aggregation``, ``max_tokens_norm``,
+        ``kl_coef``, ``kl_estimator``, ``kl_mode``; GRPO's KL defaults are k3, in the loss),
+        then these."""
 
-        # ------------------------------------------------------------ clipping
-        clip_eps_low: float = field(
-            default=0.2,
-            metadata={"help": "PPO clip: the ratio is clipped below at 1 - clip_eps_low."},
+        # ------------------------------------------------------------ KL (GRPO's defaults)
+        kl_estimator: KLEstimator = field(
+            default="k3",
+            metadata={"help": "Per-token KL estimator: one of " + ", ".join(KL_ESTIMATORS) + "."},
         )
-        clip_eps_high: float = field(
-            default=0.2,
+        kl_mode: KLMode = field(
+            default="loss",
             metadata={
-                "help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high "
-                "(DAPO's clip-higher uses 0.28)."
-            },
-        )
-        dual_clip: float | None = field(
-            default=None,
-            metadata={
-                "help": "Dual-clip constant c > 1: the loss of a token with negative "
-                "advantage is capped at c*|A|. None disables it."
+                "help": "'loss': add kl_coef * KL to the policy loss (the paper). 'reward': "
+                "subtract kl_coef * (sum of token KL) from each reward before normalising."
             },
         )
         # ------------------------------------------------------------ advantages
@@ -114,41 +108,6 @@ class GRPO(Algorithm):
         advantage_eps: float = field(
             default=1e-6,
             metadata={"help": "Added to the group std before dividing by it."},
-        )
-        # ------------------------------------------------------------ loss aggregation
-        loss_aggregation: AggregationMode = field(
-            default="token-mean",
-            metadata={
-                "help": "How per-token losses are averaged: one of "
-                + ", ".join(AGGREGATION_MODES)
-                + "."
-            },
-        )
-        max_tokens_norm: int | None = field(
-            default=None,
-            metadata={
-                "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
-                "(Dr.GRPO: the maximum generation length). None: engine.max_new_tokens, "
-                "as the training loop passes it."
-            },
-        )
-        # ------------------------------------------------------------ KL
-        kl_coef: float = field(
-            default=0.0,
-            metadata={
-                "help": "β, the weight of KL(policy || reference). 0 disables the reference model."
-            },
-        )
-        kl_estimator: KLEstimator = field(
-            default="k3",
-            metadata={"help": "Per-token KL estimator: one of " + ", ".join(KL_ESTIMATORS) + "."},
-        )
-        kl_mode: KLMode = field(
-            default="loss",
-            metadata={
-                "help": "'loss': add kl_coef * KL to the policy loss (the paper). 'reward': "
-                "subtract kl_coef * (sum of token KL) from each reward before normalising."
-            },
         )
         # ------------------------------------------------------------ entropy
         high_entropy_token_fraction: float | None = field(
@@ -168,13 +127,9 @@ class GRPO(Algorithm):
         )
 
         def __post_init__(self) -> None:
-            self._check_clipping()
+            super().__post_init__()  # clipping (``_check_clipping``), aggregation, KL
             if self.advantage_eps < 0.0:
                 raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
-            # seq-mean-token-sum-norm falls back to the engine's max_new_tokens
-            check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=False)
-            check_kl(self.kl_coef, self.kl_estimator)
-            check_one_of("kl_mode", self.kl_mode, KL_MODES)
             fraction = self.high_entropy_token_fraction
             if fraction is not None and not 0.0 < fraction <= 1.0:
                 raise ValueError(
@@ -183,9 +138,6 @@ class GRPO(Algorithm):
                 )
             if self.entropy_coef < 0.0:
                 raise ValueError(f"entropy_coef must be >= 0, got {self.entropy_coef}")
-
-        def _check_clipping(self) -> None:
-            check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
 
     config: Config
 
@@ -241,13 +193,13 @@ class GRPO(Algorithm):
         if cfg.high_entropy_token_fraction is not None:
             entropy = self._entropy(batch, "high_entropy_token_fraction")
             policy_mask = high_entropy_token_mask(entropy, mask, cfg.high_entropy_token_fraction)
-        max_tokens = self.resolve_max_tokens(batch)
+        max_tokens = resolve_max_tokens(cfg.loss_aggregation, cfg.max_tokens_norm, batch, self.name)
         surrogate = self.surrogate(batch, policy_mask)
         loss = aggregate_loss(
             surrogate.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
         )
         kl = None
-        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
+        if cfg.kl_in_loss:
             if batch.ref_log_probs is None:
                 raise ValueError(
                     f"{self.name} with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
@@ -301,22 +253,6 @@ class GRPO(Algorithm):
             if cfg.dual_clip is not None:
                 metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), policy_mask)
         return Surrogate(loss, metrics)
-
-    def resolve_max_tokens(self, batch: PolicyLossInput) -> int | None:
-        """The constant of ``seq-mean-token-sum-norm``: ``max_tokens_norm`` if set, else the
-        engine's ``max_new_tokens``; ``None`` for the other modes."""
-        cfg = self.config
-        if cfg.loss_aggregation != "seq-mean-token-sum-norm":
-            return cfg.max_tokens_norm
-        value = cfg.max_tokens_norm if cfg.max_tokens_norm is not None else batch.max_new_tokens
-        if value is None or value < 1:
-            raise ValueError(
-                f"{self.name}: loss_aggregation 'seq-mean-token-sum-norm' divides by the "
-                "maximum generation length: set algorithm.max_tokens_norm, or let the training "
-                "loop pass engine.max_new_tokens (PolicyLossInput.max_new_tokens); got "
-                f"{value!r}"
-            )
-        return value
 
     def _entropy(self, batch: PolicyLossInput, option: str) -> torch.Tensor:
         if batch.entropy is None:

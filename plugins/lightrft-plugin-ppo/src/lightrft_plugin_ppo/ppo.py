@@ -36,20 +36,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args
 
 import torch
 
-from lightrft_core.algorithms import (
-    AGGREGATION_MODES,
-    KL_ESTIMATORS,
-    AggregationMode,
-    KLEstimator,
-    aggregate_loss,
-    check_clip_parameters,
-    clip_advantages,
-    kl_estimate,
-    masked_mean,
-    masked_whiten,
-    ppo_clip_loss,
+from lightrft_core.algorithms import aggregate_loss, clip_advantages, masked_mean, masked_whiten
+from lightrft_core.algorithms.clipped_loss import (
+    ClippedLossOptions,
+    clipped_policy_loss,
+    rollout_kl,
 )
-from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
+from lightrft_core.algorithms.options import check_aggregation, check_one_of
 from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
@@ -67,8 +60,6 @@ if TYPE_CHECKING:
     from lightrft_core.interfaces import StrategyBase
     from lightrft_core.interfaces.algorithm import Critic
 
-KLMode = Literal["reward", "loss"]
-KL_MODES: tuple[str, ...] = get_args(KLMode)
 CriticKind = Literal["separate", "shared"]
 CRITIC_KINDS: tuple[str, ...] = get_args(CriticKind)
 
@@ -87,8 +78,11 @@ class PPO(Algorithm):
     name: ClassVar[str] = "ppo"
 
     @dataclass
-    class Config:
-        """Options of ``algorithm.name: ppo``."""
+    class Config(ClippedLossOptions):
+        """Options of ``algorithm.name: ppo``: the clipped loss's (``clip_eps_low``,
+        ``clip_eps_high``, ``dual_clip``, ``loss_aggregation``, ``max_tokens_norm``,
+        ``kl_coef``, ``kl_estimator``, ``kl_mode``; ``kl_mode: reward`` puts
+        ``-kl_coef * kl_t`` in the token rewards, classic RLHF PPO), then these."""
 
         # ------------------------------------------------------------ GAE
         gamma: float = field(
@@ -111,55 +105,6 @@ class PPO(Algorithm):
         advantage_clip: float | None = field(
             default=None,
             metadata={"help": "Clamp the advantages to [-c, c] after whitening. None: off."},
-        )
-        # ------------------------------------------------------------ policy loss
-        clip_eps_low: float = field(
-            default=0.2,
-            metadata={"help": "PPO clip: the ratio is clipped below at 1 - clip_eps_low."},
-        )
-        clip_eps_high: float = field(
-            default=0.2,
-            metadata={"help": "PPO clip: the ratio is clipped above at 1 + clip_eps_high."},
-        )
-        dual_clip: float | None = field(
-            default=None,
-            metadata={
-                "help": "Dual-clip constant c > 1: the loss of a token with negative advantage "
-                "is capped at c*|A|. None disables it."
-            },
-        )
-        loss_aggregation: AggregationMode = field(
-            default="token-mean",
-            metadata={
-                "help": "How per-token policy and value losses are averaged: one of "
-                + ", ".join(AGGREGATION_MODES)
-                + "."
-            },
-        )
-        max_tokens_norm: int | None = field(
-            default=None,
-            metadata={
-                "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
-                "(the maximum generation length); required for that mode."
-            },
-        )
-        # ------------------------------------------------------------ KL to the reference
-        kl_coef: float = field(
-            default=0.0,
-            metadata={
-                "help": "β, the weight of KL(policy || reference). 0 disables the reference model."
-            },
-        )
-        kl_estimator: KLEstimator = field(
-            default="k1",
-            metadata={"help": "Per-token KL estimator: one of " + ", ".join(KL_ESTIMATORS) + "."},
-        )
-        kl_mode: KLMode = field(
-            default="reward",
-            metadata={
-                "help": "'reward': R_t -= kl_coef * kl_t in the token rewards (classic RLHF PPO). "
-                "'loss': kl_coef * KL is added to the policy loss."
-            },
         )
         # ------------------------------------------------------------ critic
         critic: CriticKind = field(
@@ -215,10 +160,10 @@ class PPO(Algorithm):
                 raise ValueError(
                     f"advantage_clip must be > 0 (or null to disable it), got {self.advantage_clip}"
                 )
-            check_clip_parameters(self.clip_eps_low, self.clip_eps_high, self.dual_clip)
+            super().__post_init__()
+            # the value loss is aggregated like the policy loss but never sees the engine's
+            # max_new_tokens: seq-mean-token-sum-norm needs the constant here
             check_aggregation(self.loss_aggregation, self.max_tokens_norm, norm_required=True)
-            check_kl(self.kl_coef, self.kl_estimator)
-            check_one_of("kl_mode", self.kl_mode, KL_MODES)
             self._check_critic()
 
         def _check_critic(self) -> None:
@@ -246,10 +191,6 @@ class PPO(Algorithm):
                 raise ValueError(
                     f"value_head_init_std must be >= 0, got {self.value_head_init_std}"
                 )
-
-        @property
-        def kl_in_reward(self) -> bool:
-            return self.kl_mode == "reward" and self.kl_coef > 0.0
 
     config: Config
 
@@ -285,7 +226,7 @@ class PPO(Algorithm):
         if not torch.isfinite(rewards).all():
             raise ValueError("ppo: the rewards must be finite (NaN or inf seen)")
         metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
-        kl = self._rollout_kl(batch) if cfg.kl_in_reward else None  # [B, T]
+        kl = rollout_kl(cfg, batch, self.name) if cfg.kl_in_reward else None  # [B, T]
         token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=cfg.kl_coef)
         gae = gae_advantages(token_rewards, batch.values, mask, gamma=cfg.gamma, lam=cfg.lam)
         advantages = gae.advantages  # [B, T]
@@ -305,54 +246,9 @@ class PPO(Algorithm):
         metrics["advantage_abs_max"] = float(advantages.abs().max()) if advantages.numel() else 0.0
         return AdvantageOutput(advantages=advantages, returns=gae.returns, metrics=metrics)
 
-    def _rollout_kl(self, batch: AdvantageInput) -> torch.Tensor:
-        """``[B, T]`` per-token ``kl(lp_old, lp_ref)``, 0 outside the mask."""
-        if batch.old_log_probs is None or batch.ref_log_probs is None:
-            raise ValueError(
-                "ppo with kl_mode 'reward' and kl_coef > 0 needs old_log_probs and "
-                "ref_log_probs in AdvantageInput (the loop computes them when "
-                "needs_reference() is True)"
-            )
-        kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, self.config.kl_estimator)
-        return torch.where(batch.action_mask.bool(), kl, torch.zeros_like(kl))
-
     # ------------------------------------------------------------------ losses
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        cfg = self.config
-        mask = batch.action_mask.bool()  # [B, T]
-        ppo = ppo_clip_loss(
-            batch.log_probs,
-            batch.old_log_probs,
-            batch.advantages,
-            clip_eps_low=cfg.clip_eps_low,
-            clip_eps_high=cfg.clip_eps_high,
-            dual_clip=cfg.dual_clip,
-        )
-        loss = self._aggregate(ppo.loss, mask, batch.scale)
-        kl = None
-        if cfg.kl_mode == "loss" and cfg.kl_coef > 0.0:
-            if batch.ref_log_probs is None:
-                raise ValueError(
-                    "ppo with kl_mode 'loss' and kl_coef > 0 needs ref_log_probs in "
-                    "PolicyLossInput (the loop computes them when needs_reference() is True)"
-                )
-            kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
-            loss = loss + cfg.kl_coef * self._aggregate(kl, mask, batch.scale)
-
-        with torch.no_grad():
-            approx_kl = kl_estimate(batch.log_probs, batch.old_log_probs, "k3")
-            metrics = {
-                "clip_fraction": masked_mean(ppo.clipped.float(), mask),
-                "approx_kl": masked_mean(approx_kl.detach(), mask),
-                "ratio_mean": masked_mean(ppo.ratio.detach(), mask),
-            }
-            if cfg.dual_clip is not None:
-                metrics["dual_clip_fraction"] = masked_mean(ppo.dual_clipped.float(), mask)
-            if kl is None and batch.ref_log_probs is not None:
-                kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)
-            if kl is not None:
-                metrics["kl"] = masked_mean(kl.detach(), mask)
-        return PolicyLossOutput(loss=loss, metrics=metrics)
+        return clipped_policy_loss(self.config, batch, self.name)
 
     def value_loss(
         self,
