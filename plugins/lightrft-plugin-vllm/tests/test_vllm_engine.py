@@ -216,6 +216,25 @@ def test_a_missing_lm_head_is_caught(untied_model_dir) -> None:
     assert_agreement(actor, PROMPTS, engine.generate(PROMPTS, params))
 
 
+def test_lora_adapters_are_merged_into_the_synced_weights(untied_model_dir) -> None:
+    """A LoRA actor: the engine serves the base weights plus the trained adapters' deltas."""
+    engine = vllm_engine(untied_model_dir)
+    actor = ActorLanguage(
+        ActorLanguage.Config(path=str(untied_model_dir), attn_implementation="eager", lora_rank=4)
+    )
+    engine.update_weights(actor.named_weights_for_sync())  # the base weights (B = 0)
+    params = SamplingParams(n=2, max_new_tokens=8, seed=5)
+    assert_agreement(actor, PROMPTS, engine.generate(PROMPTS, params))
+    _train_steps(actor, steps=3, seed=11)  # only the adapters train
+    actor.eval()
+    with pytest.raises(AssertionError):  # the engine still has the base weights
+        assert_agreement(actor, PROMPTS, engine.generate(PROMPTS, params))
+    synced = dict(actor.named_weights_for_sync())
+    assert not any("lora_" in name for name in synced)  # plain Hugging Face names
+    engine.update_weights(synced.items())
+    assert_agreement(actor, PROMPTS, engine.generate(PROMPTS, params))
+
+
 def test_small_buckets_and_the_bytes_transport(untied_model_dir) -> None:
     """Tiny buckets (one layer per reload) and safetensors bytes (the cross-process path)
     load the same weights."""
