@@ -399,6 +399,9 @@ class VLLMEngine(InferenceEngine):
             self._sleep_notice_given = True
 
     def shutdown(self) -> None:
+        """Drop the engine. vLLM's own teardown (when the ``LLM`` is collected) also
+        destroys ``torch.distributed``'s default process group where one exists (the
+        trainer's, under torchrun): shut the engine down last, after the last collective."""
         self.llm = None
 
 
