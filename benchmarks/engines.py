@@ -31,13 +31,16 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
-def build_engines(model_dir: Path, tokenizer: Any, actor: Any) -> dict[str, Any]:
+def build_engines(
+    model_dir: Path, tokenizer: Any, actor: Any, enforce_eager: bool
+) -> dict[str, Any]:
     from lightrft_core.engines import HFEngine
     from lightrft_plugin_vllm.engine import VLLMEngine
 
     hf = HFEngine(HFEngine.Config(max_batch_size=128))
     hf.setup(model=actor.base_model, tokenizer=tokenizer)
-    vllm = VLLMEngine(VLLMEngine.Config(dtype="float32", max_model_len=256))
+    config = VLLMEngine.Config(dtype="float32", max_model_len=256, enforce_eager=enforce_eager)
+    vllm = VLLMEngine(config)
     started = time.perf_counter()
     vllm.setup(model_path=str(model_dir), tokenizer=tokenizer)
     print(f"vllm engine start: {time.perf_counter() - started:.1f} s")
@@ -116,6 +119,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="16,32,64,128")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--enforce-eager", action="store_true", help="vLLM without compilation (engine option)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -134,7 +140,7 @@ def main() -> None:
             f"model: tiny 30m ({params:.1f}M parameters, fp32), torch threads "
             f"{torch.get_num_threads()}, {args.new_tokens} new tokens per sequence"
         )
-        engines = build_engines(model_dir, tokenizer, actor)
+        engines = build_engines(model_dir, tokenizer, actor, args.enforce_eager)
         optimizer = torch.optim.AdamW(actor.parameters(), lr=1e-6)
         rows = []
         for batch in (int(b) for b in args.batch_sizes.split(",")):
