@@ -41,8 +41,10 @@ def lightrft_register_engines(register: Any) -> None:
 def lightrft_register_reward_models(register: Any) -> None:
     from .rewards.combined import CombinedReward
     from .rewards.math import MathReward
+    from .rewards.remote import RemoteReward
     from .rewards.rules import ExactMatchReward, FormatReward
     from .testing.fakes import ConstantReward
 
-    for cls in (MathReward, ExactMatchReward, FormatReward, CombinedReward, ConstantReward):
+    rewards = (MathReward, ExactMatchReward, FormatReward, CombinedReward, RemoteReward)
+    for cls in (*rewards, ConstantReward):
         register(cls)

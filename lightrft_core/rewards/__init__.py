@@ -1,11 +1,12 @@
-"""Rule rewards (math answers, exact match, format), their weighted combination, and
-failure-tolerant scoring."""
+"""Rule rewards (math answers, exact match, format), their weighted combination, rewards
+from an HTTP service (``remote``), and failure-tolerant scoring."""
 
 from __future__ import annotations
 
 from .base import RuleReward
 from .combined import CombinedReward
 from .math import MathReward, answers_match, extract_answer, extract_boxed, last_number
+from .remote import RemoteReward, RemoteRewardError
 from .rules import ExactMatchReward, FormatReward
 from .safe import SafeScore, reset_failure_log, score_safely
 
@@ -18,6 +19,8 @@ __all__ = [
     "ExactMatchReward",
     "FormatReward",
     "MathReward",
+    "RemoteReward",
+    "RemoteRewardError",
     "RuleReward",
     "SafeScore",
     "answers_match",
