@@ -41,10 +41,12 @@ def lightrft_register_engines(register: Any) -> None:
 def lightrft_register_reward_models(register: Any) -> None:
     from .rewards.combined import CombinedReward
     from .rewards.math import MathReward
+    from .rewards.model import ScalarRewardModel
     from .rewards.remote import RemoteReward
     from .rewards.rules import ExactMatchReward, FormatReward
     from .testing.fakes import ConstantReward
 
     rewards = (MathReward, ExactMatchReward, FormatReward, CombinedReward, RemoteReward)
+    rewards += (ScalarRewardModel,)
     for cls in (*rewards, ConstantReward):
         register(cls)

@@ -1,0 +1,128 @@
+"""``reward.name: model``: a scalar reward model run in the training process -- a Hugging
+Face sequence-classification checkpoint with one output (``num_labels=1``), e.g. a
+Bradley–Terry reward model.
+
+Each sample is scored as the text ``prompt + response``: the prompt as the policy saw it
+(chat template applied) followed by the response. The model's score of the last token is
+the reward (transformers' ``*ForSequenceClassification`` pools the last non-padding token).
+Samples are scored ``batch_size`` at a time, padded on the right; a text longer than
+``max_length`` tokens keeps its end (the response) and loses the start of the prompt.
+
+The reward is ``scale * score + shift``; ``trainer.reward_normalize`` normalises it further
+if wanted. The model is frozen, in eval mode, under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from ..interfaces import RewardInput, RewardModel, RewardOutput
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ScalarRewardModel(RewardModel):
+    """Rewards from a sequence-classification model with one output (module docstring)."""
+
+    name: ClassVar[str] = "model"
+
+    @dataclass
+    class Config:
+        path: str = field(
+            default="",
+            metadata={
+                "help": "Hugging Face folder (or hub id) of a sequence-classification model "
+                "with num_labels=1 and its tokenizer (required)."
+            },
+        )
+        batch_size: int = field(default=16, metadata={"help": "Samples per forward pass."})
+        max_length: int | None = field(
+            default=None,
+            metadata={
+                "help": "Longest prompt + response in tokens; longer texts lose the start of "
+                "the prompt. null: no limit."
+            },
+        )
+        dtype: Literal["float32", "bfloat16", "float16"] = field(
+            default="float32", metadata={"help": "Weights and compute dtype."}
+        )
+        device: Literal["auto", "cpu", "cuda"] = field(
+            default="auto",
+            metadata={"help": "auto: this process's current CUDA device if any, else the CPU."},
+        )
+        scale: float = field(default=1.0, metadata={"help": "reward = scale * score + shift."})
+        shift: float = field(default=0.0, metadata={"help": "reward = scale * score + shift."})
+
+        def __post_init__(self) -> None:
+            if self.batch_size < 1:
+                raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            if self.max_length is not None and self.max_length < 2:
+                raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+            if self.dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            if self.device not in ("auto", "cpu", "cuda"):
+                raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        if not cfg.path:
+            raise ValueError(
+                "reward.name=model needs reward.path, a sequence-classification checkpoint "
+                "with num_labels=1 (e.g. reward.path=runs/rm/final)"
+            )
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.device = _pick_device(cfg.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.path)
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"  # keep the response
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.path, dtype=DTYPES[cfg.dtype]
+        )
+        if model.config.num_labels != 1:
+            raise ValueError(
+                f"reward.path={cfg.path!r} has num_labels={model.config.num_labels}; a reward "
+                "model has one output (num_labels=1)"
+            )
+        if model.config.pad_token_id is None:  # pooling finds the last non-pad token
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score(self, batch: RewardInput) -> RewardOutput:
+        cfg = self.config
+        texts = [p + r for p, r in zip(batch.prompts, batch.responses, strict=True)]
+        scores = torch.zeros(len(texts), dtype=torch.float32)
+        for start in range(0, len(texts), cfg.batch_size):
+            chunk = texts[start : start + cfg.batch_size]
+            scores[start : start + len(chunk)] = self._scores(chunk)
+        rewards = cfg.scale * scores + cfg.shift
+        return RewardOutput(rewards=rewards, sub_scores={"model_score": scores})
+
+    def _scores(self, texts: list[str]) -> torch.Tensor:
+        cfg = self.config
+        encoded = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=cfg.max_length is not None,
+            max_length=cfg.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+        if encoded["input_ids"].shape[1] == 0:  # only empty texts
+            raise ValueError("every text of the batch is empty; nothing to score")
+        logits = self.model(**encoded).logits  # [b, 1]
+        return logits[:, 0].float().cpu()
+
+
+def _pick_device(wanted: str) -> torch.device:
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("reward.device is 'cuda' but no CUDA device is available")
+    if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
