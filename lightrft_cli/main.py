@@ -10,7 +10,16 @@ import typer
 
 from lightrft_core import __version__
 
-from .commands import config_cmd, demo_cmd, plugin_cmd, plugins_cmd, sft_cmd, tools_cmd, train_cmd
+from .commands import (
+    config_cmd,
+    demo_cmd,
+    plugin_cmd,
+    plugins_cmd,
+    rm_cmd,
+    sft_cmd,
+    tools_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="lightrft",
@@ -49,6 +58,9 @@ app.command(
     context_settings={"allow_extra_args": False},
 )(train_cmd.train)
 app.command("sft", help="Supervised fine-tuning on prompt/response data (warm start).")(sft_cmd.sft)
+app.command("rm", help="Train a reward model on preference pairs (for reward.name=model).")(
+    rm_cmd.rm
+)
 app.command("demo", help="End-to-end demo: tiny model, arithmetic task, SFT then RL (CPU).")(
     demo_cmd.demo
 )

@@ -68,6 +68,14 @@ class DataConfig:
     response_key: str = field(
         default="response", metadata={"help": "Field holding the target response (SFT data)."}
     )
+    chosen_key: str = field(
+        default="chosen",
+        metadata={"help": "Field holding the preferred response (reward-model data)."},
+    )
+    rejected_key: str = field(
+        default="rejected",
+        metadata={"help": "Field holding the dispreferred response (reward-model data)."},
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended through the chat template."}
     )

@@ -77,11 +77,7 @@ class ScalarRewardModel(RewardModel):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.device = _pick_device(cfg.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.path)
-        self.tokenizer.padding_side = "right"
-        self.tokenizer.truncation_side = "left"  # keep the response
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = scoring_tokenizer(AutoTokenizer.from_pretrained(cfg.path))
         model = AutoModelForSequenceClassification.from_pretrained(
             cfg.path, dtype=DTYPES[cfg.dtype]
         )
@@ -106,18 +102,40 @@ class ScalarRewardModel(RewardModel):
         return RewardOutput(rewards=rewards, sub_scores={"model_score": scores})
 
     def _scores(self, texts: list[str]) -> torch.Tensor:
-        cfg = self.config
-        encoded = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=cfg.max_length is not None,
-            max_length=cfg.max_length,
-            return_tensors="pt",
-        ).to(self.device)
-        if encoded["input_ids"].shape[1] == 0:  # only empty texts
-            raise ValueError("every text of the batch is empty; nothing to score")
-        logits = self.model(**encoded).logits  # [b, 1]
-        return logits[:, 0].float().cpu()
+        encoded = encode_texts(self.tokenizer, texts, self.config.max_length).to(self.device)
+        return scores_of(self.model, encoded).float().cpu()
+
+
+def scoring_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` set up as reward models read text: right padding (a pad token, the EOS
+    if it has none) and truncation from the left (the response is kept)."""
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int | None) -> Any:
+    """The batch a reward model reads (``scoring_tokenizer``'s), the same in training
+    (``lightrft rm``) and in scoring."""
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=max_length is not None,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    if encoded["input_ids"].shape[1] == 0:  # only empty texts
+        raise ValueError("every text of the batch is empty; nothing to score")
+    return encoded
+
+
+def scores_of(model: torch.nn.Module, encoded: Any) -> torch.Tensor:
+    """``[b]`` scalar scores of a sequence classifier with one output (last-token pooling)."""
+    return model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits[
+        :, 0
+    ]
 
 
 def _pick_device(wanted: str) -> torch.device:

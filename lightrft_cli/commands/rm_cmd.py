@@ -1,0 +1,38 @@
+"""``lightrft rm``: reward-model training (Bradley–Terry) on preference pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import user_errors
+from ..progress import progress_bars
+from .train_cmd import CONFIG_OPTION, PLUGIN_OPTION, launched_as_rank_0, resolve, run_console
+
+RM_OVERRIDES = typer.Argument(
+    None, help="Overrides such as sft.epochs=2 sft.learning_rate=1e-5 (later wins)."
+)
+
+
+def rm(
+    config: Path | None = CONFIG_OPTION,
+    plugin: list[str] = PLUGIN_OPTION,
+    overrides: list[str] | None = RM_OVERRIDES,
+) -> None:
+    """Train a reward model on prompt/chosen/rejected rows (data.train_path; the sft
+    section's optimisation options); the result is what reward.name=model loads."""
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    cfg, manager = resolve(config, plugin, overrides)
+    console = run_console()  # silent on ranks other than 0 under torchrun
+    bars_on = cfg.logging.progress_bar and launched_as_rank_0()
+    with user_errors(), progress_bars(console, bars_on) as bars:
+        result = run_reward_model_training(
+            cfg, manager, console=console, progress=bars("reward-model steps")
+        )
+    last = result.history[-1] if result.history else {}
+    summary = f"final loss {last.get('rm/loss', float('nan')):.4f}"
+    if "eval/accuracy" in last:
+        summary += f", held-out accuracy {last['eval/accuracy']:.3f}"
+    console.print(f"{summary}; reward model: {result.final_model} (reward.name=model)")

@@ -1,0 +1,179 @@
+"""Reward-model training (``lightrft rm``): a Bradley–Terry reward model from preference
+pairs, with the strategy, data and logging parts of SFT and RL.
+
+The model is ``model.path`` loaded as a sequence classifier with one output (a causal LM
+checkpoint gets a new, randomly initialised score head). Each pair is scored on both sides
+-- the text ``prompt + response`` that ``reward.name: model`` scores in RL, encoded the same
+way -- and the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the optimizer
+batch's pairs. The optimisation options are the ``sft`` section's (``batch_size`` counts
+pairs). Under ``torchrun`` every rank draws the same batches and trains on its contiguous
+share; the loss divides by the pairs of every rank, so a step does not depend on the number
+of ranks.
+
+Metrics: ``rm/loss``, ``rm/accuracy`` (pairs with ``s_chosen > s_rejected``), ``rm/margin``
+(mean ``s_chosen − s_rejected``); with ``data.eval_path``, ``eval/accuracy`` and
+``eval/margin`` on the held-out pairs (every rank scores all of them) before the first and
+after the last step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import LightRFTConfig, dump_config
+from ..data.preferences import PreferenceDataset, PreferencePair
+from ..plugins import PluginManager, get_plugin_manager
+from ..rewards.model import encode_texts, scores_of, scoring_tokenizer
+from .components import load_tokenizer, model_path, seed_everything
+from .distributed import check_divisible, model_init_context, no_sync
+from .metrics import MetricsLogger
+
+
+@dataclass
+class RewardModelResult:
+    output_dir: Path
+    final_model: Path
+    history: list[dict[str, Any]]
+
+
+def run_reward_model_training(
+    cfg: LightRFTConfig,
+    manager: PluginManager | None = None,
+    *,
+    console: Any = None,
+    progress: Any = None,
+) -> RewardModelResult:
+    """Train on ``data.train_path`` preference pairs; export to ``final/`` (a sequence
+    classifier that ``reward.name: model`` loads)."""
+    from transformers import AutoModelForSequenceClassification
+
+    manager = manager or get_plugin_manager()
+    out = Path(cfg.run.output_dir)
+    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
+    strategy.setup_distributed()
+    seed_everything(cfg.run.seed)
+    d, s = cfg.data, cfg.sft
+    check_divisible(strategy.world_size, {"sft.batch_size": s.batch_size})
+    if d.train_path is None:
+        raise ValueError("data.train_path is not set: reward-model training needs preference rows")
+    path = model_path(cfg.model.options)
+    tokenizer = scoring_tokenizer(load_tokenizer(path))
+    with model_init_context(strategy):
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id  # pooling: the last non-pad token
+    train = PreferenceDataset.from_source(d.train_path, tokenizer, d, max_length=s.max_length)
+    held_out = None
+    if d.eval_path is not None:
+        held_out = PreferenceDataset.from_source(d.eval_path, tokenizer, d, max_length=None)
+    steps_per_epoch = math.ceil(len(train) / s.batch_size)
+    total = s.epochs * steps_per_epoch
+    if s.max_steps:
+        total = min(total, s.max_steps)
+    optimizer = strategy.create_optimizer(model, lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = strategy.create_scheduler(
+        optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
+    )
+    model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
+    metrics = MetricsLogger(
+        out,
+        enabled=strategy.is_rank_0,
+        jsonl=cfg.logging.jsonl,
+        tensorboard=cfg.logging.tensorboard,
+        log_every=cfg.logging.log_every,
+        console=console,
+    )
+    if strategy.is_rank_0:
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    def margins(pairs: list[PreferencePair]) -> torch.Tensor:
+        """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""
+        texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
+        with strategy.autocast():
+            scores = scores_of(model, encoded).float()
+        return scores[: len(pairs)] - scores[len(pairs) :]
+
+    if held_out is not None:
+        metrics.log(0, evaluate(model, held_out, margins, s.micro_batch_size))
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    rank, world_size = strategy.rank, strategy.world_size
+    step = 0
+    model.train()
+    for _epoch in range(s.epochs):
+        for batch_rows in torch.randperm(len(train), generator=generator).split(s.batch_size):
+            if step >= total:
+                break
+            share = len(batch_rows) // world_size  # a short last batch: equal shares
+            if share == 0:
+                continue
+            started = time.perf_counter()
+            mine = batch_rows[rank * share : (rank + 1) * share].split(s.micro_batch_size)
+            sums = torch.zeros(3, dtype=torch.float64)  # loss, correct, margin (this rank)
+            for index, rows in enumerate(mine):
+                last = index == len(mine) - 1
+                with nullcontext() if last else no_sync(strategy, model):
+                    margin = margins([train[int(i)] for i in rows])
+                    loss = -F.logsigmoid(margin).sum() / (share * world_size) * world_size
+                    strategy.backward(loss, model)
+                with torch.no_grad():
+                    sums += torch.tensor(
+                        [
+                            float(-F.logsigmoid(margin).sum()),
+                            float((margin > 0).sum()),
+                            float(margin.sum()),
+                        ],
+                        dtype=torch.float64,
+                    )
+            grad_norm = strategy.optimizer_step(
+                model, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
+            )
+            step += 1
+            totals = strategy.all_reduce(sums, op="sum") / (share * world_size)
+            elapsed = float(
+                strategy.all_reduce(torch.tensor([time.perf_counter() - started]), op="max")
+            )
+            metrics.log(
+                step,
+                {
+                    "rm/loss": float(totals[0]),
+                    "rm/accuracy": float(totals[1]),
+                    "rm/margin": float(totals[2]),
+                    "grad_norm": grad_norm,
+                    "lr": scheduler.get_last_lr()[0],
+                    "time/step": elapsed,
+                },
+            )
+            if progress is not None:
+                progress(step, total)
+    if held_out is not None:
+        model.eval()
+        metrics.log(step, evaluate(model, held_out, margins, s.micro_batch_size))
+    final = out / "final"
+    strategy.export_hf(model, final, tokenizer)
+    metrics.close()
+    return RewardModelResult(out, final, metrics.history)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, pairs: PreferenceDataset, margins: Any, size: int
+) -> dict[str, float]:
+    """``eval/accuracy`` and ``eval/margin`` over every held-out pair. Every rank scores
+    every pair (the same forward passes on each rank, as sharded models need)."""
+    was_training = model.training
+    model.eval()
+    correct, total = 0.0, 0.0
+    for start in range(0, len(pairs), size):
+        margin = margins(list(pairs[start : start + size]))
+        correct += float((margin > 0).sum())
+        total += float(margin.sum())
+    model.train(was_training)
+    return {"eval/accuracy": correct / len(pairs), "eval/margin": total / len(pairs)}
