@@ -14,7 +14,8 @@ Jobs:
   takes its contiguous share of the rows), then ``export_hf``; writes ``result.json``
   (train metrics, the log-prob difference between the trained model and its export) and
   the export in ``out/export``;
-* ``sft``: ``run_sft``; ``train``: ``RLTrainer(...).train()``.
+* ``sft``: ``run_sft``; ``train``: ``RLTrainer(...).train()``; ``rm``:
+  ``run_reward_model_training``.
 """
 
 from __future__ import annotations
@@ -218,7 +219,13 @@ def train(job: dict[str, Any], pm: Any) -> None:
     RLTrainer(_config(job, pm), pm).train()
 
 
-JOBS = {"grpo_step": grpo_step, "sft": sft, "train": train}
+def reward_model(job: dict[str, Any], pm: Any) -> None:
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    run_reward_model_training(_config(job, pm), pm)
+
+
+JOBS = {"grpo_step": grpo_step, "sft": sft, "train": train, "rm": reward_model}
 
 
 def main(plan_path: str) -> None:

@@ -105,6 +105,29 @@ def step_overrides(model_dir: Path, prompts: Path, *extra: str) -> list[str]:
     ]
 
 
+def rm_overrides(model: Path, root: Path, *extra: str) -> list[str]:
+    """Reward-model training on 64 preference pairs (chosen: mostly 'a'; rejected: none)."""
+    pairs = root / "pairs.jsonl"
+    if not pairs.exists():
+        rows = [
+            {"prompt": f"say a{i}:", "chosen": "a" * (1 + i % 5), "rejected": "bcd"[: 1 + i % 3]}
+            for i in range(64)
+        ]
+        pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [
+        f"model.path={model}",
+        f"data.train_path={pairs}",
+        f"data.eval_path={pairs}",
+        "data.apply_chat_template=false",
+        "sft.batch_size=16",
+        "sft.micro_batch_size=4",
+        "sft.learning_rate=1e-3",
+        "logging.tensorboard=false",
+        "logging.progress_bar=false",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def launched(demo: DemoPlan, tiny_model_dir: Path, tmp_path_factory) -> Path:
     """Launch 1 (see the module docstring); returns its folder."""
@@ -115,6 +138,11 @@ def launched(demo: DemoPlan, tiny_model_dir: Path, tmp_path_factory) -> Path:
     )
     step = step_overrides(tiny_model_dir, prompts)
     plan = [
+        {
+            "job": "rm",
+            "out": str(root / "rm"),
+            "overrides": rm_overrides(tiny_model_dir, root, "strategy.name=fsdp"),
+        },
         {
             "job": "sft",
             "out": str(demo.paths["sft"]),
@@ -255,6 +283,28 @@ def test_sft_runs_under_torchrun(launched: Path, demo: DemoPlan) -> None:
     assert len(records) == SFT_EXAMPLES // SFT_BATCH
     assert records[-1]["sft/loss"] < records[0]["sft/loss"] * 0.5
     assert (demo.paths["sft"] / "final" / "model.safetensors").is_file()
+
+
+def test_reward_model_training_on_two_ranks_equals_local(
+    launched: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from lightrft_core.config import load_config
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    pm = du.plugin_manager()
+    local = load_config(
+        None,
+        [f"run.output_dir={tmp_path / 'rm'}", *rm_overrides(tiny_model_dir, launched)],
+        manager=pm,
+    )
+    expected = [r for r in run_reward_model_training(local, pm).history if "rm/loss" in r]
+    records = [json.loads(x) for x in (launched / "rm" / "metrics.jsonl").open()]
+    steps = [r for r in records if "rm/loss" in r]
+    assert len(steps) == len(expected) == 4
+    for key in ("rm/loss", "rm/accuracy", "grad_norm"):  # one step: the same batch, 2 shards
+        assert steps[0][key] == pytest.approx(expected[0][key], rel=1e-5), key
+    evals = [r["eval/accuracy"] for r in records if "eval/accuracy" in r]
+    assert evals[-1] > evals[0] and evals[-1] > 0.9
 
 
 def test_demo_config_learns_under_fsdp(launched: Path) -> None:

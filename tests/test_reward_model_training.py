@@ -64,6 +64,7 @@ def test_a_trained_reward_model_prefers_the_chosen_responses(tiny_model_dir, tmp
     )
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output and "reward.name=model" in result.output
+    assert "final loss nan" not in result.output
     rows = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").open()]
     evals = [r for r in rows if "eval/accuracy" in r]
     assert [r["step"] for r in evals] == [0, 16]  # before and after 256 / 16 steps

@@ -31,8 +31,9 @@ def rm(
         result = run_reward_model_training(
             cfg, manager, console=console, progress=bars("reward-model steps")
         )
-    last = result.history[-1] if result.history else {}
-    summary = f"final loss {last.get('rm/loss', float('nan')):.4f}"
-    if "eval/accuracy" in last:
-        summary += f", held-out accuracy {last['eval/accuracy']:.3f}"
+    steps = [row for row in result.history if "rm/loss" in row]
+    evals = [row for row in result.history if "eval/accuracy" in row]
+    summary = f"final loss {steps[-1]['rm/loss'] if steps else float('nan'):.4f}"
+    if evals:
+        summary += f", held-out accuracy {evals[-1]['eval/accuracy']:.3f}"
     console.print(f"{summary}; reward model: {result.final_model} (reward.name=model)")
