@@ -18,7 +18,6 @@ after the last step.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,13 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import LightRFTConfig, dump_config
+from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..plugins import PluginManager, get_plugin_manager
 from ..rewards.model import encode_texts, scores_of, scoring_tokenizer
 from .components import load_tokenizer, model_path, seed_everything
 from .distributed import check_divisible, model_init_context, no_sync
-from .metrics import MetricsLogger
+from .supervised import prepare_supervised, run_logger
 
 
 @dataclass
@@ -73,25 +72,8 @@ def run_reward_model_training(
     held_out = None
     if d.eval_path is not None:
         held_out = PreferenceDataset.from_source(d.eval_path, tokenizer, d, max_length=None)
-    steps_per_epoch = math.ceil(len(train) / s.batch_size)
-    total = s.epochs * steps_per_epoch
-    if s.max_steps:
-        total = min(total, s.max_steps)
-    optimizer = strategy.create_optimizer(model, lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = strategy.create_scheduler(
-        optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
-    )
-    model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
-    metrics = MetricsLogger(
-        out,
-        enabled=strategy.is_rank_0,
-        jsonl=cfg.logging.jsonl,
-        tensorboard=cfg.logging.tensorboard,
-        log_every=cfg.logging.log_every,
-        console=console,
-    )
-    if strategy.is_rank_0:
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    model, optimizer, scheduler, total = prepare_supervised(cfg, strategy, model, len(train))
+    metrics = run_logger(cfg, strategy, console)
 
     def margins(pairs: list[PreferencePair]) -> torch.Tensor:
         """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""

@@ -7,7 +7,6 @@ over all ranks, so a step is the same whatever the number of ranks."""
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ from typing import Any
 
 import torch
 
-from ..config import LightRFTConfig, dump_config
+from ..config import LightRFTConfig
 from ..data.sft import SFTDataset, collate
 from ..plugins import PluginManager, get_plugin_manager
 from .components import load_tokenizer, model_path, seed_everything
 from .distributed import check_divisible, model_init_context, no_sync
-from .metrics import MetricsLogger
+from .supervised import prepare_supervised, run_logger
 
 
 @dataclass
@@ -54,25 +53,8 @@ def run_sft(
     dataset = SFTDataset.from_source(
         d.train_path, tokenizer, d, response_key=d.response_key, max_length=s.max_length
     )
-    steps_per_epoch = math.ceil(len(dataset) / s.batch_size)
-    total = s.epochs * steps_per_epoch
-    if s.max_steps:
-        total = min(total, s.max_steps)
-    optimizer = strategy.create_optimizer(actor, lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = strategy.create_scheduler(
-        optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
-    )
-    actor, optimizer, scheduler = strategy.prepare(actor, optimizer, scheduler)
-    metrics = MetricsLogger(
-        out,
-        enabled=strategy.is_rank_0,
-        jsonl=cfg.logging.jsonl,
-        tensorboard=cfg.logging.tensorboard,
-        log_every=cfg.logging.log_every,
-        console=console,
-    )
-    if strategy.is_rank_0:
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, actor, len(dataset))
+    metrics = run_logger(cfg, strategy, console)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )

@@ -1,0 +1,49 @@
+"""What the supervised loops (``lightrft sft``, ``lightrft rm``) share: the optimizer,
+schedule and preparation of the trained model from the ``sft`` section, and the run folder's
+logger and ``config.yaml``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import LightRFTConfig, dump_config
+from .metrics import MetricsLogger
+
+
+def prepare_supervised(
+    cfg: LightRFTConfig, strategy: Any, model: torch.nn.Module, num_samples: int
+) -> tuple[torch.nn.Module, Any, Any, int]:
+    """``(model, optimizer, scheduler, total_steps)`` for ``num_samples`` training samples:
+    ``sft.epochs`` passes of ``sft.batch_size``, capped by ``sft.max_steps``; AdamW with the
+    ``sft`` learning rate, weight decay and schedule; the model prepared by the strategy."""
+    s = cfg.sft
+    total = s.epochs * math.ceil(num_samples / s.batch_size)
+    if s.max_steps:
+        total = min(total, s.max_steps)
+    optimizer = strategy.create_optimizer(model, lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = strategy.create_scheduler(
+        optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
+    )
+    model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, total
+
+
+def run_logger(cfg: LightRFTConfig, strategy: Any, console: Any = None) -> MetricsLogger:
+    """The metrics logger of ``run.output_dir`` (rank 0 writes), after writing the resolved
+    ``config.yaml`` there."""
+    out = Path(cfg.run.output_dir)
+    metrics = MetricsLogger(
+        out,
+        enabled=strategy.is_rank_0,
+        jsonl=cfg.logging.jsonl,
+        tensorboard=cfg.logging.tensorboard,
+        log_every=cfg.logging.log_every,
+        console=console,
+    )
+    if strategy.is_rank_0:
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    return metrics
