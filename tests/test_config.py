@@ -277,3 +277,21 @@ def test_every_config_field_has_help_and_a_default() -> None:
             f.default_factory is not dataclasses.MISSING
         )
         assert has_default, f"{key} has no default"
+
+
+def test_sections_a_command_does_not_use_need_no_installed_component() -> None:
+    """lightrft sft / rm: the default algorithm (grpo) need not be installed; a missing
+    strategy is still an error, and an installed component of an unused section is still
+    checked."""
+    from lightrft_core.plugins import PluginManager
+
+    pm = PluginManager(autoload=False)  # the built-ins only: no algorithm at all
+    unused = ("engine", "algorithm", "reward")
+    with pytest.raises(ConfigError, match="algorithm.name"):
+        load_config(None, [], manager=pm)
+    cfg = load_config(None, ["algorithm.clip=0.3"], manager=pm, unused_sections=unused)
+    assert cfg.algorithm.name == "grpo"
+    with pytest.raises(ConfigError, match="strategy.name"):
+        load_config(None, ["strategy.name=nowhere"], manager=pm, unused_sections=unused)
+    with pytest.raises(ConfigError, match="reward.nonsense"):  # math is installed: checked
+        load_config(None, ["reward.nonsense=1"], manager=pm, unused_sections=unused)

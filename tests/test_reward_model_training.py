@@ -56,8 +56,8 @@ def overrides(tiny_model_dir: Path, tmp_path: Path, out: str, *extra: str) -> li
     ]
 
 
-@pytest.mark.installed_plugins  # the default configuration names the grpo algorithm
 def test_a_trained_reward_model_prefers_the_chosen_responses(tiny_model_dir, tmp_path) -> None:
+    # no plugin is loaded here: lightrft rm needs no algorithm (the default names grpo)
     held_out = write(letter_pairs(64, 1), tmp_path / "eval.jsonl")
     result = CliRunner().invoke(
         app, ["rm", *overrides(tiny_model_dir, tmp_path, "rm", f"data.eval_path={held_out}")]

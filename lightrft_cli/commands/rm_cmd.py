@@ -8,7 +8,14 @@ import typer
 
 from ..errors import user_errors
 from ..progress import progress_bars
-from .train_cmd import CONFIG_OPTION, PLUGIN_OPTION, launched_as_rank_0, resolve, run_console
+from .train_cmd import (
+    CONFIG_OPTION,
+    PLUGIN_OPTION,
+    SUPERVISED_UNUSED,
+    launched_as_rank_0,
+    resolve,
+    run_console,
+)
 
 RM_OVERRIDES = typer.Argument(
     None, help="Overrides such as sft.epochs=2 sft.learning_rate=1e-5 (later wins)."
@@ -24,7 +31,7 @@ def rm(
     section's optimisation options); the result is what reward.name=model loads."""
     from lightrft_core.trainer.reward_model import run_reward_model_training
 
-    cfg, manager = resolve(config, plugin, overrides)
+    cfg, manager = resolve(config, plugin, overrides, SUPERVISED_UNUSED)
     console = run_console()  # silent on ranks other than 0 under torchrun
     bars_on = cfg.logging.progress_bar and launched_as_rank_0()
     with user_errors(), progress_bars(console, bars_on) as bars:

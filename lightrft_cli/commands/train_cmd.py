@@ -42,15 +42,23 @@ def run_console() -> Console:
     return Console(highlight=False, quiet=not launched_as_rank_0())
 
 
+#: The component sections the supervised commands (sft, rm) do not use.
+SUPERVISED_UNUSED = ("engine", "algorithm", "reward")
+
+
 def resolve(
-    config: Path | None, plugin: list[str], overrides: list[str] | None
+    config: Path | None,
+    plugin: list[str],
+    overrides: list[str] | None,
+    unused_sections: tuple[str, ...] = (),
 ) -> tuple[LightRFTConfig, PluginManager]:
-    """Load the named plugins, then the configuration checked against them."""
+    """Load the named plugins, then the configuration checked against them (a component of
+    ``unused_sections`` need not be installed)."""
     manager = get_plugin_manager()
     with user_errors():
         for spec in plugin:
             manager.load_plugin(spec)
-        cfg = load_config(config, overrides or [], manager=manager)
+        cfg = load_config(config, overrides or [], manager=manager, unused_sections=unused_sections)
     return cfg, manager
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,10 +125,17 @@ def _set(tree: dict[str, Any], path: Path_, value: Any) -> None:
 
 # ---------------------------------------------------------------------- building
 class _Builder:
-    def __init__(self, sources: _Sources, manager: PluginManager | None, check_components: bool):
+    def __init__(
+        self,
+        sources: _Sources,
+        manager: PluginManager | None,
+        check_components: bool,
+        unused_sections: Collection[str] = (),
+    ):
         self.sources = sources
         self.manager = manager
         self.check_components = check_components
+        self.unused_sections = frozenset(unused_sections)
         self.issues: list[ConfigIssue] = []
         self.warnings: list[str] = []
 
@@ -234,6 +241,8 @@ class _Builder:
         try:
             return self.manager.get_component(kind, name)
         except UnknownComponentError:
+            if path[0] in self.unused_sections:  # not needed by this command: no complaint
+                return None
             message = unknown_component_message(kind, name, self.manager.registry.names(kind))
             if self.check_components:
                 self.issue(path, message)
@@ -261,15 +270,19 @@ def load_config(
     *,
     manager: PluginManager | None = None,
     check_components: bool = True,
+    unused_sections: Collection[str] = (),
 ) -> LightRFTConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides`` (``a.b=c``).
 
     Component sections are validated against the selected component's own ``Config``,
     looked up in ``manager`` (after loading the plugins listed in ``run.plugins``). With
     ``check_components=False`` an unknown component is a warning (kept in
-    ``config_warnings(cfg)``) and its options stay unchecked.
+    ``config_warnings(cfg)``) and its options stay unchecked. ``unused_sections`` names the
+    component sections a command does not use (``lightrft sft`` has no engine, algorithm or
+    reward): a component of theirs that is not installed is neither an error nor a warning
+    (an installed one is still checked).
     """
-    cfg, _ = _load(path, overrides, manager, check_components)
+    cfg, _ = _load(path, overrides, manager, check_components, unused_sections)
     return cfg
 
 
@@ -289,6 +302,7 @@ def _load(
     overrides: Sequence[str],
     manager: PluginManager | None,
     check_components: bool,
+    unused_sections: Collection[str] = (),
 ) -> tuple[LightRFTConfig, list[str]]:
     raw: dict[str, Any] = {}
     sources = _Sources(file=str(path) if path else None)
@@ -298,7 +312,7 @@ def _load(
         key, value = parse_override(text)
         _set(raw, key, _Override(value))
         sources.keys[key] = f"command line '{text}'"
-    builder = _Builder(sources, manager, check_components)
+    builder = _Builder(sources, manager, check_components, unused_sections)
     _load_run_plugins(raw, builder)
     sections: dict[str, Any] = {}
     root_types = field_types(LightRFTConfig)
