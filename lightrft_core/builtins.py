@@ -46,7 +46,13 @@ def lightrft_register_reward_models(register: Any) -> None:
     from .rewards.rules import ExactMatchReward, FormatReward
     from .testing.fakes import ConstantReward
 
-    rewards = (MathReward, ExactMatchReward, FormatReward, CombinedReward, RemoteReward)
-    rewards += (ScalarRewardModel,)
-    for cls in (*rewards, ConstantReward):
+    for cls in (
+        MathReward,
+        ExactMatchReward,
+        FormatReward,
+        CombinedReward,
+        ScalarRewardModel,
+        RemoteReward,
+        ConstantReward,
+    ):
         register(cls)

@@ -6,7 +6,6 @@ Every expected number is worked out by hand in the comments.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -20,52 +19,7 @@ from lightrft_core.algorithms import (
     masked_whiten,
     normalize_rewards,
 )
-
-
-# ---------------------------------------------------------------------- a 2-rank stand-in
-class ThreadGroup:
-    """``world_size`` threads that all-reduce through shared slots: a real collective in
-    one process, so "rank" code runs unchanged and sees the global statistics."""
-
-    def __init__(self, world_size: int) -> None:
-        self.slots: list[torch.Tensor | None] = [None] * world_size
-        self.barrier = threading.Barrier(world_size, timeout=30)
-
-    def all_reduce_for(self, rank: int) -> Callable[..., torch.Tensor]:
-        def all_reduce(value: torch.Tensor, op: str = "mean") -> torch.Tensor:
-            self.slots[rank] = torch.as_tensor(value).detach().clone()
-            self.barrier.wait()
-            stacked = torch.stack([s for s in self.slots if s is not None])
-            self.barrier.wait()  # everyone has read the slots before they are reused
-            if op == "sum":
-                return stacked.sum(0)
-            if op == "max":
-                return stacked.max(0).values
-            if op == "min":
-                return stacked.min(0).values
-            return stacked.mean(0)
-
-        return all_reduce
-
-    def run(self, fns: list[Callable[[Callable[..., torch.Tensor]], object]]) -> list[object]:
-        results: list[object] = [None] * len(fns)
-        errors: list[BaseException] = []
-
-        def target(rank: int) -> None:
-            try:
-                results[rank] = fns[rank](self.all_reduce_for(rank))
-            except BaseException as exc:  # pragma: no cover - surfaced below
-                errors.append(exc)
-                self.barrier.abort()
-
-        threads = [threading.Thread(target=target, args=(r,)) for r in range(len(fns))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return results
+from lightrft_core.testing.training import ThreadGroup  # a 2-rank stand-in in threads
 
 
 # ---------------------------------------------------------------------- running statistics

@@ -1,11 +1,13 @@
-"""Rule rewards (math answers, exact match, format), their weighted combination, rewards
-from an HTTP service (``remote``), and failure-tolerant scoring."""
+"""Rule rewards (math answers, exact match, format), their weighted combination, a scalar
+reward model (``model``), rewards from an HTTP service (``remote``), and failure-tolerant
+scoring."""
 
 from __future__ import annotations
 
 from .base import RuleReward
 from .combined import CombinedReward
 from .math import MathReward, answers_match, extract_answer, extract_boxed, last_number
+from .model import ScalarRewardModel
 from .remote import RemoteReward, RemoteRewardError
 from .rules import ExactMatchReward, FormatReward
 from .safe import SafeScore, reset_failure_log, score_safely
@@ -23,6 +25,7 @@ __all__ = [
     "RemoteRewardError",
     "RuleReward",
     "SafeScore",
+    "ScalarRewardModel",
     "answers_match",
     "extract_answer",
     "extract_boxed",

@@ -103,17 +103,18 @@ def run_reward_model_training(
                 last = index == len(mine) - 1
                 with nullcontext() if last else no_sync(strategy, model):
                     margin = margins([train[int(i)] for i in rows])
-                    loss = -F.logsigmoid(margin).sum() / (share * world_size) * world_size
-                    strategy.backward(loss, model)
-                with torch.no_grad():
-                    sums += torch.tensor(
-                        [
-                            float(-F.logsigmoid(margin).sum()),
-                            float((margin > 0).sum()),
-                            float(margin.sum()),
-                        ],
-                        dtype=torch.float64,
-                    )
+                    pair_losses = -F.logsigmoid(margin)
+                    # this rank's mean; the strategy averages the ranks' gradients, which
+                    # gives the mean over every rank's pairs
+                    strategy.backward(pair_losses.sum() / share, model)
+                sums += torch.tensor(
+                    [
+                        float(pair_losses.detach().sum()),
+                        float((margin > 0).sum()),
+                        float(margin.detach().sum()),
+                    ],
+                    dtype=torch.float64,
+                )
             grad_norm = strategy.optimizer_step(
                 model, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
             )
