@@ -196,6 +196,10 @@ class ActorLanguage(Actor):
         return cls(config, model=model)
 
     # ---------------------------------------------------------------- model parts
+    def hf_model(self) -> torch.nn.Module:
+        """The transformers model, inside its peft wrapper when LoRA is on."""
+        return self.model
+
     @property
     def base_model(self) -> Any:
         """The transformers model (the one inside the peft wrapper when LoRA is on)."""

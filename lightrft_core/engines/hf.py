@@ -90,7 +90,7 @@ class HFEngine(InferenceEngine):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.model: torch.nn.Module | None = None
-        self.shares_model = False
+        self._shares_model = False
         self.eos_token_ids: list[int] = []  # every one of them ends a response
         self.pad_token_id = 0
 
@@ -105,11 +105,11 @@ class HFEngine(InferenceEngine):
         """Share ``model`` (preferred) or load ``model_path``; EOS/pad ids from ``tokenizer``,
         else from the model's ``generation_config``."""
         if model is not None:
-            self.model, self.shares_model = model, True
+            self.model, self._shares_model = model, True
         elif model_path is not None:
             from transformers import AutoModelForCausalLM
 
-            self.model, self.shares_model = AutoModelForCausalLM.from_pretrained(model_path), False
+            self.model, self._shares_model = AutoModelForCausalLM.from_pretrained(model_path), False
         else:
             raise ValueError("HFEngine.setup needs model= (shared module) or model_path= (folder)")
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -121,6 +121,11 @@ class HFEngine(InferenceEngine):
             self.eos_token_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = pad if pad is not None else (self.eos_token_ids or [0])[0]
+
+    @property
+    def shares_model(self) -> bool:
+        """True once ``setup`` was given the trainer's module."""
+        return self._shares_model
 
     def _require_model(self) -> torch.nn.Module:
         if self.model is None:

@@ -9,7 +9,7 @@ to response tokens.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -97,6 +97,20 @@ class Actor(torch.nn.Module, Component):
         """The subset of ``inputs`` that ``forward`` accepts as ``modal_inputs``."""
         supported = self.get_supported_parameters()
         return {k: v for k, v in inputs.items() if k in supported and v is not None}
+
+    @abstractmethod
+    def hf_model(self) -> torch.nn.Module:
+        """The Hugging Face model this actor wraps (its peft wrapper when LoRA is on): what
+        ``strategy.export_hf`` saves at the end of a run and what an engine that shares the
+        trainer's module (``hf``) generates with."""
+
+    @abstractmethod
+    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every weight an inference engine needs, under the Hugging Face model's
+        ``state_dict`` names, full (sharded tensors gathered) and with adapters (LoRA) merged
+        in. The loop feeds it to ``InferenceEngine.update_weights`` after each policy update
+        (through ``StrategyBase.weights_for_sync``). A collective under data parallel: every
+        rank iterates to the end. Leaving a tensor out leaves the engine on stale weights."""
 
     def gradient_checkpointing_enable(self) -> None:
         """Trade compute for memory; a no-op for actors that do not support it."""

@@ -70,6 +70,26 @@ if TYPE_CHECKING:
     from .strategy import StrategyBase
 
 
+@dataclass(frozen=True)
+class AlgorithmContext:
+    """What an algorithm needs to know about the run, given once by the loop through
+    ``Algorithm.setup`` before the first step (never copied into every batch).
+
+    ``max_new_tokens``: the engine's maximum response length in tokens
+    (``engine.max_new_tokens``), for losses normalised by it (Dr.GRPO) and estimators that
+    shape rewards by length (DAPO's overlong shaping); ``None`` when unknown. ``group_size``:
+    samples per prompt (``engine.n_samples_per_prompt``). ``world_size``: data-parallel
+    ranks. ``all_reduce``: the strategy's ``all_reduce(value, op=...)`` when a batch is one
+    rank's share of a data-parallel batch (``None`` on one process), for statistics that span
+    the global batch (whitening, global group counts).
+    """
+
+    max_new_tokens: int | None = None
+    group_size: int | None = None
+    world_size: int = 1
+    all_reduce: Callable[..., torch.Tensor] | None = None
+
+
 @dataclass
 class AdvantageInput:
     """Everything an estimator may use; optional tensors are ``None`` when not computed.
@@ -217,6 +237,22 @@ class Algorithm(Component):
     #: Group estimators (GRPO, RLOO ...) need ``n_samples_per_prompt >= 2``; the
     #: configuration loader refuses smaller values.
     requires_groups: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.context = AlgorithmContext()
+
+    def setup(self, context: AlgorithmContext) -> None:
+        """Called once by the loop before the first step with what the algorithm needs to
+        know about the run. The default keeps it as ``self.context``; an override must call
+        ``super().setup(context)`` and may refuse a run it cannot train (``ValueError``)."""
+        self.context = context
+
+    def initial_kl_coef(self) -> float | None:
+        """The configured KL coefficient β (the start value of an adaptive controller), or
+        ``None`` when the algorithm has no KL term. The loop passes each step's β explicitly
+        (``AdvantageInput.kl_coef``, ``PolicyLossInput.kl_coef``); the default is ``None``."""
+        return None
 
     def needs_reference(self) -> bool:
         """Whether the loop must compute reference-policy log-probs (KL on)."""

@@ -69,6 +69,14 @@ class InferenceEngine(Component):
     #: Whether ``sleep``/``wake_up`` really release and restore memory.
     supports_sleep: ClassVar[bool] = False
 
+    @property
+    def shares_model(self) -> bool:
+        """True when the engine generates with the trainer's own module (given to ``setup``
+        as ``model``): the trained weights are already in place and the loop skips the
+        weight sync. Default False: the engine holds its own copy and needs
+        ``update_weights`` after every policy update."""
+        return False
+
     def setup(
         self,
         *,

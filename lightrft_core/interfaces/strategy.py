@@ -17,7 +17,7 @@ Every process of a data-parallel job runs the same calls (SPMD); collective meth
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -125,6 +125,20 @@ class StrategyBase(Component):
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module inside whatever wrapper ``prepare`` returned."""
         return model
+
+    def weights_for_sync(self, actor: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """The prepared ``actor``'s ``Actor.named_weights_for_sync()``, with whatever this
+        strategy must do around it (e.g. gather ZeRO-3 partitions while it runs). Collective:
+        every rank drains it. The default unwraps the actor and asks it."""
+        from .actor import Actor
+
+        module = self.unwrap(actor)
+        if not isinstance(module, Actor):
+            raise TypeError(
+                f"weights_for_sync needs a prepared lightrft_core.interfaces.Actor, got "
+                f"{type(module).__name__}"
+            )
+        return module.named_weights_for_sync()
 
     # ------------------------------------------------------------------ loop contexts
     def model_init_context(self) -> AbstractContextManager[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,3 +224,10 @@ class FakeActor(Actor):
             probs = torch.softmax(logits, dim=-1)
             entropy = log_norm - (probs * logits).sum(-1)
         return ActorOutput(log_probs=chosen - log_norm, entropy=entropy)
+
+    def hf_model(self) -> torch.nn.Module:
+        return self  # no Hugging Face model inside: the fake is its own model
+
+    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.state_dict().items():
+            yield name, tensor.detach()

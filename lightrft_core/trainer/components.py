@@ -16,9 +16,13 @@ from .distributed import model_init_context
 
 @dataclass
 class Components:
+    """The run's components. ``actor`` and ``reference`` are the models as built; the RL
+    trainer replaces each with what ``strategy.prepare`` returns, so that one name always
+    holds the one object the loop uses."""
+
     strategy: StrategyBase
-    actor: Actor
-    reference: Actor | None
+    actor: torch.nn.Module
+    reference: torch.nn.Module | None
     engine: InferenceEngine
     reward: RewardModel
     algorithm: Algorithm
@@ -68,7 +72,7 @@ def build_components(cfg: LightRFTConfig, manager: PluginManager) -> Components:
     engine = manager.get_engine(cfg.engine.name)(cfg.engine.options)
     engine.setup(
         model_path=model_path(cfg.model.options),
-        model=getattr(actor, "model", actor),
+        model=actor.hf_model(),
         tokenizer=tokenizer,
     )
     reward = manager.get_reward_model(cfg.reward.name)(cfg.reward.options)

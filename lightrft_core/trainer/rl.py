@@ -26,6 +26,7 @@ import torch
 from ..algorithms import masked_mean
 from ..config import LightRFTConfig, dump_config
 from ..interfaces import (
+    Actor,
     AdvantageInput,
     AdvantageOutput,
     LossScale,
@@ -115,7 +116,7 @@ class RLTrainer:
             warmup_steps=t.warmup_steps,
             total_steps=t.max_steps * self.updates_per_step,
         )
-        self.actor, self.optimizer, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
+        self.c.actor, self.optimizer, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
         self.critic = build_loop_critic(cfg, self.c.algorithm, s, self.actor)
@@ -145,6 +146,22 @@ class RLTrainer:
         )
         if s.is_rank_0:
             (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    @property
+    def actor(self) -> torch.nn.Module:
+        """The policy as ``strategy.prepare`` returned it (the one object the loop trains)."""
+        return self.c.actor
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        """The prepared reference policy, or ``None`` when the algorithm needs none."""
+        return self.c.reference
+
+    def _policy(self) -> Actor:
+        """The user's ``Actor`` inside the prepared policy."""
+        policy = self.c.strategy.unwrap(self.actor)
+        assert isinstance(policy, Actor)
+        return policy
 
     def _announce_start(self, resume: Path | None) -> None:
         if resume is not None:
@@ -188,7 +205,7 @@ class RLTrainer:
                 self.progress(step, t.max_steps)
         self.save(t.max_steps)
         final = self.out / "final"
-        self.c.strategy.export_hf(getattr(self.actor, "model", self.actor), final, self.c.tokenizer)
+        self.c.strategy.export_hf(self._policy().hf_model(), final, self.c.tokenizer)
         final_critic = None
         if self.critic is not None:
             final_critic = self.out / FINAL_CRITIC_DIR
@@ -317,10 +334,9 @@ class RLTrainer:
     def _sync_weights(self) -> None:
         """Push the actor's weights to the engine. An engine that generates with the actor's
         own module needs nothing (and gathering sharded weights for it would be wasted)."""
-        if getattr(self.c.engine, "shares_model", False):
+        if self.c.engine.shares_model:
             return
-        sync = getattr(self.actor, "named_weights_for_sync", None)
-        self.c.engine.update_weights(sync() if sync is not None else iter(()))
+        self.c.engine.update_weights(self.c.strategy.weights_for_sync(self.actor))
 
     def _rollout_metrics(
         self, collected: CollectedGroups, rollout: RolloutBatch, advantages: AdvantageOutput

@@ -107,6 +107,6 @@ def run_sft(
             if progress is not None:
                 progress(step, total)
     final = out / "final"
-    strategy.export_hf(getattr(actor, "model", actor), final, tokenizer)
+    strategy.export_hf(actor.hf_model(), final, tokenizer)
     metrics.close()
     return SFTResult(out, final, metrics.history)

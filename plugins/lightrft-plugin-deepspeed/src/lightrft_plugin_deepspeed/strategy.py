@@ -213,6 +213,12 @@ class DeepSpeedStrategy(StrategyBase):
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.module if isinstance(model, DeepSpeedModel) else model
 
+    def weights_for_sync(self, actor: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """The actor's weights with its ZeRO-3 partitions gathered while they are read
+        (collective: every rank drains it)."""
+        read = super().weights_for_sync
+        return zero3.named_gathered_weights(self.unwrap(actor), lambda: read(actor))
+
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         """Accumulate the gradients of ``loss`` as given (no division by any count)."""
         self._engine_of(model).backward(loss, scale_wrt_gas=False)

@@ -5,19 +5,15 @@ returns a dataclass (``ActorOutput``), whose tensors DeepSpeed would not see -- 
 backward hooks ZeRO needs are placed on those tensors. So ``DictOutputs`` makes the
 module's ``forward`` (an attribute of that one instance) return the dataclass's fields as
 a dict, and ``DeepSpeedModel`` builds the dataclass again for the caller. Everything else
-the loop reads from the model (``model``, ``named_weights_for_sync`` ...) is the user's
-module's.
+the loop reads from the model is the user's module's (``strategy.unwrap`` gives it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-
-from .zero3 import named_gathered_weights
 
 
 class DictOutputs:
@@ -61,17 +57,6 @@ class DeepSpeedModel(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._outputs.restore(self.engine(*args, **kwargs))
-
-    @property
-    def named_weights_for_sync(self) -> Callable[[], Iterator[tuple[str, torch.Tensor]]]:
-        """The user's module's ``named_weights_for_sync`` with ZeRO-3 parameters gathered
-        while it runs (collective: every rank must drain it). Absent when the module has
-        none, so ``getattr(model, "named_weights_for_sync", None)`` works as on the module."""
-        source = getattr(self.module, "named_weights_for_sync", None)
-        if source is None:
-            raise AttributeError(f"{type(self.module).__name__} has no named_weights_for_sync")
-        module = self.module
-        return lambda: named_gathered_weights(module, source)
 
     def __getattr__(self, name: str) -> Any:
         try:
