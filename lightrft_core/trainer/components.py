@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..config import LightRFTConfig
-from ..interfaces import Actor, Algorithm, InferenceEngine, RewardModel, StrategyBase
+from ..interfaces import Algorithm, InferenceEngine, RewardModel, StrategyBase
 from ..plugins import PluginManager
 from .distributed import model_init_context
 
