@@ -196,6 +196,10 @@ class ActorLanguage(Actor):
         return cls(config, model=model)
 
     # ---------------------------------------------------------------- model parts
+    @classmethod
+    def hf_path(cls, config: Any) -> str | None:
+        return config.path
+
     def hf_model(self) -> torch.nn.Module:
         """The transformers model, inside its peft wrapper when LoRA is on."""
         return self.model

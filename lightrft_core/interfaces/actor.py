@@ -98,6 +98,13 @@ class Actor(torch.nn.Module, Component):
         supported = self.get_supported_parameters()
         return {k: v for k, v in inputs.items() if k in supported and v is not None}
 
+    @classmethod
+    def hf_path(cls, config: Any) -> str | None:
+        """The Hugging Face model folder this actor loads with the options ``config`` (the
+        run's tokenizer and an engine's own copy of the policy come from it), or ``None``
+        when it loads none. The default is ``None``."""
+        return None
+
     @abstractmethod
     def hf_model(self) -> torch.nn.Module:
         """The Hugging Face model this actor wraps (its peft wrapper when LoRA is on): what

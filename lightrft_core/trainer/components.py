@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from ..config import LightRFTConfig
 from ..interfaces import Algorithm, InferenceEngine, RewardModel, StrategyBase
 from ..plugins import PluginManager
+from .bootstrap import RunStart
 from .distributed import model_init_context
 
 
@@ -29,35 +29,9 @@ class Components:
     tokenizer: Any
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-
-
-def model_path(actor_options: Any) -> str | None:
-    """The Hugging Face folder an actor loads (its ``path`` option), if it has one."""
-    return getattr(actor_options, "path", None)
-
-
-def load_tokenizer(path: str | None) -> Any:
-    from transformers import AutoTokenizer
-
-    if path is None:
-        raise ValueError("model.path is not set: the run needs a Hugging Face model folder")
-    return AutoTokenizer.from_pretrained(path)
-
-
-def build_components(cfg: LightRFTConfig, manager: PluginManager) -> Components:
-    """Construct every component (the strategy first, so that it seeds and sets devices)."""
-    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
-    strategy.setup_distributed()
-    seed_everything(cfg.run.seed)
+def build_components(cfg: LightRFTConfig, manager: PluginManager, start: RunStart) -> Components:
+    """Construct the RL run's components on the strategy ``start`` set up."""
+    strategy = start.strategy
     actor_cls = manager.get_actor(cfg.model.name)
     with model_init_context(strategy):  # fsdp meta_init: structure only on ranks > 0
         actor = actor_cls(cfg.model.options)
@@ -68,12 +42,11 @@ def build_components(cfg: LightRFTConfig, manager: PluginManager) -> Components:
             reference = actor_cls(cfg.model.options)
         reference.eval()
         reference.requires_grad_(False)
-    tokenizer = load_tokenizer(model_path(cfg.model.options))
     engine = manager.get_engine(cfg.engine.name)(cfg.engine.options)
     engine.setup(
-        model_path=model_path(cfg.model.options),
+        model_path=actor_cls.hf_path(cfg.model.options),
         model=actor.hf_model(),
-        tokenizer=tokenizer,
+        tokenizer=start.tokenizer,
     )
     reward = manager.get_reward_model(cfg.reward.name)(cfg.reward.options)
-    return Components(strategy, actor, reference, engine, reward, algorithm, tokenizer)
+    return Components(strategy, actor, reference, engine, reward, algorithm, start.tokenizer)

@@ -31,9 +31,9 @@ from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..plugins import PluginManager, get_plugin_manager
 from ..rewards.model import encode_texts, scores_of, scoring_tokenizer
-from .components import load_tokenizer, model_path, seed_everything
-from .distributed import check_divisible, model_init_context, no_sync
-from .supervised import prepare_supervised, run_logger
+from .bootstrap import finish_run, model_path, open_run_log, start_run
+from .distributed import model_init_context, no_sync
+from .supervised import prepare_supervised
 
 
 @dataclass
@@ -54,17 +54,13 @@ def run_reward_model_training(
     classifier that ``reward.name: model`` loads)."""
     from transformers import AutoModelForSequenceClassification
 
-    manager = manager or get_plugin_manager()
-    out = Path(cfg.run.output_dir)
-    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
-    strategy.setup_distributed()
-    seed_everything(cfg.run.seed)
     d, s = cfg.data, cfg.sft
-    check_divisible(strategy.world_size, {"sft.batch_size": s.batch_size})
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
-    path = model_path(cfg.model.options)
-    tokenizer = scoring_tokenizer(load_tokenizer(path))
+    manager = manager or get_plugin_manager()
+    start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
+    start.tokenizer = tokenizer = scoring_tokenizer(start.tokenizer)
+    strategy, path = start.strategy, model_path(cfg, manager)
     with model_init_context(strategy):
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # pooling: the last non-pad token
@@ -73,7 +69,7 @@ def run_reward_model_training(
     if d.eval_path is not None:
         held_out = PreferenceDataset.from_source(d.eval_path, tokenizer, d, max_length=None)
     model, optimizer, scheduler, total = prepare_supervised(cfg, strategy, model, len(train))
-    metrics = run_logger(cfg, strategy, console)
+    metrics = open_run_log(cfg, strategy, console=console)
 
     def margins(pairs: list[PreferencePair]) -> torch.Tensor:
         """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""
@@ -139,10 +135,8 @@ def run_reward_model_training(
     if held_out is not None:
         model.eval()
         metrics.log(step, evaluate(model, held_out, margins, s.micro_batch_size))
-    final = out / "final"
-    strategy.export_hf(model, final, tokenizer)
-    metrics.close()
-    return RewardModelResult(out, final, metrics.history)
+    final = finish_run(start, model, metrics)
+    return RewardModelResult(start.output_dir, final, metrics.history)
 
 
 @torch.no_grad()

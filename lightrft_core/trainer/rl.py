@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from ..algorithms import masked_mean
-from ..config import LightRFTConfig, dump_config
+from ..config import LightRFTConfig
 from ..interfaces import (
-    Actor,
     AdvantageInput,
     AdvantageOutput,
     LossScale,
@@ -35,6 +34,7 @@ from ..interfaces import (
     SamplingParams,
 )
 from ..plugins import PluginManager, get_plugin_manager
+from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
 from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
 from .controls import LoopControls, rollout_kl
@@ -48,7 +48,6 @@ from .critic import (
 )
 from .data import RunData, load_run_data
 from .distributed import (
-    check_divisible,
     generation_context,
     no_sync,
     reduce_means,
@@ -57,7 +56,7 @@ from .distributed import (
 from .dynamic_sampling import CollectedGroups, ScoredRound, collect_groups, draw_prompts
 from .evaluate import evaluate
 from .experience import RolloutBatch, build_rollout, shuffled_chunks
-from .metrics import MetricsLogger, PhaseTimer
+from .metrics import PhaseTimer
 from .step_metrics import rollout_metrics
 
 logger = logging.getLogger("lightrft.trainer")
@@ -84,15 +83,18 @@ class RLTrainer:
     ) -> None:
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
-        self.c: Components = build_components(cfg, manager or get_plugin_manager())
-        t, s = cfg.trainer, self.c.strategy
-        check_divisible(
-            s.world_size,
-            {
+        t = cfg.trainer
+        manager = manager or get_plugin_manager()
+        self.run = start_run(
+            cfg,
+            manager,
+            global_batches={
                 "trainer.prompts_per_step": t.prompts_per_step,
                 "trainer.optimizer_batch_size": t.optimizer_batch_size,
             },
         )
+        self.c: Components = build_components(cfg, manager, self.run)
+        s = self.c.strategy
         self.data: RunData = load_run_data(
             cfg, self.c.tokenizer, self.c.reward, rank=s.rank, world_size=s.world_size
         )
@@ -135,17 +137,12 @@ class RLTrainer:
             self._sync_weights()  # an engine with its own copy still holds model.path's weights
         if s.is_rank_0:
             self._announce_start(resume)
-        self.metrics = MetricsLogger(
-            self.out,
-            enabled=s.is_rank_0,
-            jsonl=cfg.logging.jsonl,
-            tensorboard=cfg.logging.tensorboard,
-            log_every=cfg.logging.log_every,
+        self.metrics = open_run_log(
+            cfg,
+            s,
             console=console,
             resume_step=self.start_step if resume is not None else None,
         )
-        if s.is_rank_0:
-            (self.out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
     @property
     def actor(self) -> torch.nn.Module:
@@ -156,12 +153,6 @@ class RLTrainer:
     def reference(self) -> torch.nn.Module | None:
         """The prepared reference policy, or ``None`` when the algorithm needs none."""
         return self.c.reference
-
-    def _policy(self) -> Actor:
-        """The user's ``Actor`` inside the prepared policy."""
-        policy = self.c.strategy.unwrap(self.actor)
-        assert isinstance(policy, Actor)
-        return policy
 
     def _announce_start(self, resume: Path | None) -> None:
         if resume is not None:
@@ -204,13 +195,12 @@ class RLTrainer:
             if self.progress is not None:
                 self.progress(step, t.max_steps)
         self.save(t.max_steps)
-        final = self.out / "final"
-        self.c.strategy.export_hf(self._policy().hf_model(), final, self.c.tokenizer)
         final_critic = None
         if self.critic is not None:
             final_critic = self.out / FINAL_CRITIC_DIR
             self.critic.export_hf(final_critic, self.c.tokenizer)
-        self.metrics.close()
+        policy = unwrapped_actor(self.c.strategy, self.actor)
+        final = finish_run(self.run, policy.hf_model(), self.metrics)
         return TrainResult(self.out, final, self.metrics.history, final_critic)
 
     def step(self, step: int) -> dict[str, float]:

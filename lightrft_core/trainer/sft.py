@@ -18,9 +18,9 @@ import torch
 from ..config import LightRFTConfig
 from ..data.sft import SFTDataset, collate
 from ..plugins import PluginManager, get_plugin_manager
-from .components import load_tokenizer, model_path, seed_everything
-from .distributed import check_divisible, model_init_context, no_sync
-from .supervised import prepare_supervised, run_logger
+from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
+from .distributed import model_init_context, no_sync
+from .supervised import prepare_supervised
 
 
 @dataclass
@@ -38,23 +38,19 @@ def run_sft(
     progress: Any = None,
 ) -> SFTResult:
     """Train ``model`` on ``data.train_path`` (prompt/response rows); export to ``final/``."""
-    manager = manager or get_plugin_manager()
-    out = Path(cfg.run.output_dir)
-    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
-    strategy.setup_distributed()
-    seed_everything(cfg.run.seed)
     d, s = cfg.data, cfg.sft
-    check_divisible(strategy.world_size, {"sft.batch_size": s.batch_size})
-    with model_init_context(strategy):
-        actor = manager.get_actor(cfg.model.name)(cfg.model.options)
-    tokenizer = load_tokenizer(model_path(cfg.model.options))
     if d.train_path is None:
         raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
+    manager = manager or get_plugin_manager()
+    start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
+    strategy, tokenizer = start.strategy, start.tokenizer
+    with model_init_context(strategy):
+        actor = manager.get_actor(cfg.model.name)(cfg.model.options)
     dataset = SFTDataset.from_source(
         d.train_path, tokenizer, d, response_key=d.response_key, max_length=s.max_length
     )
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, actor, len(dataset))
-    metrics = run_logger(cfg, strategy, console)
+    metrics = open_run_log(cfg, strategy, console=console)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
@@ -106,7 +102,5 @@ def run_sft(
             )
             if progress is not None:
                 progress(step, total)
-    final = out / "final"
-    strategy.export_hf(actor.hf_model(), final, tokenizer)
-    metrics.close()
-    return SFTResult(out, final, metrics.history)
+    final = finish_run(start, unwrapped_actor(strategy, actor).hf_model(), metrics)
+    return SFTResult(start.output_dir, final, metrics.history)

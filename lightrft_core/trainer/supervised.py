@@ -1,17 +1,15 @@
-"""What the supervised loops (``lightrft sft``, ``lightrft rm``) share: the optimizer,
-schedule and preparation of the trained model from the ``sft`` section, and the run folder's
-logger and ``config.yaml``."""
+"""What the supervised loops (``lightrft sft``, ``lightrft rm``) share beyond the run's start
+and finish (``bootstrap.py``): the optimizer, schedule and preparation of the trained model
+from the ``sft`` section."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import LightRFTConfig, dump_config
-from .metrics import MetricsLogger
+from ..config import LightRFTConfig
 
 
 def prepare_supervised(
@@ -30,20 +28,3 @@ def prepare_supervised(
     )
     model, optimizer, scheduler = strategy.prepare(model, optimizer, scheduler)
     return model, optimizer, scheduler, total
-
-
-def run_logger(cfg: LightRFTConfig, strategy: Any, console: Any = None) -> MetricsLogger:
-    """The metrics logger of ``run.output_dir`` (rank 0 writes), after writing the resolved
-    ``config.yaml`` there."""
-    out = Path(cfg.run.output_dir)
-    metrics = MetricsLogger(
-        out,
-        enabled=strategy.is_rank_0,
-        jsonl=cfg.logging.jsonl,
-        tensorboard=cfg.logging.tensorboard,
-        log_every=cfg.logging.log_every,
-        console=console,
-    )
-    if strategy.is_rank_0:
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    return metrics

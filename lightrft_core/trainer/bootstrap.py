@@ -1,0 +1,125 @@
+"""The start and the finish every training command shares (``lightrft train``, ``lightrft
+sft``, ``lightrft rm``); each loop keeps only its own body.
+
+Start (``start_run``): the strategy from ``strategy.name``, its process group set up, every
+random generator seeded with ``run.seed`` (the one seed of a run), the global batch sizes
+checked against the number of ranks, and the tokenizer of ``model.path``. Then, after the
+loop has built and prepared its models, ``open_run_log`` writes ``config.yaml`` and opens
+the metrics log. Finish (``finish_run``): the trained model exported to ``<output_dir>/final``
+and the log closed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import LightRFTConfig, dump_config
+from ..interfaces import Actor, StrategyBase
+from ..plugins import PluginManager
+from .distributed import check_divisible
+from .metrics import MetricsLogger
+
+#: The exported model's folder inside ``run.output_dir``.
+FINAL_DIR = "final"
+
+
+@dataclass
+class RunStart:
+    """What ``start_run`` set up: the strategy (process group ready, RNGs seeded), the
+    tokenizer of the run's model and the run folder."""
+
+    strategy: StrategyBase
+    tokenizer: Any
+    output_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device's) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_path(cfg: LightRFTConfig, manager: PluginManager) -> str:
+    """The Hugging Face folder the run's actor loads (``model.path`` for the built-in
+    actor), as the actor class declares it; an error when it loads none (the run's tokenizer
+    comes from that folder)."""
+    path = manager.get_actor(cfg.model.name).hf_path(cfg.model.options)
+    if path is None:
+        raise ValueError(
+            f"actor {cfg.model.name!r} needs a model: set model.path to a Hugging Face model "
+            "folder (its tokenizer is the run's)"
+        )
+    return path
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved with the model folder ``path``."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def start_run(
+    cfg: LightRFTConfig, manager: PluginManager, *, global_batches: Mapping[str, int]
+) -> RunStart:
+    """Build and set up the strategy, seed every generator with ``run.seed``, check that
+    each of ``global_batches`` (config key -> size) divides over the ranks, and load the
+    tokenizer."""
+    strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
+    strategy.setup_distributed()
+    seed_everything(cfg.run.seed)
+    check_divisible(strategy.world_size, dict(global_batches))
+    tokenizer = load_tokenizer(model_path(cfg, manager))
+    return RunStart(strategy, tokenizer, Path(cfg.run.output_dir))
+
+
+def open_run_log(
+    cfg: LightRFTConfig,
+    strategy: StrategyBase,
+    *,
+    console: Any = None,
+    resume_step: int | None = None,
+) -> MetricsLogger:
+    """The metrics log of ``run.output_dir`` (rank 0 writes; ``resume_step`` continues an
+    earlier run's log), after writing the resolved ``config.yaml`` there."""
+    out = Path(cfg.run.output_dir)
+    metrics = MetricsLogger(
+        out,
+        enabled=strategy.is_rank_0,
+        jsonl=cfg.logging.jsonl,
+        tensorboard=cfg.logging.tensorboard,
+        log_every=cfg.logging.log_every,
+        console=console,
+        resume_step=resume_step,
+    )
+    if strategy.is_rank_0:
+        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    return metrics
+
+
+def unwrapped_actor(strategy: StrategyBase, prepared: torch.nn.Module) -> Actor:
+    """The user's ``Actor`` inside what ``strategy.prepare`` returned."""
+    actor = strategy.unwrap(prepared)
+    if not isinstance(actor, Actor):
+        raise TypeError(
+            f"{type(actor).__name__} is not a lightrft_core.interfaces.Actor (the model the "
+            "loop trains must be one)"
+        )
+    return actor
+
+
+def finish_run(start: RunStart, model: torch.nn.Module, metrics: MetricsLogger) -> Path:
+    """Export ``model`` (a Hugging Face module) to ``<output_dir>/final`` with the tokenizer
+    (collective), close the log; returns the export folder."""
+    final = start.output_dir / FINAL_DIR
+    start.strategy.export_hf(model, final, start.tokenizer)
+    metrics.close()
+    return final
