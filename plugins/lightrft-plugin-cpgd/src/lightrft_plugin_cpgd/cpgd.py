@@ -16,8 +16,9 @@ Where this implementation departs from the paper, or lets configuration depart f
 
 * The drift ``D_KL(π_old ‖ π_θ)`` is estimated per token with ``k3`` on the rollout tokens
   (``ρ − 1 − ln ρ``) and aggregated with the same mode as the policy-gradient term (the paper
-  writes a KL between the two policies). The authors' code (MM-EUREKA) also offers an extra
-  clipping of the drift term (``policy_drift_clip_eps``); it is not implemented here.
+  writes a KL between the two policies). As in the authors' code, the drift's gradient
+  weight ``ρ − 1`` is bounded above by ``policy_drift_clip`` (default 2.0; null: no bound);
+  the reported value stays the unclipped estimate.
 * ``clip_eps_low``/``clip_eps_high`` may differ (the paper uses a single ε; 0.2 here).
 * ``advantage_weighting`` offers the weightings of published CPGD code: ``std`` (default,
   GRPO's normalised group advantage), ``clip-filter-like`` and ``none``; the counts of
@@ -57,7 +58,7 @@ from lightrft_core.interfaces import (
 )
 
 from .advantages import ADVANTAGE_WEIGHTINGS, AdvantageWeighting, cpgd_advantages
-from .losses import cpgd_token_loss, log_ratio_bounds
+from .losses import DEFAULT_DRIFT_CLIP, check_drift_clip, cpgd_token_loss, log_ratio_bounds
 
 
 class CPGD(Algorithm):
@@ -85,6 +86,14 @@ class CPGD(Algorithm):
             metadata={
                 "help": "α, the weight of the policy drift KL(π_old || π) in the loss; 0 "
                 "turns it off."
+            },
+        )
+        policy_drift_clip: float | None = field(
+            default=DEFAULT_DRIFT_CLIP,
+            metadata={
+                "help": "Upper bound c of the drift's gradient weight: the gradient is "
+                "min(ratio - 1, c)·∇log π (the authors' policy_drift_clip); > 0, or null "
+                "for the plain k3 gradient."
             },
         )
         # ------------------------------------------------------------ advantages
@@ -139,6 +148,7 @@ class CPGD(Algorithm):
             log_ratio_bounds(self.clip_eps_low, self.clip_eps_high)  # raises on bad values
             if self.policy_drift_coef < 0.0:
                 raise ValueError(f"policy_drift_coef must be >= 0, got {self.policy_drift_coef}")
+            check_drift_clip(self.policy_drift_clip)
             check_one_of("advantage_weighting", self.advantage_weighting, ADVANTAGE_WEIGHTINGS)
             if self.advantage_eps < 0.0:
                 raise ValueError(f"advantage_eps must be >= 0, got {self.advantage_eps}")
@@ -188,6 +198,7 @@ class CPGD(Algorithm):
             batch.advantages,
             clip_eps_low=cfg.clip_eps_low,
             clip_eps_high=cfg.clip_eps_high,
+            drift_clip=cfg.policy_drift_clip,
         )
         per_token = terms.policy_gradient + cfg.policy_drift_coef * terms.drift  # [B, T]
         kl = None
