@@ -296,6 +296,11 @@ class EngineConformance(_ComponentChecks):
             engine.sleep()
             engine.wake_up()
 
+    def test_shares_model_is_a_declared_bool(self) -> None:
+        """The loop skips the weight sync exactly when ``shares_model`` is True: it must be
+        a plain bool (an engine with its own copy says False)."""
+        assert isinstance(self.make_engine().shares_model, bool)
+
 
 # ---------------------------------------------------------------------- reward
 class RewardConformance(_ComponentChecks):
@@ -374,6 +379,31 @@ class ActorConformance(_ComponentChecks):
     def test_supported_parameters_match_the_modality(self) -> None:
         actor = self.make_actor()
         assert actor.get_supported_parameters() <= MODALITY_PARAMETERS[actor.modality]
+
+    def test_weights_for_sync_cover_the_model(self) -> None:
+        """``named_weights_for_sync`` lists every tensor of ``hf_model()``'s state dict (an
+        adapter may be merged away, never a base weight left out) and they follow training:
+        an engine fed with them is never left on stale weights."""
+        actor = self.make_actor()
+        model = actor.hf_model()
+        assert isinstance(model, torch.nn.Module)
+        synced = {name: t.clone() for name, t in actor.named_weights_for_sync()}
+        expected = {  # base weights under their plain names (a peft wrapper's prefix dropped)
+            name.replace(".base_layer.", ".").removeprefix("base_model.model.")
+            for name in model.state_dict()
+            if not any(part.startswith("lora_") for part in name.split("."))
+        }
+        left_out = sorted(expected - set(synced))
+        assert not left_out, f"named_weights_for_sync leaves out weights of hf_model(): {left_out}"
+        assert all(not t.requires_grad for t in synced.values())
+        seqs, mask = self.make_sequences()
+        optimizer = torch.optim.SGD(actor.parameters(), lr=1.0)
+        actor(seqs, mask).log_probs.sum().backward()
+        optimizer.step()
+        after = dict(actor.named_weights_for_sync())
+        assert any(not torch.equal(after[name], synced[name]) for name in synced), (
+            "a training step changed no synced weight"
+        )
 
 
 # ---------------------------------------------------------------------- patch
