@@ -11,8 +11,9 @@ term (``kl_mode: loss``). With ``kl_mode: reward`` the algorithm puts the KL in 
 advantages instead (``rollout_kl``).
 
 ``seq-mean-token-sum-norm`` divides token sums by a constant: ``max_tokens_norm`` when set,
-else the engine's ``max_new_tokens`` that the loop passes in ``PolicyLossInput``
-(``resolve_max_tokens``).
+else the engine's ``max_new_tokens`` that the loop gives in ``AlgorithmContext``
+(``resolve_max_tokens``). β is the step's (``PolicyLossInput.kl_coef``) when the loop passes
+one, else ``kl_coef``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Literal, get_args
 
 import torch
 
-from ..interfaces import AdvantageInput, PolicyLossInput, PolicyLossOutput
+from ..interfaces import AdvantageInput, AlgorithmContext, PolicyLossInput, PolicyLossOutput
 from .aggregation import AGGREGATION_MODES, AggregationMode, aggregate_loss, masked_mean
-from .kl import KL_ESTIMATORS, KLEstimator, kl_estimate
+from .kl import KL_ESTIMATORS, KLEstimator, kl_estimate, step_kl_coef
 from .options import check_aggregation, check_kl, check_one_of
 from .ppo_clip import check_clip_parameters, ppo_clip_loss
 
@@ -70,7 +71,7 @@ class ClippedLossOptions:
         metadata={
             "help": "The constant token sums are divided by in seq-mean-token-sum-norm "
             "(Dr.GRPO: the maximum generation length). None: engine.max_new_tokens, as the "
-            "training loop passes it."
+            "training loop gives it."
         },
     )
     # ------------------------------------------------------------ KL to the reference
@@ -112,19 +113,22 @@ class ClippedLossOptions:
 
 
 def resolve_max_tokens(
-    loss_aggregation: str, max_tokens_norm: int | None, batch: PolicyLossInput, algorithm: str
+    loss_aggregation: str,
+    max_tokens_norm: int | None,
+    context: AlgorithmContext,
+    algorithm: str,
 ) -> int | None:
     """The constant of ``seq-mean-token-sum-norm``: ``max_tokens_norm`` if set, else the
-    engine's ``max_new_tokens`` (``batch.max_new_tokens``); ``max_tokens_norm`` for the other
-    modes (unused there)."""
+    engine's ``max_new_tokens`` (``context.max_new_tokens``); ``max_tokens_norm`` for the
+    other modes (unused there)."""
     if loss_aggregation != "seq-mean-token-sum-norm":
         return max_tokens_norm
-    value = max_tokens_norm if max_tokens_norm is not None else batch.max_new_tokens
+    value = max_tokens_norm if max_tokens_norm is not None else context.max_new_tokens
     if value is None or value < 1:
         raise ValueError(
             f"{algorithm}: loss_aggregation 'seq-mean-token-sum-norm' divides by the maximum "
             "generation length: set algorithm.max_tokens_norm, or let the training loop pass "
-            f"engine.max_new_tokens (PolicyLossInput.max_new_tokens); got {value!r}"
+            f"engine.max_new_tokens (Algorithm.setup's AlgorithmContext); got {value!r}"
         )
     return value
 
@@ -142,7 +146,10 @@ def rollout_kl(options: ClippedLossOptions, batch: AdvantageInput, algorithm: st
 
 
 def clipped_policy_loss(
-    options: ClippedLossOptions, batch: PolicyLossInput, algorithm: str
+    options: ClippedLossOptions,
+    batch: PolicyLossInput,
+    context: AlgorithmContext,
+    algorithm: str,
 ) -> PolicyLossOutput:
     """This micro-batch's share of the loss (module docstring) and its metrics:
     ``clip_fraction``, ``approx_kl`` (k3 to the old policy), ``ratio_mean``, and
@@ -157,7 +164,7 @@ def clipped_policy_loss(
         dual_clip=options.dual_clip,
     )
     aggregation = options.loss_aggregation
-    max_tokens = resolve_max_tokens(aggregation, options.max_tokens_norm, batch, algorithm)
+    max_tokens = resolve_max_tokens(aggregation, options.max_tokens_norm, context, algorithm)
     loss = aggregate_loss(ppo.loss, mask, aggregation, batch.scale, max_tokens=max_tokens)
     kl = None
     if options.kl_in_loss:
@@ -167,7 +174,7 @@ def clipped_policy_loss(
                 "PolicyLossInput (the loop computes them when needs_reference() is True)"
             )
         kl = kl_estimate(batch.log_probs, batch.ref_log_probs, options.kl_estimator)  # [B, T]
-        loss = loss + options.kl_coef * aggregate_loss(
+        loss = loss + step_kl_coef(batch.kl_coef, options.kl_coef) * aggregate_loss(
             kl, mask, aggregation, batch.scale, max_tokens=max_tokens
         )
 

@@ -41,3 +41,10 @@ def kl_estimate(
     raise ValueError(
         f"unknown KL estimator {estimator!r}; valid estimators: {', '.join(KL_ESTIMATORS)}"
     )
+
+
+def step_kl_coef(passed: float | None, configured: float) -> float:
+    """This step's β: the loop's (``AdvantageInput.kl_coef``, ``PolicyLossInput.kl_coef``,
+    from its KL controller) when it passes one, else the configured ``kl_coef``. Whether the
+    KL term is on at all is decided by the configured value (a controller starts from it)."""
+    return configured if passed is None else passed

@@ -96,12 +96,10 @@ class AdvantageInput:
 
     ``rewards``: ``[B]`` float32 outcome reward per sample. ``action_mask``: ``[B, T]`` bool,
     True on response tokens. ``old_log_probs``/``ref_log_probs``/``values``: ``[B, T]``
-    float32 (behaviour policy, reference policy, critic). ``max_new_tokens``: the engine's
-    maximum response length in tokens (``engine.max_new_tokens``), for estimators that
-    shape rewards by length (DAPO's overlong shaping); ``None`` when the caller does not
-    know it. ``all_reduce``: the strategy's ``all_reduce(value, op=...)`` when the batch is
-    one rank's share of a data-parallel batch (``None`` on one process), for estimators
-    whose statistics span the global batch (whitening, global group counts).
+    float32 (behaviour policy, reference policy, critic). ``kl_coef``: this step's KL
+    coefficient β from the loop's KL controller (``trainer.kl_controller``); ``None`` means
+    the algorithm's configured value. What does not change from batch to batch (the maximum
+    response length, the collectives) is in ``Algorithm.context``.
     """
 
     rewards: torch.Tensor
@@ -110,8 +108,7 @@ class AdvantageInput:
     old_log_probs: torch.Tensor | None = None
     ref_log_probs: torch.Tensor | None = None
     values: torch.Tensor | None = None
-    max_new_tokens: int | None = None
-    all_reduce: Callable[..., torch.Tensor] | None = None
+    kl_coef: float | None = None
 
 
 @dataclass
@@ -143,9 +140,8 @@ class PolicyLossInput:
     """One micro-batch. ``log_probs``: ``[B, T]`` float32 with gradients (current policy).
     ``old_log_probs``: behaviour log-probs. ``advantages``: from ``compute_advantages``.
     ``action_mask``: ``[B, T]`` bool. ``entropy``: ``[B, T]`` when the actor computed it
-    (with gradients, for an entropy bonus). ``max_new_tokens``: the engine's maximum
-    response length in tokens, for losses normalised by it (Dr.GRPO); ``None`` when
-    unknown."""
+    (with gradients, for an entropy bonus). ``kl_coef``: this step's β, as in
+    ``AdvantageInput``; ``None`` means the configured value."""
 
     log_probs: torch.Tensor
     old_log_probs: torch.Tensor
@@ -154,7 +150,7 @@ class PolicyLossInput:
     scale: LossScale
     ref_log_probs: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
-    max_new_tokens: int | None = None
+    kl_coef: float | None = None
 
 
 @dataclass

@@ -6,10 +6,12 @@ its checkpoints:
   running mean and std of every reward trained on so far (over all ranks), then clamped to
   ``[−c, c]`` (``lightrft_core.algorithms.RewardNormalizer``). Dynamic sampling filters on
   the raw rewards, and the logged ``reward/*`` metrics stay raw.
-* **the KL coefficient** (``trainer.kl_controller``): ``fixed`` keeps ``algorithm.kl_coef``;
-  ``adaptive`` starts from it and, after each step, updates it from the step's measured KL
-  to the reference (``lightrft_core.algorithms.kl_control``). The loop writes the current
-  value into the algorithm's ``kl_coef`` before the step's advantages and losses. The
+* **the KL coefficient** (``trainer.kl_controller``): ``fixed`` keeps the algorithm's
+  configured β (``Algorithm.initial_kl_coef()``, its ``kl_coef`` option); ``adaptive`` starts
+  from it and, after each step, updates it from the step's measured KL to the reference
+  (``lightrft_core.algorithms.kl_control``). The loop passes the current value
+  (``LoopControls.kl_coef``) explicitly in the step's ``AdvantageInput.kl_coef`` and
+  ``PolicyLossInput.kl_coef``; the algorithm's configuration is never changed. The
   measured KL is per sample, summed over its response tokens and averaged over the samples
   of every rank, with the ``k1`` estimator ``lp_old − lp_ref`` (unbiased on samples of the
   rollout policy, as in Ziegler et al. 2019).
@@ -17,7 +19,6 @@ its checkpoints:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -29,12 +30,6 @@ from ..config.errors import ConfigError, ConfigIssue
 from ..interfaces import Algorithm, StrategyBase
 
 logger = logging.getLogger("lightrft.trainer")
-
-
-def algorithm_kl_coef(algorithm: Algorithm) -> float | None:
-    """The algorithm's ``kl_coef`` option, or ``None`` when it has none."""
-    value = getattr(algorithm.config, "kl_coef", None)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 class LoopControls:
@@ -52,7 +47,7 @@ class LoopControls:
         self.normalizer: RewardNormalizer | None = None
         if t.reward_normalize or t.reward_clip is not None:
             self.normalizer = RewardNormalizer(normalize=t.reward_normalize, clip=t.reward_clip)
-        coef = algorithm_kl_coef(algorithm)
+        coef = algorithm.initial_kl_coef()
         if t.kl_controller == "adaptive":
             _check_adaptive(t, algorithm, coef, samples_per_step, has_reference)
         self.kl: KLController | None = None
@@ -71,11 +66,11 @@ class LoopControls:
         all_reduce = strategy.all_reduce if strategy.world_size > 1 else None
         return self.normalizer(rewards, all_reduce=all_reduce)
 
-    def apply_kl_coef(self, algorithm: Algorithm) -> None:
-        """Write the controller's current β into the algorithm's ``kl_coef``."""
-        if self.kl is None or algorithm_kl_coef(algorithm) == self.kl.value:
-            return
-        algorithm.config = dataclasses.replace(algorithm.config, kl_coef=self.kl.value)
+    @property
+    def kl_coef(self) -> float | None:
+        """This step's β, which the loop passes to the algorithm (``None``: the algorithm
+        has no KL coefficient and uses its own configuration)."""
+        return self.kl.value if self.kl is not None else None
 
     def update_kl(self, measured_kl: float | None, samples: int) -> None:
         """One controller step after the step's update (``adaptive`` only)."""

@@ -28,6 +28,7 @@ from ..config import LightRFTConfig
 from ..interfaces import (
     AdvantageInput,
     AdvantageOutput,
+    AlgorithmContext,
     LossScale,
     PolicyLossInput,
     RewardInput,
@@ -103,6 +104,14 @@ class RLTrainer:
         self.updates_per_step = t.epochs * math.ceil(
             rollout_size / (t.optimizer_batch_size or rollout_size)
         )
+        self.c.algorithm.setup(
+            AlgorithmContext(
+                max_new_tokens=cfg.engine.max_new_tokens,
+                group_size=cfg.engine.n_samples_per_prompt,
+                world_size=s.world_size,
+                all_reduce=s.all_reduce if s.world_size > 1 else None,
+            )
+        )
         self.controls = LoopControls(
             t,
             self.c.algorithm,
@@ -131,7 +140,6 @@ class RLTrainer:
             self.start_step = int(state["step"])
             self.data.sampler.load_state_dict(state["sampler"])
             self.controls.load_state_dict(state.get("controls", {}))
-            self.controls.apply_kl_coef(self.c.algorithm)
             if self.critic is not None:
                 load_critic(self.critic, resume)
             self._sync_weights()  # an engine with its own copy still holds model.path's weights
@@ -207,7 +215,6 @@ class RLTrainer:
         """One RL step; returns its metrics."""
         timer = PhaseTimer()
         started = time.perf_counter()
-        self.controls.apply_kl_coef(self.c.algorithm)  # β of this step (adaptive KL)
         collected = self._collect(step, timer)  # generate + reward rounds, dynamic sampling
         rollout = self._build_rollout(collected)
         with timer("logprobs"):
@@ -300,8 +307,7 @@ class RLTrainer:
                 old_log_probs=rollout.old_log_probs,
                 ref_log_probs=rollout.ref_log_probs,
                 values=rollout.values,
-                max_new_tokens=self.cfg.engine.max_new_tokens,
-                all_reduce=s.all_reduce if s.world_size > 1 else None,
+                kl_coef=self.controls.kl_coef,  # β of this step (adaptive KL)
             )
         )
         rollout.advantages = out.advantages
@@ -450,7 +456,7 @@ class RLTrainer:
                 scale=scale,
                 ref_log_probs=mb.ref_log_probs,
                 entropy=out.entropy,
-                max_new_tokens=self.cfg.engine.max_new_tokens,
+                kl_coef=self.controls.kl_coef,
             )
         )
         s.backward(loss.loss, self.actor)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightrft_core.algorithms.groups import broadcast_to_tokens
-from lightrft_core.interfaces import AdvantageInput
+from lightrft_core.interfaces import AdvantageInput, AlgorithmContext
 from lightrft_plugin_cpgd.advantages import cpgd_advantages
 from lightrft_plugin_cpgd.cpgd import CPGD
 
@@ -78,12 +78,14 @@ def test_algorithm_broadcasts_and_reports() -> None:
 def test_clip_filter_like_counts_are_global_on_2_ranks(thread_group: Any) -> None:
     # Rank 0: groups [1, 0], [0.5, 0.5]; rank 1: [0, 0], [0, 0]. Globally 1 of 4 groups has
     # signal -> w = min(4, 3) = 3 on rank 0 (its own shard alone would give 2/1 = 2).
-    algo = CPGD(CPGD.Config(advantage_weighting="clip-filter-like"))
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0])
     mask = torch.ones(8, 1, dtype=torch.bool)
 
     def advantages(rows: slice, all_reduce: Any = None) -> torch.Tensor:
-        batch = AdvantageInput(rewards[rows], mask[rows], 2, all_reduce=all_reduce)
+        algo = CPGD(CPGD.Config(advantage_weighting="clip-filter-like"))
+        world_size = 1 if all_reduce is None else 2
+        algo.setup(AlgorithmContext(world_size=world_size, all_reduce=all_reduce))
+        batch = AdvantageInput(rewards[rows], mask[rows], 2)
         return algo.compute_advantages(batch).advantages[:, 0]
 
     rank0, rank1 = thread_group(2).run(

@@ -17,7 +17,7 @@ import lightrft_plugin_cpgd
 import lightrft_plugin_cpgd.plugin
 from lightrft_core.algorithms import AGGREGATION_MODES
 from lightrft_core.config import ConfigError, load_config
-from lightrft_core.interfaces import LossScale, PolicyLossInput
+from lightrft_core.interfaces import AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_cpgd.cpgd import CPGD
 
@@ -74,12 +74,13 @@ def test_seq_mean_token_sum_norm_divides_by_the_engine_max_new_tokens() -> None:
     # max_new_tokens = 4: 0.1353569 / 4 = 0.0338392; max_tokens_norm = 2 wins: 0.0676784.
     config = {"policy_drift_coef": 0.0, "loss_aggregation": "seq-mean-token-sum-norm"}
     algo = CPGD(CPGD.Config(**config))  # type: ignore[arg-type]
-    batch = replace(_hand_batch(), max_new_tokens=4)
-    assert algo.policy_loss(batch).loss.item() == pytest.approx(0.0338392, abs=1e-6)
-    pinned = CPGD(CPGD.Config(**config, max_tokens_norm=2))  # type: ignore[arg-type]
-    assert pinned.policy_loss(batch).loss.item() == pytest.approx(0.0676784, abs=1e-6)
     with pytest.raises(ValueError, match="set algorithm.max_tokens_norm"):
         algo.policy_loss(_hand_batch())
+    algo.setup(AlgorithmContext(max_new_tokens=4))
+    assert algo.policy_loss(_hand_batch()).loss.item() == pytest.approx(0.0338392, abs=1e-6)
+    pinned = CPGD(CPGD.Config(**config, max_tokens_norm=2))  # type: ignore[arg-type]
+    pinned.setup(AlgorithmContext(max_new_tokens=4))
+    assert pinned.policy_loss(_hand_batch()).loss.item() == pytest.approx(0.0676784, abs=1e-6)
 
 
 def test_reference_kl_term() -> None:

@@ -8,14 +8,17 @@ from typing import Any
 import pytest
 import torch
 
-from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput
+from lightrft_core.interfaces import AdvantageInput, AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_plugin_grpo.advantages import overlong_length_penalty
 from lightrft_plugin_grpo.dapo import DAPO
 from lightrft_plugin_grpo.grpo import GRPO
 
 
-def make(**options: Any) -> DAPO:
-    return DAPO(DAPO.Config(**options))
+def make(max_new_tokens: int | None = None, **options: Any) -> DAPO:
+    """DAPO with ``options``, set up as the loop would with ``engine.max_new_tokens``."""
+    algo = DAPO(DAPO.Config(**options))
+    algo.setup(AlgorithmContext(max_new_tokens=max_new_tokens))
+    return algo
 
 
 def test_defaults_are_the_papers() -> None:
@@ -52,11 +55,11 @@ def test_overlong_penalty_refuses_bad_limits(max_length: int, buffer: int) -> No
         overlong_length_penalty(torch.tensor([1]), max_length, buffer)
 
 
-def _shaping_input(max_new_tokens: int | None = None) -> AdvantageInput:
+def _shaping_input() -> AdvantageInput:
     # One group of 4, all rewards 1; response lengths 5, 8, 10, 12 tokens (mask width 12).
     lengths = torch.tensor([5, 8, 10, 12])
     mask = torch.arange(12)[None, :] < lengths[:, None]
-    return AdvantageInput(torch.ones(4), mask, group_size=4, max_new_tokens=max_new_tokens)
+    return AdvantageInput(torch.ones(4), mask, group_size=4)
 
 
 def test_overlong_shaping_enters_the_advantages() -> None:
@@ -85,15 +88,15 @@ def test_overlong_limits_come_from_the_engine_when_not_configured() -> None:
     # No max_response_length: L_max = max_new_tokens = 10 (from the loop), default
     # L_buf = 10 // 5 = 2, threshold 8: penalties [0, 0, -1, -1] (factor 1), shaped rewards
     # [1, 1, 0, 0], mean 0.5, deviations ±0.5.
-    algo = make(scale_rewards_by_std=False)
-    assert algo.overlong_limits(_shaping_input(10)) == (10, 2)
-    out = algo.compute_advantages(_shaping_input(max_new_tokens=10))
+    algo = make(max_new_tokens=10, scale_rewards_by_std=False)
+    assert algo.overlong_limits() == (10, 2)
+    out = algo.compute_advantages(_shaping_input())
     torch.testing.assert_close(out.advantages[:, 0], torch.tensor([0.5, 0.5, -0.5, -0.5]))
     # A configured max_response_length wins over the engine's value: L_max = 20, L_buf = 4,
     # threshold 16: nobody is penalised, the equal rewards give exactly 0.
-    algo = make(max_response_length=20)
-    assert algo.overlong_limits(_shaping_input(10)) == (20, 4)
-    out = algo.compute_advantages(_shaping_input(max_new_tokens=10))
+    algo = make(max_new_tokens=10, max_response_length=20)
+    assert algo.overlong_limits() == (20, 4)
+    out = algo.compute_advantages(_shaping_input())
     assert torch.equal(out.advantages, torch.zeros(4, 12))
     assert out.metrics["overlong_fraction"] == 0.0
 
@@ -109,7 +112,7 @@ def test_overlong_shaping_needs_a_maximum_length() -> None:
 
 def test_buffer_larger_than_the_engine_length_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds the maximum response length"):
-        make(overlong_buffer=8).compute_advantages(_shaping_input(max_new_tokens=6))
+        make(max_new_tokens=6, overlong_buffer=8).compute_advantages(_shaping_input())
 
 
 # ---------------------------------------------------------------------- clip-higher

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput
+from lightrft_core.interfaces import AdvantageInput, AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_plugin_grpo.dr_grpo import DrGRPO
 from lightrft_plugin_grpo.grpo import GRPO
 
@@ -52,9 +52,10 @@ def test_loss_is_the_token_sum_over_the_max_generation_length() -> None:
         advantages=torch.tensor([[0.75, 0.75, 0.0], [-0.25, -0.25, -0.25]]),
         action_mask=torch.tensor([[True, True, False], [True, True, True]]),
         scale=LossScale(num_tokens=5, num_sequences=2),
-        max_new_tokens=4,
     )
-    out = DrGRPO().policy_loss(batch)
+    algo = DrGRPO()
+    algo.setup(AlgorithmContext(max_new_tokens=4))
+    out = algo.policy_loss(batch)
     assert out.loss.item() == pytest.approx(-0.09375)
     # d loss / d lp_t = -A·ρ / (MAX_TOKENS · N_seq) = -A / 8: -0.09375 and +0.03125.
     out.loss.backward()

@@ -11,7 +11,13 @@ import torch
 
 import lightrft_plugin_grpo.plugin
 from lightrft_core.config import ConfigError, load_config
-from lightrft_core.interfaces import AdvantageInput, Algorithm, LossScale, PolicyLossInput
+from lightrft_core.interfaces import (
+    AdvantageInput,
+    Algorithm,
+    AlgorithmContext,
+    LossScale,
+    PolicyLossInput,
+)
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_grpo.dapo import DAPO
 from lightrft_plugin_grpo.dr_grpo import DrGRPO
@@ -72,6 +78,7 @@ def _loss(
     scale: LossScale,
 ) -> torch.Tensor:
     mask = data["mask"][rows]
+    algo.setup(AlgorithmContext(max_new_tokens=7))
     return algo.policy_loss(
         PolicyLossInput(
             log_probs=lp[rows],
@@ -81,7 +88,6 @@ def _loss(
             scale=scale,
             ref_log_probs=(data["old"] + data["ref_shift"])[rows],
             entropy=entropy[rows],
-            max_new_tokens=7,
         )
     ).loss
 
@@ -153,9 +159,9 @@ def test_equal_rewards_give_zero_advantage_never_nan(name: str, reward: float) -
     # DAPO's shaping: L_max = 6, L_buf = 2, no response longer than 4 -> no penalty.
     lengths = torch.tensor([4, 1, 3, 2, 4, 4, 1, 2])
     mask = torch.arange(6)[None, :] < lengths[:, None]
-    out = ALGORITHMS[name]().compute_advantages(
-        AdvantageInput(torch.full((8,), reward), mask, group_size=4, max_new_tokens=6)
-    )
+    algo = ALGORITHMS[name]()
+    algo.setup(AlgorithmContext(max_new_tokens=6))
+    out = algo.compute_advantages(AdvantageInput(torch.full((8,), reward), mask, group_size=4))
     assert not torch.isnan(out.advantages).any()
     assert torch.equal(out.advantages, torch.zeros(8, 6))
     assert out.metrics["zero_std_group_fraction"] == 1.0
@@ -163,14 +169,11 @@ def test_equal_rewards_give_zero_advantage_never_nan(name: str, reward: float) -
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_group_size_one_is_refused_by_the_estimator(name: str) -> None:
+    algo = ALGORITHMS[name]()
+    algo.setup(AlgorithmContext(max_new_tokens=4))
     with pytest.raises(ValueError, match="group_size >= 2"):
-        ALGORITHMS[name]().compute_advantages(
-            AdvantageInput(
-                torch.tensor([1.0, 0.0]),
-                torch.ones(2, 1, dtype=torch.bool),
-                group_size=1,
-                max_new_tokens=4,
-            )
+        algo.compute_advantages(
+            AdvantageInput(torch.tensor([1.0, 0.0]), torch.ones(2, 1, dtype=torch.bool), 1)
         )
 
 

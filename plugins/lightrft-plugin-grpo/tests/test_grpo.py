@@ -15,7 +15,7 @@ import lightrft_core
 import lightrft_plugin_grpo
 import lightrft_plugin_grpo.plugin
 from lightrft_core.algorithms import AGGREGATION_MODES
-from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput
+from lightrft_core.interfaces import AdvantageInput, AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_grpo.grpo import GRPO
 
@@ -212,11 +212,13 @@ def _sum_norm_batch(**overrides: Any) -> PolicyLossInput:
 def test_sum_norm_divides_by_the_engine_max_new_tokens() -> None:
     # Token sums: -2 and +0.5; MAX_TOKENS = 4 (from the loop): (-2/4 + 0.5/4) / 2 = -0.1875.
     algo = make(loss_aggregation="seq-mean-token-sum-norm")
-    out = algo.policy_loss(_sum_norm_batch(max_new_tokens=4))
+    algo.setup(AlgorithmContext(max_new_tokens=4))
+    out = algo.policy_loss(_sum_norm_batch())
     assert out.loss.item() == pytest.approx(-0.1875)
     # max_tokens_norm, when set, wins: (-2/2 + 0.5/2) / 2 = -0.375.
     algo = make(loss_aggregation="seq-mean-token-sum-norm", max_tokens_norm=2)
-    out = algo.policy_loss(_sum_norm_batch(max_new_tokens=4))
+    algo.setup(AlgorithmContext(max_new_tokens=4))
+    out = algo.policy_loss(_sum_norm_batch())
     assert out.loss.item() == pytest.approx(-0.375)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES
-from lightrft_core.interfaces import LossScale, PolicyLossInput
+from lightrft_core.interfaces import AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_plugin_grpo.gspo import GSPO, GSPOToken
 from lightrft_plugin_grpo.sequence_losses import (
     gspo_token_log_ratio,
@@ -135,9 +135,9 @@ def test_gspo_token_equals_gspo_with_sequence_advantages(
     results = []
     for cls in (GSPO, GSPOToken):
         lp = (old + delta).requires_grad_(True)
-        out = cls(cls.Config(**options)).policy_loss(
-            PolicyLossInput(lp, old, adv, mask, LossScale(int(mask.sum()), b), max_new_tokens=5)
-        )
+        algo = cls(cls.Config(**options))
+        algo.setup(AlgorithmContext(max_new_tokens=5))
+        out = algo.policy_loss(PolicyLossInput(lp, old, adv, mask, LossScale(int(mask.sum()), b)))
         out.loss.backward()
         results.append((out.loss.detach(), lp.grad, out.metrics["clip_fraction"]))
     (loss_seq, grad_seq, clip_seq), (loss_tok, grad_tok, clip_tok) = results

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES
-from lightrft_core.interfaces import LossScale, PolicyLossInput
+from lightrft_core.interfaces import AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_plugin_reinforce.reinforce_pp import ReinforcePP, ReinforcePPBaseline
 from lightrft_plugin_reinforce.rloo import RLOO
 
@@ -57,12 +57,14 @@ def test_seq_mean_token_sum_norm_divides_by_the_engine_max_new_tokens(cls: Any) 
     # Token losses -2.4 and -2.2 (above), one sequence: Σ_t L / MAX / 1. With the engine's
     # max_new_tokens = 4: -4.6 / 4 = -1.15; max_tokens_norm = 2, when set, wins: -2.3.
     algo = cls(cls.Config(loss_aggregation="seq-mean-token-sum-norm"))
-    out = algo.policy_loss(_hand_batch(max_new_tokens=4))
-    assert out.loss.item() == pytest.approx(-1.15, abs=1e-6)
-    pinned = cls(cls.Config(loss_aggregation="seq-mean-token-sum-norm", max_tokens_norm=2))
-    assert pinned.policy_loss(_hand_batch(max_new_tokens=4)).loss.item() == pytest.approx(-2.3)
     with pytest.raises(ValueError, match="set algorithm.max_tokens_norm"):
         algo.policy_loss(_hand_batch())
+    algo.setup(AlgorithmContext(max_new_tokens=4))
+    out = algo.policy_loss(_hand_batch())
+    assert out.loss.item() == pytest.approx(-1.15, abs=1e-6)
+    pinned = cls(cls.Config(loss_aggregation="seq-mean-token-sum-norm", max_tokens_norm=2))
+    pinned.setup(AlgorithmContext(max_new_tokens=4))
+    assert pinned.policy_loss(_hand_batch()).loss.item() == pytest.approx(-2.3)
 
 
 @pytest.mark.parametrize("cls", ALGORITHMS)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from lightrft_core.interfaces import AdvantageInput
+from lightrft_core.interfaces import AdvantageInput, AlgorithmContext
 from lightrft_plugin_reinforce.reinforce_pp import ReinforcePP, ReinforcePPBaseline
 
 # Rollout of the returns test: row 0 = prompt token then 3 response tokens, row 1 = 2
@@ -24,7 +24,7 @@ def _advantages(algo: Any, rewards: list[float], group_size: int = 1, **kw: Any)
         group_size=group_size,
         old_log_probs=kw.pop("old", OLD),
         ref_log_probs=kw.pop("ref", REF),
-        **kw,  # e.g. all_reduce
+        **kw,  # e.g. kl_coef
     )
     return algo.compute_advantages(batch)
 
@@ -152,12 +152,12 @@ def test_whitening_on_2_ranks_uses_the_global_batch(cls: Any, thread_group: Any)
     mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 3, 5, 1, 4, 6, 2])[:, None]
     old = -torch.rand(8, 6, generator=gen)
     ref = old - 0.2 * torch.randn(8, 6, generator=gen)
-    algo = cls(cls.Config(gamma=0.9, kl_coef=0.05))
 
     def advantages(rows: slice, all_reduce: Any = None) -> torch.Tensor:
-        batch = AdvantageInput(
-            rewards[rows], mask[rows], 2, old[rows], ref[rows], all_reduce=all_reduce
-        )
+        algo = cls(cls.Config(gamma=0.9, kl_coef=0.05))
+        world_size = 1 if all_reduce is None else 2
+        algo.setup(AlgorithmContext(world_size=world_size, all_reduce=all_reduce))
+        batch = AdvantageInput(rewards[rows], mask[rows], 2, old[rows], ref[rows])
         return algo.compute_advantages(batch).advantages
 
     whole = advantages(slice(0, 8))

@@ -22,7 +22,8 @@ Where this implementation departs from the paper, or lets configuration depart f
 * ``clip_eps_low``/``clip_eps_high`` may differ (the paper uses a single ε; 0.2 here).
 * ``advantage_weighting`` offers the weightings of published CPGD code: ``std`` (default,
   GRPO's normalised group advantage), ``clip-filter-like`` and ``none``; the counts of
-  ``clip-filter-like`` are global over ranks when the loop passes ``all_reduce``.
+  ``clip-filter-like`` are global over ranks when the loop gives ``all_reduce``
+  (``AlgorithmContext``).
 * ``policy_drift_coef`` α defaults to 0.01, the default of ``--policy_drift_coef`` in the
   MM-EUREKA code.
 * An optional ``β·KL(π ‖ π_ref)`` loss term (``kl_coef``, default 0) against a reference
@@ -48,6 +49,7 @@ from lightrft_core.algorithms import (
 )
 from lightrft_core.algorithms.clipped_loss import resolve_max_tokens
 from lightrft_core.algorithms.groups import broadcast_to_tokens, zero_std_groups
+from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.algorithms.options import check_aggregation, check_kl, check_one_of
 from lightrft_core.interfaces import (
     AdvantageInput,
@@ -164,6 +166,9 @@ class CPGD(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     # ------------------------------------------------------------------ advantages
     @torch.no_grad()
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
@@ -175,7 +180,7 @@ class CPGD(Algorithm):
             weighting=cfg.advantage_weighting,
             eps=cfg.advantage_eps,
             max_weight=cfg.clip_filter_max_weight,
-            all_reduce=batch.all_reduce,
+            all_reduce=self.context.all_reduce,
         )  # [B]
         metrics = {
             "reward_mean": batch.rewards.float().mean().item(),
@@ -209,8 +214,10 @@ class CPGD(Algorithm):
                     "computes them when needs_reference() is True)"
                 )
             kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
-            per_token = per_token + cfg.kl_coef * kl
-        max_tokens = resolve_max_tokens(cfg.loss_aggregation, cfg.max_tokens_norm, batch, "cpgd")
+            per_token = per_token + step_kl_coef(batch.kl_coef, cfg.kl_coef) * kl
+        max_tokens = resolve_max_tokens(
+            cfg.loss_aggregation, cfg.max_tokens_norm, self.context, "cpgd"
+        )
         loss = aggregate_loss(
             per_token, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
         )

@@ -17,7 +17,7 @@ GRPO's group-normalised advantages and PPO-clip loss with the paper's four chang
 No KL term by default (``kl_coef: 0``), as the paper.
 
 Departures: ``L_max`` is ``max_response_length`` if set, else the engine's
-``max_new_tokens`` (``AdvantageInput.max_new_tokens``); the buffer defaults to a fifth of
+``max_new_tokens`` (``AlgorithmContext.max_new_tokens``); the buffer defaults to a fifth of
 ``L_max`` (the paper: 4096 of 20480). Dynamic sampling filters on the outcome reward the
 reward model returned (the paper: accuracy), before overlong shaping. The paper resamples
 until the batch is full; here the number of extra rounds is bounded.
@@ -81,7 +81,7 @@ class DAPO(GRPO):
             default=None,
             metadata={
                 "help": "L_max in tokens. None: engine.max_new_tokens, as the training loop "
-                "passes it."
+                "gives it."
             },
         )
         # ------------------------------------------------------------ dynamic sampling
@@ -147,7 +147,7 @@ class DAPO(GRPO):
         cfg = self.config
         if cfg.overlong_penalty_factor == 0.0:
             return rewards
-        max_length, buffer = self.overlong_limits(batch)
+        max_length, buffer = self.overlong_limits()
         lengths = batch.action_mask.bool().sum(dim=-1)  # [B]
         penalty = cfg.overlong_penalty_factor * overlong_length_penalty(
             lengths, max_length, buffer
@@ -156,17 +156,19 @@ class DAPO(GRPO):
         metrics["overlong_fraction"] = (penalty < 0).float().mean().item()
         return rewards + penalty
 
-    def overlong_limits(self, batch: AdvantageInput) -> tuple[int, int]:
+    def overlong_limits(self) -> tuple[int, int]:
         """``(L_max, L_buf)`` in tokens, from the options or the engine's ``max_new_tokens``."""
         cfg = self.config
         max_length = (
-            cfg.max_response_length if cfg.max_response_length is not None else batch.max_new_tokens
+            cfg.max_response_length
+            if cfg.max_response_length is not None
+            else self.context.max_new_tokens
         )
         if max_length is None:
             raise ValueError(
                 "dapo's overlong reward shaping needs the maximum response length: set "
                 "algorithm.max_response_length, let the training loop pass "
-                "engine.max_new_tokens (AdvantageInput.max_new_tokens), or disable the "
+                "engine.max_new_tokens (AlgorithmContext.max_new_tokens), or disable the "
                 "shaping with algorithm.overlong_penalty_factor=0"
             )
         buffer = cfg.overlong_buffer

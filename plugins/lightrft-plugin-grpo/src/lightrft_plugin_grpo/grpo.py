@@ -12,7 +12,7 @@ Where this implementation departs from the paper, or lets configuration depart f
   (``seq-mean-token-mean``). The default here is ``token-mean`` (as DAPO and most
   frameworks); every mode of ``lightrft_core.algorithms.AGGREGATION_MODES`` is available.
   ``seq-mean-token-sum-norm`` divides by ``max_tokens_norm``, or by the engine's
-  ``max_new_tokens`` (``PolicyLossInput.max_new_tokens``) when that is not set.
+  ``max_new_tokens`` (``AlgorithmContext.max_new_tokens``) when that is not set.
 * Clip-higher (``clip_eps_high > clip_eps_low``, DAPO) and the dual clip (arXiv 1912.09729)
   are options; the paper uses one symmetric ε and no dual clip.
 * KL: the paper adds ``β·k3`` to the loss (``kl_mode: loss``, the default, with estimator
@@ -54,6 +54,7 @@ from lightrft_core.algorithms.groups import (
     group_normalized_advantages,
     zero_std_groups,
 )
+from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.algorithms.token_selection import entropy_bonus_loss, high_entropy_token_mask
 from lightrft_core.interfaces import (
     AdvantageInput,
@@ -144,6 +145,9 @@ class GRPO(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     # ------------------------------------------------------------------ advantages
     @torch.no_grad()
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
@@ -181,8 +185,9 @@ class GRPO(Algorithm):
             mask = batch.action_mask.bool()
             kl = kl_estimate(batch.old_log_probs, batch.ref_log_probs, cfg.kl_estimator)
             seq_kl = torch.where(mask, kl, torch.zeros_like(kl)).sum(dim=-1)  # [B]
-            rewards = rewards - cfg.kl_coef * seq_kl
-            metrics["kl_penalty_mean"] = (cfg.kl_coef * seq_kl).mean().item()
+            beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
+            rewards = rewards - beta * seq_kl
+            metrics["kl_penalty_mean"] = (beta * seq_kl).mean().item()
         return rewards
 
     # ------------------------------------------------------------------ loss
@@ -193,7 +198,9 @@ class GRPO(Algorithm):
         if cfg.high_entropy_token_fraction is not None:
             entropy = self._entropy(batch, "high_entropy_token_fraction")
             policy_mask = high_entropy_token_mask(entropy, mask, cfg.high_entropy_token_fraction)
-        max_tokens = resolve_max_tokens(cfg.loss_aggregation, cfg.max_tokens_norm, batch, self.name)
+        max_tokens = resolve_max_tokens(
+            cfg.loss_aggregation, cfg.max_tokens_norm, self.context, self.name
+        )
         surrogate = self.surrogate(batch, policy_mask)
         loss = aggregate_loss(
             surrogate.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
@@ -206,7 +213,7 @@ class GRPO(Algorithm):
                     "PolicyLossInput (the loop computes them when needs_reference() is True)"
                 )
             kl = kl_estimate(batch.log_probs, batch.ref_log_probs, cfg.kl_estimator)  # [B, T]
-            loss = loss + cfg.kl_coef * aggregate_loss(
+            loss = loss + step_kl_coef(batch.kl_coef, cfg.kl_coef) * aggregate_loss(
                 kl, mask, cfg.loss_aggregation, batch.scale, max_tokens=max_tokens
             )
         if cfg.entropy_coef > 0.0:

@@ -12,7 +12,9 @@ Advantages, once per rollout batch (``gae.py``)::
 Policy loss per token: the core's PPO clip, ``−min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)``,
 aggregated over the optimizer batch (``loss_aggregation``). Value loss per token
 (``value_loss.py``): ``0.5·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)``, aggregated
-the same way; the critic is trained with its own optimizer (``loop_support.py``).
+the same way. The critic itself -- its model, optimizer, checkpoints and export -- is the
+core's (``lightrft_core/trainer/critic.py``); PPO chooses it (``critic_spec``) and gives its
+loss (``value_loss``).
 
 Where this implementation departs from the papers, or lets configuration depart from them:
 
@@ -32,7 +34,7 @@ Where this implementation departs from the papers, or lets configuration depart 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, get_args
+from typing import ClassVar, get_args
 
 import torch
 
@@ -42,34 +44,23 @@ from lightrft_core.algorithms.clipped_loss import (
     clipped_policy_loss,
     rollout_kl,
 )
+from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.algorithms.options import check_aggregation, check_one_of
 from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
     Algorithm,
-    LossScale,
+    CriticLayout,
+    CriticSpec,
     PolicyLossInput,
     PolicyLossOutput,
+    ValueLossInput,
+    ValueLossOutput,
 )
 
 from .gae import gae_advantages
 from .value_loss import clipped_value_loss
-
-if TYPE_CHECKING:
-    from lightrft_core.interfaces import StrategyBase
-    from lightrft_core.interfaces.algorithm import Critic
-
-CriticKind = Literal["separate", "shared"]
-CRITIC_KINDS: tuple[str, ...] = get_args(CriticKind)
-
-
-class ValueLossOutput(NamedTuple):
-    """``loss``: scalar with gradients, this micro-batch's share of the batch value loss.
-    ``metrics``: detached per-micro-batch means (``value_clip_fraction`` ...)."""
-
-    loss: torch.Tensor
-    metrics: dict[str, torch.Tensor]
 
 
 class PPO(Algorithm):
@@ -107,11 +98,11 @@ class PPO(Algorithm):
             metadata={"help": "Clamp the advantages to [-c, c] after whitening. None: off."},
         )
         # ------------------------------------------------------------ critic
-        critic: CriticKind = field(
+        critic: CriticLayout = field(
             default="separate",
             metadata={
                 "help": "'separate': the critic is its own model (trunk + value head). "
-                "'shared': a value head on the actor's trunk."
+                "'shared': a value head on the actor's trunk (local strategy only)."
             },
         )
         critic_path: str | None = field(
@@ -120,9 +111,6 @@ class PPO(Algorithm):
                 "help": "Folder the separate critic is initialised from (a causal LM, or a "
                 "critic exported by this plugin). None: the actor's model.path."
             },
-        )
-        critic_learning_rate: float = field(
-            default=1e-5, metadata={"help": "Peak learning rate of the critic's optimizer."}
         )
         critic_warmup_steps: int = field(
             default=0,
@@ -167,15 +155,11 @@ class PPO(Algorithm):
             self._check_critic()
 
         def _check_critic(self) -> None:
-            check_one_of("critic", self.critic, CRITIC_KINDS)
+            check_one_of("critic", self.critic, get_args(CriticLayout))
             if self.critic == "shared" and self.critic_path is not None:
                 raise ValueError(
                     "critic_path is for critic: separate; a shared critic is a value head on "
                     "the actor's own trunk"
-                )
-            if self.critic_learning_rate <= 0.0:
-                raise ValueError(
-                    f"critic_learning_rate must be > 0, got {self.critic_learning_rate}"
                 )
             if self.critic_warmup_steps < 0:
                 raise ValueError(
@@ -198,6 +182,9 @@ class PPO(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     def needs_critic(self) -> bool:
         return True
 
@@ -205,12 +192,12 @@ class PPO(Algorithm):
         """False for steps ``1 … critic_warmup_steps``: only the critic trains then."""
         return step > self.config.critic_warmup_steps
 
-    def build_critic(self, cfg: Any, strategy: StrategyBase, actor: torch.nn.Module) -> Critic:
-        """The separate or shared critic (``loop_support.PPOCritic``), its optimizer and
-        scheduler created through ``strategy``."""
-        from .loop_support import CriticSettings, build_ppo_critic
-
-        return build_ppo_critic(self, CriticSettings.from_run_config(cfg), strategy, actor)
+    def critic_spec(self) -> CriticSpec:
+        """``critic``, ``critic_path`` and ``value_head_init_std``."""
+        cfg = self.config
+        return CriticSpec(
+            layout=cfg.critic, path=cfg.critic_path, head_init_std=cfg.value_head_init_std
+        )
 
     # ------------------------------------------------------------------ advantages
     @torch.no_grad()
@@ -227,19 +214,24 @@ class PPO(Algorithm):
             raise ValueError("ppo: the rewards must be finite (NaN or inf seen)")
         metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
         kl = rollout_kl(cfg, batch, self.name) if cfg.kl_in_reward else None  # [B, T]
-        token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=cfg.kl_coef)
+        beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
+        token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=beta)
         gae = gae_advantages(token_rewards, batch.values, mask, gamma=cfg.gamma, lam=cfg.lam)
         advantages = gae.advantages  # [B, T]
         if cfg.whiten_advantages:
             advantages = masked_whiten(
-                advantages, mask, center=True, eps=cfg.advantage_eps, all_reduce=batch.all_reduce
+                advantages,
+                mask,
+                center=True,
+                eps=cfg.advantage_eps,
+                all_reduce=self.context.all_reduce,
             ).values
         advantages = clip_advantages(advantages, cfg.advantage_clip)
 
         if kl is not None:
             sequence_kl = kl.sum(dim=-1)  # [B]
             metrics["kl_sequence_mean"] = sequence_kl.mean().item()
-            metrics["kl_penalty_mean"] = (cfg.kl_coef * sequence_kl).mean().item()
+            metrics["kl_penalty_mean"] = (beta * sequence_kl).mean().item()
         metrics["raw_advantage_mean"] = float(masked_mean(gae.advantages, mask))
         metrics["return_mean"] = float(masked_mean(gae.returns, mask))
         metrics["value_mean"] = float(masked_mean(batch.values.float(), mask))
@@ -248,34 +240,26 @@ class PPO(Algorithm):
 
     # ------------------------------------------------------------------ losses
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.name)
+        return clipped_policy_loss(self.config, batch, self.context, self.name)
 
-    def value_loss(
-        self,
-        values: torch.Tensor,
-        old_values: torch.Tensor,
-        returns: torch.Tensor,
-        action_mask: torch.Tensor,
-        scale: LossScale,
-    ) -> ValueLossOutput:
+    def value_loss(self, batch: ValueLossInput) -> ValueLossOutput:
         """This micro-batch's share of the clipped value loss (``value_loss.py``),
-        aggregated like the policy loss. ``values``: ``[B, T]`` with gradients; the other
-        tensors ``[B, T]`` as stored with the rollout; ``scale``: the optimizer batch's."""
-        mask = action_mask.bool()
-        per_token = clipped_value_loss(values, old_values, returns, clip=self.config.value_clip)
-        loss = self._aggregate(per_token.loss, mask, scale)
+        aggregated like the policy loss; times ``vf_coef`` with a shared critic (the
+        weight of the value loss in the trunk's gradient)."""
+        cfg = self.config
+        mask = batch.action_mask.bool()
+        per_token = clipped_value_loss(
+            batch.values, batch.old_values, batch.returns, clip=cfg.value_clip
+        )
+        loss = aggregate_loss(
+            per_token.loss, mask, cfg.loss_aggregation, batch.scale, max_tokens=cfg.max_tokens_norm
+        )
+        if cfg.critic == "shared":
+            loss = loss * cfg.vf_coef
         with torch.no_grad():
             metrics = {
                 "value_loss": masked_mean(per_token.loss.detach(), mask),
                 "value_clip_fraction": masked_mean(per_token.clipped.float(), mask),
-                "value_mean": masked_mean(values.detach().float(), mask),
+                "value_mean": masked_mean(batch.values.detach().float(), mask),
             }
         return ValueLossOutput(loss=loss, metrics=metrics)
-
-    def _aggregate(
-        self, per_token: torch.Tensor, mask: torch.Tensor, scale: LossScale
-    ) -> torch.Tensor:
-        cfg = self.config
-        return aggregate_loss(
-            per_token, mask, cfg.loss_aggregation, scale, max_tokens=cfg.max_tokens_norm
-        )

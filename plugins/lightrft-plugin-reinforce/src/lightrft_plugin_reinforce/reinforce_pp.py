@@ -15,7 +15,7 @@ optimizer batch.
 Where this implementation departs from the paper, or lets configuration depart from it:
 
 * Global statistics: with several ranks the whitening all-reduces its sums through
-  ``AdvantageInput.all_reduce`` (the strategy's ``all_reduce``, which the loop passes when
+  ``AlgorithmContext.all_reduce`` (the strategy's ``all_reduce``, which the loop gives when
   ``world_size > 1``); without it each rank would whiten its own shard.
 * REINFORCE++-baseline whitens without re-centring by default (``whiten_center: false``):
   the group mean already centres the outcome reward, and re-centring by the batch's token
@@ -45,11 +45,13 @@ from lightrft_core.algorithms.clipped_loss import (
     rollout_kl,
 )
 from lightrft_core.algorithms.groups import check_rewards, group_centered, zero_std_groups
+from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
     Algorithm,
+    AlgorithmContext,
     PolicyLossInput,
     PolicyLossOutput,
 )
@@ -104,12 +106,17 @@ class ReinforcePP(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     @torch.no_grad()
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
-        return reinforce_pp_advantages(self.config, batch, baseline=False, algorithm=self.name)
+        return reinforce_pp_advantages(
+            self.config, batch, self.context, baseline=False, algorithm=self.name
+        )
 
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.name)
+        return clipped_policy_loss(self.config, batch, self.context, self.name)
 
 
 class ReinforcePPBaseline(Algorithm):
@@ -135,16 +142,26 @@ class ReinforcePPBaseline(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     @torch.no_grad()
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
-        return reinforce_pp_advantages(self.config, batch, baseline=True, algorithm=self.name)
+        return reinforce_pp_advantages(
+            self.config, batch, self.context, baseline=True, algorithm=self.name
+        )
 
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.name)
+        return clipped_policy_loss(self.config, batch, self.context, self.name)
 
 
 def reinforce_pp_advantages(
-    cfg: ReinforcePP.Config, batch: AdvantageInput, *, baseline: bool, algorithm: str
+    cfg: ReinforcePP.Config,
+    batch: AdvantageInput,
+    context: AlgorithmContext,
+    *,
+    baseline: bool,
+    algorithm: str,
 ) -> AdvantageOutput:
     """The advantages of the module docstring, with their metrics."""
     mask = batch.action_mask.bool()  # [B, T]
@@ -156,21 +173,22 @@ def reinforce_pp_advantages(
         )
         rewards = group_centered(rewards, batch.group_size)  # [B]
     kl = rollout_kl(cfg, batch, algorithm) if cfg.kl_in_reward else None  # [B, T]
-    token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=cfg.kl_coef)  # [B, T]
+    beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
+    token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=beta)  # [B, T]
     returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
     whitened = masked_whiten(
         returns,
         mask,
         center=cfg.whiten_center,
         eps=cfg.advantage_eps,
-        all_reduce=batch.all_reduce,
+        all_reduce=context.all_reduce,
     )
     advantages = clip_advantages(whitened.values, cfg.advantage_clip)  # [B, T]
 
     if kl is not None:
         sequence_kl = kl.sum(dim=-1)  # [B]
         metrics["kl_sequence_mean"] = sequence_kl.mean().item()
-        metrics["kl_penalty_mean"] = (cfg.kl_coef * sequence_kl).mean().item()
+        metrics["kl_penalty_mean"] = (beta * sequence_kl).mean().item()
     metrics["return_mean"] = whitened.mean
     metrics["return_std"] = whitened.std
     metrics["advantage_mean"] = float(masked_mean(advantages, mask))

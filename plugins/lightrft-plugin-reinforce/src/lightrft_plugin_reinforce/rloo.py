@@ -43,6 +43,7 @@ from lightrft_core.algorithms.groups import (
     leave_one_out,
     zero_std_groups,
 )
+from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
@@ -67,6 +68,9 @@ class RLOO(Algorithm):
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
 
+    def initial_kl_coef(self) -> float:
+        return self.config.kl_coef
+
     @torch.no_grad()
     def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
         cfg = self.config
@@ -75,9 +79,10 @@ class RLOO(Algorithm):
         metrics: dict[str, float] = {}
         if cfg.kl_in_reward:
             sequence_kl = rollout_kl(cfg, batch, self.name).sum(dim=-1)  # [B]
-            rewards = rewards - cfg.kl_coef * sequence_kl
+            beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
+            rewards = rewards - beta * sequence_kl
             metrics["kl_sequence_mean"] = sequence_kl.mean().item()
-            metrics["kl_penalty_mean"] = (cfg.kl_coef * sequence_kl).mean().item()
+            metrics["kl_penalty_mean"] = (beta * sequence_kl).mean().item()
         advantages = leave_one_out(rewards, batch.group_size)  # [B]
         metrics["reward_mean"] = rewards.mean().item()
         metrics["advantage_mean"] = advantages.mean().item()
@@ -88,4 +93,4 @@ class RLOO(Algorithm):
         return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
 
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.name)
+        return clipped_policy_loss(self.config, batch, self.context, self.name)
