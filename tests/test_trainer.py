@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -12,26 +11,11 @@ from safetensors.torch import load_file
 from lightrft_core import hookimpl
 from lightrft_core.config import ConfigError, load_config
 from lightrft_core.engines import HFEngine
-from lightrft_core.interfaces import RewardModel, RewardOutput
 from lightrft_core.plugins import PluginManager
 from lightrft_core.strategies import LocalStrategy
+from lightrft_core.testing.training import LetterReward, write_letter_prompts
 from lightrft_core.trainer.checkpoints import latest_checkpoint
 from lightrft_core.trainer.rl import RLTrainer
-
-
-class LetterReward(RewardModel):
-    """Fraction of response characters equal to ``letter`` (an easy, graded task)."""
-
-    name = "letter"
-
-    @dataclass
-    class Config:
-        letter: str = field(default="a", metadata={"help": "The rewarded character."})
-
-    def score(self, batch):
-        values = [r.count(self.config.letter) / max(1, len(r)) for r in batch.responses]
-        rewards = torch.tensor(values, dtype=torch.float32)
-        return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
 
 
 class OwnCopyEngine(HFEngine):
@@ -65,10 +49,7 @@ def manager() -> PluginManager:
 
 @pytest.fixture
 def prompts(tmp_path):
-    rows = [{"prompt": f"say a{i}:", "answer": "a"} for i in range(32)]
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_letter_prompts(tmp_path / "prompts.jsonl")
 
 
 def config(manager, tiny_model_dir, prompts, out, *extra):

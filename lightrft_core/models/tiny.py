@@ -94,11 +94,14 @@ def build_tiny_model(size: str = "5m", *, vocab_size: int, seed: int = 0, **over
     return Qwen2ForCausalLM(config)
 
 
-def build_tiny_checkpoint(path: str | Path, size: str = "5m", *, seed: int = 0) -> Path:
-    """Write a tiny model and its tokenizer as a Hugging Face folder; returns the path."""
+def build_tiny_checkpoint(
+    path: str | Path, size: str = "5m", *, seed: int = 0, **overrides: Any
+) -> Path:
+    """Write a tiny model and its tokenizer as a Hugging Face folder; returns the path.
+    ``overrides``: ``Qwen2Config`` fields that replace the size's (``num_hidden_layers=2``)."""
     path = Path(path)
     tokenizer = build_byte_tokenizer()
-    model = build_tiny_model(size, vocab_size=len(tokenizer), seed=seed)
+    model = build_tiny_model(size, vocab_size=len(tokenizer), seed=seed, **overrides)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)

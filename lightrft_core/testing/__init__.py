@@ -10,8 +10,12 @@ Conformance (``lightrft_core.testing.conformance``): ``AlgorithmConformance``,
 class attribute (e.g. ``algorithm_cls = MyAlgorithm``).
 
 Training helpers (``lightrft_core.testing.training``): ``ThreadGroup`` (ranks as threads with
-a real all-reduce), ``LetterReward``, ``build_fast_tiny_model`` and ``short_rl_rewards`` (a
-short seeded run of the core loop with a plugin's algorithm).
+a real all-reduce), ``LetterReward`` and ``LetterPlugin`` (an easy graded task),
+``write_letter_prompts``, ``build_fast_tiny_model`` and ``short_rl_rewards`` (a short seeded
+run of the core loop with a plugin's algorithm).
+
+Fixtures (``lightrft_core.testing.fixtures``, loaded by pytest wherever lightrft-core is
+installed): ``tiny_model_dir``, ``fast_tiny_model_dir``, ``letter_prompts``.
 """
 
 from .conformance import (

@@ -3,9 +3,10 @@ a fast tiny model, and a short real RL run through the core loop.
 
 ``ThreadGroup`` runs per-rank code in threads that all-reduce through shared slots (a real
 collective in one process). ``LetterReward`` scores the fraction of a response's characters
-equal to a letter. ``build_fast_tiny_model`` writes a one-layer tiny Qwen2 with the byte
-tokenizer; ``short_rl_rewards`` trains it with a plugin's algorithm on the letter task and
-returns the mean reward of every step.
+equal to a letter (``LetterPlugin`` registers it; ``write_letter_prompts`` writes its
+prompts). ``build_fast_tiny_model`` writes a one-layer tiny Qwen2 with the byte tokenizer;
+``short_rl_rewards`` trains it with a plugin's algorithm on the letter task and returns the
+mean reward of every step. The pytest fixtures over these are in ``.fixtures``.
 """
 
 from __future__ import annotations
@@ -81,33 +82,39 @@ class LetterReward(RewardModel):
         return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
 
 
-class _LetterPlugin:
+class LetterPlugin:
+    """A plugin object that registers ``LetterReward`` (``reward.name=letter``)."""
+
     @hookimpl
     def lightrft_register_reward_models(self, register: Any) -> None:
         register(LetterReward)
 
 
+def write_letter_prompts(path: Path, count: int = 32) -> Path:
+    """``count`` prompts ``say a<i>:`` with answer ``a`` as a JSONL file at ``path``."""
+    rows = [{"prompt": f"say a{i}:", "answer": "a"} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+#: The tiny Qwen2's shape with ``tiny_model_dir``: the ``5m`` size cut to 2 layers.
+TINY_MODEL_SHAPE: dict[str, int] = {"num_hidden_layers": 2}
+#: ``fast_tiny_model_dir``: one layer, hidden 64 (a learning test in seconds on 2 CPU cores).
+FAST_TINY_MODEL_SHAPE: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+}
+
+
 def build_fast_tiny_model(path: Path) -> Path:
     """A one-layer tiny Qwen2 (hidden 64) with the byte tokenizer at ``path``: fast enough
     for a learning test of a few seconds on 2 CPU cores."""
-    from ..models.tiny import build_byte_tokenizer, build_tiny_model
+    from ..models.tiny import build_tiny_checkpoint
 
-    tokenizer = build_byte_tokenizer()
-    model = build_tiny_model(
-        "5m",
-        vocab_size=len(tokenizer),
-        seed=0,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-    )
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_checkpoint(path, **FAST_TINY_MODEL_SHAPE)
 
 
 def short_rl_rewards(
@@ -124,13 +131,10 @@ def short_rl_rewards(
     from ..plugins import PluginManager
     from ..trainer.rl import RLTrainer
 
-    prompts = workdir / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"prompt": f"say a{i}:", "answer": "a"}) + "\n" for i in range(32))
-    )
+    prompts = write_letter_prompts(workdir / "prompts.jsonl")
     pm = PluginManager(autoload=False)
     pm.register(plugin, name=plugin_name)
-    pm.register(_LetterPlugin(), name="letter")
+    pm.register(LetterPlugin(), name="letter")
     cfg = load_config(
         None,
         [

@@ -9,6 +9,7 @@ import torch
 
 from lightrft_core.algorithms.groups import broadcast_to_tokens
 from lightrft_core.interfaces import AdvantageInput, AlgorithmContext
+from lightrft_core.testing.training import ThreadGroup
 from lightrft_plugin_cpgd.advantages import cpgd_advantages
 from lightrft_plugin_cpgd.cpgd import CPGD
 
@@ -75,7 +76,7 @@ def test_algorithm_broadcasts_and_reports() -> None:
     assert out.metrics["advantage_weight"] == 1.0
 
 
-def test_clip_filter_like_counts_are_global_on_2_ranks(thread_group: Any) -> None:
+def test_clip_filter_like_counts_are_global_on_2_ranks() -> None:
     # Rank 0: groups [1, 0], [0.5, 0.5]; rank 1: [0, 0], [0, 0]. Globally 1 of 4 groups has
     # signal -> w = min(4, 3) = 3 on rank 0 (its own shard alone would give 2/1 = 2).
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0])
@@ -88,7 +89,7 @@ def test_clip_filter_like_counts_are_global_on_2_ranks(thread_group: Any) -> Non
         batch = AdvantageInput(rewards[rows], mask[rows], 2)
         return algo.compute_advantages(batch).advantages[:, 0]
 
-    rank0, rank1 = thread_group(2).run(
+    rank0, rank1 = ThreadGroup(2).run(
         [lambda ar: advantages(slice(0, 4), ar), lambda ar: advantages(slice(4, 8), ar)]
     )
     torch.testing.assert_close(rank0, torch.tensor([1.5, -1.5, 0.0, 0.0]))

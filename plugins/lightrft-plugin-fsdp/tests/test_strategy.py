@@ -15,7 +15,7 @@ from torch.distributed.fsdp import FSDPModule
 from lightrft_core.actors.language import ActorLanguage
 from lightrft_core.engines.hf import HFEngine
 from lightrft_core.interfaces import SamplingParams
-from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
+from lightrft_core.models.tiny import build_byte_tokenizer
 from lightrft_core.plugins import PluginManager
 from lightrft_core.testing import StrategyConformance
 from lightrft_plugin_fsdp.strategy import FSDPStrategy
@@ -40,17 +40,6 @@ class TestFSDPConformance(StrategyConformance):
     strategy_cls = FSDPStrategy
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = build_byte_tokenizer()
-    model = build_tiny_model("5m", vocab_size=len(tokenizer), seed=0, num_hidden_layers=2)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_options_are_checked() -> None:
     for bad in ({"precision": "fp16"}, {"timeout_s": 0}, {"backend": "mpi"}):
         with pytest.raises(ValueError):
@@ -65,9 +54,9 @@ def test_the_plugin_registers_the_strategy() -> None:
     assert pm.get_strategy("fsdp") is FSDPStrategy
 
 
-def test_layers_are_units_and_the_actor_is_the_root(model_dir: Path) -> None:
+def test_layers_are_units_and_the_actor_is_the_root(tiny_model_dir: Path) -> None:
     s = make_strategy()
-    actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
+    actor = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
     optimizer = s.create_optimizer(actor, lr=1e-3)
     actor, optimizer, _ = s.prepare(actor, optimizer)
     units = [name for name, m in actor.named_modules() if isinstance(m, FSDPModule)]
@@ -78,9 +67,9 @@ def test_layers_are_units_and_the_actor_is_the_root(model_dir: Path) -> None:
     assert all(hasattr(p, "full_tensor") for p in actor.parameters())  # DTensors
 
 
-def test_generation_uses_gathered_weights_and_reshards(model_dir: Path) -> None:
+def test_generation_uses_gathered_weights_and_reshards(tiny_model_dir: Path) -> None:
     s = make_strategy()
-    actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
+    actor = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
     engine = HFEngine()
     engine.setup(model=actor.model, tokenizer=build_byte_tokenizer())
     actor, _, _ = s.prepare(actor, s.create_optimizer(actor, lr=1e-3))
@@ -95,11 +84,11 @@ def test_generation_uses_gathered_weights_and_reshards(model_dir: Path) -> None:
     assert torch.allclose(lp, torch.tensor(outputs[0].log_probs), atol=1e-5)
 
 
-def test_training_checkpoint_and_export(model_dir: Path, tmp_path: Path) -> None:
+def test_training_checkpoint_and_export(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     s = make_strategy()
-    actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
+    actor = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
     optimizer = s.create_optimizer(actor, lr=1e-2)
     scheduler = s.create_scheduler(optimizer, name="cosine", warmup_steps=1, total_steps=4)
     actor, optimizer, scheduler = s.prepare(actor, optimizer, scheduler)
@@ -140,9 +129,9 @@ def test_training_checkpoint_and_export(model_dir: Path, tmp_path: Path) -> None
         assert torch.allclose(exported(seq, mask).log_probs, expected, atol=1e-5)
 
 
-def test_reference_model_is_frozen_and_resharded_after_forward(model_dir: Path) -> None:
+def test_reference_model_is_frozen_and_resharded_after_forward(tiny_model_dir: Path) -> None:
     s = make_strategy(offload_reference=True)
-    reference = ActorLanguage(ActorLanguage.Config(path=str(model_dir)))
+    reference = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
     reference, optimizer, _ = s.prepare(reference)
     assert optimizer is None and not reference.training
     assert not any(p.requires_grad for p in reference.parameters())
@@ -161,11 +150,11 @@ def test_collectives_on_one_rank() -> None:
         s.all_reduce(1.0, op="prod")  # type: ignore[arg-type]
 
 
-def test_lora_export_merges_the_adapters(model_dir: Path, tmp_path: Path) -> None:
+def test_lora_export_merges_the_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     s = make_strategy()
-    actor = ActorLanguage(ActorLanguage.Config(path=str(model_dir), lora_rank=4))
+    actor = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir), lora_rank=4))
     optimizer = s.create_optimizer(actor, lr=1e-2)
     actor, optimizer, _ = s.prepare(actor, optimizer)
     seq = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(1))

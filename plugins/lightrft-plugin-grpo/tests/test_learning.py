@@ -3,55 +3,21 @@ the mean reward (a short seeded run on the tiny model, as ``tests/test_trainer.p
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-
 import pytest
-import torch
 
 import lightrft_plugin_grpo.plugin
-from lightrft_core import hookimpl
 from lightrft_core.config import load_config
-from lightrft_core.interfaces import RewardModel, RewardOutput
 from lightrft_core.plugins import PluginManager
+from lightrft_core.testing.training import LetterPlugin
 from lightrft_core.trainer.rl import RLTrainer
-
-
-class LetterReward(RewardModel):
-    """Fraction of response characters equal to ``letter`` (an easy, graded task)."""
-
-    name = "letter"
-
-    @dataclass
-    class Config:
-        letter: str = field(default="a", metadata={"help": "The rewarded character."})
-
-    def score(self, batch):
-        values = [r.count(self.config.letter) / max(1, len(r)) for r in batch.responses]
-        rewards = torch.tensor(values, dtype=torch.float32)
-        return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
-
-
-class _LetterPlugin:
-    @hookimpl
-    def lightrft_register_reward_models(self, register):
-        register(LetterReward)
 
 
 @pytest.fixture
 def manager() -> PluginManager:
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
-    pm.register(_LetterPlugin(), name="letter")
+    pm.register(LetterPlugin(), name="letter")
     return pm
-
-
-@pytest.fixture
-def prompts(tmp_path):
-    rows = [{"prompt": f"say a{i}:", "answer": "a"} for i in range(32)]
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 STEPS = 12
@@ -79,14 +45,14 @@ SIGNATURE_METRICS = {
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_reward_rises_on_an_easy_task(
-    algorithm, manager, tiny_model_dir, prompts, tmp_path
+    algorithm, manager, tiny_model_dir, letter_prompts, tmp_path
 ) -> None:
     cfg = load_config(
         None,
         [
             f"run.output_dir={tmp_path / 'run'}",
             "run.seed=3",
-            f"data.train_path={prompts}",
+            f"data.train_path={letter_prompts}",
             "data.apply_chat_template=false",
             f"model.path={tiny_model_dir}",
             "engine.n_samples_per_prompt=4",

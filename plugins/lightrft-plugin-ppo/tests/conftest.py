@@ -1,20 +1,11 @@
-"""Fixtures of this plugin's tests: a tiny real model folder and a local strategy."""
+"""Fixtures of this plugin's tests besides the test kit's (``fast_tiny_model_dir`` ...):
+a local strategy."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from lightrft_core.strategies.local import LocalStrategy
-from lightrft_core.testing.training import build_fast_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer tiny Qwen2 (hidden 64) with the byte tokenizer, saved as a Hugging Face
-    causal LM folder: fast enough for the learning test on 2 CPU cores."""
-    return build_fast_tiny_model(tmp_path_factory.mktemp("tiny-ppo-model"))
 
 
 @pytest.fixture

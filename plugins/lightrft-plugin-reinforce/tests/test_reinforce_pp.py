@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lightrft_core.interfaces import AdvantageInput, AlgorithmContext
+from lightrft_core.testing.training import ThreadGroup
 from lightrft_plugin_reinforce.reinforce_pp import ReinforcePP, ReinforcePPBaseline
 
 # Rollout of the returns test: row 0 = prompt token then 3 response tokens, row 1 = 2
@@ -144,7 +145,7 @@ def test_baseline_refuses_group_size_one() -> None:
 
 # ---------------------------------------------------------------------- global whitening
 @pytest.mark.parametrize("cls", [ReinforcePP, ReinforcePPBaseline])
-def test_whitening_on_2_ranks_uses_the_global_batch(cls: Any, thread_group: Any) -> None:
+def test_whitening_on_2_ranks_uses_the_global_batch(cls: Any) -> None:
     # 8 samples (4 groups of 2) with different lengths; rank 0 holds groups 0-1, rank 1 groups
     # 2-3. With the loop's all_reduce each rank's advantages equal the one-process result.
     gen = torch.Generator().manual_seed(0)
@@ -162,7 +163,7 @@ def test_whitening_on_2_ranks_uses_the_global_batch(cls: Any, thread_group: Any)
 
     whole = advantages(slice(0, 8))
     halves = [slice(0, 4), slice(4, 8)]
-    per_rank = thread_group(2).run([lambda ar, r=r: advantages(r, ar) for r in halves])
+    per_rank = ThreadGroup(2).run([lambda ar, r=r: advantages(r, ar) for r in halves])
     torch.testing.assert_close(torch.cat(per_rank), whole, atol=1e-6, rtol=0)
     # Without the collective each rank would whiten only its shard: a different result.
     local = torch.cat([advantages(r) for r in halves])

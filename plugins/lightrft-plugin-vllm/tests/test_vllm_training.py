@@ -5,16 +5,12 @@ the ``hf`` engine's with the same seed."""
 from __future__ import annotations
 
 import importlib.util
-import json
-from dataclasses import dataclass, field
 
 import pytest
-import torch
 
-from lightrft_core import hookimpl
 from lightrft_core.config import load_config
-from lightrft_core.interfaces import RewardModel, RewardOutput
 from lightrft_core.plugins import PluginManager
+from lightrft_core.testing.training import LetterPlugin, write_letter_prompts
 from lightrft_core.trainer.rl import RLTrainer
 
 pytestmark = pytest.mark.skipif(
@@ -24,27 +20,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class LetterReward(RewardModel):
-    """Fraction of response characters equal to ``letter`` (an easy, graded task)."""
-
-    name = "letter"
-
-    @dataclass
-    class Config:
-        letter: str = field(default="a", metadata={"help": "The rewarded character."})
-
-    def score(self, batch):
-        values = [r.count(self.config.letter) / max(1, len(r)) for r in batch.responses]
-        rewards = torch.tensor(values, dtype=torch.float32)
-        return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
-
-
-class _Plugin:
-    @hookimpl
-    def lightrft_register_reward_models(self, register):
-        register(LetterReward)
-
-
 def manager() -> PluginManager:
     import lightrft_plugin_grpo.plugin
     import lightrft_plugin_vllm.plugin
@@ -52,14 +27,12 @@ def manager() -> PluginManager:
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
     pm.register(lightrft_plugin_vllm.plugin, name="vllm")
-    pm.register(_Plugin(), name="letter")
+    pm.register(LetterPlugin(), name="letter")
     return pm
 
 
 def train(model_dir, tmp_path, engine: str, *extra: str) -> list[dict]:
-    rows = [{"prompt": f"say a{i}:", "answer": "a"} for i in range(32)]
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = write_letter_prompts(tmp_path / "prompts.jsonl")
     pm = manager()
     cfg = load_config(
         None,

@@ -25,16 +25,10 @@ def main(job_path: str) -> None:
     import lightrft_plugin_fsdp.plugin
     import lightrft_plugin_grpo.plugin
     import lightrft_plugin_vllm.plugin
-    from lightrft_core import hookimpl
     from lightrft_core.config import load_config
     from lightrft_core.plugins import PluginManager
-    from lightrft_core.testing.training import LetterReward
+    from lightrft_core.testing.training import LetterPlugin
     from lightrft_core.trainer.rl import RLTrainer
-
-    class Letter:
-        @hookimpl
-        def lightrft_register_reward_models(self, register):  # type: ignore[no-untyped-def]
-            register(LetterReward)
 
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     out = Path(job["out"])
@@ -43,7 +37,7 @@ def main(job_path: str) -> None:
     pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
     pm.register(lightrft_plugin_deepspeed.plugin, name="deepspeed")
     pm.register(lightrft_plugin_vllm.plugin, name="vllm")
-    pm.register(Letter(), name="letter")
+    pm.register(LetterPlugin(), name="letter")
     cfg = load_config(None, [f"run.output_dir={out}", *job["overrides"]], manager=pm)
     trainer = RLTrainer(cfg, pm)
     engine = trainer.c.engine
