@@ -14,58 +14,26 @@ A checkpoint is a folder, swapped in atomically::
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
+from .. import distributed
 from ..checkpoint import atomic_directory, recover_directory
+from ..export import merged_copy, write_hf_folder
 from ..interfaces import StrategyBase
 from ..interfaces.strategy import ReduceOp
+from ..rng import rng_states, seed_everything, set_rng_states
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
-REDUCE_OPS = ("mean", "sum", "max", "min")
-
-
-def rng_states() -> dict[str, Any]:
-    """Every RNG this process draws from (python, numpy, torch CPU, CUDA when present)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: Mapping[str, Any]) -> None:
-    """Restore what ``rng_states`` returned."""
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A plain transformers model to export: peft adapters merged into a deep copy (the
-    training model is never touched); any other model is returned as it is."""
-    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        return copy.deepcopy(model).merge_and_unload()
-    return model
 
 
 class LocalStrategy(StrategyBase):
@@ -103,15 +71,8 @@ class LocalStrategy(StrategyBase):
     # ------------------------------------------------------------------ process group
     def setup_distributed(self) -> None:
         """No process group; pick the device and seed every RNG."""
-        wanted = self.config.device
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
-        use_cuda = wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available())
-        self._device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-        seed = self.config.seed
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)  # also seeds every CUDA device
+        self._device = distributed.pick_device(self.config.device)
+        seed_everything(self.config.seed)
 
     @property
     def rank(self) -> int:
@@ -174,16 +135,12 @@ class LocalStrategy(StrategyBase):
 
     # ------------------------------------------------------------------ collectives
     def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"unknown reduce op {op!r}; choose one of {', '.join(REDUCE_OPS)}")
-        result = torch.as_tensor(value).detach().clone()
-        if op == "mean" and not result.is_floating_point():
-            result = result.to(torch.get_default_dtype())
-        return result
+        """One rank: a copy (floating point for ``mean``)."""
+        return distributed.one_rank_reduce(value, op)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """One rank: a copy (a 0-d tensor becomes shape ``[1]``, as with several ranks)."""
-        return tensor.detach().reshape(-1) if tensor.ndim == 0 else tensor.detach().clone()
+        return distributed.one_rank_gather(tensor)
 
     def barrier(self) -> None:
         """Nothing to wait for in one process."""
@@ -245,13 +202,4 @@ class LocalStrategy(StrategyBase):
 
     def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
         """Write a Hugging Face folder (LoRA merged into a copy), atomically."""
-        export = merged_copy(self.unwrap(model))
-        if not hasattr(export, "save_pretrained"):
-            raise TypeError(
-                f"export_hf needs a transformers model (with save_pretrained), "
-                f"got {type(export).__name__}"
-            )
-        with atomic_directory(path) as tmp:
-            export.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        write_hf_folder(merged_copy(self.unwrap(model)), path, tokenizer)

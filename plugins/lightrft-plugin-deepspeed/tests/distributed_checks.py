@@ -94,7 +94,7 @@ def make_strategy(workdir: Path, stage: int, **options: Any) -> Any:
     options = DeepSpeedStrategy.Config(
         zero_stage=stage,
         config_file=str(workdir / "zero.json"),
-        timeout_minutes=2,  # a collective waiting on a rank that never joins fails, not hangs
+        timeout_s=120,  # a collective waiting on a rank that never joins fails, not hangs
         **options,
     )
     strategy = DeepSpeedStrategy(options)
@@ -244,14 +244,14 @@ def checkpoint_checks(
         out / f"saved_rank{rank}.pt",
     )
     saved_weights = full_weights(strategy, model)
-    original = checkpointing.rng_states
+    original = checkpointing.save_rank_states
 
-    def disk_full_on_rank_1() -> Any:  # after DeepSpeed wrote every rank's shard to tmp
+    def disk_full_on_rank_1(folder: Any, rank: int) -> None:  # after DeepSpeed wrote shards
         if rank == 1:
             raise OSError("disk full (injected on rank 1)")
-        return original()
+        original(folder, rank)
 
-    checkpointing.rng_states = disk_full_on_rank_1
+    checkpointing.save_rank_states = disk_full_on_rank_1
     try:
         strategy.save_checkpoint(
             path, model=model, optimizer=optimizer, scheduler=scheduler, client_state={"step": 2}
@@ -260,7 +260,7 @@ def checkpoint_checks(
     except (OSError, RuntimeError) as err:
         raised = type(err).__name__
     finally:
-        checkpointing.rng_states = original
+        checkpointing.save_rank_states = original
     strategy.barrier()
     norm = grpo_step(strategy, model, optimizer, scheduler, batch, rank_rows(strategy, batch))
     return {

@@ -80,7 +80,7 @@ def test_inference_config_keeps_parameter_sharding_only() -> None:
         ({"zero_stage": 4}, "zero_stage must be 1, 2 or 3"),
         ({"zero_stage": 2, "offload_param": True}, "offload_param needs zero_stage 3"),
         ({"backend": "nccl", "device": "cpu"}, "needs CUDA"),
-        ({"timeout_minutes": 0}, "timeout_minutes must be > 0"),
+        ({"timeout_s": 0}, "timeout_s must be > 0"),
         ({"precision": "fp16"}, "precision must be"),
         ({"optimizer": "sgd"}, "optimizer must be"),
     ],

@@ -8,45 +8,29 @@ A checkpoint is a folder written by every rank together::
     rng_rank<r>.pt                              rank r's RNG states (python, numpy, torch)
     lightrft_deepspeed.json                     world size, ZeRO stage, precision
 
-Every rank writes into one temporary folder beside the target (rank 0 creates it with
-``lightrft_core.checkpoint.atomic_directory`` and tells the others its name); then the
-ranks vote: if every rank wrote its part, rank 0 swaps the folder in with two renames,
-else every rank raises and rank 0 removes the folder. A crash or an exception anywhere
-before the swap leaves the previous checkpoint untouched. The folders must be on a file system every
-rank sees (as DeepSpeed's own checkpoints need).
+Every rank writes into one temporary folder beside the target, which rank 0 swaps in if
+every rank wrote its part (``lightrft_core.distributed.atomic_directory_of_all_ranks``): a
+crash or an exception anywhere before the swap leaves the previous checkpoint untouched.
+The folders must be on a file system every rank sees (as DeepSpeed's own checkpoints need).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
-from lightrft_core.checkpoint import atomic_directory, recover_directory
-from lightrft_core.strategies.local import rng_states, set_rng_states
+from lightrft_core.checkpoint import recover_directory
+from lightrft_core.distributed import atomic_directory_of_all_ranks
+from lightrft_core.rng import load_rank_states, save_rank_states
 
 ENGINE_DIR = "deepspeed"
 META_FILE = "lightrft_deepspeed.json"
 CLIENT_KEY = "lightrft_client_state"  # DeepSpeed's own keys never collide with it
 FORMAT_VERSION = 1
-
-
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
-
-
-def _shared_temporary_folder(path: Path, rank: int, stack: contextlib.ExitStack) -> Path:
-    """Rank 0 opens ``atomic_directory(path)``; every rank learns its temporary folder."""
-    names: list[str | None] = [None]
-    if rank == 0:
-        names[0] = str(stack.enter_context(atomic_directory(path)))
-    dist.broadcast_object_list(names, src=0)
-    return Path(str(names[0]))
 
 
 def save(
@@ -55,41 +39,23 @@ def save(
     engine: Any,
     rank: int,
     world_size: int,
-    device: torch.device,
     meta: Mapping[str, Any],
     client_state: Mapping[str, Any] | None,
 ) -> None:
     """Write a checkpoint of ``engine`` (model, optimizer, scheduler) plus RNG states and
     ``client_state`` to ``path``. Collective. If any rank fails to write its part, every
     rank raises and nothing replaces the previous checkpoint."""
-    path = Path(path)
-    with contextlib.ExitStack() as stack:
-        tmp = _shared_temporary_folder(path, rank, stack)
-        error: Exception | None = None
-        try:
-            engine.save_checkpoint(
-                str(tmp),
-                tag=ENGINE_DIR,
-                client_state={CLIENT_KEY: dict(client_state or {})},
-                save_latest=False,
-            )
-            torch.save(rng_states(), tmp / rng_file(rank))
-            if rank == 0:
-                info = {"format_version": FORMAT_VERSION, "world_size": world_size, **meta}
-                (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        except Exception as err:  # every rank must still take part in the vote below
-            error = err
-        # the vote is also the barrier: every rank has stopped writing into tmp after it
-        failures = torch.tensor([float(error is not None)], device=device)
-        dist.all_reduce(failures)
-        if error is not None:
-            raise error
-        if failures.item() > 0:
-            raise RuntimeError(
-                f"checkpoint {path} was not saved: another rank failed to write its part "
-                "(see that rank's error); the previous checkpoint is unchanged"
-            )
-    dist.barrier()  # nobody reads path before rank 0 has swapped it in
+    with atomic_directory_of_all_ranks(path) as tmp:
+        engine.save_checkpoint(
+            str(tmp),
+            tag=ENGINE_DIR,
+            client_state={CLIENT_KEY: dict(client_state or {})},
+            save_latest=False,
+        )
+        save_rank_states(tmp, rank)
+        if rank == 0:
+            info = {"format_version": FORMAT_VERSION, "world_size": world_size, **meta}
+            (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -131,8 +97,5 @@ def load(
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / ENGINE_DIR}")
-    rng_path = path / rng_file(rank)
-    if not rng_path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} has no RNG states for rank {rank}")
-    set_rng_states(torch.load(rng_path, map_location="cpu", weights_only=True))
+    load_rank_states(path, rank)
     return dict((client or {}).get(CLIENT_KEY, {})), meta

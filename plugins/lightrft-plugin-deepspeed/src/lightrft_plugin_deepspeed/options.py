@@ -59,9 +59,12 @@ class DeepSpeedOptions:
         default="auto",
         metadata={"help": "torch.distributed backend; auto: nccl on cuda, gloo on cpu."},
     )
-    timeout_minutes: float = field(
-        default=30.0,
-        metadata={"help": "How long a collective waits for the other ranks before failing."},
+    timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "Seconds a collective may wait for the other ranks before failing "
+            "(a dead or stuck rank makes the others exit instead of hanging)."
+        },
     )
     seed: int = field(
         default=42,
@@ -101,5 +104,5 @@ class DeepSpeedOptions:
             raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {self.backend!r}")
         if self.backend == "nccl" and self.device == "cpu":
             raise ValueError("backend 'nccl' needs CUDA devices; use backend 'gloo' on cpu")
-        if not self.timeout_minutes > 0:
-            raise ValueError(f"timeout_minutes must be > 0, got {self.timeout_minutes}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")

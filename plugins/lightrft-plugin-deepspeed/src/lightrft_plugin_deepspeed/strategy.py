@@ -16,21 +16,19 @@ import copy
 import logging
 import math
 import os
-import random
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
-from lightrft_core.checkpoint import atomic_directory
+from lightrft_core import distributed
+from lightrft_core.export import check_exportable, merged_copy, write_hf_folder
 from lightrft_core.interfaces import StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
 from lightrft_core.optim import adamw
-from lightrft_core.strategies.local import merged_copy
+from lightrft_core.rng import seed_everything
 
 from . import checkpointing, zero3
 from .ds_config import inference_config, resolve_config, zero_stage_of
@@ -39,16 +37,6 @@ from .runtime import import_deepspeed
 from .wrapper import DeepSpeedModel, DictOutputs
 
 logger = logging.getLogger(__name__)
-
-REDUCE_OPS = ("mean", "sum", "max", "min")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _is_peft_model(model: torch.nn.Module) -> bool:
@@ -69,46 +57,25 @@ class DeepSpeedStrategy(StrategyBase):
         self._engines: list[Any] = []  # every engine prepare() built, training first
 
     # ------------------------------------------------------------------ process group
-    def _device_type(self) -> str:
-        wanted = self.config.device
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
-        if wanted == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return wanted
-
     def setup_distributed(self) -> None:
-        """Import deepspeed, join the torchrun process group (or make a group of one), pick
-        this rank's device, build the DeepSpeed config, seed every RNG alike on all ranks."""
-        device_type = self._device_type()
+        """Pick this rank's device, import deepspeed, join the torchrun process group (or
+        make a group of one) and hand it to DeepSpeed, build the DeepSpeed config, seed
+        every RNG alike on all ranks."""
+        self._device = distributed.pick_device(self.config.device)
+        device_type = self._device.type
         self.ds_config = resolve_config(self.config, pin_memory=device_type == "cuda")
         self._deepspeed = import_deepspeed(
             device_type=device_type, extensions_dir=self.config.torch_extensions_dir
         )
-        backend = self.config.backend
-        if backend == "auto":
-            backend = "nccl" if device_type == "cuda" else "gloo"
-        if "RANK" not in os.environ and not dist.is_initialized():
-            # one process without a launcher: a group of one (DeepSpeed reads LOCAL_RANK)
-            single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-            single |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-            for key, value in single.items():
-                os.environ.setdefault(key, value)
-        self._deepspeed.init_distributed(
+        backend = distributed.backend_for(self.config.backend, self._device)
+        distributed.init_process_group(backend, timeout_s=self.config.timeout_s)
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it (no torchrun)
+        self._deepspeed.init_distributed(  # adopts the group above
             dist_backend=backend,
             auto_mpi_discovery=False,
-            timeout=timedelta(minutes=self.config.timeout_minutes),
+            timeout=timedelta(seconds=self.config.timeout_s),
         )
-        if device_type == "cuda":
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local_rank)
-            self._device = torch.device("cuda", local_rank)
-        else:
-            self._device = torch.device("cpu")
-        seed = self.config.seed
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_everything(self.config.seed)
 
     def _require_setup(self) -> None:
         if self._deepspeed is None:
@@ -116,11 +83,11 @@ class DeepSpeedStrategy(StrategyBase):
 
     @property
     def rank(self) -> int:
-        return dist.get_rank() if dist.is_initialized() else 0
+        return distributed.rank()
 
     @property
     def world_size(self) -> int:
-        return dist.get_world_size() if dist.is_initialized() else 1
+        return distributed.world_size()
 
     @property
     def device(self) -> torch.device:
@@ -267,38 +234,14 @@ class DeepSpeedStrategy(StrategyBase):
 
     # ------------------------------------------------------------------ collectives
     def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"unknown reduce op {op!r}; choose one of {', '.join(REDUCE_OPS)}")
-        tensor = torch.as_tensor(value).detach().clone()
-        if op == "mean" and not tensor.is_floating_point():
-            tensor = tensor.to(torch.get_default_dtype())
-        result = tensor.to(self.device)
-        reduce = {"mean": dist.ReduceOp.SUM, "sum": dist.ReduceOp.SUM}
-        reduce |= {"max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        dist.all_reduce(result, op=reduce[op])
-        if op == "mean":
-            result = result / self.world_size
-        return result.to(tensor.device)
+        return distributed.all_reduce(value, op)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate along dim 0 in rank order (shapes may differ in dim 0 only)."""
-        local = tensor.detach().reshape(-1) if tensor.ndim == 0 else tensor.detach()
-        local = local.to(self.device).contiguous()
-        sizes = [
-            torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world_size)
-        ]
-        dist.all_gather(sizes, torch.tensor([local.shape[0]], device=self.device))
-        longest = int(max(s.item() for s in sizes))
-        padded = local.new_zeros((longest, *local.shape[1:]))
-        padded[: local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
-        pieces = [part[: int(size.item())] for part, size in zip(parts, sizes, strict=True)]
-        return torch.cat(pieces).to(tensor.device)
+        return distributed.all_gather(tensor)
 
     def barrier(self) -> None:
-        if dist.is_initialized():
-            dist.barrier()
+        distributed.barrier()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
@@ -318,7 +261,6 @@ class DeepSpeedStrategy(StrategyBase):
             engine=engine,
             rank=self.rank,
             world_size=self.world_size,
-            device=self.device,
             meta={"zero_stage": self.zero_stage, "precision": self.config.precision},
             client_state=client_state,
         )
@@ -347,19 +289,12 @@ class DeepSpeedStrategy(StrategyBase):
         """Rank 0 writes a full Hugging Face folder (ZeRO-3: whole tensors gathered module by
         module onto rank 0; LoRA merged into a copy), atomically. Collective."""
         target = self.unwrap(model)
-        if not hasattr(target, "save_pretrained"):
-            raise TypeError(
-                f"export_hf needs a transformers model (with save_pretrained), "
-                f"got {type(target).__name__}"
-            )
+        check_exportable(target)
         partitioned = bool(zero3.partitioned_parameters(target))
         state = zero3.full_state_dict(target, rank=self.rank) if partitioned else None
         if self.is_rank_0:
-            with atomic_directory(path) as tmp:
-                if state is not None:
-                    target.save_pretrained(tmp, state_dict=state)
-                else:
-                    merged_copy(target).save_pretrained(tmp)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(tmp)
+            if state is not None:
+                write_hf_folder(target, path, tokenizer, state_dict=state)
+            else:
+                write_hf_folder(merged_copy(target), path, tokenizer)
         self.barrier()

@@ -1,5 +1,6 @@
 """Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP) and full Hugging Face
-exports, both written atomically. Every function here is collective: all ranks call it.
+exports, both written atomically (``lightrft_core.distributed.atomic_directory_of_all_ranks``,
+``lightrft_core.export``). Every function here is collective: all ranks call it.
 
 A checkpoint is a folder::
 
@@ -12,7 +13,6 @@ A checkpoint is a folder::
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,27 +20,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lightrft_core.checkpoint import atomic_directory, recover_directory
-from lightrft_core.strategies.local import rng_states, set_rng_states
+from lightrft_core.checkpoint import recover_directory
+from lightrft_core.distributed import atomic_directory_of_all_ranks
+from lightrft_core.export import write_hf_folder
+from lightrft_core.rng import load_rank_states, save_rank_states
 
 DCP_DIR = "dcp"
 STATE_FILE = "training_state.pt"
 WORLD_FILE = "world.json"
-
-
-def rng_file(rank: int) -> str:
-    return f"rng_rank{rank}.pt"
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Replace ``path`` by ``tmp`` with two renames (``recover_directory`` undoes a crash
-    between them)."""
-    old = path.with_name(f"{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _state_dicts(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
@@ -60,30 +47,21 @@ def save_sharded(
     scheduler: Any,
     client_state: Mapping[str, Any] | None,
 ) -> None:
-    """Write a checkpoint into ``.<name>.tmp`` beside ``path``; after a barrier rank 0 swaps
-    it in. A crash on any rank leaves the previous checkpoint at ``path`` intact."""
+    """Every rank writes its part into one temporary folder beside ``path``, which rank 0
+    then swaps in. A crash or an error on any rank leaves the previous checkpoint intact."""
     import torch.distributed.checkpoint as dcp
 
-    path = Path(path)
     rank = dist.get_rank()
-    tmp = path.with_name(f".{path.name}.tmp")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
-    torch.save(rng_states(), tmp / rng_file(rank))
-    if rank == 0:
-        state = {
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "client_state": dict(client_state or {}),
-        }
-        torch.save(state, tmp / STATE_FILE)
-        (tmp / WORLD_FILE).write_text(json.dumps({"world_size": dist.get_world_size()}))
-    dist.barrier()
-    if rank == 0:
-        _swap_in(tmp, path)
-    dist.barrier()
+    with atomic_directory_of_all_ranks(path) as tmp:
+        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp / DCP_DIR))
+        save_rank_states(tmp, rank)
+        if rank == 0:
+            state = {
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "client_state": dict(client_state or {}),
+            }
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / WORLD_FILE).write_text(json.dumps({"world_size": dist.get_world_size()}))
 
 
 def load_sharded(
@@ -112,8 +90,7 @@ def load_sharded(
         if state["scheduler"] is None:
             raise ValueError(f"checkpoint {path} has no scheduler state to restore")
         scheduler.load_state_dict(state["scheduler"])
-    rng = torch.load(path / rng_file(dist.get_rank()), map_location="cpu", weights_only=True)
-    set_rng_states(rng)
+    load_rank_states(path, dist.get_rank())
     return dict(state["client_state"])
 
 
@@ -184,9 +161,5 @@ def export_hf(
     ``root``) and write a Hugging Face folder on rank 0, atomically."""
     state = full_state_dict(root, prefix)
     if dist.get_rank() == 0:
-        export = plain_copy(model, state)
-        with atomic_directory(path) as tmp:
-            export.save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
+        write_hf_folder(plain_copy(model, state), path, tokenizer)
     dist.barrier()

@@ -20,27 +20,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
+from lightrft_core import distributed
 from lightrft_core.interfaces import StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
+from lightrft_core.rng import seed_everything
 
 from . import checkpointing, sharding
 
 logger = logging.getLogger("lightrft.fsdp")
-
-REDUCE_OPS = ("mean", "sum", "max", "min")
-_DIST_OPS = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
 
 
 class FSDPStrategy(StrategyBase):
@@ -104,7 +98,7 @@ class FSDPStrategy(StrategyBase):
             metadata={"help": "auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu."},
         )
         timeout_s: float = field(
-            default=600.0,
+            default=distributed.DEFAULT_TIMEOUT_S,
             metadata={
                 "help": "Seconds a collective may wait for the other ranks before failing "
                 "(a dead or stuck rank makes the others exit instead of hanging)."
@@ -119,6 +113,8 @@ class FSDPStrategy(StrategyBase):
                 raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
             if self.backend not in ("auto", "gloo", "nccl"):
                 raise ValueError(f"backend must be auto, gloo or nccl, got {self.backend!r}")
+            if self.backend == "nccl" and self.device == "cpu":
+                raise ValueError("backend 'nccl' needs CUDA devices; use backend 'gloo' on cpu")
             if self.device not in ("auto", "cpu", "cuda"):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
             if not self.timeout_s > 0:
@@ -139,40 +135,19 @@ class FSDPStrategy(StrategyBase):
         device, build the device mesh and seed every RNG."""
         from torch.distributed.device_mesh import init_device_mesh
 
-        self._device = self._pick_device()
-        if not dist.is_initialized():
-            backend = self.config.backend
-            if backend == "auto":
-                backend = "nccl" if self._device.type == "cuda" else "gloo"
-            timeout = timedelta(seconds=self.config.timeout_s)
-            if "RANK" in os.environ:
-                dist.init_process_group(backend, timeout=timeout)
-            else:  # a plain `python ...` run: one rank
-                store = dist.HashStore()
-                dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
-        self._mesh = init_device_mesh(self._device.type, (dist.get_world_size(),))
-        seed = self.config.seed
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-    def _pick_device(self) -> torch.device:
-        wanted = self.config.device
-        if wanted == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
-        if wanted == "cuda" or (wanted == "auto" and torch.cuda.is_available()):
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-            return device
-        return torch.device("cpu")
+        self._device = distributed.pick_device(self.config.device)
+        backend = distributed.backend_for(self.config.backend, self._device)
+        distributed.init_process_group(backend, timeout_s=self.config.timeout_s)
+        self._mesh = init_device_mesh(self._device.type, (distributed.world_size(),))
+        seed_everything(self.config.seed)
 
     @property
     def rank(self) -> int:
-        return dist.get_rank() if dist.is_initialized() else 0
+        return distributed.rank()
 
     @property
     def world_size(self) -> int:
-        return dist.get_world_size() if dist.is_initialized() else 1
+        return distributed.world_size()
 
     @property
     def device(self) -> torch.device:
@@ -294,39 +269,15 @@ class FSDPStrategy(StrategyBase):
         return norm
 
     # ------------------------------------------------------------------ collectives
-    def _comm_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-
     def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"unknown reduce op {op!r}; choose one of {', '.join(REDUCE_OPS)}")
-        source = torch.as_tensor(value)
-        result = source.detach().clone()
-        if op == "mean" and not result.is_floating_point():
-            result = result.to(torch.get_default_dtype())
-        moved = result.to(self._comm_device())
-        dist.all_reduce(moved, op=getattr(dist.ReduceOp, _DIST_OPS[op]))
-        if op == "mean":
-            moved /= self.world_size
-        return moved.to(source.device)
+        return distributed.all_reduce(value, op)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate along dim 0 in rank order; ranks may hold different lengths."""
-        local = tensor.detach().reshape(-1) if tensor.ndim == 0 else tensor.detach()
-        device = self._comm_device()
-        length = torch.tensor([local.shape[0]], device=device)
-        lengths = [torch.zeros_like(length) for _ in range(self.world_size)]
-        dist.all_gather(lengths, length)
-        longest = max(int(n) for n in lengths)
-        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
-        padded[: local.shape[0]] = local.to(device)
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
-        out = torch.cat([p[: int(n)] for p, n in zip(parts, lengths, strict=True)])
-        return out.to(tensor.device)
+        return distributed.all_gather(tensor)
 
     def barrier(self) -> None:
-        dist.barrier()
+        distributed.barrier()
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(
