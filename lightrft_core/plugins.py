@@ -34,10 +34,13 @@ import pluggy
 from . import hookspecs
 from ._version import __version__
 from .registry import (
+    FIRST_PARTY_COMPONENTS,
     REGISTRATION_HOOKS,
     ComponentInfo,
     ComponentRegistry,
     Register,
+    UnknownComponentError,
+    unknown_component_message,
 )
 
 if TYPE_CHECKING:
@@ -379,10 +382,36 @@ class PluginManager:
 
     # ------------------------------------------------------------------ typed lookups
     def get_component(self, kind: str, name: str) -> type[Component]:
-        return self.registry.get(kind, name).cls
+        return self.component_info(kind, name).cls
 
     def component_info(self, kind: str, name: str) -> ComponentInfo:
-        return self.registry.get(kind, name)
+        """The component ``name`` of ``kind``; ``UnknownComponentError`` says what to do."""
+        info = self.registry.find(kind, name)
+        if info is None:
+            raise UnknownComponentError(self.unknown_component_message(kind, name))
+        return info
+
+    def unknown_component_message(self, kind: str, name: str) -> str:
+        """Why ``name`` is missing: for a first-party name, the distribution to install, or
+        why the installed one gave nothing (its plugin disabled, broken or too old)."""
+        dist = FIRST_PARTY_COMPONENTS.get((kind, name))
+        plugin = next((p for p in self._plugins.values() if dist and p.distribution == dist), None)
+        return unknown_component_message(
+            kind, name, self.registry.names(kind), not_loaded=self._not_loaded_reason(plugin)
+        )
+
+    def _not_loaded_reason(self, plugin: PluginInfo | None) -> str | None:
+        if plugin is None:
+            return None
+        if plugin.status == "broken":
+            return f"its plugin {plugin.name!r} failed to load: {plugin.error}"
+        if plugin.status == "disabled":
+            switch = ENV_LOAD_PLUGINS if self.load_only is not None else ENV_DISABLE_PLUGIN_AUTOLOAD
+            return f"its plugin {plugin.name!r} is off ({switch}); --plugin {plugin.name} loads it"
+        return (
+            f"version {plugin.version} of its plugin {plugin.name!r} does not register it "
+            f"(pip install -U {plugin.distribution})"
+        )
 
     def get_strategy(self, name: str) -> type[StrategyBase]:
         return self.get_component("strategy", name)  # type: ignore[return-value]

@@ -22,6 +22,28 @@ REGISTRATION_HOOKS: dict[str, str] = {
 }
 
 
+#: The distribution that provides each first-party component, by ``(kind, name)``: what an
+#: error tells a user to install. One line per name; ``tests/test_first_party_components.py``
+#: checks the table against what the first-party plugins register.
+FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
+    ("algorithm", "grpo"): "lightrft-plugin-grpo",
+    ("algorithm", "dr_grpo"): "lightrft-plugin-grpo",
+    ("algorithm", "dapo"): "lightrft-plugin-grpo",
+    ("algorithm", "gspo"): "lightrft-plugin-grpo",
+    ("algorithm", "gspo_token"): "lightrft-plugin-grpo",
+    ("algorithm", "gmpo"): "lightrft-plugin-grpo",
+    ("algorithm", "reinforce_pp"): "lightrft-plugin-reinforce",
+    ("algorithm", "reinforce_pp_baseline"): "lightrft-plugin-reinforce",
+    ("algorithm", "rloo"): "lightrft-plugin-reinforce",
+    ("algorithm", "cpgd"): "lightrft-plugin-cpgd",
+    ("algorithm", "ppo"): "lightrft-plugin-ppo",
+    ("strategy", "fsdp"): "lightrft-plugin-fsdp",
+    ("strategy", "deepspeed"): "lightrft-plugin-deepspeed",
+    ("engine", "vllm"): "lightrft-plugin-vllm",
+    ("engine", "sglang"): "lightrft-plugin-sglang",
+}
+
+
 class RegistrationError(Exception):
     """A plugin tried to register something that is not a valid component."""
 
@@ -86,10 +108,22 @@ def duplicate_message(first: ComponentInfo, second: ComponentInfo) -> str:
     )
 
 
-def unknown_component_message(kind: str, name: str, available: list[str]) -> str:
-    msg = f"no {kind} named {name!r} is installed"
-    close = difflib.get_close_matches(name, available, n=1)
-    msg += f"; did you mean {close[0]!r}?" if close else "."
+def unknown_component_message(
+    kind: str, name: str, available: list[str], *, not_loaded: str | None = None
+) -> str:
+    """What a user reads when ``name`` is missing: for a first-party name, the distribution
+    to install, or -- ``not_loaded`` -- why that installed distribution gave nothing;
+    otherwise the closest available name. Always the names that are available."""
+    dist = FIRST_PARTY_COMPONENTS.get((kind, name))
+    if dist is not None and not_loaded is not None:
+        msg = f"no {kind} named {name!r} is loaded: {dist} provides it and is installed, but "
+        msg += f"{not_loaded}."
+    elif dist is not None:
+        msg = f"no {kind} named {name!r} is installed: it comes with {dist} (pip install {dist})."
+    else:
+        msg = f"no {kind} named {name!r} is installed"
+        close = difflib.get_close_matches(name, available, n=1)
+        msg += f"; did you mean {close[0]!r}?" if close else "."
     msg += f" Available {kind} names: {', '.join(available) or '(none)'}."
     msg += " 'lightrft plugins' lists what each installed plugin provides."
     return msg

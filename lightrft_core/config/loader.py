@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..registry import UnknownComponentError, unknown_component_message
+from ..registry import UnknownComponentError
 from .errors import ConfigError, ConfigIssue, did_you_mean
 from .schema import COMPONENT_SECTIONS, OPTIONS_FIELD, LightRFTConfig
 from .types import TypeMismatch, coerce, field_types, parse_text
@@ -240,10 +240,10 @@ class _Builder:
             return None
         try:
             return self.manager.get_component(kind, name)
-        except UnknownComponentError:
+        except UnknownComponentError as exc:
             if path[0] in self.unused_sections:  # not needed by this command: no complaint
                 return None
-            message = unknown_component_message(kind, name, self.manager.registry.names(kind))
+            message = str(exc)
             if self.check_components:
                 self.issue(path, message)
             else:
