@@ -1,5 +1,6 @@
-"""``CriticModel`` on a real tiny Qwen2: alignment with the actor's log-probs, padding,
-save/load and the folder format."""
+"""The core's critic model (``lightrft_core/models/critic.py``) on a real tiny Qwen2:
+alignment with the actor's log-probs, padding, save/load, the folder format, and the trunk
+options read from the actor."""
 
 from __future__ import annotations
 
@@ -9,17 +10,23 @@ import pytest
 import torch
 
 from lightrft_core.actors.language import ActorLanguage
-from lightrft_plugin_ppo.critic import CriticModel, ValueHead, decoder_of, is_critic_folder
+from lightrft_core.models.critic import (
+    CriticModel,
+    TrunkOptions,
+    ValueHead,
+    is_critic_folder,
+    trunk_options_of,
+)
 
 
 @pytest.fixture
-def actor(tiny_model_dir: Path) -> ActorLanguage:
-    return ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
+def actor(fast_tiny_model_dir: Path) -> ActorLanguage:
+    return ActorLanguage(ActorLanguage.Config(path=str(fast_tiny_model_dir)))
 
 
 @pytest.fixture
-def critic(tiny_model_dir: Path) -> CriticModel:
-    model = CriticModel.from_pretrained(tiny_model_dir, init_std=0.5)
+def critic(fast_tiny_model_dir: Path) -> CriticModel:
+    model = CriticModel.from_pretrained(fast_tiny_model_dir, init_std=0.5)
     return model.eval()
 
 
@@ -59,7 +66,7 @@ def test_values_read_the_same_hidden_state_as_the_log_probs(actor: ActorLanguage
     # With the actor's own trunk and a head equal to the output-embedding row of token v,
     # the value at t is the logit of v at position t; for rows whose next token is v the
     # log-prob at t is that logit minus the log-normaliser of the same position.
-    trunk = decoder_of(actor)
+    trunk = actor.hf_model().get_decoder()
     head = ValueHead(64)
     v = 65
     head.linear.weight.copy_(actor.base_model.get_output_embeddings().weight[v : v + 1])
@@ -87,16 +94,16 @@ def test_padding_gives_zero_and_rows_are_independent(critic: CriticModel) -> Non
 
 
 def test_a_causal_lm_folder_gives_the_actor_trunk_and_a_zero_head(
-    tiny_model_dir: Path, actor: ActorLanguage
+    fast_tiny_model_dir: Path, actor: ActorLanguage
 ) -> None:
-    critic = CriticModel.from_pretrained(tiny_model_dir)
-    actor_trunk = decoder_of(actor).state_dict()
+    critic = CriticModel.from_pretrained(fast_tiny_model_dir)
+    actor_trunk = actor.hf_model().get_decoder().state_dict()
     for name, tensor in critic.trunk.state_dict().items():
         torch.testing.assert_close(tensor, actor_trunk[name])
     sequences, mask = _sequences()
     with torch.no_grad():
         assert (critic(sequences, mask) == 0).all()  # zero-initialised head
-    assert not is_critic_folder(tiny_model_dir)
+    assert not is_critic_folder(fast_tiny_model_dir)
 
 
 def test_gradients_reach_head_and_trunk(critic: CriticModel) -> None:
@@ -149,3 +156,24 @@ def test_value_head_checks() -> None:
     assert ValueHead(4, init_std=0.1).linear.weight.abs().sum() > 0
     with pytest.raises(FileNotFoundError, match="value head"):
         ValueHead.from_pretrained("/nonexistent")
+
+
+def test_the_trunk_is_loaded_as_the_actor_was(fast_tiny_model_dir: Path) -> None:
+    config = ActorLanguage.Config(
+        path=str(fast_tiny_model_dir),
+        dtype="bfloat16",
+        attn_implementation="eager",
+        gradient_checkpointing=True,
+    )
+    options = trunk_options_of(ActorLanguage(config).hf_model())
+    assert options == TrunkOptions(
+        dtype=torch.bfloat16,
+        attn_implementation="eager",
+        trust_remote_code=False,
+        gradient_checkpointing=True,
+    )
+    critic = CriticModel.from_pretrained(fast_tiny_model_dir, options)
+    assert critic.dtype == torch.bfloat16
+    assert critic.value_head.linear.weight.dtype == torch.float32
+    assert critic.config._attn_implementation == "eager"
+    assert critic.trunk.is_gradient_checkpointing

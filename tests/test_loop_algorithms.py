@@ -156,7 +156,7 @@ def test_ppo_critic_warm_up_checkpoints_resume_and_export(
         "algorithm.name=ppo",
         f"algorithm.critic={critic}",
         "algorithm.critic_warmup_steps=1",
-        "algorithm.critic_learning_rate=1e-2",
+        "trainer.critic_learning_rate=1e-2",
         "trainer.save_every=1",
     ]
     a = lightrft_train(task, small_model_dir, tmp_path / "a", *ppo, "trainer.max_steps=3")
@@ -186,7 +186,7 @@ def test_ppo_critic_warm_up_checkpoints_resume_and_export(
         assert _same(_weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)), name
 
     # the exported critic reloads; a separate one with its own trunk
-    from lightrft_plugin_ppo.critic import CriticModel, ValueHead, is_critic_folder
+    from lightrft_core.models.critic import CriticModel, ValueHead, is_critic_folder
 
     final_critic = tmp_path / "a" / "final_critic"
     assert is_critic_folder(final_critic)

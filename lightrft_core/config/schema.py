@@ -112,6 +112,13 @@ class TrainerConfig:
         },
     )
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (AdamW)."})
+    critic_learning_rate: float = field(
+        default=1e-5,
+        metadata={
+            "help": "Peak learning rate of the critic (algorithms with a critic, e.g. ppo); "
+            "the critic follows the actor's schedule, weight decay and gradient clipping."
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     lr_scheduler: Literal["constant", "cosine"] = field(
         default="constant", metadata={"help": "Learning-rate schedule after warm-up."}
@@ -178,6 +185,7 @@ class TrainerConfig:
             micro_batch_size=self.micro_batch_size,
             epochs=self.epochs,
             learning_rate=self.learning_rate,
+            critic_learning_rate=self.critic_learning_rate,
         )
         if self.optimizer_batch_size is not None:
             _positive("trainer", optimizer_batch_size=self.optimizer_batch_size)

@@ -6,11 +6,13 @@ from .algorithm import (
     AdvantageOutput,
     Algorithm,
     AlgorithmContext,
-    Critic,
-    CriticBatch,
+    CriticLayout,
+    CriticSpec,
     LossScale,
     PolicyLossInput,
     PolicyLossOutput,
+    ValueLossInput,
+    ValueLossOutput,
 )
 from .component import Component, EmptyConfig, component_class_problems
 from .engine import GenerationOutput, InferenceEngine, SamplingParams
@@ -39,8 +41,8 @@ __all__ = [
     "Algorithm",
     "AlgorithmContext",
     "Component",
-    "Critic",
-    "CriticBatch",
+    "CriticLayout",
+    "CriticSpec",
     "EmptyConfig",
     "GenerationOutput",
     "InferenceEngine",
@@ -53,5 +55,7 @@ __all__ = [
     "RewardOutput",
     "SamplingParams",
     "StrategyBase",
+    "ValueLossInput",
+    "ValueLossOutput",
     "component_class_problems",
 ]

@@ -27,47 +27,48 @@ Dynamic sampling (DAPO, arXiv 2503.14476) -- the contract between an algorithm a
 The base class keeps every group and allows no extra round, so an algorithm that does not
 override them never changes the loop's behaviour.
 
-A critic (PPO with GAE, arXiv 1707.06347 and 1506.02438) -- the contract between an algorithm
-whose ``needs_critic()`` is True and the loop (critic-free algorithms return ``None`` from
-``build_critic`` and nothing below happens):
+A critic (PPO with GAE, arXiv 1707.06347 and 1506.02438) -- what an algorithm whose
+``needs_critic()`` is True declares, and what the loop does with it (critic-free algorithms
+declare nothing and none of this happens). The critic is a model the core owns
+(``lightrft_core/models/critic.py``: a transformers trunk and a linear value head; values
+``[B, T-1]`` aligned with the log-probs, the value at ``t`` being that of the state before
+the action at ``t``). The algorithm chooses it (``critic_spec()``) and scores it
+(``value_loss``); the loop (``lightrft_core/trainer/critic.py``) does the rest:
 
-1. Once, after the actor is prepared, inside ``strategy.model_init_context()``:
-   ``critic = algorithm.build_critic(cfg, strategy, actor)``. The critic builds its model,
-   its own optimizer and scheduler through ``strategy`` and prepares them itself.
+1. Once, after the actor is prepared: the loop builds the critic of ``critic_spec()``,
+   creates its optimizer and scheduler through the strategy (peak rate
+   ``trainer.critic_learning_rate``, the actor's ``trainer.*`` schedule over the same number
+   of optimizer steps) and prepares it with ``strategy.prepare``, so that ``fsdp`` and
+   ``deepspeed`` shard it like the actor.
 2. Every step, after the old (and reference) log-probs and before ``compute_advantages``:
-   ``values = critic.compute_values(sequences, attention_mask, micro_batch_size=...) *
-   action_mask`` (``[B, T-1]``, aligned with the log-probs). Pass it as
-   ``AdvantageInput.values``; keep it (the *old values*) and ``AdvantageOutput.returns``
-   with the rollout; log ``critic.rollout_metrics(values, returns, action_mask)``.
-3. ``algorithm.updates_policy(step)`` (``step`` counts from 1) is False during the critic's
-   warm-up: the loop then skips the actor's forward, policy loss, backward, optimizer step
-   and weight sync, and trains only the critic.
-4. For every micro-batch, after the policy backward and before the actor's
-   ``optimizer_step``: ``critic.train_micro_batch(CriticBatch(...), step=step,
-   sync_gradients=<last micro-batch of the optimizer batch>)`` with the policy loss's own
-   ``LossScale``. It runs forward, value loss and backward, and returns metrics that are
-   per-token means of the micro-batch (weight them by its response tokens, as the policy
-   metrics). After the optimizer batch's last micro-batch: ``critic.optimizer_step()``,
-   which returns the gradient norm. (A critic that shares the actor's trunk leaves the value
-   loss's trunk gradient for the actor's ``optimizer_step``; hence the order.)
-5. ``critic.save(dir)`` after each actor checkpoint (e.g. into ``<step dir>/critic``),
-   ``critic.load(dir)`` on resume, ``critic.export_hf(dir, tokenizer)`` at the end.
+   the critic's values of the rollout, 0 outside the action mask, are passed as
+   ``AdvantageInput.values``. The loop keeps them (the *old values*) and
+   ``AdvantageOutput.returns`` with the rollout, and logs ``critic/explained_variance``,
+   ``critic/value_mean`` and ``critic/return_mean`` over every rank.
+3. ``updates_policy(step)`` (``step`` counts from 1) is False during a critic warm-up: the
+   loop then skips the actor's forward, policy loss, backward, optimizer step and weight
+   sync, and trains only the critic.
+4. For every micro-batch, after the policy backward and before the actor's optimizer step:
+   the critic's forward, ``value_loss(ValueLossInput(...))`` with the policy loss's own
+   ``LossScale``, backward; after the optimizer batch's last micro-batch, the critic's
+   optimizer step (``trainer.max_grad_norm``). The metrics are logged as ``critic/<key>``
+   (per-token means, as the policy's) with ``critic/grad_norm``. A ``shared`` critic leaves
+   the value loss's trunk gradient to the actor's optimizer step; hence the order.
+5. Each step checkpoint holds the critic's (model, optimizer, scheduler) in
+   ``<step dir>/critic``, written after the actor's with ``strategy.save_checkpoint`` and
+   restored on resume; at the end ``strategy.export_hf`` writes ``<output_dir>/final_critic``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
 from .component import Component
-
-if TYPE_CHECKING:
-    from .strategy import StrategyBase
 
 
 @dataclass(frozen=True)
@@ -163,67 +164,58 @@ class PolicyLossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@dataclass
-class CriticBatch:
-    """One micro-batch for ``Critic.train_micro_batch``. ``sequences``/``attention_mask``:
-    ``[B, T]`` as for the actor. ``old_values``: ``[B, T-1]`` the values computed before
-    ``compute_advantages`` (``Critic.compute_values``). ``returns``: ``[B, T-1]`` from
-    ``AdvantageOutput.returns``. ``action_mask``: ``[B, T-1]`` bool. ``scale``: the policy
-    loss's ``LossScale`` of the optimizer batch."""
+CriticLayout = Literal["separate", "shared"]
 
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
+
+@dataclass(frozen=True)
+class CriticSpec:
+    """The critic an algorithm asks for (``Algorithm.critic_spec``).
+
+    ``layout``: ``separate``, a model of its own (trunk + value head), which every strategy
+    prepares and shards like the actor; ``shared``, a value head on the actor's trunk: the
+    optimizer holds the head only, the value loss's trunk gradient is applied by the actor's
+    next optimizer step (not during a warm-up, when the actor does not step), and the
+    export is the head alone. ``shared`` needs a strategy whose prepared actor can run its
+    trunk alone (``local``; ``fsdp`` and ``deepspeed`` train ``separate`` critics).
+    ``path``: the folder a separate critic starts from (a causal LM, whose trunk is taken,
+    or an exported critic); ``None``: the actor's checkpoint. ``head_init_std``: std of the
+    new value head's weights; 0 zero-initialises it (every value starts at 0).
+    """
+
+    layout: CriticLayout = "separate"
+    path: str | None = None
+    head_init_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.layout not in get_args(CriticLayout):
+            raise ValueError(f"layout must be separate or shared, got {self.layout!r}")
+        if self.layout == "shared" and self.path is not None:
+            raise ValueError("a shared critic is a head on the actor's trunk; it has no path")
+        if self.head_init_std < 0.0:
+            raise ValueError(f"head_init_std must be >= 0, got {self.head_init_std}")
+
+
+@dataclass
+class ValueLossInput:
+    """One micro-batch for ``Algorithm.value_loss``. ``values``: ``[B, T]`` float32 with
+    gradients (the critic now). ``old_values``: the rollout's values (before this step's
+    updates). ``returns``: ``AdvantageOutput.returns``. ``action_mask``: ``[B, T]`` bool.
+    ``scale``: the policy loss's ``LossScale`` of the optimizer batch."""
+
+    values: torch.Tensor
     old_values: torch.Tensor
     returns: torch.Tensor
     action_mask: torch.Tensor
     scale: LossScale
 
 
-class Critic(ABC):
-    """A trainable value function as the loop drives it (see the module docstring, "A
-    critic"); built by ``Algorithm.build_critic``. It owns its model, optimizer and scheduler,
-    and calls the strategy itself."""
+@dataclass
+class ValueLossOutput:
+    """``loss``: scalar with gradients, this micro-batch's share of the batch value loss
+    (see ``LossScale``). ``metrics``: detached per-micro-batch means (``value_loss`` ...)."""
 
-    @abstractmethod
-    def compute_values(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, *, micro_batch_size: int
-    ) -> torch.Tensor:
-        """``[B, T-1]`` float32 values, no gradients, on ``sequences.device``: position ``t``
-        is the value of the state ``sequences[:, : t + 1]``, the state before the action
-        whose log-prob is at ``t``; 0 where a token is padding."""
-
-    @abstractmethod
-    def rollout_metrics(
-        self, values: torch.Tensor, returns: torch.Tensor, action_mask: torch.Tensor
-    ) -> dict[str, float]:
-        """Metrics of a rollout's old values against its returns over the response tokens of
-        every rank (e.g. ``critic/explained_variance``). Collective: every rank calls it."""
-
-    @abstractmethod
-    def train_micro_batch(
-        self, batch: CriticBatch, *, step: int, sync_gradients: bool = True
-    ) -> dict[str, float]:
-        """Forward, value loss and backward of one micro-batch (gradients accumulate until
-        ``optimizer_step``). ``sync_gradients=False`` on every micro-batch of an optimizer
-        batch but the last. Returns per-token means of the micro-batch (``critic/...``)."""
-
-    @abstractmethod
-    def optimizer_step(self) -> float:
-        """Clip, step the critic's optimizer and scheduler, zero its gradients; returns the
-        gradient norm before clipping."""
-
-    @abstractmethod
-    def save(self, path: str | Path) -> None:
-        """Write a resumable checkpoint of the critic (model, optimizer, scheduler) at
-        ``path``. Collective."""
-
-    @abstractmethod
-    def load(self, path: str | Path) -> None:
-        """Restore what ``save`` wrote. Collective."""
-
-    @abstractmethod
-    def export_hf(self, path: str | Path, tokenizer: Any = None) -> None:
-        """Write the trained critic as a folder its model class reloads. Collective."""
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Algorithm(Component):
@@ -278,14 +270,19 @@ class Algorithm(Component):
         ``filter_groups`` dropped (0: never resample)."""
         return 0
 
-    def build_critic(
-        self, cfg: Any, strategy: StrategyBase, actor: torch.nn.Module
-    ) -> Critic | None:
-        """The critic the loop trains beside the actor (module docstring, "A critic"), or
-        ``None``. ``cfg``: the run's ``LightRFTConfig``; ``actor``: the prepared actor (a
-        critic may share its trunk). An algorithm whose ``needs_critic()`` is True must
-        return one; the base class returns ``None``."""
-        return None
+    def critic_spec(self) -> CriticSpec:
+        """The critic the loop builds when ``needs_critic()`` is True (module docstring, "A
+        critic"). The base class asks for a separate critic started from the actor's
+        checkpoint with a zero value head."""
+        return CriticSpec()
+
+    def value_loss(self, batch: ValueLossInput) -> ValueLossOutput:
+        """The critic's loss of one micro-batch (with gradients through ``batch.values``),
+        aggregated like the policy loss. An algorithm whose ``needs_critic()`` is True must
+        override it; the base class raises ``NotImplementedError``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} needs a critic but does not define value_loss"
+        )
 
     def updates_policy(self, step: int) -> bool:
         """Whether the loop updates the policy at ``step`` (counted from 1). False during a

@@ -39,14 +39,7 @@ from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
 from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
 from .controls import LoopControls, rollout_kl
-from .critic import (
-    CRITIC_DIR,
-    FINAL_CRITIC_DIR,
-    build_loop_critic,
-    critic_batch,
-    critic_values,
-    load_critic,
-)
+from .critic import build_critic
 from .data import RunData, load_run_data
 from .distributed import (
     generation_context,
@@ -130,7 +123,15 @@ class RLTrainer:
         self.c.actor, self.optimizer, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
-        self.critic = build_loop_critic(cfg, self.c.algorithm, s, self.actor)
+        policy = unwrapped_actor(s, self.actor)
+        self.critic = build_critic(
+            self.c.algorithm,
+            s,
+            policy.hf_model(),
+            trainer=t,
+            total_steps=t.max_steps * self.updates_per_step,
+            actor_path=type(policy).hf_path(cfg.model.options),
+        )
         self.start_step = 0
         resume = self._find_resume()
         if resume is not None:
@@ -141,7 +142,7 @@ class RLTrainer:
             self.data.sampler.load_state_dict(state["sampler"])
             self.controls.load_state_dict(state.get("controls", {}))
             if self.critic is not None:
-                load_critic(self.critic, resume)
+                self.critic.load(resume)
             self._sync_weights()  # an engine with its own copy still holds model.path's weights
         if s.is_rank_0:
             self._announce_start(resume)
@@ -205,8 +206,7 @@ class RLTrainer:
         self.save(t.max_steps)
         final_critic = None
         if self.critic is not None:
-            final_critic = self.out / FINAL_CRITIC_DIR
-            self.critic.export_hf(final_critic, self.c.tokenizer)
+            final_critic = self.critic.export(self.out, self.c.tokenizer)
         policy = unwrapped_actor(self.c.strategy, self.actor)
         final = finish_run(self.run, policy.hf_model(), self.metrics)
         return TrainResult(self.out, final, self.metrics.history, final_critic)
@@ -293,7 +293,7 @@ class RLTrainer:
         if c.reference is not None:
             rollout.ref_log_probs = self._log_probs(c.reference, rollout)
         if self.critic is not None:
-            rollout.values = critic_values(self.critic, rollout, self.cfg.trainer.micro_batch_size)
+            rollout.values = self.critic.values(rollout, self.cfg.trainer.micro_batch_size)
 
     def _advantages(self, rollout: RolloutBatch) -> AdvantageOutput:
         """The algorithm's advantages (and the critic's returns) of the whole rollout, from
@@ -342,10 +342,8 @@ class RLTrainer:
         metrics = rollout_metrics(self.c.strategy, collected, rollout)
         metrics.update(collected.metrics)
         metrics.update(self._sample_means(advantages.metrics, len(rollout), "advantage/"))
-        if self.critic is not None and rollout.values is not None and rollout.returns is not None:
-            metrics.update(
-                self.critic.rollout_metrics(rollout.values, rollout.returns, rollout.action_mask)
-            )
+        if self.critic is not None:
+            metrics.update(self.critic.rollout_metrics(rollout))
         return metrics
 
     def _pace(self, timer: PhaseTimer, started: float, generated: float) -> dict[str, float]:
@@ -405,9 +403,7 @@ class RLTrainer:
                             metrics.update(self._train_micro_batch(mb, scale))
                     if self.critic is not None:
                         metrics.update(
-                            self.critic.train_micro_batch(
-                                critic_batch(mb, scale), step=step, sync_gradients=last
-                            )
+                            self.critic.train_micro_batch(mb, scale, step=step, sync_gradients=last)
                         )
                     tokens_seen += weight
                     for key, value in metrics.items():
@@ -494,4 +490,4 @@ class RLTrainer:
             },
         )
         if self.critic is not None:
-            self.critic.save(path / CRITIC_DIR)
+            self.critic.save(path)

@@ -1,11 +1,11 @@
 """PPO with a critic raises the mean reward of a real tiny model on an easy task.
 
-The test drives the algorithm and its critic with a short hand-written loop that makes the
-calls the core's loop is asked to make (``lightrft_core/interfaces/algorithm.py``, "A
-critic"): rollout with the ``hf`` engine -> old log-probs -> old values -> GAE advantages
-and returns -> micro-batches of policy loss and value loss -> one optimizer step each.
-Task: the reward is the fraction of lower-case ASCII letters in a 4-token response (about
-0.1 for the random model, 1 at best).
+The test drives the algorithm and the core's critic (``lightrft_core/trainer/critic.py``)
+with a short hand-written loop that makes the calls the core's loop makes
+(``lightrft_core/interfaces/algorithm.py``, "A critic"): rollout with the ``hf`` engine ->
+old log-probs -> old values -> GAE advantages and returns -> micro-batches of policy loss and
+value loss -> one optimizer step each. Task: the reward is the fraction of lower-case ASCII
+letters in a 4-token response (about 0.1 for the random model, 1 at best).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import torch
 from transformers import AutoTokenizer
 
 from lightrft_core.actors.language import ActorLanguage
+from lightrft_core.config.schema import TrainerConfig
 from lightrft_core.engines.hf import HFEngine
 from lightrft_core.interfaces import AdvantageInput, LossScale, PolicyLossInput, SamplingParams
-from lightrft_core.interfaces.algorithm import CriticBatch
 from lightrft_core.strategies.local import LocalStrategy
-from lightrft_plugin_ppo.loop_support import CriticSettings, build_ppo_critic
+from lightrft_core.trainer.critic import build_critic
+from lightrft_core.trainer.experience import build_rollout
 from lightrft_plugin_ppo.ppo import PPO
 
 STEPS = 10
@@ -29,41 +30,31 @@ PROMPTS_PER_STEP, SAMPLES, NEW_TOKENS, MICRO_BATCH = 4, 4, 4, 8
 LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
 
 
-def _rollout(prompts: list[list[int]], outputs, pad_id: int):  # type: ignore[no-untyped-def]
-    """Right-padded ``sequences``/``attention_mask`` ``[B, T]`` and ``action_mask``
-    ``[B, T-1]`` (True where the next token is a response token)."""
-    rows = [prompts[o.prompt_index] + o.token_ids for o in outputs]
-    width = max(len(r) for r in rows)
-    sequences = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(sequences)
-    action_mask = torch.zeros((len(rows), width - 1), dtype=torch.bool)
-    for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
-        sequences[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
-        start = len(prompts[out.prompt_index]) - 1
-        action_mask[i, start : start + len(out.token_ids)] = True
-    return sequences, attention_mask, action_mask
-
-
 @pytest.mark.parametrize("critic_kind", ["separate", "shared"])
 def test_ppo_with_a_critic_raises_the_mean_reward(
-    tiny_model_dir: Path, strategy: LocalStrategy, critic_kind: str
+    fast_tiny_model_dir: Path, strategy: LocalStrategy, critic_kind: str
 ) -> None:
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    actor = ActorLanguage(ActorLanguage.Config(path=str(tiny_model_dir)))
+    tokenizer = AutoTokenizer.from_pretrained(fast_tiny_model_dir)
+    actor = ActorLanguage(ActorLanguage.Config(path=str(fast_tiny_model_dir)))
     optimizer = strategy.create_optimizer(actor, lr=2e-2)
     actor, optimizer, _ = strategy.prepare(actor, optimizer)
     algo = PPO(
         PPO.Config(
             lam=0.95,
             critic=critic_kind,  # type: ignore[arg-type]
-            critic_learning_rate=1e-2,
             critic_warmup_steps=1,
         )
     )
-    settings = CriticSettings(model_path=str(tiny_model_dir), total_steps=STEPS)
-    critic = build_ppo_critic(algo, settings, strategy, actor)
+    critic = build_critic(
+        algo,
+        strategy,
+        actor.hf_model(),
+        trainer=TrainerConfig(critic_learning_rate=1e-2),
+        total_steps=STEPS,
+        actor_path=str(fast_tiny_model_dir),
+    )
+    assert critic is not None
     engine = HFEngine()
     engine.setup(model=actor.model, tokenizer=tokenizer)
     prompts = [tokenizer.encode(f"say a{i}:") for i in range(16)]
@@ -76,12 +67,15 @@ def test_ppo_with_a_critic_raises_the_mean_reward(
         texts = [tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs]
         rewards = torch.tensor([sum(c in LOWER for c in t) / max(1, len(t)) for t in texts])
         rewards_per_step.append(rewards.mean().item())
-        sequences, attention_mask, action_mask = _rollout(batch, outputs, tokenizer.pad_token_id)
+        rollout = build_rollout(
+            batch, outputs, rewards, group_size=SAMPLES, pad_id=tokenizer.pad_token_id
+        )
+        sequences, attention_mask = rollout.sequences, rollout.attention_mask
+        action_mask = rollout.action_mask
 
         with torch.no_grad():
             old_log_probs = actor(sequences, attention_mask).log_probs * action_mask
-        values = critic.compute_values(sequences, attention_mask, micro_batch_size=MICRO_BATCH)
-        values = values * action_mask
+        values = critic.values(rollout, micro_batch_size=MICRO_BATCH)
         out = algo.compute_advantages(
             AdvantageInput(
                 rewards=rewards,
@@ -92,6 +86,7 @@ def test_ppo_with_a_critic_raises_the_mean_reward(
             )
         )
         assert out.returns is not None
+        rollout.values, rollout.returns = values, out.returns
         scale = LossScale(int(action_mask.sum()), len(rewards))
         train_policy = algo.updates_policy(step)
         chunks = torch.randperm(len(rewards)).split(MICRO_BATCH)
@@ -109,16 +104,7 @@ def test_ppo_with_a_critic_raises_the_mean_reward(
                 ).loss
                 strategy.backward(loss, actor)
             critic.train_micro_batch(
-                CriticBatch(
-                    sequences=sequences[rows],
-                    attention_mask=attention_mask[rows],
-                    old_values=values[rows],
-                    returns=out.returns[rows],
-                    action_mask=action_mask[rows],
-                    scale=scale,
-                ),
-                step=step,
-                sync_gradients=index == len(chunks) - 1,
+                rollout.select(rows), scale, step=step, sync_gradients=index == len(chunks) - 1
             )
         if train_policy:
             strategy.optimizer_step(actor, optimizer, max_grad_norm=1.0)

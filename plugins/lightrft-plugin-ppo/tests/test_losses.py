@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES
-from lightrft_core.interfaces import LossScale, PolicyLossInput
+from lightrft_core.interfaces import LossScale, PolicyLossInput, ValueLossInput
 from lightrft_plugin_ppo.ppo import PPO
-from lightrft_plugin_ppo.value_loss import clipped_value_loss, explained_variance
+from lightrft_plugin_ppo.value_loss import clipped_value_loss
 
 # ε_v = 0.2. Per token, V_clip = V_old + clip(V − V_old, ±0.2), L = 0.5·max((V−G)², (V_clip−G)²):
 #   a: V_old 0.0, V  0.5, G 1.0: (−0.5)² = 0.25, V_clip 0.2: (−0.8)² = 0.64 -> L 0.32, clipped,
@@ -45,7 +45,7 @@ def test_value_loss_method_aggregates_like_the_policy_loss() -> None:
     algo = PPO(PPO.Config(value_clip=0.2))
     mask = torch.tensor([[True, True, True, False]])  # token d does not count
     values = VALUES.clone().requires_grad_(True)
-    out = algo.value_loss(values, OLD_VALUES, RETURNS, mask, LossScale(3, 1))
+    out = algo.value_loss(ValueLossInput(values, OLD_VALUES, RETURNS, mask, LossScale(3, 1)))
     # token-mean over 3 tokens: (0.32 + 1.125 + 0.605) / 3 = 2.05 / 3
     assert out.loss.item() == pytest.approx(2.05 / 3)
     assert out.metrics["value_clip_fraction"].item() == pytest.approx(1 / 3)
@@ -55,6 +55,16 @@ def test_value_loss_method_aggregates_like_the_policy_loss() -> None:
     torch.testing.assert_close(values.grad, torch.tensor([[0.0, -0.5, 1.1 / 3, 0.0]]))
     for value in out.metrics.values():
         assert not value.requires_grad
+
+
+def test_a_shared_critic_weighs_the_value_loss_by_vf_coef() -> None:
+    # The same tokens as above: the loss, and so the head's and the trunk's gradient, is
+    # vf_coef = 0.5 times the separate critic's; the logged per-token loss is not weighted.
+    mask = torch.tensor([[True, True, True, False]])
+    batch = ValueLossInput(VALUES, OLD_VALUES, RETURNS, mask, LossScale(3, 1))
+    shared = PPO(PPO.Config(critic="shared", vf_coef=0.5)).value_loss(batch)
+    assert shared.loss.item() == pytest.approx(0.5 * 2.05 / 3)
+    assert shared.metrics["value_loss"].item() == pytest.approx(2.05 / 3)
 
 
 def test_ppo_policy_loss_is_the_core_ppo_clip() -> None:
@@ -123,7 +133,13 @@ def test_value_and_policy_gradients_are_the_same_with_1_and_4_micro_batches(mode
         log_probs = x["new"].clone().requires_grad_(True)
         for rows in torch.arange(8).chunk(parts):
             algo.value_loss(
-                values[rows], x["old_values"][rows], x["returns"][rows], x["mask"][rows], scale
+                ValueLossInput(
+                    values[rows],
+                    x["old_values"][rows],
+                    x["returns"][rows],
+                    x["mask"][rows],
+                    scale,
+                )
             ).loss.backward()
             algo.policy_loss(
                 PolicyLossInput(
@@ -140,23 +156,3 @@ def test_value_and_policy_gradients_are_the_same_with_1_and_4_micro_batches(mode
     torch.testing.assert_close(grads[1][0], grads[4][0], atol=1e-7, rtol=1e-6)
     torch.testing.assert_close(grads[1][1], grads[4][1], atol=1e-7, rtol=1e-6)
     assert (grads[1][0][~x["mask"]] == 0).all()
-
-
-def test_explained_variance_by_hand() -> None:
-    mask = torch.tensor([[True, True, True, False]])
-    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0]])
-    # Var(G) = 2/3. V = G: residual 0 -> EV 1. V = 0: residual = G -> EV 0.
-    # V = (1, 2, 4): residual (0, 0, −1), mean −1/3, Var = (1/9 + 1/9 + 4/9)/3 = 2/9
-    #   -> EV = 1 − (2/9)/(2/3) = 2/3.
-    perfect = explained_variance(returns, returns, mask)
-    assert perfect["explained_variance"] == pytest.approx(1.0)
-    assert perfect["return_mean"] == pytest.approx(2.0)
-    assert explained_variance(torch.zeros(1, 4), returns, mask)["explained_variance"] == (
-        pytest.approx(0.0)
-    )
-    off = explained_variance(torch.tensor([[1.0, 2.0, 4.0, -5.0]]), returns, mask)
-    assert off["explained_variance"] == pytest.approx(2 / 3)
-    assert off["value_mean"] == pytest.approx(7 / 3)
-    # no spread in the returns: 0, not NaN
-    flat = explained_variance(torch.zeros(1, 4), torch.ones(1, 4), mask)
-    assert flat["explained_variance"] == 0.0

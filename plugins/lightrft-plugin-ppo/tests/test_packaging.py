@@ -12,6 +12,7 @@ import lightrft_core
 import lightrft_plugin_ppo
 import lightrft_plugin_ppo.plugin
 from lightrft_core.config import ConfigError, load_config
+from lightrft_core.interfaces import CriticSpec
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_ppo.ppo import PPO
 
@@ -70,7 +71,6 @@ def test_critic_warmup_skips_the_policy_for_the_first_steps() -> None:
         ("algorithm.critic=both", "critic"),
         ("algorithm.value_clip=0", "value_clip"),
         ("algorithm.critic_warmup_steps=-1", "critic_warmup_steps"),
-        ("algorithm.critic_learning_rate=0", "critic_learning_rate"),
         ("algorithm.loss_aggregation=seq-mean-token-sum-norm", "max_tokens_norm"),
     ],
 )
@@ -82,6 +82,13 @@ def test_bad_options_are_reported_by_the_loader(override: str, match: str) -> No
 def test_a_shared_critic_has_no_path_of_its_own() -> None:
     with pytest.raises(ValueError, match="critic_path"):
         PPO.Config(critic="shared", critic_path="/some/where")
+
+
+def test_the_critic_spec_is_the_critic_options() -> None:
+    assert PPO(PPO.Config()).critic_spec() == CriticSpec("separate", None, 0.0)
+    spec = PPO(PPO.Config(critic_path="/c", value_head_init_std=0.1)).critic_spec()
+    assert spec == CriticSpec("separate", "/c", 0.1)
+    assert PPO(PPO.Config(critic="shared")).critic_spec().layout == "shared"
 
 
 def test_version_is_in_lockstep_with_the_core() -> None:

@@ -1,4 +1,4 @@
-"""The critic's clipped value loss per token, and the explained variance of its values.
+"""The critic's clipped value loss per token (``PPO.value_loss`` aggregates it).
 
 Clipped value loss (the value-function clipping of OpenAI's PPO implementation, "baselines"
 ``ppo2``; the PPO paper, arXiv 1707.06347, uses the plain squared error)::
@@ -10,9 +10,6 @@ Clipped value loss (the value-function clipping of OpenAI's PPO implementation, 
 step's updates), ``G``: the GAE returns. Without a clip (``ε_v = None``):
 ``L_t = 0.5·(V_t − G_t)²``. The clipped branch is active, and the token gives no gradient,
 when ``V`` has moved more than ``ε_v`` from ``V_old`` in the direction away from ``G``.
-
-Explained variance over the response tokens: ``EV = 1 − Var(G − V) / Var(G)`` (population
-variances); 1 is a perfect critic, 0 a constant one, negative worse than a constant.
 """
 
 from __future__ import annotations
@@ -20,8 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-
-from lightrft_core.algorithms.whitening import AllReduce
 
 
 class ClippedValueLoss(NamedTuple):
@@ -57,45 +52,3 @@ def clipped_value_loss(
     clipped_sq = (bounded - returns).square()  # [B, T]
     loss = 0.5 * torch.maximum(unclipped, clipped_sq)
     return ClippedValueLoss(loss, clipped_sq > unclipped)
-
-
-def explained_variance(
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    all_reduce: AllReduce | None = None,
-) -> dict[str, float]:
-    """``explained_variance``, ``value_mean`` and ``return_mean`` over the True entries of
-    ``mask`` (``[B, T]`` like ``values`` and ``returns``) of every rank.
-
-    ``all_reduce``: ``strategy.all_reduce`` (one ``sum`` call) or ``None`` for one process.
-    ``explained_variance`` is 0 when the returns have no spread (or there is no token).
-    """
-    mask = mask.bool()
-    v = torch.where(mask, values.detach().double(), 0.0)
-    g = torch.where(mask, returns.detach().double(), 0.0)
-    residual = g - v
-    sums = torch.stack(
-        [
-            mask.sum().double(),
-            g.sum(),
-            g.square().sum(),
-            residual.sum(),
-            residual.square().sum(),
-            v.sum(),
-        ]
-    )
-    if all_reduce is not None:
-        sums = torch.as_tensor(all_reduce(sums, op="sum")).double()
-    count, g_sum, g_sq, r_sum, r_sq, v_sum = (float(x) for x in sums)
-    if count == 0:
-        return {"explained_variance": 0.0, "value_mean": 0.0, "return_mean": 0.0}
-    var_returns = max(g_sq / count - (g_sum / count) ** 2, 0.0)
-    var_residual = max(r_sq / count - (r_sum / count) ** 2, 0.0)
-    explained = 1.0 - var_residual / var_returns if var_returns > 1e-12 else 0.0
-    return {
-        "explained_variance": explained,
-        "value_mean": v_sum / count,
-        "return_mean": g_sum / count,
-    }
