@@ -43,12 +43,10 @@ def test_the_table_is_what_the_first_party_plugins_register() -> None:
     manager = PluginManager(builtins=False, autoload=False)
     for dist, name, module in _first_party_entry_points():
         manager.register(importlib.import_module(module), name=name, distribution=dist, strict=True)
-    registered = {
-        (info.kind, info.name): dict((p.name, p.distribution) for p in manager.plugins())[
-            info.plugin
-        ]
-        for info in manager.registry
-    }
+    broken = {p.name: p.error for p in manager.plugins() if p.status == "broken"}
+    assert not broken, f"first-party plugins that failed to register: {broken}"
+    distribution = {p.name: p.distribution for p in manager.plugins()}
+    registered = {(c.kind, c.name): distribution[c.plugin] for c in manager.registry}
     assert registered == FIRST_PARTY_COMPONENTS
 
 
