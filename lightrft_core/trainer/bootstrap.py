@@ -11,18 +11,17 @@ and the log closed.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..config import LightRFTConfig, dump_config
 from ..interfaces import Actor, StrategyBase
 from ..plugins import PluginManager
+from ..rng import seed_everything
 from .distributed import check_divisible
 from .metrics import MetricsLogger
 
@@ -38,13 +37,6 @@ class RunStart:
     strategy: StrategyBase
     tokenizer: Any
     output_dir: Path
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (every device's) with ``seed``."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def model_path(cfg: LightRFTConfig, manager: PluginManager) -> str:
