@@ -206,7 +206,7 @@ class PPO(Algorithm):
         if batch.values is None:
             raise ValueError(
                 "ppo needs the critic's values in AdvantageInput.values (the loop computes "
-                "them with critic.compute_values when needs_critic() is True)"
+                "them with its critic when needs_critic() is True)"
             )
         mask = batch.action_mask.bool()  # [B, T]
         rewards = batch.rewards.float()  # [B]
