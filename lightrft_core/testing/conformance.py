@@ -15,6 +15,7 @@ not collected by pytest themselves (their names do not start with ``Test``).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -24,17 +25,20 @@ from ..interfaces import (
     Actor,
     AdvantageInput,
     Algorithm,
+    AlgorithmContext,
     Component,
     InferenceEngine,
     LossScale,
     ModelPatch,
     PolicyLossInput,
+    PolicyLossOutput,
     RewardInput,
     RewardModel,
     SamplingParams,
     StrategyBase,
     component_class_problems,
 )
+from .training import ThreadGroup
 
 
 class _ComponentChecks:
@@ -59,20 +63,65 @@ class _ComponentChecks:
 
 
 # ---------------------------------------------------------------------- algorithm
+def _options_id(options: Mapping[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "configured"
+
+
 class AlgorithmConformance(_ComponentChecks):
-    """Checks advantages and loss of an ``Algorithm`` on seeded random inputs."""
+    """Checks advantages and loss of an ``Algorithm`` on seeded random inputs, set up as the
+    loop sets it up (``Algorithm.setup`` with an ``AlgorithmContext``).
+
+    The gradient-invariance checks run on every entry of ``loss_variants`` (``Config``
+    options merged over ``config_options``): the gradient of the policy loss of one batch is
+    the same in one micro-batch, in ``micro_batches`` micro-batches of gradient accumulation,
+    and on 2 data-parallel ranks (threads with a real all-reduce, each rank with its own
+    replica of the parameters, gradients averaged as the strategies do).
+    """
 
     component_base = Algorithm
     algorithm_cls: ClassVar[type[Algorithm]]
+    #: ``Config`` options of the configuration under test.
+    config_options: ClassVar[Mapping[str, Any]] = {}
+    #: Option sets, each merged over ``config_options``, the invariance checks also run on
+    #: (e.g. every ``loss_aggregation``); ``{}`` is ``config_options`` alone.
+    loss_variants: ClassVar[Sequence[Mapping[str, Any]]] = ({},)
     group_size: ClassVar[int] = 4
     num_groups: ClassVar[int] = 2
     seq_len: ClassVar[int] = 6
+    micro_batches: ClassVar[int] = 4
+
+    def pytest_generate_tests(self, metafunc: Any) -> None:
+        """Runs each test that takes ``loss_options`` once per entry of ``loss_variants``."""
+        if "loss_options" in metafunc.fixturenames:
+            metafunc.parametrize("loss_options", self.loss_variants, ids=_options_id)
 
     def component_class(self) -> type[Component]:
         return self.algorithm_cls
 
-    def make_algorithm(self) -> Algorithm:
-        return self.algorithm_cls(self.algorithm_cls.Config())
+    def make_algorithm(self, **options: Any) -> Algorithm:
+        """The algorithm of ``config_options`` updated with ``options``, not yet set up."""
+        return self.algorithm_cls(self.algorithm_cls.Config(**{**self.config_options, **options}))
+
+    def make_context(
+        self, world_size: int = 1, all_reduce: Callable[..., torch.Tensor] | None = None
+    ) -> AlgorithmContext:
+        """What the loop passes to ``setup``: the response length is ``seq_len``."""
+        return AlgorithmContext(
+            max_new_tokens=self.seq_len,
+            group_size=self.group_size,
+            world_size=world_size,
+            all_reduce=all_reduce,
+        )
+
+    def _set_up(
+        self,
+        options: Mapping[str, Any] | None = None,
+        world_size: int = 1,
+        all_reduce: Callable[..., torch.Tensor] | None = None,
+    ) -> Algorithm:
+        algo = self.make_algorithm(**(options or {}))
+        algo.setup(self.make_context(world_size, all_reduce))
+        return algo
 
     def _inputs(self, rewards: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -81,7 +130,7 @@ class AlgorithmConformance(_ComponentChecks):
         for row in range(b):  # responses of different lengths, left part is the prompt
             mask[row, : 1 + row % 3] = False
         old = -torch.rand(b, t, generator=g) - 0.1
-        return {
+        inputs = {
             "rewards": torch.randint(0, 3, (b,), generator=g).float()
             if rewards is None
             else rewards,
@@ -91,6 +140,10 @@ class AlgorithmConformance(_ComponentChecks):
             "new": old + 0.1 * torch.randn(b, t, generator=g),
             "values": torch.randn(b, t, generator=g),
         }
+        g2 = torch.Generator().manual_seed(1)
+        inputs["entropy"] = torch.rand(b, t, generator=g2) * 2
+        inputs["features"] = torch.randn(b, t, generator=g2)  # d log_probs / d θ per token
+        return inputs
 
     def _advantages(self, algo: Algorithm, x: dict[str, torch.Tensor]) -> torch.Tensor:
         out = algo.compute_advantages(
@@ -101,11 +154,14 @@ class AlgorithmConformance(_ComponentChecks):
                 old_log_probs=x["old"],
                 ref_log_probs=x["ref"],
                 values=x["values"] if algo.needs_critic() else None,
+                kl_coef=algo.initial_kl_coef(),
             )
         )
         return out.advantages
 
-    def _loss(self, algo, x, adv, log_probs, rows, scale):  # type: ignore[no-untyped-def]
+    def _loss(  # type: ignore[no-untyped-def]
+        self, algo, x, adv, log_probs, rows, scale, entropy=None
+    ) -> PolicyLossOutput:
         return algo.policy_loss(
             PolicyLossInput(
                 log_probs=log_probs[rows],
@@ -114,18 +170,24 @@ class AlgorithmConformance(_ComponentChecks):
                 action_mask=x["mask"][rows],
                 scale=scale,
                 ref_log_probs=x["ref"][rows],
+                entropy=x["entropy"][rows] if entropy is None else entropy[rows],
+                kl_coef=algo.initial_kl_coef(),
             )
         )
 
+    def _row_slices(self, start: int, stop: int, parts: int) -> list[slice]:
+        size = (stop - start) // parts
+        return [slice(i, i + size) for i in range(start, stop, size)]
+
     def test_advantages_have_token_shape_and_are_zero_outside_the_mask(self) -> None:
-        algo, x = self.make_algorithm(), self._inputs()
+        algo, x = self._set_up(), self._inputs()
         adv = self._advantages(algo, x)
         assert adv.shape == x["mask"].shape
         assert torch.isfinite(adv).all()
         assert (adv[~x["mask"]] == 0).all()
 
     def test_equal_rewards_give_zero_advantage_not_nan(self) -> None:
-        algo = self.make_algorithm()
+        algo = self._set_up()
         if not algo.requires_groups:
             return
         n = self.group_size * self.num_groups
@@ -136,7 +198,7 @@ class AlgorithmConformance(_ComponentChecks):
         assert torch.allclose(adv, torch.zeros_like(adv), atol=1e-6)
 
     def test_loss_is_a_finite_scalar_with_gradient(self) -> None:
-        algo, x = self.make_algorithm(), self._inputs()
+        algo, x = self._set_up(), self._inputs()
         adv = self._advantages(algo, x)
         log_probs = x["new"].clone().requires_grad_(True)
         scale = LossScale(int(x["mask"].sum()), x["mask"].shape[0])
@@ -149,17 +211,70 @@ class AlgorithmConformance(_ComponentChecks):
         for name, value in out.metrics.items():
             assert not value.requires_grad, f"metric {name} must be detached"
 
-    def test_gradient_is_the_same_with_micro_batches(self) -> None:
-        algo, x = self.make_algorithm(), self._inputs()
+    def test_gradient_is_the_same_with_micro_batches(self, loss_options: dict[str, Any]) -> None:
+        # The per-token gradients of log_probs and entropy (leaves), and the summed loss.
+        algo, x = self._set_up(loss_options), self._inputs()
         adv = self._advantages(algo, x)
-        scale = LossScale(int(x["mask"].sum()), x["mask"].shape[0])
-        whole = x["new"].clone().requires_grad_(True)
-        self._loss(algo, x, adv, whole, slice(None), scale).loss.backward()
-        split = x["new"].clone().requires_grad_(True)
         n = x["mask"].shape[0]
-        for start in range(0, n, n // 4):
-            self._loss(algo, x, adv, split, slice(start, start + n // 4), scale).loss.backward()
-        assert torch.allclose(whole.grad, split.grad, atol=1e-6)
+        scale = LossScale(int(x["mask"].sum()), n)
+
+        def accumulate(row_slices: list[slice]) -> tuple[torch.Tensor, torch.Tensor, float]:
+            log_probs = x["new"].clone().requires_grad_(True)
+            entropy = x["entropy"].clone().requires_grad_(True)
+            total = 0.0
+            for rows in row_slices:
+                loss = self._loss(algo, x, adv, log_probs, rows, scale, entropy).loss
+                loss.backward()  # gradients accumulate over micro-batches
+                total += float(loss.detach())
+            assert log_probs.grad is not None
+            grad_h = torch.zeros_like(entropy) if entropy.grad is None else entropy.grad
+            return log_probs.grad, grad_h, total
+
+        lp_whole, h_whole, loss_whole = accumulate([slice(0, n)])
+        lp_split, h_split, loss_split = accumulate(self._row_slices(0, n, self.micro_batches))
+        assert lp_whole.abs().sum() > 0, "no gradient on the kit's data: choose other options"
+        assert (lp_whole[~x["mask"]] == 0).all(), "masked tokens must get no gradient"
+        torch.testing.assert_close(lp_split, lp_whole, atol=1e-6, rtol=0)
+        torch.testing.assert_close(h_split, h_whole, atol=1e-6, rtol=0)
+        assert abs(loss_split - loss_whole) <= 1e-5 * max(1.0, abs(loss_whole))
+
+    def test_gradient_is_the_same_on_2_ranks(self, loss_options: dict[str, Any]) -> None:
+        # A parameter θ [T] shared by every token: log_probs = new + θ·features and entropy =
+        # base + θ·features. Each rank holds a replica of θ, sets up its own algorithm with
+        # world_size 2 and the group's all_reduce, and accumulates its half of the batch in
+        # micro-batches; the strategy averages the replicas' gradients.
+        x = self._inputs()
+        adv = self._advantages(self._set_up(loss_options), x)
+        n = x["mask"].shape[0]
+        tokens = int(x["mask"].sum())
+
+        def theta_grad(algo: Algorithm, row_slices: list[slice], scale: LossScale):  # type: ignore[no-untyped-def]
+            theta = torch.zeros(self.seq_len, requires_grad=True)
+            log_probs = x["new"] + theta * x["features"]
+            entropy = x["entropy"] + theta * x["features"]
+            total = 0.0
+            for rows in row_slices:
+                loss = self._loss(algo, x, adv, log_probs, rows, scale, entropy).loss
+                loss.backward(retain_graph=True)
+                total += float(loss.detach())
+            assert theta.grad is not None
+            return theta.grad, total
+
+        one = self._set_up(loss_options)
+        full, loss_full = theta_grad(one, [slice(0, n)], LossScale(tokens, n, world_size=1))
+
+        def rank(r: int) -> Callable[[Callable[..., torch.Tensor]], Any]:
+            def run(all_reduce: Callable[..., torch.Tensor]) -> Any:
+                algo = self._set_up(loss_options, world_size=2, all_reduce=all_reduce)
+                rows = self._row_slices(r * n // 2, (r + 1) * n // 2, self.micro_batches // 2)
+                return theta_grad(algo, rows, LossScale(tokens, n, world_size=2))
+
+            return run
+
+        (grad0, loss0), (grad1, loss1) = ThreadGroup(2).run([rank(0), rank(1)])
+        assert full.abs().sum() > 0, "no gradient on the kit's data: choose other options"
+        torch.testing.assert_close((grad0 + grad1) / 2, full, atol=1e-6, rtol=0)
+        assert abs((loss0 + loss1) / 2 - loss_full) <= 1e-5 * max(1.0, abs(loss_full))
 
 
 # ---------------------------------------------------------------------- strategy

@@ -1,4 +1,5 @@
-"""The CPGD algorithm: loss by hand, invariance, configuration, registration, learning."""
+"""The CPGD algorithm: loss by hand, configuration, registration, learning (gradient
+invariance under accumulation and data parallelism: ``test_conformance.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 import lightrft_core
 import lightrft_plugin_cpgd
 import lightrft_plugin_cpgd.plugin
-from lightrft_core.algorithms import AGGREGATION_MODES
 from lightrft_core.config import ConfigError, load_config
 from lightrft_core.interfaces import AlgorithmContext, LossScale, PolicyLossInput
 from lightrft_core.plugins import PluginManager
@@ -110,86 +110,6 @@ def test_on_policy_the_loss_is_the_reinforce_gradient() -> None:
     assert out.loss.item() == pytest.approx(0.0)
     out.loss.backward()
     torch.testing.assert_close(lp.grad, torch.tensor([[-0.5, 1.0, -0.5 / 3]]))
-
-
-# ---------------------------------------------------------------------- invariance
-def _rollout(seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    b, t = 8, 7
-    lengths = torch.tensor([7, 2, 5, 1, 6, 3, 4, 7])
-    return {
-        "old": -torch.rand(b, t, generator=gen) * 3,
-        "delta": torch.randn(b, t, generator=gen) * 0.3,  # log-ratios: some tokens clip
-        "ref_shift": torch.randn(b, t, generator=gen) * 0.2,
-        "features": torch.randn(b, t, generator=gen),
-        "advantages": torch.randn(b, 1, generator=gen).expand(b, t).contiguous(),
-        "mask": torch.arange(t)[None, :] < lengths[:, None],
-    }
-
-
-INVARIANCE_CONFIGS = [
-    {"loss_aggregation": mode, "max_tokens_norm": 7, **extra}
-    for mode in AGGREGATION_MODES
-    for extra in ({}, {"policy_drift_coef": 0.5, "kl_coef": 0.1, "clip_eps_high": 0.28})
-]
-
-
-def _loss(algo: CPGD, data: dict[str, torch.Tensor], lp: torch.Tensor, rows: slice, scale: Any):  # type: ignore[no-untyped-def]
-    mask = data["mask"][rows]
-    return algo.policy_loss(
-        PolicyLossInput(
-            log_probs=lp[rows],
-            old_log_probs=data["old"][rows],
-            advantages=torch.where(mask, data["advantages"][rows], 0.0),
-            action_mask=mask,
-            scale=scale,
-            ref_log_probs=(data["old"] + data["ref_shift"])[rows],
-        )
-    ).loss
-
-
-@pytest.mark.parametrize("options", INVARIANCE_CONFIGS, ids=str)
-def test_gradient_is_the_same_for_1_and_4_micro_batches(options: dict[str, Any]) -> None:
-    algo = CPGD(CPGD.Config(**options))
-    data = _rollout(0)
-    scale = LossScale(num_tokens=int(data["mask"].sum()), num_sequences=8)
-
-    def grad(row_slices: list[slice]) -> torch.Tensor:
-        lp = (data["old"] + data["delta"]).requires_grad_(True)
-        for rows in row_slices:
-            _loss(algo, data, lp, rows, scale).backward()
-        assert lp.grad is not None
-        return lp.grad
-
-    full = grad([slice(0, 8)])
-    assert full.abs().sum() > 0
-    accumulated = grad([slice(i, i + 2) for i in range(0, 8, 2)])
-    torch.testing.assert_close(accumulated, full, atol=1e-6, rtol=0)
-    assert torch.equal(full[~data["mask"]], torch.zeros(int((~data["mask"]).sum())))
-
-
-@pytest.mark.parametrize("options", INVARIANCE_CONFIGS, ids=str)
-def test_gradient_is_the_same_on_2_simulated_ranks(options: dict[str, Any]) -> None:
-    # A shared parameter θ [T]: log_probs = old + delta + θ·features. Each "rank" holds its own
-    # replica of θ and computes its half (2 micro-batches of 2 rows) with world_size 2; the
-    # strategy averages the replicas' gradients.
-    algo = CPGD(CPGD.Config(**options))
-    data = _rollout(1)
-    tokens = int(data["mask"].sum())
-
-    def theta_grad(row_slices: list[slice], scale: LossScale) -> torch.Tensor:
-        theta = torch.zeros(7, requires_grad=True)
-        lp = data["old"] + data["delta"] + theta * data["features"]
-        for rows in row_slices:
-            _loss(algo, data, lp, rows, scale).backward(retain_graph=True)
-        assert theta.grad is not None
-        return theta.grad
-
-    full = theta_grad([slice(0, 8)], LossScale(tokens, 8, world_size=1))
-    dp = LossScale(tokens, 8, world_size=2)
-    rank0 = theta_grad([slice(0, 2), slice(2, 4)], dp)
-    rank1 = theta_grad([slice(4, 6), slice(6, 8)], dp)
-    torch.testing.assert_close((rank0 + rank1) / 2, full, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------- configuration
