@@ -92,7 +92,7 @@ def is_critic_folder(path: str | Path) -> bool:
     return (Path(path) / CRITIC_FILE).is_file() and (Path(path) / HEAD_FILE).is_file()
 
 
-def hidden_size_of(trunk: torch.nn.Module) -> int:
+def hidden_size_of(trunk: Any) -> int:
     """The hidden size of a transformers model (its text config for multimodal ones)."""
     return int(trunk.config.get_text_config().hidden_size)
 
@@ -108,7 +108,7 @@ class TrunkOptions:
     gradient_checkpointing: bool = False
 
 
-def trunk_options_of(hf_model: torch.nn.Module) -> TrunkOptions:
+def trunk_options_of(hf_model: Any) -> TrunkOptions:
     """The ``TrunkOptions`` of a loaded transformers model (the actor's): its parameter
     dtype, attention kernel, gradient checkpointing, and whether its code came from the
     checkpoint (``trust_remote_code``: its config class lives in ``transformers_modules``)."""
@@ -128,7 +128,7 @@ class CriticModel(torch.nn.Module):
     ``forward`` then keeps the value loss from reaching it.
     """
 
-    def __init__(self, trunk: torch.nn.Module, value_head: ValueHead | None = None) -> None:
+    def __init__(self, trunk: Any, value_head: ValueHead | None = None) -> None:
         super().__init__()
         hidden = hidden_size_of(trunk)
         head = value_head if value_head is not None else ValueHead(hidden)
@@ -136,7 +136,7 @@ class CriticModel(torch.nn.Module):
             raise ValueError(
                 f"the value head expects hidden size {head.hidden_size}, the trunk has {hidden}"
             )
-        self.trunk = trunk
+        self.trunk: Any = trunk  # a transformers base model
         self.value_head = head
 
     # ---------------------------------------------------------------- forward

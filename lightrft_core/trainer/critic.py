@@ -32,7 +32,7 @@ FINAL_CRITIC_DIR = "final_critic"
 def build_critic(
     algorithm: Algorithm,
     strategy: StrategyBase,
-    actor_model: torch.nn.Module,
+    actor_model: Any,
     *,
     trainer: TrainerConfig,
     total_steps: int,
@@ -78,7 +78,7 @@ def build_critic(
 
 
 def _critic_model(
-    spec: CriticSpec, actor_model: torch.nn.Module, actor_path: str | None, algorithm: str
+    spec: CriticSpec, actor_model: Any, actor_path: str | None, algorithm: str
 ) -> CriticModel:
     """A new head on the actor's decoder (shared), or a trunk loaded as the actor's model
     was, from the spec's path or the actor's checkpoint (separate)."""
