@@ -16,7 +16,8 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model to export: peft adapters merged into a deep copy (the
     training model is never touched); any other model is returned as it is."""
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-        return copy.deepcopy(model).merge_and_unload()
+        peft_model: Any = copy.deepcopy(model)
+        return peft_model.merge_and_unload()
     return model
 
 
@@ -40,10 +41,11 @@ def write_hf_folder(
     """``model.save_pretrained`` (with ``state_dict`` when given) and the tokenizer's, into
     a folder swapped in atomically. ``model`` must be a transformers model."""
     check_exportable(model)
+    pretrained: Any = model
     with atomic_directory(path) as tmp:
         if state_dict is None:
-            model.save_pretrained(tmp)
+            pretrained.save_pretrained(tmp)
         else:
-            model.save_pretrained(tmp, state_dict=state_dict)
+            pretrained.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
