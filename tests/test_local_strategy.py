@@ -13,6 +13,7 @@ import torch
 
 from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
 from lightrft_core.optim import adamw, lr_factor, lr_schedule
+from lightrft_core.rng import seed_everything
 from lightrft_core.strategies import LocalStrategy
 from lightrft_core.testing import StrategyConformance
 
@@ -166,7 +167,8 @@ def test_config_is_validated() -> None:
 
 # ---------------------------------------------------------------------- checkpoints
 def _setup(seed: int) -> tuple[LocalStrategy, torch.nn.Module, Any, Any]:
-    strategy = make_strategy(seed=seed)
+    strategy = make_strategy()
+    seed_everything(seed)  # what the run's start does with run.seed
     model = torch.nn.Sequential(
         torch.nn.Linear(4, 16), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(16, 1)
     )

@@ -28,7 +28,7 @@ from ..checkpoint import atomic_directory, recover_directory
 from ..export import merged_copy, write_hf_folder
 from ..interfaces import StrategyBase
 from ..interfaces.strategy import ReduceOp
-from ..rng import rng_states, seed_everything, set_rng_states
+from ..rng import rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,6 @@ class LocalStrategy(StrategyBase):
         device: Literal["auto", "cpu", "cuda"] = field(
             default="auto", metadata={"help": "Where to train; auto picks cuda when available."}
         )
-        seed: int = field(
-            default=42, metadata={"help": "Seed for python, numpy and torch RNGs at setup."}
-        )
 
         def __post_init__(self) -> None:
             if self.precision not in ("fp32", "bf16"):
@@ -70,9 +67,8 @@ class LocalStrategy(StrategyBase):
 
     # ------------------------------------------------------------------ process group
     def setup_distributed(self) -> None:
-        """No process group; pick the device and seed every RNG."""
+        """No process group; pick the device. (The run seeds every RNG with ``run.seed``.)"""
         self._device = distributed.pick_device(self.config.device)
-        seed_everything(self.config.seed)
 
     @property
     def rank(self) -> int:

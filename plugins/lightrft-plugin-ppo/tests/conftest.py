@@ -11,6 +11,6 @@ from lightrft_core.strategies.local import LocalStrategy
 @pytest.fixture
 def strategy() -> LocalStrategy:
     """The built-in one-process strategy on the CPU."""
-    s = LocalStrategy(LocalStrategy.Config(device="cpu", seed=0))
+    s = LocalStrategy(LocalStrategy.Config(device="cpu"))
     s.setup_distributed()
     return s

@@ -66,10 +66,6 @@ class DeepSpeedOptions:
             "(a dead or stuck rank makes the others exit instead of hanging)."
         },
     )
-    seed: int = field(
-        default=42,
-        metadata={"help": "Seed for python, numpy and torch RNGs (the same on every rank)."},
-    )
     # ------------------------------------------------------------ escape hatches
     config_file: str | None = field(
         default=None,

@@ -28,7 +28,6 @@ from lightrft_core.export import check_exportable, merged_copy, write_hf_folder
 from lightrft_core.interfaces import StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
 from lightrft_core.optim import adamw
-from lightrft_core.rng import seed_everything
 
 from . import checkpointing, zero3
 from .ds_config import inference_config, resolve_config, zero_stage_of
@@ -59,8 +58,8 @@ class DeepSpeedStrategy(StrategyBase):
     # ------------------------------------------------------------------ process group
     def setup_distributed(self) -> None:
         """Pick this rank's device, import deepspeed, join the torchrun process group (or
-        make a group of one) and hand it to DeepSpeed, build the DeepSpeed config, seed
-        every RNG alike on all ranks."""
+        make a group of one) and hand it to DeepSpeed, build the DeepSpeed config. (The run
+        seeds every RNG with ``run.seed``.)"""
         self._device = distributed.pick_device(self.config.device)
         device_type = self._device.type
         self.ds_config = resolve_config(self.config, pin_memory=device_type == "cuda")
@@ -75,7 +74,6 @@ class DeepSpeedStrategy(StrategyBase):
             auto_mpi_discovery=False,
             timeout=timedelta(seconds=self.config.timeout_s),
         )
-        seed_everything(self.config.seed)
 
     def _require_setup(self) -> None:
         if self._deepspeed is None:

@@ -30,7 +30,6 @@ import torch
 from lightrft_core import distributed
 from lightrft_core.interfaces import StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
-from lightrft_core.rng import seed_everything
 
 from . import checkpointing, sharding
 
@@ -104,9 +103,6 @@ class FSDPStrategy(StrategyBase):
                 "(a dead or stuck rank makes the others exit instead of hanging)."
             },
         )
-        seed: int = field(
-            default=42, metadata={"help": "Seed for python, numpy and torch RNGs at setup."}
-        )
 
         def __post_init__(self) -> None:
             if self.precision not in ("fp32", "bf16"):
@@ -132,14 +128,13 @@ class FSDPStrategy(StrategyBase):
     # ------------------------------------------------------------------ process group
     def setup_distributed(self) -> None:
         """Join the ``torchrun`` process group (or make a one-process group), pick the
-        device, build the device mesh and seed every RNG."""
+        device and build the device mesh. (The run seeds every RNG with ``run.seed``.)"""
         from torch.distributed.device_mesh import init_device_mesh
 
         self._device = distributed.pick_device(self.config.device)
         backend = distributed.backend_for(self.config.backend, self._device)
         distributed.init_process_group(backend, timeout_s=self.config.timeout_s)
         self._mesh = init_device_mesh(self._device.type, (distributed.world_size(),))
-        seed_everything(self.config.seed)
 
     @property
     def rank(self) -> int:
