@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from .component import Component
+from .multimodal import MultiModalInputs
 
 
 @dataclass
@@ -68,6 +69,8 @@ class InferenceEngine(Component):
     kind: ClassVar[str] = "engine"
     #: Whether ``sleep``/``wake_up`` really release and restore memory.
     supports_sleep: ClassVar[bool] = False
+    #: Whether ``generate`` accepts prompts with media (``multimodal=``).
+    supports_multimodal: ClassVar[bool] = False
 
     @property
     def shares_model(self) -> bool:
@@ -94,10 +97,19 @@ class InferenceEngine(Component):
 
     @abstractmethod
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
         """Sample ``params.n`` responses for each prompt; returns ``len(prompts) * n`` outputs
         grouped by prompt in input order (none for an empty list).
+
+        ``multimodal``: one entry per prompt (``None`` for a text-only prompt) when the
+        prompts carry media; the loop passes it only to engines whose
+        ``supports_multimodal`` is True. ``prompt_token_ids`` are then the processor's ids
+        (image placeholders expanded) and the engine must generate from exactly those ids.
 
         Under ``torchrun`` the loop calls ``generate`` on every rank equally often, with an
         empty list on a rank that has nothing to generate, so an engine whose ranks step
