@@ -9,6 +9,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from ..interfaces.multimodal import MultiModalInputs
 from .rows import DataError, read_rows, row_problem
 
 logger = logging.getLogger("lightrft.data")
@@ -16,12 +17,15 @@ logger = logging.getLogger("lightrft.data")
 
 @dataclass
 class PromptItem:
-    """One prompt: the formatted text, its token ids, the label and the other fields."""
+    """One prompt: the formatted text, its token ids, the label and the other fields.
+    ``multimodal``: its media (``None`` for a text-only prompt); ``prompt_ids`` are then the
+    processor's, image placeholders expanded."""
 
     prompt_text: str
     prompt_ids: list[int]
     label: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    multimodal: MultiModalInputs | None = None
 
 
 def _messages(prompt: Any, system_prompt: str | None) -> list[dict[str, Any]]:
