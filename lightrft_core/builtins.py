@@ -56,3 +56,10 @@ def lightrft_register_reward_models(register: Any) -> None:
         ConstantReward,
     ):
         register(cls)
+
+
+@hookimpl
+def lightrft_register_policy_losses(register: Any) -> None:
+    from .algorithms.clipped_loss import ClippedPolicyLoss
+
+    register(ClippedPolicyLoss)

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
     from .interfaces import (
         Actor,
+        AdvantageEstimator,
         Algorithm,
         InferenceEngine,
         ModelPatch,
+        PolicyLoss,
         RewardModel,
         StrategyBase,
     )
@@ -59,6 +61,18 @@ def lightrft_register_engines(register: Register[InferenceEngine]) -> None:
 def lightrft_register_algorithms(register: Register[Algorithm]) -> None:
     """Register RL algorithms, subclasses of ``Algorithm``. Users select one with
     ``algorithm.name``."""
+
+
+@hookspec
+def lightrft_register_advantage_estimators(register: Register[AdvantageEstimator]) -> None:
+    """Register advantage estimators, subclasses of ``AdvantageEstimator``: the first part of
+    an algorithm built from parts. Users select one with ``algorithm.advantage``."""
+
+
+@hookspec
+def lightrft_register_policy_losses(register: Register[PolicyLoss]) -> None:
+    """Register policy losses, subclasses of ``PolicyLoss``: the second part of an algorithm
+    built from parts. Users select one with ``algorithm.loss``."""
 
 
 @hookspec

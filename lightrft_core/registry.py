@@ -18,6 +18,8 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "reward": "lightrft_register_reward_models",
     "engine": "lightrft_register_engines",
     "algorithm": "lightrft_register_algorithms",
+    "advantage": "lightrft_register_advantage_estimators",
+    "loss": "lightrft_register_policy_losses",
     "patch": "lightrft_register_patches",
 }
 
@@ -37,6 +39,14 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("algorithm", "rloo"): "lightrft-plugin-reinforce",
     ("algorithm", "cpgd"): "lightrft-plugin-cpgd",
     ("algorithm", "ppo"): "lightrft-plugin-ppo",
+    ("advantage", "grpo"): "lightrft-plugin-grpo",
+    ("advantage", "dapo"): "lightrft-plugin-grpo",
+    ("advantage", "reinforce_pp"): "lightrft-plugin-reinforce",
+    ("advantage", "reinforce_pp_baseline"): "lightrft-plugin-reinforce",
+    ("advantage", "rloo"): "lightrft-plugin-reinforce",
+    ("loss", "gspo"): "lightrft-plugin-grpo",
+    ("loss", "gspo_token"): "lightrft-plugin-grpo",
+    ("loss", "gmpo"): "lightrft-plugin-grpo",
     ("strategy", "fsdp"): "lightrft-plugin-fsdp",
     ("strategy", "deepspeed"): "lightrft-plugin-deepspeed",
     ("engine", "vllm"): "lightrft-plugin-vllm",

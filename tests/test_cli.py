@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from lightrft_cli.main import app
 from lightrft_core import __version__
+from lightrft_core.registry import REGISTRATION_HOOKS
 
 runner = CliRunner()
 FAKES = ["model.name=fake", "strategy.name=fake", "engine.name=fake", "reward.name=constant"]
@@ -45,11 +46,19 @@ def test_plugins_json_lists_builtins_without_autoload() -> None:
     assert plugins["grpo"]["status"] == "disabled"  # autoload is off in unit tests
 
 
-FIRST_PARTY = {
-    "grpo": ["grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "gmpo"],
-    "reinforce": ["reinforce_pp", "reinforce_pp_baseline", "rloo"],
-    "cpgd": ["cpgd"],
-    "ppo": ["ppo"],
+FIRST_PARTY = {  # the components of each algorithm plugin, in registration order
+    "grpo": [
+        *(f"algorithm:{a}" for a in ("grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "gmpo")),
+        "advantage:grpo",
+        "advantage:dapo",
+        *(f"loss:{loss}" for loss in ("gspo", "gspo_token", "gmpo")),
+    ],
+    "reinforce": [
+        *(f"algorithm:{a}" for a in ("reinforce_pp", "reinforce_pp_baseline", "rloo")),
+        *(f"advantage:{a}" for a in ("reinforce_pp", "reinforce_pp_baseline", "rloo")),
+    ],
+    "cpgd": ["algorithm:cpgd"],
+    "ppo": ["algorithm:ppo"],
 }
 
 
@@ -57,13 +66,14 @@ FIRST_PARTY = {
 def test_plugins_json_lists_the_installed_first_party_plugins() -> None:
     result = invoke("plugins", "--json")
     plugins = {p["name"]: p for p in json.loads(result.output)}
-    for name, algorithms in FIRST_PARTY.items():
+    for name, components in FIRST_PARTY.items():
         plugin = plugins[name]
         assert plugin["status"] == "ok", plugin
         assert plugin["distribution"] == f"lightrft-plugin-{name}"
         assert plugin["version"] == __version__
-        assert plugin["components"] == [f"algorithm:{a}" for a in algorithms]
-        assert plugin["hooks"] == ["lightrft_register_algorithms"]
+        assert plugin["components"] == components
+        kinds = sorted({c.split(":")[0] for c in components})
+        assert plugin["hooks"] == sorted(REGISTRATION_HOOKS[k] for k in kinds)
     for name, kind in {"fsdp": "strategy", "deepspeed": "strategy", "vllm": "engine"}.items():
         assert plugins[name]["status"] == "ok"
         assert plugins[name]["components"] == [f"{kind}:{name}"]

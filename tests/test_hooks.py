@@ -101,6 +101,32 @@ def test_hook_lightrft_register_algorithms() -> None:
     assert _register_via("lightrft_register_algorithms", Algo).get_algorithm("my_algo") is Algo
 
 
+def test_hook_lightrft_register_advantage_estimators() -> None:
+    from lightrft_core.interfaces import AdvantageEstimator, AdvantageOutput
+
+    class Estimator(AdvantageEstimator):
+        name = "my_estimator"
+
+        def __call__(self, batch):
+            return AdvantageOutput(advantages=batch.action_mask.float())
+
+    pm = _register_via("lightrft_register_advantage_estimators", Estimator)
+    assert pm.get_component("advantage", "my_estimator") is Estimator
+
+
+def test_hook_lightrft_register_policy_losses() -> None:
+    from lightrft_core.interfaces import PolicyLoss, PolicyLossOutput
+
+    class Loss(PolicyLoss):
+        name = "my_loss"
+
+        def __call__(self, batch):
+            return PolicyLossOutput(loss=(batch.log_probs * batch.advantages).mean())
+
+    pm = _register_via("lightrft_register_policy_losses", Loss)
+    assert pm.get_component("loss", "my_loss") is Loss
+
+
 def test_hook_lightrft_register_patches() -> None:
     from lightrft_core.interfaces import ModelPatch
 

@@ -203,6 +203,8 @@ class _Builder:
             return None
         common = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("options")}
         component = self._lookup(kind, name, (section, "name"))
+        if component is not None and section == "algorithm":
+            component = self._algorithm_parts(component, raw)
         if component is None:
             section_obj = self.dataclass(cls, {k: v for k, v in raw.items() if k in common}, path)
             extra = {k: v for k, v in raw.items() if k not in common}
@@ -233,6 +235,32 @@ class _Builder:
             return None
         setattr(section_obj, OPTIONS_FIELD, options)
         return section_obj
+
+    def _algorithm_parts(self, algorithm: Any, raw: Mapping[str, Any]) -> Any:
+        """The algorithm with the parts ``algorithm.advantage`` / ``algorithm.loss`` name
+        (``lightrft_core.algorithms.parts``), so that their options are checked; ``None``
+        when a part is not installed or the algorithm is not built from parts."""
+        parts: dict[str, Any] = {}
+        for key in ("advantage", "loss"):
+            path = ("algorithm", key)
+            try:
+                name = self.value(raw.get(key), str | None, path)
+            except TypeMismatch as exc:
+                self.issue(path, str(exc))
+                return None
+            if name is None:
+                continue
+            parts[key] = self._lookup(key, name, path)
+            if parts[key] is None:
+                return None
+        if not parts:
+            return algorithm
+        from ..algorithms.parts import PartsAlgorithm, not_built_from_parts
+
+        if not issubclass(algorithm, PartsAlgorithm):
+            self.issue(("algorithm", next(iter(parts))), not_built_from_parts(algorithm.name))
+            return None
+        return algorithm.with_parts(parts.get("advantage"), parts.get("loss"))
 
     def _lookup(self, kind: str, name: str, path: Path_) -> Any:
         if self.manager is None:
@@ -361,12 +389,16 @@ def _cross_checks(cfg: LightRFTConfig, builder: _Builder) -> None:
     """Rules that involve two sections."""
     if builder.manager is None:
         return
-    algorithm = builder.manager.registry.find("algorithm", cfg.algorithm.name)
-    if (
-        algorithm is not None
-        and algorithm.cls.requires_groups
-        and cfg.engine.n_samples_per_prompt < 2
-    ):
+    from ..algorithms.parts import resolve_algorithm
+
+    section = cfg.algorithm
+    try:
+        algorithm = resolve_algorithm(
+            builder.manager, section.name, section.advantage, section.loss
+        )
+    except (LookupError, ValueError):  # reported (or warned about) with its section
+        return
+    if algorithm.requires_groups and cfg.engine.n_samples_per_prompt < 2:
         builder.issue(
             ("engine", "n_samples_per_prompt"),
             f"algorithm {cfg.algorithm.name!r} compares samples within a group of the same "

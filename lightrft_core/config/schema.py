@@ -300,6 +300,22 @@ class AlgorithmSection:
     name: str = field(
         default="grpo", metadata={"help": "RL algorithm (grpo, dapo, ppo ...; see plugins)."}
     )
+    advantage: str | None = field(
+        default=None,
+        metadata={
+            "help": "Advantage estimator that replaces the algorithm's own (grpo, rloo, "
+            "reinforce_pp ...; 'lightrft plugins' lists them); its options join the "
+            "section. null: the algorithm's. Only for algorithms built from parts."
+        },
+    )
+    loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Policy loss that replaces the algorithm's own (ppo_clip, gspo, gmpo ...); "
+            "its options join the section. null: the algorithm's. Only for algorithms built "
+            "from parts."
+        },
+    )
     options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
 

@@ -16,6 +16,8 @@ from .algorithm import (
 )
 from .component import Component, EmptyConfig, component_class_problems
 from .engine import GenerationOutput, InferenceEngine, SamplingParams
+from .multimodal import MultiModalInputs, collate_modal_inputs
+from .parts import AdvantageEstimator, AlgorithmPart, PolicyLoss
 from .patch import ModelPatch
 from .reward import RewardInput, RewardModel, RewardOutput
 from .strategy import StrategyBase
@@ -27,6 +29,8 @@ COMPONENT_KINDS: dict[str, type[Component]] = {
     "reward": RewardModel,
     "engine": InferenceEngine,
     "algorithm": Algorithm,
+    "advantage": AdvantageEstimator,
+    "loss": PolicyLoss,
     "patch": ModelPatch,
 }
 
@@ -36,10 +40,12 @@ __all__ = [
     "Actor",
     "ActorModality",
     "ActorOutput",
+    "AdvantageEstimator",
     "AdvantageInput",
     "AdvantageOutput",
     "Algorithm",
     "AlgorithmContext",
+    "AlgorithmPart",
     "Component",
     "CriticLayout",
     "CriticSpec",
@@ -48,6 +54,8 @@ __all__ = [
     "InferenceEngine",
     "LossScale",
     "ModelPatch",
+    "MultiModalInputs",
+    "PolicyLoss",
     "PolicyLossInput",
     "PolicyLossOutput",
     "RewardInput",
@@ -57,5 +65,6 @@ __all__ = [
     "StrategyBase",
     "ValueLossInput",
     "ValueLossOutput",
+    "collate_modal_inputs",
     "component_class_problems",
 ]

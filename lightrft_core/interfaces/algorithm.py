@@ -71,6 +71,17 @@ import torch
 from .component import Component
 
 
+def keep_every_group(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[B // G]`` all True: the default of ``filter_groups``, after checking that
+    ``rewards`` is ``[B]`` with ``B`` a multiple of ``group_size``."""
+    if rewards.dim() != 1 or group_size < 1 or rewards.shape[0] % group_size != 0:
+        raise ValueError(
+            f"filter_groups needs rewards [B] with B a multiple of group_size; got shape "
+            f"{tuple(rewards.shape)} and group_size {group_size!r}"
+        )
+    return torch.ones(rewards.shape[0] // group_size, dtype=torch.bool, device=rewards.device)
+
+
 @dataclass(frozen=True)
 class AlgorithmContext:
     """What an algorithm needs to know about the run, given once by the loop through
@@ -257,12 +268,7 @@ class Algorithm(Component):
         contiguous samples. The base class keeps every group; see the module docstring for
         what the loop does with dropped groups.
         """
-        if rewards.dim() != 1 or group_size < 1 or rewards.shape[0] % group_size != 0:
-            raise ValueError(
-                f"filter_groups needs rewards [B] with B a multiple of group_size; got shape "
-                f"{tuple(rewards.shape)} and group_size {group_size!r}"
-            )
-        return torch.ones(rewards.shape[0] // group_size, dtype=torch.bool, device=rewards.device)
+        return keep_every_group(rewards, group_size)
 
     @property
     def max_resample_rounds(self) -> int:

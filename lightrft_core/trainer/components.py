@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..algorithms.parts import resolve_algorithm
 from ..config import LightRFTConfig
 from ..interfaces import Algorithm, InferenceEngine, RewardModel, StrategyBase
 from ..plugins import PluginManager
@@ -35,7 +36,9 @@ def build_components(cfg: LightRFTConfig, manager: PluginManager, start: RunStar
     actor_cls = manager.get_actor(cfg.model.name)
     with model_init_context(strategy):  # fsdp meta_init: structure only on ranks > 0
         actor = actor_cls(cfg.model.options)
-    algorithm = manager.get_algorithm(cfg.algorithm.name)(cfg.algorithm.options)
+    section = cfg.algorithm
+    algorithm_cls = resolve_algorithm(manager, section.name, section.advantage, section.loss)
+    algorithm = algorithm_cls(section.options)
     reference = None
     if algorithm.needs_reference():
         with model_init_context(strategy):

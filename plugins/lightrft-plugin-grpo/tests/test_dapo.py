@@ -89,13 +89,13 @@ def test_overlong_limits_come_from_the_engine_when_not_configured() -> None:
     # L_buf = 10 // 5 = 2, threshold 8: penalties [0, 0, -1, -1] (factor 1), shaped rewards
     # [1, 1, 0, 0], mean 0.5, deviations ±0.5.
     algo = make(max_new_tokens=10, scale_rewards_by_std=False)
-    assert algo.overlong_limits() == (10, 2)
+    assert algo.estimator.overlong_limits() == (10, 2)
     out = algo.compute_advantages(_shaping_input())
     torch.testing.assert_close(out.advantages[:, 0], torch.tensor([0.5, 0.5, -0.5, -0.5]))
     # A configured max_response_length wins over the engine's value: L_max = 20, L_buf = 4,
     # threshold 16: nobody is penalised, the equal rewards give exactly 0.
     algo = make(max_new_tokens=10, max_response_length=20)
-    assert algo.overlong_limits() == (20, 4)
+    assert algo.estimator.overlong_limits() == (20, 4)
     out = algo.compute_advantages(_shaping_input())
     assert torch.equal(out.advantages, torch.zeros(4, 12))
     assert out.metrics["overlong_fraction"] == 0.0

@@ -16,6 +16,10 @@ GRPO's group-normalised advantages and PPO-clip loss with the paper's four chang
 
 No KL term by default (``kl_coef: 0``), as the paper.
 
+Parts: the estimator ``dapo`` (``DAPOEstimator``: GRPO's with overlong shaping and dynamic
+sampling) and the core's ``ppo_clip`` loss; ``DAPO`` is their preset with
+``clip_eps_high: 0.28``.
+
 Departures: ``L_max`` is ``max_response_length`` if set, else the engine's
 ``max_new_tokens`` (``AlgorithmContext.max_new_tokens``); the buffer defaults to a fifth of
 ``L_max`` (the paper: 4096 of 20480). Dynamic sampling filters on the outcome reward the
@@ -30,38 +34,27 @@ from typing import ClassVar
 
 import torch
 
-from lightrft_core.algorithms import AGGREGATION_MODES, AggregationMode
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss
 from lightrft_core.algorithms.groups import zero_std_groups
+from lightrft_core.algorithms.parts import preset
 from lightrft_core.interfaces import AdvantageInput
 
 from .advantages import overlong_length_penalty
-from .grpo import GRPO
+from .grpo import GRPO_KL_DEFAULTS, GroupNormalizedEstimator
 
 #: ``L_buf = L_max // OVERLONG_BUFFER_DIVISOR`` when ``overlong_buffer`` is not set.
 OVERLONG_BUFFER_DIVISOR = 5
 
 
-class DAPO(GRPO):
-    """Clip-higher, token-level loss, overlong shaping and dynamic sampling."""
+class DAPOEstimator(GroupNormalizedEstimator):
+    """``dapo``: GRPO's advantages of overlong-shaped rewards, with dynamic sampling."""
 
     name: ClassVar[str] = "dapo"
 
     @dataclass
-    class Config(GRPO.Config):
-        """Options of ``algorithm.name: dapo`` (GRPO's, with DAPO's defaults, plus its own)."""
+    class Config(GroupNormalizedEstimator.Config):
+        """Options of the ``dapo`` estimator (the ``grpo`` estimator's, plus its own)."""
 
-        clip_eps_high: float = field(
-            default=0.28,
-            metadata={"help": "The ratio is clipped above at 1 + clip_eps_high (clip-higher)."},
-        )
-        loss_aggregation: AggregationMode = field(
-            default="token-mean",
-            metadata={
-                "help": "How per-token losses are averaged: one of "
-                + ", ".join(AGGREGATION_MODES)
-                + ". DAPO: token-mean."
-            },
-        )
         # ------------------------------------------------------------ overlong shaping
         overlong_penalty_factor: float = field(
             default=1.0,
@@ -180,3 +173,14 @@ class DAPO(GRPO):
                 f"({max_length}); lower algorithm.overlong_buffer"
             )
         return max_length, buffer
+
+
+DAPO = preset(
+    "dapo",
+    advantage=DAPOEstimator,
+    loss=ClippedPolicyLoss,
+    defaults={**GRPO_KL_DEFAULTS, "clip_eps_high": 0.28},
+    doc="Clip-higher, token-level loss, overlong shaping and dynamic sampling.",
+    module=__name__,
+    class_name="DAPO",
+)

@@ -12,6 +12,9 @@ The paper removes GRPO's two normalisations that bias optimisation:
 The per-token loss is GRPO's PPO clip; ``MAX_TOKENS`` is ``max_tokens_norm`` or, when that
 is not set, the engine's ``max_new_tokens`` passed by the training loop.
 
+A preset of GRPO's parts (the ``grpo`` estimator and the ``ppo_clip`` loss) with two other
+defaults: ``scale_rewards_by_std: false`` and ``loss_aggregation: seq-mean-token-sum-norm``.
+
 Departures: none in the defaults (the paper has no KL term, ``kl_coef`` defaults to 0);
 every GRPO option stays available (a non-zero KL, clip-higher, other aggregation modes,
 token selection, entropy bonus).
@@ -19,37 +22,21 @@ token selection, entropy bonus).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss
+from lightrft_core.algorithms.parts import preset
 
-from lightrft_core.algorithms import AGGREGATION_MODES, AggregationMode
+from .grpo import GRPO_KL_DEFAULTS, GroupNormalizedEstimator
 
-from .grpo import GRPO
-
-
-class DrGRPO(GRPO):
-    """GRPO with unscaled advantages and a constant-normalised token sum."""
-
-    name: ClassVar[str] = "dr_grpo"
-
-    @dataclass
-    class Config(GRPO.Config):
-        """Options of ``algorithm.name: dr_grpo`` (GRPO's, with Dr.GRPO's defaults)."""
-
-        scale_rewards_by_std: bool = field(
-            default=False,
-            metadata={
-                "help": "Divide group-centred rewards by the group std. Dr.GRPO: false "
-                "(A = r - mean of the group)."
-            },
-        )
-        loss_aggregation: AggregationMode = field(
-            default="seq-mean-token-sum-norm",
-            metadata={
-                "help": "How per-token losses are averaged: one of "
-                + ", ".join(AGGREGATION_MODES)
-                + ". Dr.GRPO: seq-mean-token-sum-norm (token sums over a constant)."
-            },
-        )
-
-    config: Config
+DrGRPO = preset(
+    "dr_grpo",
+    advantage=GroupNormalizedEstimator,
+    loss=ClippedPolicyLoss,
+    defaults={
+        **GRPO_KL_DEFAULTS,
+        "scale_rewards_by_std": False,
+        "loss_aggregation": "seq-mean-token-sum-norm",
+    },
+    doc="GRPO with unscaled advantages and a constant-normalised token sum.",
+    module=__name__,
+    class_name="DrGRPO",
+)

@@ -16,6 +16,9 @@ e^0.4]``), no KL. **``clip_eps_low``/``clip_eps_high`` are log-space bounds here
 Departures: other aggregation modes are available (a sequence's loss is then counted once
 per token). With high-entropy token selection the geometric mean runs over the selected
 tokens only; the paper has no token selection. The dual clip does not apply (refused).
+
+Parts: the loss ``gmpo`` (``GMPOLoss``, the core's ``ppo_clip`` with GMPO's surrogate, its
+log-space clipping and the paper's defaults); ``GMPO`` is its preset with GRPO's estimator.
 """
 
 from __future__ import annotations
@@ -26,20 +29,22 @@ from typing import ClassVar
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES, AggregationMode, masked_mean
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss, PolicyLossOptions, Surrogate
+from lightrft_core.algorithms.parts import preset
 from lightrft_core.interfaces import PolicyLossInput
 
-from .grpo import GRPO, Surrogate
+from .grpo import GRPO_KL_DEFAULTS, GroupNormalizedEstimator
 from .sequence_losses import gmpo_loss
 
 
-class GMPO(GRPO):
-    """Geometric mean of the token ratios, clipped per token in log space."""
+class GMPOLoss(ClippedPolicyLoss):
+    """``gmpo``: geometric mean of the token ratios, clipped per token in log space."""
 
     name: ClassVar[str] = "gmpo"
 
     @dataclass
-    class Config(GRPO.Config):
-        """Options of ``algorithm.name: gmpo`` (GRPO's, with GMPO's defaults and log-space
+    class Config(PolicyLossOptions):
+        """Options of the ``gmpo`` loss (``ppo_clip``'s, with GMPO's defaults and log-space
         clipping)."""
 
         clip_eps_low: float = field(
@@ -103,3 +108,14 @@ class GMPO(GRPO):
                 "ratio_mean": masked_mean(seq.ratio.detach().expand_as(batch.log_probs), mask),
             }
         return Surrogate(loss, metrics)
+
+
+GMPO = preset(
+    "gmpo",
+    advantage=GroupNormalizedEstimator,
+    loss=GMPOLoss,
+    defaults=GRPO_KL_DEFAULTS,
+    doc="GRPO's advantages, the geometric mean of the token ratios clipped in log space.",
+    module=__name__,
+    class_name="GMPO",
+)

@@ -20,6 +20,10 @@ per token: ``token-mean`` gives ``Σ_i n_i L_i / N_tok``). With high-entropy tok
 paper has no token selection. The dual clip, off by default, acts on ``s_i``.
 ``clip_fraction`` counts tokens (a clipped sequence counts with all its tokens), as the
 paper reports it.
+
+Parts: the losses ``gspo`` (``GSPOLoss``) and ``gspo_token`` (``GSPOTokenLoss``) override
+the surrogate of the core's ``ppo_clip`` loss and carry the paper's defaults; ``GSPO`` and
+``GSPOToken`` are their presets with GRPO's estimator.
 """
 
 from __future__ import annotations
@@ -30,45 +34,48 @@ from typing import ClassVar
 import torch
 
 from lightrft_core.algorithms import AGGREGATION_MODES, AggregationMode, masked_mean
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss, PolicyLossOptions, Surrogate
+from lightrft_core.algorithms.parts import preset
 from lightrft_core.interfaces import PolicyLossInput
 
-from .grpo import GRPO, Surrogate
+from .grpo import GRPO_KL_DEFAULTS, GroupNormalizedEstimator
 from .sequence_losses import gspo_loss, gspo_token_loss
 
 
-class GSPO(GRPO):
-    """Sequence-level clipped ratio, one loss per sequence."""
+@dataclass
+class GSPOOptions(PolicyLossOptions):
+    """Options of the ``gspo`` and ``gspo_token`` losses (``ppo_clip``'s, with GSPO's
+    defaults)."""
+
+    clip_eps_low: float = field(
+        default=3e-4,
+        metadata={
+            "help": "The sequence ratio s_i is clipped below at 1 - clip_eps_low (the paper: 3e-4)."
+        },
+    )
+    clip_eps_high: float = field(
+        default=4e-4,
+        metadata={
+            "help": "The sequence ratio s_i is clipped above at 1 + clip_eps_high (the "
+            "paper: 4e-4)."
+        },
+    )
+    loss_aggregation: AggregationMode = field(
+        default="seq-mean-token-mean",
+        metadata={
+            "help": "How losses are averaged: one of "
+            + ", ".join(AGGREGATION_MODES)
+            + ". The paper: seq-mean-token-mean (the mean of the sequence losses)."
+        },
+    )
+
+
+class GSPOLoss(ClippedPolicyLoss):
+    """``gspo``: sequence-level clipped ratio, one loss per sequence."""
 
     name: ClassVar[str] = "gspo"
-
-    @dataclass
-    class Config(GRPO.Config):
-        """Options of ``algorithm.name: gspo`` (GRPO's, with GSPO's defaults)."""
-
-        clip_eps_low: float = field(
-            default=3e-4,
-            metadata={
-                "help": "The sequence ratio s_i is clipped below at 1 - clip_eps_low (the "
-                "paper: 3e-4)."
-            },
-        )
-        clip_eps_high: float = field(
-            default=4e-4,
-            metadata={
-                "help": "The sequence ratio s_i is clipped above at 1 + clip_eps_high (the "
-                "paper: 4e-4)."
-            },
-        )
-        loss_aggregation: AggregationMode = field(
-            default="seq-mean-token-mean",
-            metadata={
-                "help": "How losses are averaged: one of "
-                + ", ".join(AGGREGATION_MODES)
-                + ". The paper: seq-mean-token-mean (the mean of the sequence losses)."
-            },
-        )
-
-    config: Config
+    Config: ClassVar[type] = GSPOOptions
+    config: GSPOOptions
 
     def surrogate(self, batch: PolicyLossInput, policy_mask: torch.Tensor) -> Surrogate:
         """``L_i`` on every response token of sequence ``i``; ``s_i`` over ``policy_mask``."""
@@ -96,16 +103,12 @@ class GSPO(GRPO):
         return Surrogate(loss, metrics)
 
 
-class GSPOToken(GSPO):
-    """GSPO's sequence ratio in value, per-token gradients and advantages."""
+class GSPOTokenLoss(ClippedPolicyLoss):
+    """``gspo_token``: GSPO's sequence ratio in value, per-token gradients and advantages."""
 
     name: ClassVar[str] = "gspo_token"
-
-    @dataclass
-    class Config(GSPO.Config):
-        """Options of ``algorithm.name: gspo_token`` (the same as ``gspo``)."""
-
-    config: Config
+    Config: ClassVar[type] = GSPOOptions
+    config: GSPOOptions
 
     def surrogate(self, batch: PolicyLossInput, policy_mask: torch.Tensor) -> Surrogate:
         """``L_{i,t}`` with ``s_{i,t}``, zero outside ``policy_mask``."""
@@ -128,3 +131,24 @@ class GSPOToken(GSPO):
             if cfg.dual_clip is not None:
                 metrics["dual_clip_fraction"] = masked_mean(tok.dual_clipped.float(), policy_mask)
         return Surrogate(loss, metrics)
+
+
+GSPO = preset(
+    "gspo",
+    advantage=GroupNormalizedEstimator,
+    loss=GSPOLoss,
+    defaults=GRPO_KL_DEFAULTS,
+    doc="GRPO's advantages, sequence-level clipped ratio, one loss per sequence.",
+    module=__name__,
+    class_name="GSPO",
+)
+
+GSPOToken = preset(
+    "gspo_token",
+    advantage=GroupNormalizedEstimator,
+    loss=GSPOTokenLoss,
+    defaults=GRPO_KL_DEFAULTS,
+    doc="GRPO's advantages, GSPO's sequence ratio in value with per-token gradients.",
+    module=__name__,
+    class_name="GSPOToken",
+)

@@ -17,3 +17,21 @@ def lightrft_register_algorithms(register: Any) -> None:
 
     for algorithm in (GRPO, DrGRPO, DAPO, GSPO, GSPOToken, GMPO):
         register(algorithm)
+
+
+@hookimpl
+def lightrft_register_advantage_estimators(register: Any) -> None:
+    from .dapo import DAPOEstimator
+    from .grpo import GroupNormalizedEstimator
+
+    register(GroupNormalizedEstimator)
+    register(DAPOEstimator)
+
+
+@hookimpl
+def lightrft_register_policy_losses(register: Any) -> None:
+    from .gmpo import GMPOLoss
+    from .gspo import GSPOLoss, GSPOTokenLoss
+
+    for loss in (GSPOLoss, GSPOTokenLoss, GMPOLoss):
+        register(loss)

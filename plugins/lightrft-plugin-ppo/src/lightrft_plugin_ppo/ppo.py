@@ -34,23 +34,25 @@ Where this implementation departs from the papers, or lets configuration depart 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, get_args
+from typing import Any, ClassVar, get_args
 
 import torch
 
 from lightrft_core.algorithms import aggregate_loss, clip_advantages, masked_mean, masked_whiten
 from lightrft_core.algorithms.clipped_loss import (
     ClippedLossOptions,
-    clipped_policy_loss,
+    ClippedPolicyLoss,
     rollout_kl,
 )
 from lightrft_core.algorithms.kl import step_kl_coef
 from lightrft_core.algorithms.options import check_aggregation, check_one_of
+from lightrft_core.algorithms.parts import part_config
 from lightrft_core.algorithms.token_rewards import token_level_rewards
 from lightrft_core.interfaces import (
     AdvantageInput,
     AdvantageOutput,
     Algorithm,
+    AlgorithmContext,
     CriticLayout,
     CriticSpec,
     PolicyLossInput,
@@ -178,6 +180,18 @@ class PPO(Algorithm):
 
     config: Config
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        #: The core's clipped policy loss (``ppo_clip``) with this config's clip, aggregation
+        #: and KL options.
+        self.clipped_loss = ClippedPolicyLoss(
+            part_config(ClippedPolicyLoss.Config, self.config), label=self.name
+        )
+
+    def setup(self, context: AlgorithmContext) -> None:
+        super().setup(context)
+        self.clipped_loss.setup(context)
+
     # ------------------------------------------------------------------ the loop's questions
     def needs_reference(self) -> bool:
         return self.config.kl_coef > 0.0
@@ -240,7 +254,7 @@ class PPO(Algorithm):
 
     # ------------------------------------------------------------------ losses
     def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.context, self.name)
+        return self.clipped_loss(batch)
 
     def value_loss(self, batch: ValueLossInput) -> ValueLossOutput:
         """This micro-batch's share of the clipped value loss (``value_loss.py``),

@@ -15,3 +15,13 @@ def lightrft_register_algorithms(register: Any) -> None:
     register(ReinforcePP)
     register(ReinforcePPBaseline)
     register(RLOO)
+
+
+@hookimpl
+def lightrft_register_advantage_estimators(register: Any) -> None:
+    from .reinforce_pp import ReinforcePPBaselineEstimator, ReinforcePPEstimator
+    from .rloo import RLOOEstimator
+
+    register(ReinforcePPEstimator)
+    register(ReinforcePPBaselineEstimator)
+    register(RLOOEstimator)

@@ -29,6 +29,9 @@ Where this implementation departs from the paper, or lets configuration depart f
   batch without any outcome signal (all rewards equal) the KL penalty alone then sets the
   advantages, at full scale, whatever β is.
 * ``kl_mode: loss`` moves the KL from the token rewards to a ``β·KL`` loss term (as GRPO).
+
+Parts: the estimators ``reinforce_pp`` and ``reinforce_pp_baseline`` (here) and the core's
+``ppo_clip`` loss; ``ReinforcePP`` and ``ReinforcePPBaseline`` are their presets.
 """
 
 from __future__ import annotations
@@ -39,34 +42,27 @@ from typing import ClassVar
 import torch
 
 from lightrft_core.algorithms import clip_advantages, masked_mean, masked_whiten
-from lightrft_core.algorithms.clipped_loss import (
-    ClippedLossOptions,
-    clipped_policy_loss,
-    rollout_kl,
-)
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss, KLOptions, rollout_kl
 from lightrft_core.algorithms.groups import check_rewards, group_centered, zero_std_groups
 from lightrft_core.algorithms.kl import step_kl_coef
+from lightrft_core.algorithms.parts import KLShapedEstimator, preset
 from lightrft_core.algorithms.token_rewards import token_level_rewards
-from lightrft_core.interfaces import (
-    AdvantageInput,
-    AdvantageOutput,
-    Algorithm,
-    AlgorithmContext,
-    PolicyLossInput,
-    PolicyLossOutput,
-)
+from lightrft_core.interfaces import AdvantageInput, AdvantageOutput
 
 from .returns import discounted_returns
 
 
-class ReinforcePP(Algorithm):
-    """REINFORCE++: KL-shaped token rewards, discounted returns, global whitening."""
+class ReinforcePPEstimator(KLShapedEstimator):
+    """``reinforce_pp``: KL-shaped token rewards, discounted returns, global whitening."""
 
     name: ClassVar[str] = "reinforce_pp"
+    #: REINFORCE++-baseline subtracts the group mean from the rewards first.
+    group_baseline: ClassVar[bool] = False
 
     @dataclass
-    class Config(ClippedLossOptions):
-        """Options of ``algorithm.name: reinforce_pp``."""
+    class Config(KLOptions):
+        """Options of the ``reinforce_pp`` estimator: the KL options (``kl_mode: reward``
+        puts ``-kl_coef * kl_t`` in the token rewards), then these."""
 
         # ------------------------------------------------------------ returns
         gamma: float = field(
@@ -103,31 +99,52 @@ class ReinforcePP(Algorithm):
 
     config: Config
 
-    def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0.0
-
-    def initial_kl_coef(self) -> float:
-        return self.config.kl_coef
-
     @torch.no_grad()
-    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
-        return reinforce_pp_advantages(
-            self.config, batch, self.context, baseline=False, algorithm=self.name
+    def __call__(self, batch: AdvantageInput) -> AdvantageOutput:
+        """The advantages of the module docstring, with their metrics."""
+        cfg = self.config
+        mask = batch.action_mask.bool()  # [B, T]
+        rewards = check_rewards(batch.rewards)  # [B]
+        metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
+        if self.group_baseline:
+            metrics["zero_std_group_fraction"] = (
+                zero_std_groups(rewards, batch.group_size).float().mean().item()
+            )
+            rewards = group_centered(rewards, batch.group_size)  # [B]
+        kl = rollout_kl(cfg, batch, self.label) if cfg.kl_in_reward else None  # [B, T]
+        beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
+        token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=beta)  # [B, T]
+        returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
+        whitened = masked_whiten(
+            returns,
+            mask,
+            center=cfg.whiten_center,
+            eps=cfg.advantage_eps,
+            all_reduce=self.context.all_reduce,
         )
+        advantages = clip_advantages(whitened.values, cfg.advantage_clip)  # [B, T]
 
-    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.context, self.name)
+        if kl is not None:
+            sequence_kl = kl.sum(dim=-1)  # [B]
+            metrics["kl_sequence_mean"] = sequence_kl.mean().item()
+            metrics["kl_penalty_mean"] = (beta * sequence_kl).mean().item()
+        metrics["return_mean"] = whitened.mean
+        metrics["return_std"] = whitened.std
+        metrics["advantage_mean"] = float(masked_mean(advantages, mask))
+        metrics["advantage_abs_max"] = float(advantages.abs().max()) if advantages.numel() else 0.0
+        return AdvantageOutput(advantages=advantages, metrics=metrics)
 
 
-class ReinforcePPBaseline(Algorithm):
-    """REINFORCE++-baseline: the group mean is subtracted from the rewards first."""
+class ReinforcePPBaselineEstimator(ReinforcePPEstimator):
+    """``reinforce_pp_baseline``: the group mean is subtracted from the rewards first."""
 
     name: ClassVar[str] = "reinforce_pp_baseline"
     requires_groups: ClassVar[bool] = True
+    group_baseline: ClassVar[bool] = True
 
     @dataclass
-    class Config(ReinforcePP.Config):
-        """Options of ``algorithm.name: reinforce_pp_baseline``."""
+    class Config(ReinforcePPEstimator.Config):
+        """Options of the ``reinforce_pp_baseline`` estimator."""
 
         whiten_center: bool = field(
             default=False,
@@ -139,58 +156,21 @@ class ReinforcePPBaseline(Algorithm):
 
     config: Config
 
-    def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0.0
 
-    def initial_kl_coef(self) -> float:
-        return self.config.kl_coef
+ReinforcePP = preset(
+    "reinforce_pp",
+    advantage=ReinforcePPEstimator,
+    loss=ClippedPolicyLoss,
+    doc="REINFORCE++: KL-shaped token rewards, discounted returns, global whitening.",
+    module=__name__,
+    class_name="ReinforcePP",
+)
 
-    @torch.no_grad()
-    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
-        return reinforce_pp_advantages(
-            self.config, batch, self.context, baseline=True, algorithm=self.name
-        )
-
-    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.context, self.name)
-
-
-def reinforce_pp_advantages(
-    cfg: ReinforcePP.Config,
-    batch: AdvantageInput,
-    context: AlgorithmContext,
-    *,
-    baseline: bool,
-    algorithm: str,
-) -> AdvantageOutput:
-    """The advantages of the module docstring, with their metrics."""
-    mask = batch.action_mask.bool()  # [B, T]
-    rewards = check_rewards(batch.rewards)  # [B]
-    metrics: dict[str, float] = {"reward_mean": rewards.mean().item()}
-    if baseline:
-        metrics["zero_std_group_fraction"] = (
-            zero_std_groups(rewards, batch.group_size).float().mean().item()
-        )
-        rewards = group_centered(rewards, batch.group_size)  # [B]
-    kl = rollout_kl(cfg, batch, algorithm) if cfg.kl_in_reward else None  # [B, T]
-    beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
-    token_rewards = token_level_rewards(rewards, mask, kl=kl, kl_coef=beta)  # [B, T]
-    returns = discounted_returns(token_rewards, mask, cfg.gamma)  # [B, T]
-    whitened = masked_whiten(
-        returns,
-        mask,
-        center=cfg.whiten_center,
-        eps=cfg.advantage_eps,
-        all_reduce=context.all_reduce,
-    )
-    advantages = clip_advantages(whitened.values, cfg.advantage_clip)  # [B, T]
-
-    if kl is not None:
-        sequence_kl = kl.sum(dim=-1)  # [B]
-        metrics["kl_sequence_mean"] = sequence_kl.mean().item()
-        metrics["kl_penalty_mean"] = (beta * sequence_kl).mean().item()
-    metrics["return_mean"] = whitened.mean
-    metrics["return_std"] = whitened.std
-    metrics["advantage_mean"] = float(masked_mean(advantages, mask))
-    metrics["advantage_abs_max"] = float(advantages.abs().max()) if advantages.numel() else 0.0
-    return AdvantageOutput(advantages=advantages, metrics=metrics)
+ReinforcePPBaseline = preset(
+    "reinforce_pp_baseline",
+    advantage=ReinforcePPBaselineEstimator,
+    loss=ClippedPolicyLoss,
+    doc="REINFORCE++-baseline: the group mean is subtracted from the rewards first.",
+    module=__name__,
+    class_name="ReinforcePPBaseline",
+)

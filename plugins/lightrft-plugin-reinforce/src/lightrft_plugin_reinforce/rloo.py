@@ -23,20 +23,18 @@ Where this implementation departs from the paper, or lets configuration depart f
   reward, which is ``kl_coef > 0`` here. ``kl_mode: loss`` adds ``β·KL`` to the loss instead.
 * Loss aggregation: ``token-mean`` by default (the paper averages sequence log-likelihood
   terms, closest to ``seq-mean-token-sum``; every mode is available).
+
+Parts: the estimator ``rloo`` (``RLOOEstimator``) and the core's ``ppo_clip`` loss; ``RLOO``
+is their preset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from lightrft_core.algorithms.clipped_loss import (
-    ClippedLossOptions,
-    clipped_policy_loss,
-    rollout_kl,
-)
+from lightrft_core.algorithms.clipped_loss import ClippedPolicyLoss, KLOptions, rollout_kl
 from lightrft_core.algorithms.groups import (
     broadcast_to_tokens,
     check_rewards,
@@ -44,41 +42,26 @@ from lightrft_core.algorithms.groups import (
     zero_std_groups,
 )
 from lightrft_core.algorithms.kl import step_kl_coef
-from lightrft_core.interfaces import (
-    AdvantageInput,
-    AdvantageOutput,
-    Algorithm,
-    PolicyLossInput,
-    PolicyLossOutput,
-)
+from lightrft_core.algorithms.parts import KLShapedEstimator, preset
+from lightrft_core.interfaces import AdvantageInput, AdvantageOutput
 
 
-class RLOO(Algorithm):
-    """Leave-one-out group baseline and the PPO-clip policy loss."""
+class RLOOEstimator(KLShapedEstimator):
+    """``rloo``: the leave-one-out group baseline, copied to every response token."""
 
     name: ClassVar[str] = "rloo"
     requires_groups: ClassVar[bool] = True
-
-    @dataclass
-    class Config(ClippedLossOptions):
-        """Options of ``algorithm.name: rloo`` (all shared with REINFORCE++'s loss)."""
-
-    config: Config
-
-    def needs_reference(self) -> bool:
-        return self.config.kl_coef > 0.0
-
-    def initial_kl_coef(self) -> float:
-        return self.config.kl_coef
+    Config: ClassVar[type] = KLOptions
+    config: KLOptions
 
     @torch.no_grad()
-    def compute_advantages(self, batch: AdvantageInput) -> AdvantageOutput:
+    def __call__(self, batch: AdvantageInput) -> AdvantageOutput:
         cfg = self.config
         mask = batch.action_mask.bool()  # [B, T]
         rewards = check_rewards(batch.rewards)  # [B]
         metrics: dict[str, float] = {}
         if cfg.kl_in_reward:
-            sequence_kl = rollout_kl(cfg, batch, self.name).sum(dim=-1)  # [B]
+            sequence_kl = rollout_kl(cfg, batch, self.label).sum(dim=-1)  # [B]
             beta = step_kl_coef(batch.kl_coef, cfg.kl_coef)
             rewards = rewards - beta * sequence_kl
             metrics["kl_sequence_mean"] = sequence_kl.mean().item()
@@ -92,5 +75,12 @@ class RLOO(Algorithm):
         )
         return AdvantageOutput(advantages=broadcast_to_tokens(advantages, mask), metrics=metrics)
 
-    def policy_loss(self, batch: PolicyLossInput) -> PolicyLossOutput:
-        return clipped_policy_loss(self.config, batch, self.context, self.name)
+
+RLOO = preset(
+    "rloo",
+    advantage=RLOOEstimator,
+    loss=ClippedPolicyLoss,
+    doc="Leave-one-out group baseline and the PPO-clip policy loss.",
+    module=__name__,
+    class_name="RLOO",
+)
