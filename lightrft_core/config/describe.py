@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ def dataclass_fields(cls: type, prefix: str) -> list[FieldDoc]:
             continue
         tp = types_[f.name]
         key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             docs += dataclass_fields(tp, key)
         else:
             docs.append(FieldDoc(key, describe_type(tp), _default(f), f.metadata.get("help", "")))
@@ -58,7 +59,7 @@ def core_sections() -> dict[str, tuple[str, list[FieldDoc]]]:
 
 
 def schema_markdown(
-    components: list[tuple[str, str, type]] = (), section: str | None = None
+    components: Sequence[tuple[str, str, type]] = (), section: str | None = None
 ) -> str:
     """The configuration reference as Markdown (only ``section`` when given);
     ``components`` adds option tables for ``(section, component name, Config class)``."""

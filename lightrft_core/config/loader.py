@@ -345,12 +345,12 @@ def _load(
     sections: dict[str, Any] = {}
     root_types = field_types(LightRFTConfig)
     known = [f.name for f in dataclasses.fields(LightRFTConfig)]
-    for key, value in raw.items():
-        if key not in known:
-            hint = did_you_mean(str(key), known)
-            builder.issue((str(key),), f"unknown section{hint}" + _valid_keys(known, hint))
+    for name, value in raw.items():
+        if name not in known:
+            hint = did_you_mean(str(name), known)
+            builder.issue((str(name),), f"unknown section{hint}" + _valid_keys(known, hint))
         elif not isinstance(value, Mapping):
-            builder.issue((key,), f"must be a mapping of keys, got {_plain(value)!r}")
+            builder.issue((name,), f"must be a mapping of keys, got {_plain(value)!r}")
     for f in dataclasses.fields(LightRFTConfig):
         section_raw = raw.get(f.name, {})
         if not isinstance(section_raw, Mapping):

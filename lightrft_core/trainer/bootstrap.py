@@ -60,7 +60,7 @@ def load_tokenizer(path: str) -> Any:
 
 
 def start_run(
-    cfg: LightRFTConfig, manager: PluginManager, *, global_batches: Mapping[str, int]
+    cfg: LightRFTConfig, manager: PluginManager, *, global_batches: Mapping[str, int | None]
 ) -> RunStart:
     """Build and set up the strategy, seed every generator with ``run.seed``, check that
     each of ``global_batches`` (config key -> size) divides over the ranks, and load the

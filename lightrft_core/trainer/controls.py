@@ -63,8 +63,9 @@ class LoopControls:
         (the running statistics are updated with this batch, of every rank)."""
         if self.normalizer is None:
             return rewards
-        all_reduce = strategy.all_reduce if strategy.world_size > 1 else None
-        return self.normalizer(rewards, all_reduce=all_reduce)
+        if strategy.world_size == 1:
+            return self.normalizer(rewards)
+        return self.normalizer(rewards, all_reduce=strategy.all_reduce)
 
     @property
     def kl_coef(self) -> float | None:

@@ -120,7 +120,10 @@ class RLTrainer:
             warmup_steps=t.warmup_steps,
             total_steps=t.max_steps * self.updates_per_step,
         )
-        self.c.actor, self.optimizer, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
+        self.c.actor, prepared, self.scheduler = s.prepare(self.c.actor, optimizer, scheduler)
+        if prepared is None:
+            raise TypeError(f"strategy {s.name!r}: prepare(model, optimizer) returned no optimizer")
+        self.optimizer: torch.optim.Optimizer = prepared
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
         policy = unwrapped_actor(s, self.actor)
@@ -441,6 +444,8 @@ class RLTrainer:
         (per-token means)."""
         s = self.c.strategy
         mb = mb.to(s.device)
+        if mb.old_log_probs is None or mb.advantages is None:
+            raise RuntimeError("internal: a micro-batch reached training unscored")
         with self._autocast():
             out = self.actor(mb.sequences, mb.attention_mask, return_entropy=True)
         loss = self.c.algorithm.policy_loss(

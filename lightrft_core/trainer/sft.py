@@ -45,7 +45,7 @@ def run_sft(
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     strategy, tokenizer = start.strategy, start.tokenizer
     with model_init_context(strategy):
-        actor = manager.get_actor(cfg.model.name)(cfg.model.options)
+        actor: torch.nn.Module = manager.get_actor(cfg.model.name)(cfg.model.options)
     dataset = SFTDataset.from_source(
         d.train_path, tokenizer, d, response_key=d.response_key, max_length=s.max_length
     )
