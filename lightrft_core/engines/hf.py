@@ -10,6 +10,16 @@ model's **raw** distribution -- temperature 1, before top-k/top-p truncation -- 
 ``log_softmax`` of the logits. At temperature 1 without top-k/top-p that is exactly what
 the actor recomputes in training, and it never depends on the sampling settings.
 
+Prompts with media (``generate(..., multimodal=[...])``, ``supports_multimodal``): the
+batch's processor tensors (``collate_modal_inputs``) go into the prefill, and the positions
+come from the model itself, the way ``model.generate`` gets them
+(``_prepare_position_ids_for_generation``: multi-dimensional rotary positions such as
+Qwen2-VL's, with their per-row offsets); each decoding step then continues every position
+row by one. The engine names no model family: the per-token modality types the model may
+need (``mm_token_type_ids``: 1 image, 2 video) come from the placeholder ids its config
+declares (``image_token_id``, ``video_token_id``). A batch without media runs the text path
+unchanged.
+
 Given the trainer's live module (``setup(model=...)``) the engine shares it: no copy, and
 ``update_weights`` is a no-op. Given a folder (``setup(model_path=...)``) it owns a copy
 and ``update_weights`` copies tensors in by name.
@@ -24,7 +34,17 @@ from typing import Any
 
 import torch
 
-from ..interfaces import GenerationOutput, InferenceEngine, SamplingParams
+from ..interfaces import (
+    GenerationOutput,
+    InferenceEngine,
+    MultiModalInputs,
+    SamplingParams,
+    collate_modal_inputs,
+)
+
+#: Token type of each modality in ``mm_token_type_ids`` (transformers' convention), by the
+#: config attribute naming that modality's placeholder id.
+MODALITY_TOKEN_TYPES = {"image_token_id": 1, "video_token_id": 2}
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tensor:
@@ -58,6 +78,70 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def modality_token_types(config: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """``mm_token_type_ids`` of ``input_ids`` [B, P]: each token's modality (0 text, 1
+    image, 2 video) by the placeholder ids ``config`` declares; ``None`` when it declares
+    none (the model then needs no token types)."""
+    types = torch.zeros_like(input_ids, dtype=torch.int)
+    declared = False
+    for attribute, token_type in MODALITY_TOKEN_TYPES.items():
+        token_id = getattr(config, attribute, None)
+        if token_id is not None:
+            declared = True
+            types = types.masked_fill(input_ids == token_id, token_type)
+    return types if declared else None
+
+
+def load_generative_model(path: str) -> torch.nn.Module:
+    """The generative model saved in ``path``: a causal LM, or an image-text-to-text model
+    (a vision-language checkpoint) when that is what its config is."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if (
+        model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    ):
+        return AutoModelForImageTextToText.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
+@dataclass
+class PrefillInputs:
+    """What a batch's first forward takes besides the token ids and the mask: ``positions``
+    ([B, P], or [K, B, P] for multi-dimensional rotary positions; each decoding step adds
+    1 to every row) and, for media, the processor tensors (``media``)."""
+
+    positions: torch.Tensor
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def prefill_inputs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    media: Sequence[MultiModalInputs | None],
+) -> PrefillInputs:
+    """The prefill of a left-padded batch (``input_ids``, ``mask`` [B, P]). Without media:
+    positions count each row's tokens from its first one. With media: the rows' tensors
+    concatenated in row order, and the positions the model computes for them as
+    ``model.generate`` does."""
+    if all(item is None for item in media):
+        return PrefillInputs((mask.cumsum(-1) - 1).clamp(min=0))
+    tensors = {k: v.to(input_ids.device) for k, v in collate_modal_inputs(media).items()}
+    kwargs = {"input_ids": input_ids, "attention_mask": mask, **tensors}
+    token_types = modality_token_types(model.config, input_ids)
+    if token_types is not None:
+        kwargs["mm_token_type_ids"] = token_types
+    # the model's own positions (e.g. 3-D rotary ones and their per-row offsets)
+    positions = model._prepare_position_ids_for_generation(input_ids, kwargs)
+    return PrefillInputs(positions, tensors)
+
+
 @contextmanager
 def inference_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no grad for the duration; restores every submodule's train flag."""
@@ -75,6 +159,7 @@ class HFEngine(InferenceEngine):
     """Generates with a transformers causal LM (the trainer's own module when shared)."""
 
     name = "hf"
+    supports_multimodal = True
 
     @dataclass
     class Config:
@@ -107,9 +192,7 @@ class HFEngine(InferenceEngine):
         if model is not None:
             self.model, self._shares_model = model, True
         elif model_path is not None:
-            from transformers import AutoModelForCausalLM
-
-            self.model, self._shares_model = AutoModelForCausalLM.from_pretrained(model_path), False
+            self.model, self._shares_model = load_generative_model(model_path), False
         else:
             raise ValueError("HFEngine.setup needs model= (shared module) or model_path= (folder)")
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -134,7 +217,11 @@ class HFEngine(InferenceEngine):
 
     # ------------------------------------------------------------------ generation
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
         model = self._require_model()
         vocab = model.get_input_embeddings().num_embeddings
@@ -143,7 +230,15 @@ class HFEngine(InferenceEngine):
                 raise ValueError(f"prompt {index} is empty; every prompt needs >= 1 token")
             if min(prompt) < 0 or max(prompt) >= vocab:
                 raise ValueError(f"prompt {index} has a token id outside [0, {vocab})")
-        rows = [(i, list(p)) for i, p in enumerate(prompt_token_ids) for _ in range(params.n)]
+        media = list(multimodal) if multimodal is not None else [None] * len(prompt_token_ids)
+        if len(media) != len(prompt_token_ids):
+            raise ValueError(
+                f"multimodal has {len(media)} entries for {len(prompt_token_ids)} prompts; "
+                "give one per prompt (None for a text-only prompt)"
+            )
+        rows = [
+            (i, list(p), media[i]) for i, p in enumerate(prompt_token_ids) for _ in range(params.n)
+        ]
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self._device()).manual_seed(params.seed)
@@ -162,19 +257,20 @@ class HFEngine(InferenceEngine):
     def _generate_batch(
         self,
         model: torch.nn.Module,
-        rows: list[tuple[int, list[int]]],
+        rows: list[tuple[int, list[int], MultiModalInputs | None]],
         params: SamplingParams,
         generator: torch.Generator | None,
     ) -> list[GenerationOutput]:
         device, batch = self._device(), len(rows)
-        width = max(len(prompt) for _, prompt in rows)
+        width = max(len(prompt) for _, prompt, _ in rows)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, (_, prompt) in enumerate(rows):  # left padding
+        for row, (_, prompt, _) in enumerate(rows):  # left padding
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             mask[row, width - len(prompt) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)  # [B, P]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
+        prefill = prefill_inputs(model, input_ids, mask, [item for _, _, item in rows])
+        positions = prefill.positions  # [B, P] or [K, B, P]
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
 
@@ -190,6 +286,7 @@ class HFEngine(InferenceEngine):
                 position_ids=step_pos,
                 past_key_values=past,
                 use_cache=True,
+                **(prefill.media if past is None else {}),  # the media go in with the prompt
             )
             logits = out.logits[:, -1, :].float()  # [B, V]
             temperature = params.temperature
@@ -215,7 +312,7 @@ class HFEngine(InferenceEngine):
             # next step: feed the new token (or, if the cache was dropped, everything)
             past = getattr(out, "past_key_values", None)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)  # [B, P+t+1]
-            next_pos = positions[:, -1:] + 1  # [B, 1]
+            next_pos = positions[..., -1:] + 1  # [B, 1] or [K, B, 1]
             positions = torch.cat([positions, next_pos], dim=-1)
             input_ids = torch.cat([input_ids, next_ids.unsqueeze(-1)], dim=-1)
             if past is not None:
@@ -226,7 +323,7 @@ class HFEngine(InferenceEngine):
         all_tokens = torch.stack(tokens, dim=-1).tolist()  # [B, T]
         all_log_probs = torch.stack(log_probs, dim=-1).tolist() if log_probs else None
         outputs = []
-        for row, (index, _) in enumerate(rows):
+        for row, (index, _, _) in enumerate(rows):
             end = int(stopped_at[row])
             length = end + 1 if end >= 0 else len(all_tokens[row])
             outputs.append(

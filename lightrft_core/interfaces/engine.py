@@ -55,12 +55,16 @@ class GenerationOutput:
     (stop token included when one ended it). ``log_probs``: behaviour log-prob of each
     response token under the sampling distribution's model (same length as ``token_ids``),
     empty when not requested. ``finish_reason``: ``"stop"`` or ``"length"``.
+    ``prompt_token_ids``: the prompt ids the engine generated from when it built them itself
+    (its own processor expanding image placeholders, a re-tokenisation); ``None`` when it
+    used the given ids as they are. The loop checks them against the ids it scores.
     """
 
     prompt_index: int
     token_ids: list[int]
     log_probs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
+    prompt_token_ids: list[int] | None = None
 
 
 class InferenceEngine(Component):

@@ -10,6 +10,7 @@ from ..config import LightRFTConfig
 from ..interfaces import InferenceEngine, RewardInput, SamplingParams, StrategyBase
 from .data import RunData
 from .distributed import reduce_values
+from .multimodal import generate_kwargs
 
 
 def _score(data: RunData, items: list[Any], outputs: list[Any], tokenizer: Any) -> Any:
@@ -57,7 +58,7 @@ def evaluate(
     greedy = SamplingParams(
         n=1, temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop_token_ids=stops
     )
-    answers = engine.generate(prompts, greedy)
+    answers = engine.generate(prompts, greedy, **generate_kwargs(items))
     if items:
         output = _score(data, items, answers, tokenizer)
         sums["correct"] = float(_correct(output).sum())
@@ -72,7 +73,7 @@ def evaluate(
             stop_token_ids=stops,
             seed=cfg.run.seed + rank,
         )
-        samples = engine.generate(prompts, sampled)
+        samples = engine.generate(prompts, sampled, **generate_kwargs(items))
         if items:
             output = _score(data, items, samples, tokenizer)
             per_prompt = _correct(output).view(len(items), k)

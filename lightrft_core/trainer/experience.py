@@ -5,6 +5,10 @@ Layout of one row (right padding)::
     sequences[i] = prompt tokens (Lp) | response tokens (Lr) | pad ...
     action_mask[i, t] is True when sequences[i, t + 1] is a response token, i.e. for
     t in [Lp - 1, Lp - 1 + Lr) -- per-token tensors have T - 1 positions (see actor.py).
+
+A row's media (``multimodal[i]``: its prompt's ``MultiModalInputs``, ``None`` for a
+text-only row) stay with the row: ``select`` picks them, ``to`` moves their tensors, and
+``modal_inputs`` concatenates them in row order for one forward pass.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ..interfaces import GenerationOutput
+from ..interfaces import GenerationOutput, MultiModalInputs, collate_modal_inputs
 
 
 @dataclass
@@ -32,6 +36,7 @@ class RolloutBatch:
     values: torch.Tensor | None = None  # [B, T-1], the critic's old values
     advantages: torch.Tensor | None = None  # [B, T-1]
     returns: torch.Tensor | None = None  # [B, T-1], the critic's targets
+    multimodal: list[MultiModalInputs | None] | None = None  # [B], None: no row has media
 
     def __len__(self) -> int:
         return self.sequences.shape[0]
@@ -44,11 +49,16 @@ class RolloutBatch:
     def response_lengths(self) -> torch.Tensor:
         return self.action_mask.sum(dim=1)
 
+    def modal_inputs(self, keys: frozenset[str] | None = None) -> dict[str, torch.Tensor]:
+        """The rows' media tensors concatenated in row order (``collate_modal_inputs``),
+        only ``keys`` when given; empty when no row has media."""
+        return collate_modal_inputs(self.multimodal or [], keys)
+
     def select(self, rows: torch.Tensor | Sequence[int]) -> RolloutBatch:
         """The rows ``rows``, trimmed to their longest sequence (less padding to compute)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         length = int(self.attention_mask[rows].sum(dim=1).max())
-        picked = {}
+        picked: dict[str, object] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
@@ -57,15 +67,19 @@ class RolloutBatch:
                     full = value.shape[1] == self.sequences.shape[1]
                     value = value[:, : length if full else length - 1]
             picked[f.name] = value
+        if self.multimodal is not None:
+            picked["multimodal"] = [self.multimodal[int(row)] for row in rows]
         return replace(self, **picked)
 
 
 def _moved(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
-    moved = {
+    moved: dict[str, object] = {
         f.name: getattr(batch, f.name).to(device)
         for f in fields(batch)
         if isinstance(getattr(batch, f.name), torch.Tensor)
     }
+    if batch.multimodal is not None:
+        moved["multimodal"] = [None if m is None else m.to(device) for m in batch.multimodal]
     return replace(batch, **moved)
 
 
@@ -76,8 +90,11 @@ def build_rollout(
     *,
     group_size: int,
     pad_id: int,
+    multimodal: Sequence[MultiModalInputs | None] | None = None,
 ) -> RolloutBatch:
-    """Assemble the tensors of a rollout from the engine's outputs (in output order)."""
+    """Assemble the tensors of a rollout from the engine's outputs (in output order).
+    ``multimodal``: each prompt's media (like ``prompt_ids``), kept per row when a prompt
+    has any."""
     rows = [list(prompt_ids[o.prompt_index]) + list(o.token_ids) for o in outputs]
     width = max(len(r) for r in rows)
     b = len(rows)
@@ -100,7 +117,17 @@ def build_rollout(
         rewards=rewards.float(),
         engine_log_probs=engine_log_probs,
         group_size=group_size,
+        multimodal=_row_media(multimodal, outputs),
     )
+
+
+def _row_media(
+    multimodal: Sequence[MultiModalInputs | None] | None, outputs: Sequence[GenerationOutput]
+) -> list[MultiModalInputs | None] | None:
+    """Each output row's prompt media; ``None`` when no prompt has any."""
+    if multimodal is None or all(item is None for item in multimodal):
+        return None
+    return [multimodal[o.prompt_index] for o in outputs]
 
 
 def shuffled_chunks(n: int, size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

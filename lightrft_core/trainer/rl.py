@@ -51,6 +51,7 @@ from .dynamic_sampling import CollectedGroups, ScoredRound, collect_groups, draw
 from .evaluate import evaluate
 from .experience import RolloutBatch, build_rollout, shuffled_chunks
 from .metrics import PhaseTimer
+from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
 from .step_metrics import rollout_metrics
 
 logger = logging.getLogger("lightrft.trainer")
@@ -127,6 +128,12 @@ class RLTrainer:
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
         policy = unwrapped_actor(s, self.actor)
+        check_media_support(
+            [*self.data.sampler.dataset, *self.data.eval_items],
+            self.c.engine,
+            policy,
+            engine_name=cfg.engine.name,
+        )
         self.critic = build_critic(
             self.c.algorithm,
             s,
@@ -246,8 +253,10 @@ class RLTrainer:
             with timer("generate"), self._autocast(), generation_context(c.strategy, self.actor):
                 c.engine.wake_up()
                 params = self._sampling(step, round_index)
-                outputs = c.engine.generate([it.prompt_ids for it in items], params)
+                prompts = [it.prompt_ids for it in items]
+                outputs = c.engine.generate(prompts, params, **generate_kwargs(items))
                 c.engine.sleep()
+            check_prompt_ids(items, outputs)
             with timer("reward"):
                 texts = [c.tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs]
                 scored = self.data.score(
@@ -265,12 +274,14 @@ class RLTrainer:
 
     def _build_rollout(self, collected: CollectedGroups) -> RolloutBatch:
         prompt_ids, outputs, rewards = collected.trained_batch()
+        media = [collected.rounds[r].items[g].multimodal for r, g in collected.chosen]
         return build_rollout(
             prompt_ids,
             outputs,
             rewards,
             group_size=self.cfg.engine.n_samples_per_prompt,
             pad_id=self.data.pad_id,
+            multimodal=media,
         )
 
     def _sampling(self, step: int, round_index: int = 0) -> SamplingParams:
@@ -363,6 +374,13 @@ class RLTrainer:
         sums = {f"{prefix}{k}": v * samples for k, v in means.items()}
         return reduce_means(self.c.strategy, sums, samples)
 
+    def _modal_inputs(self, model: torch.nn.Module, mb: RolloutBatch) -> dict[str, Any]:
+        """The micro-batch's media as ``model`` (the prepared actor or reference) declares
+        its inputs; empty for text-only rows."""
+        if mb.multimodal is None:
+            return {}
+        return unwrapped_actor(self.c.strategy, model).select_inputs(mb.modal_inputs())
+
     @torch.no_grad()
     def _log_probs(self, actor: Any, rollout: RolloutBatch) -> torch.Tensor:
         out = torch.zeros_like(rollout.engine_log_probs)
@@ -371,8 +389,9 @@ class RLTrainer:
         actor.eval()
         for rows in torch.arange(len(rollout)).split(size):
             mb = rollout.select(rows).to(self.c.strategy.device)
+            modal = self._modal_inputs(actor, mb)
             with self._autocast():
-                lp = actor(mb.sequences, mb.attention_mask).log_probs
+                lp = actor(mb.sequences, mb.attention_mask, **modal).log_probs
             out[rows, : lp.shape[1]] = lp.float().cpu()
         actor.train(was_training)
         return out * rollout.action_mask
@@ -447,7 +466,12 @@ class RLTrainer:
         if mb.old_log_probs is None or mb.advantages is None:
             raise RuntimeError("internal: a micro-batch reached training unscored")
         with self._autocast():
-            out = self.actor(mb.sequences, mb.attention_mask, return_entropy=True)
+            out = self.actor(
+                mb.sequences,
+                mb.attention_mask,
+                return_entropy=True,
+                **self._modal_inputs(self.actor, mb),
+            )
         loss = self.c.algorithm.policy_loss(
             PolicyLossInput(
                 log_probs=out.log_probs.float(),
