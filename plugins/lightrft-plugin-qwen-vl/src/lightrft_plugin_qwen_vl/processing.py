@@ -1,0 +1,60 @@
+"""Loading a Qwen-VL processor where torchvision is missing.
+
+transformers 5.x builds every Qwen-VL processor (``Qwen2VLProcessor``, ``Qwen2_5_VLProcessor``,
+``Qwen3VLProcessor``) with a video processor, and its video processors require torchvision:
+without it ``AutoProcessor.from_pretrained`` raises even for image-only use. ``load_processor``
+loads the folder with ``AutoProcessor`` when it can and otherwise builds the folder's
+processor class without its video processor (tokenizer, image processor -- which falls back to
+its PIL implementation -- and chat template); such a processor handles text and images, and
+videos raise.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PROCESSOR_CONFIG = "processor_config.json"
+
+
+@cache
+def image_only_processor_class(processor_class: type) -> type:
+    """``processor_class`` whose sub-processors are the image processor and the tokenizer
+    only (same behaviour for text and images; its ``__name__`` stays the base's, so a saved
+    folder names the standard class)."""
+
+    class ImageOnly(processor_class):  # type: ignore[misc, valid-type]
+        def __init__(
+            self,
+            image_processor: Any = None,
+            tokenizer: Any = None,
+            chat_template: Any = None,
+            **kwargs: Any,
+        ) -> None:
+            # ProcessorMixin pairs positional sub-processors with this signature's names,
+            # so the base's ``video_processor`` argument (None) is dropped.
+            super().__init__(
+                image_processor, tokenizer, None, chat_template=chat_template, **kwargs
+            )
+
+    ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
+    ImageOnly.__doc__ = f"{processor_class.__name__} without a video processor."
+    return ImageOnly
+
+
+def load_processor(path: str | Path) -> Any:
+    """``AutoProcessor.from_pretrained(path)``; without torchvision, the class named in the
+    folder's ``processor_config.json`` built without its video processor."""
+    import transformers
+    from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
+
+    config_file = Path(path) / PROCESSOR_CONFIG
+    if is_torchvision_available() or not config_file.is_file():
+        return AutoProcessor.from_pretrained(path)
+    base = getattr(transformers, json.loads(config_file.read_text())["processor_class"])
+    if "video_processor" not in base.get_attributes():
+        return AutoProcessor.from_pretrained(path)
+    return image_only_processor_class(base).from_pretrained(path)

@@ -1,0 +1,206 @@
+"""Tiny random-weight Qwen-VL models with their processor, built locally for tests and demos.
+
+``build_tiny_qwen_vl(path, family=...)`` writes a Hugging Face folder that
+``AutoProcessor.from_pretrained`` and ``AutoModelForImageTextToText`` load:
+
+- the core's byte-level tokenizer (ids 0..255 = bytes, then ``<|endoftext|>``,
+  ``<|im_start|>``, ``<|im_end|>``) plus the vision tokens ``<|vision_start|>``,
+  ``<|vision_end|>``, ``<|image_pad|>``, ``<|video_pad|>`` (ids 259..262), which the
+  model config names;
+- a ChatML chat template whose ``{"type": "image"}`` parts render as
+  ``<|vision_start|><|image_pad|><|vision_end|>`` (the processor expands the pad);
+- a Qwen2-VL image processor for small images: 28x28 to 56x56 pixels after resizing,
+  i.e. 4 to 16 patches of 14x14, 1 to 4 image tokens after the 2x2 merge;
+- a model with a 2-layer text decoder (hidden 64, one head of 64) and a 1-2 block
+  vision tower (width 32).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from lightrft_core.models.tiny import build_byte_tokenizer
+
+from .processing import PROCESSOR_CONFIG
+
+Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+#: ChatML; a message's content is a string or a list of ``{"type": "text"|"image"|"video"}``
+#: parts. The generation prompt is ``<|im_start|>assistant\n``.
+VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+#: Image size bounds of the tiny processor, in pixels (after its aspect-preserving resize).
+MIN_PIXELS = 28 * 28
+MAX_PIXELS = 56 * 56
+
+TEXT_HIDDEN = 64
+_TEXT = {
+    "hidden_size": TEXT_HIDDEN,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 2048,
+}
+#: Sections of the rotary half-dimension (head_dim 64 -> 32) for time, height and width.
+_MROPE_SECTION = [8, 12, 12]
+
+
+def build_vl_tokenizer() -> Any:
+    """The core's byte tokenizer with the four vision tokens (ids 259..262) and the VL
+    chat template."""
+    tokenizer = build_byte_tokenizer()
+    tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
+    tokenizer.chat_template = VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _token_ids(tokenizer: Any) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))
+    return {
+        "vision_start_token_id": ids[0],
+        "vision_end_token_id": ids[1],
+        "image_token_id": ids[2],
+        "video_token_id": ids[3],
+    }
+
+
+def _config(family: str, tokenizer: Any) -> Any:
+    """The model config of a family: tiny text and vision parts, the tokenizer's ids."""
+    from transformers import AutoConfig
+
+    text = {
+        **_TEXT,
+        "vocab_size": len(tokenizer),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": list(_MROPE_SECTION),
+        },
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if family == "qwen2_vl":
+        vision: dict[str, Any] = {
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": TEXT_HIDDEN,  # the merger's output: the text width
+            "mlp_ratio": 2,
+            "num_heads": 2,
+        }
+    elif family == "qwen2_5_vl":
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": TEXT_HIDDEN,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        }
+    elif family == "qwen3_vl":
+        text = {
+            **text,
+            "head_dim": TEXT_HIDDEN,
+            "rope_parameters": {**text["rope_parameters"], "mrope_interleaved": True},
+        }
+        vision = {
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "out_hidden_size": TEXT_HIDDEN,
+            "num_position_embeddings": 16,
+            "deepstack_visual_indexes": [0],
+        }
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    return AutoConfig.for_model(
+        family,
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=False,
+        **_token_ids(tokenizer),
+    )
+
+
+def build_tiny_processor(family: str = "qwen2_vl") -> Any:
+    """The family's processor: the VL tokenizer, a small-image Qwen2-VL image processor
+    (PIL backend: no torchvision needed) and the VL chat template. No video processor
+    (``processing.py``); saved, it names the family's standard processor class."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    from .processing import image_only_processor_class
+
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=MIN_PIXELS,
+        max_pixels=MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
+    )
+    tokenizer = build_vl_tokenizer()
+    if family == "qwen2_vl":
+        cls: Any = Qwen2VLProcessor
+    elif family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as cls
+    elif family == "qwen3_vl":
+        from transformers import Qwen3VLProcessor as cls
+    else:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    processor_class = image_only_processor_class(cls)
+    return processor_class(image_processor, tokenizer, chat_template=VL_CHAT_TEMPLATE)
+
+
+def build_tiny_qwen_vl_model(family: str = "qwen2_vl", *, seed: int = 0) -> Any:
+    """A randomly initialised ``*ForConditionalGeneration`` of ``family`` (fp32, eager)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config = _config(family, build_vl_tokenizer())
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(config, attn_implementation="eager")
+
+
+def build_tiny_qwen_vl(path: str | Path, *, family: str = "qwen2_vl", seed: int = 0) -> Path:
+    """Write a tiny random-weight ``family`` model and its processor to ``path``; returns it."""
+    path = Path(path)
+    processor = build_tiny_processor(family)
+    model = build_tiny_qwen_vl_model(family, seed=seed)
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    _add_video_processor_config(path, family)
+    return path
+
+
+def _add_video_processor_config(path: Path, family: str) -> None:
+    """Name the family's video processor (same sizes as the images) in
+    ``processor_config.json``, so that ``AutoProcessor`` loads the folder where torchvision is
+    installed; without torchvision ``processing.load_processor`` leaves it out."""
+    config_file = path / PROCESSOR_CONFIG
+    config = json.loads(config_file.read_text())
+    video = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}
+    video_class = "Qwen3VLVideoProcessor" if family == "qwen3_vl" else "Qwen2VLVideoProcessor"
+    config["video_processor"] = {**video, "video_processor_type": video_class}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
