@@ -17,8 +17,9 @@ come from the model itself, the way ``model.generate`` gets them
 Qwen2-VL's, with their per-row offsets); each decoding step then continues every position
 row by one. The engine names no model family: the per-token modality types the model may
 need (``mm_token_type_ids``: 1 image, 2 video) come from the placeholder ids its config
-declares (``image_token_id``, ``video_token_id``). A batch without media runs the text path
-unchanged.
+declares (``image_token_id``, ``video_token_id``), and those ids are never sampled (a
+response holding one would make the model look for media it does not have; the log-probs
+stay the raw ones). A batch without media runs the text path unchanged.
 
 Given the trainer's live module (``setup(model=...)``) the engine shares it: no copy, and
 ``update_weights`` is a no-op. Given a folder (``setup(model_path=...)``) it owns a copy
@@ -78,18 +79,24 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def placeholder_ids(config: Any) -> dict[int, int]:
+    """The media placeholder ids ``config`` declares (``image_token_id``,
+    ``video_token_id``), each with its token type; empty for a text-only model."""
+    declared = {attr: getattr(config, attr, None) for attr in MODALITY_TOKEN_TYPES}
+    return {tid: MODALITY_TOKEN_TYPES[attr] for attr, tid in declared.items() if tid is not None}
+
+
 def modality_token_types(config: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
     """``mm_token_type_ids`` of ``input_ids`` [B, P]: each token's modality (0 text, 1
     image, 2 video) by the placeholder ids ``config`` declares; ``None`` when it declares
     none (the model then needs no token types)."""
+    placeholders = placeholder_ids(config)
+    if not placeholders:
+        return None
     types = torch.zeros_like(input_ids, dtype=torch.int)
-    declared = False
-    for attribute, token_type in MODALITY_TOKEN_TYPES.items():
-        token_id = getattr(config, attribute, None)
-        if token_id is not None:
-            declared = True
-            types = types.masked_fill(input_ids == token_id, token_type)
-    return types if declared else None
+    for token_id, token_type in placeholders.items():
+        types = types.masked_fill(input_ids == token_id, token_type)
+    return types
 
 
 def load_generative_model(path: str) -> torch.nn.Module:
@@ -273,6 +280,9 @@ class HFEngine(InferenceEngine):
         positions = prefill.positions  # [B, P] or [K, B, P]
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
+        # a response never holds a media placeholder: the model would look for its media
+        never = sorted(placeholder_ids(model.config))
+        banned = torch.tensor(never, dtype=torch.long, device=device)  # [N], empty for text LMs
 
         tokens: list[torch.Tensor] = []  # each [B]
         log_probs: list[torch.Tensor] = []  # each [B]
@@ -293,7 +303,7 @@ class HFEngine(InferenceEngine):
             if step == 0 and params.first_token_temperature is not None:
                 temperature = params.first_token_temperature
             next_ids = sample_next(
-                logits,
+                logits.index_fill(-1, banned, float("-inf")) if never else logits,
                 temperature=temperature,
                 top_k=params.top_k,
                 top_p=params.top_p,
