@@ -91,7 +91,12 @@ class RLTrainer:
         self.c: Components = build_components(cfg, manager, self.run)
         s = self.c.strategy
         self.data: RunData = load_run_data(
-            cfg, self.c.tokenizer, self.c.reward, rank=s.rank, world_size=s.world_size
+            cfg,
+            self.c.tokenizer,
+            self.c.reward,
+            rank=s.rank,
+            world_size=s.world_size,
+            processor=self.run.processor,
         )
         self.progress = progress
         rollout_size = t.prompts_per_step * cfg.engine.n_samples_per_prompt
@@ -199,7 +204,7 @@ class RLTrainer:
     def train(self) -> TrainResult:
         t = self.cfg.trainer
         if t.eval_every and self.data.eval_items and self.start_step == 0:
-            self.metrics.log(0, self._evaluate())
+            self.metrics.log(0, self.evaluate())
         for step in range(self.start_step + 1, t.max_steps + 1):
             metrics = self.step(step)
             if (
@@ -207,7 +212,7 @@ class RLTrainer:
                 and self.data.eval_items
                 and (step % t.eval_every == 0 or step == t.max_steps)
             ):
-                metrics.update(self._evaluate())
+                metrics.update(self.evaluate())
             self.metrics.log(step, metrics)
             if t.save_every and step % t.save_every == 0 and step < t.max_steps:
                 self.save(step)
@@ -498,7 +503,9 @@ class RLTrainer:
     def _autocast(self) -> Any:
         return self.c.strategy.autocast()
 
-    def _evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the current policy (``eval/accuracy`` ...), as the loop logs
+        them; collective (every rank calls it)."""
         s = self.c.strategy
         with self._autocast(), generation_context(s, self.actor):
             return evaluate(self.c.engine, self.c.tokenizer, self.data, self.cfg, s)
