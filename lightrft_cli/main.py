@@ -61,9 +61,11 @@ app.command("sft", help="Supervised fine-tuning on prompt/response data (warm st
 app.command("rm", help="Train a reward model on preference pairs (for reward.name=model).")(
     rm_cmd.rm
 )
-app.command("demo", help="End-to-end demo: tiny model, arithmetic task, SFT then RL (CPU).")(
-    demo_cmd.demo
-)
+app.command(
+    "demo",
+    help="End-to-end demo on CPU: a tiny model, SFT then RL. --task text (arithmetic) or "
+    "vision (colours in pictures, lightrft-plugin-qwen-vl).",
+)(demo_cmd.demo)
 app.command("generate", help="Answer prompts with a trained model or run folder.")(
     tools_cmd.generate
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -14,9 +16,21 @@ from lightrft_core.plugins import get_plugin_manager
 from ..errors import user_errors
 from ..progress import progress_bars
 
+#: Demo tasks that come with a plugin: task -> (module with ``run_cli``, distribution).
+PLUGIN_TASKS = {"vision": ("lightrft_plugin_qwen_vl.demo.cli", "lightrft-plugin-qwen-vl")}
+
 
 def demo(
-    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Run folder."),
+    task: str = typer.Option(
+        "text",
+        "--task",
+        "-t",
+        help="text: arithmetic with a tiny language model (built in). vision: name the colour "
+        "of a shape in a picture with a tiny Qwen2-VL (lightrft-plugin-qwen-vl).",
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Run folder (default runs/demo, runs/demo-vision)."
+    ),
     algorithm: str = typer.Option("grpo", "--algorithm", "-a", help="RL algorithm to use."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the data and the run."),
     estimates: float = typer.Option(
@@ -36,11 +50,28 @@ def demo(
 ) -> None:
     """Build a tiny model and an arithmetic task, SFT-warm it, train it with RL (GRPO by
     default), and report held-out accuracy before and after RL."""
+    console = Console(highlight=False)
+    if task in PLUGIN_TASKS:
+        module_name, distribution = PLUGIN_TASKS[task]
+        with user_errors():
+            module = _plugin_demo(task, module_name, distribution)
+            module.run_cli(
+                console=console,
+                output=output or Path(f"runs/demo-{task}"),
+                algorithm=algorithm,
+                seed=seed,
+                plugins=plugin,
+                overrides=overrides or [],
+            )
+        return
+    if task != "text":
+        choices = ", ".join(["text", *PLUGIN_TASKS])
+        console.print(f"error: --task {task!r} is not a demo task; choose one of: {choices}")
+        raise typer.Exit(2)
     from lightrft_core.demo.run import DemoPlan, run_demo
 
-    console = Console(highlight=False)
     plan = DemoPlan(
-        output_dir=output,
+        output_dir=output or Path("runs/demo"),
         algorithm=algorithm,
         seed=seed,
         sft_estimate_fraction=estimates,
@@ -64,3 +95,15 @@ def demo(
     console.print(f"model (Hugging Face format): {result.final_model}")
     console.print(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='")
     console.print(f"total time {time.perf_counter() - started:.0f} s")
+
+
+def _plugin_demo(task: str, module_name: str, distribution: str) -> Any:
+    """The module of a demo task that a plugin ships; a clear error when it is missing."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise
+        raise ValueError(
+            f"the {task} demo comes with {distribution}: pip install {distribution}"
+        ) from None
