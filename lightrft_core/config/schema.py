@@ -76,6 +76,15 @@ class DataConfig:
         default="rejected",
         metadata={"help": "Field holding the dispreferred response (reward-model data)."},
     )
+    image_key: str = field(
+        default="images",
+        metadata={
+            "help": "Field holding a row's images (a list, or one image): local paths "
+            "(relative to the data file's folder), bytes or datasets Image values; they fill "
+            "the prompt's {type: image} parts in order, or lead its first user message. "
+            "Needs a vision-language model with a processor."
+        },
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended through the chat template."}
     )

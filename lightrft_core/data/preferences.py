@@ -1,6 +1,10 @@
 """Reward-model data: a prompt with a preferred (``chosen``) and a dispreferred
 (``rejected``) response. Each side becomes the text a reward model scores in RL: the prompt
-formatted as the policy sees it, followed by the response."""
+formatted as the policy sees it, followed by the response.
+
+Rows with images are refused: the reward model (``AutoModelForSequenceClassification``)
+reads text, and transformers has no sequence-classification head for the vision-language
+models LightRFT trains (docs/multimodal.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
-from .prompts import format_prompt
+from .encoding import format_prompt
+from .media import has_images
 from .rows import DataError, read_rows, row_problem
 
 logger = logging.getLogger("lightrft.data")
@@ -37,14 +42,24 @@ class PreferenceDataset(Sequence[PreferencePair]):
         apply_chat_template: bool = True,
         max_length: int | None = None,
         source: str = "rows",
+        image_key: str = "images",
+        locations: Sequence[str] | None = None,
     ) -> None:
         self.pairs: list[PreferencePair] = []
         self.num_filtered = 0
         self.num_skipped = 0
         for index, row in enumerate(rows):
+            where = locations[index] if locations else f"{source}: row {index}"
             problem = row_problem(row, (input_key, chosen_key, rejected_key), what="a mapping")
             if problem:
-                raise DataError(f"{source}: row {index}: {problem}")
+                raise DataError(f"{where}: {problem}")
+            image = has_images(row, input_key=input_key, image_key=image_key)
+            if image:
+                raise DataError(
+                    f"{where}: {image}: reward-model pairs with images are not supported: the "
+                    "reward model is a sequence classifier, which reads text only; remove the "
+                    "images (or train on text-only pairs)"
+                )
             prompt = format_prompt(
                 tokenizer,
                 row[input_key],
@@ -76,8 +91,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
         cls, source: str, tokenizer: Any, config: Any, *, max_length: int | None = None
     ) -> PreferenceDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``,
-        ``chosen_key``, ``rejected_key``, ``system_prompt``, ``apply_chat_template``,
-        ``skip_malformed``)."""
+        ``chosen_key``, ``rejected_key``, ``image_key``, ``system_prompt``,
+        ``apply_chat_template``, ``skip_malformed``)."""
         keys = (config.input_key, config.chosen_key, config.rejected_key)
         result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
         dataset = cls(
@@ -90,6 +105,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
             apply_chat_template=config.apply_chat_template,
             max_length=max_length,
             source=str(source),
+            image_key=config.image_key,
+            locations=result.locations,
         )
         dataset.num_skipped = result.skipped
         return dataset

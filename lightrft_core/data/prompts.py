@@ -5,12 +5,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 
 from ..interfaces.multimodal import MultiModalInputs
-from .rows import DataError, read_rows, row_problem
+from .encoding import MalformedRows, PromptEncoder, encode_prompt, format_prompt, has_chat_template
+from .media import RowProblem
+from .rows import DataError, read_rows, row_problem, source_folder
+
+__all__ = [
+    "PromptDataset",
+    "PromptItem",
+    "PromptSampler",
+    "encode_prompt",
+    "format_prompt",
+    "has_chat_template",
+]
 
 logger = logging.getLogger("lightrft.data")
 
@@ -28,54 +40,16 @@ class PromptItem:
     multimodal: MultiModalInputs | None = None
 
 
-def _messages(prompt: Any, system_prompt: str | None) -> list[dict[str, Any]]:
-    if isinstance(prompt, list):  # already a conversation: [{"role": ..., "content": ...}]
-        messages = [dict(m) for m in prompt]
-    else:
-        messages = [{"role": "user", "content": str(prompt)}]
-    if system_prompt and not (messages and messages[0].get("role") == "system"):
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` carries a chat template."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_prompt(
-    tokenizer: Any,
-    prompt: Any,
-    *,
-    system_prompt: str | None = None,
-    apply_chat_template: bool = True,
-) -> str:
-    """The text the model sees: the chat template with a generation prompt when the tokenizer
-    has one (and ``apply_chat_template``), else the raw prompt after ``system_prompt + "\\n"``.
-
-    ``prompt`` is a string or a list of chat messages.
-    """
-    if apply_chat_template and has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            _messages(prompt, system_prompt), tokenize=False, add_generation_prompt=True
-        )
-    if isinstance(prompt, list):
-        text = "\n".join(str(m.get("content", "")) for m in prompt)
-    else:
-        text = str(prompt)
-    return f"{system_prompt}\n{text}" if system_prompt else text
-
-
-def encode_prompt(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
-    """Token ids of a formatted prompt; a chat template already holds the special tokens."""
-    return list(tokenizer.encode(text, add_special_tokens=not templated))
-
-
 class PromptDataset(Sequence[PromptItem]):
     """Formatted, tokenised prompts; those over ``max_prompt_length`` tokens are dropped.
 
+    Rows may carry images (``data.image_key`` column or image parts of chat messages):
+    they are encoded by ``processor``, the model's ``AutoProcessor`` (see
+    ``encoding.PromptEncoder``). ``locations``: where each row is (``file:line``), for
+    errors; ``base_dir``: the folder relative image paths are relative to.
+
     ``num_filtered`` counts the dropped prompts, ``num_skipped`` the malformed rows skipped
-    while reading (see ``from_source``).
+    (``skip_malformed``: while reading, see ``from_source``, and rows with unusable images).
     """
 
     def __init__(
@@ -89,28 +63,44 @@ class PromptDataset(Sequence[PromptItem]):
         apply_chat_template: bool = True,
         max_prompt_length: int | None = 512,
         source: str = "rows",
+        processor: Any = None,
+        image_key: str = "images",
+        base_dir: Path | None = None,
+        locations: Sequence[str] | None = None,
+        skip_malformed: bool = False,
     ) -> None:
-        templated = apply_chat_template and has_chat_template(tokenizer)
+        encoder = PromptEncoder(
+            tokenizer,
+            processor=processor,
+            input_key=input_key,
+            image_key=image_key,
+            system_prompt=system_prompt,
+            apply_chat_template=apply_chat_template,
+            base_dir=base_dir,
+        )
+        malformed = MalformedRows(source, skip=skip_malformed)
         self.items: list[PromptItem] = []
         self.num_filtered = 0
-        self.num_skipped = 0
         for index, row in enumerate(rows):
+            where = locations[index] if locations else f"{source}: row {index}"
             problem = row_problem(row, (input_key,), what="a mapping")
             if problem:
-                raise DataError(f"{source}: row {index}: {problem}")
-            text = format_prompt(
-                tokenizer,
-                row[input_key],
-                system_prompt=system_prompt,
-                apply_chat_template=apply_chat_template,
-            )
-            ids = encode_prompt(tokenizer, text, templated=templated)
-            if max_prompt_length is not None and len(ids) > max_prompt_length:
+                raise DataError(f"{where}: {problem}")
+            try:
+                prompt = encoder.encode(row)
+            except RowProblem as exc:
+                malformed.report(where, exc)
+                continue
+            if max_prompt_length is not None and len(prompt.ids) > max_prompt_length:
                 self.num_filtered += 1
                 continue
             label = row.get(label_key) if label_key else None
-            metadata = {k: v for k, v in row.items() if k not in (input_key, label_key)}
-            self.items.append(PromptItem(text, ids, label, metadata))
+            own_keys = (input_key, label_key, image_key)
+            metadata = {k: v for k, v in row.items() if k not in own_keys}
+            item = PromptItem(prompt.text, prompt.ids, label, metadata, prompt.multimodal)
+            self.items.append(item)
+        malformed.log()
+        self.num_skipped = malformed.count
         if self.num_filtered:
             logger.info(
                 "%s: dropped %d prompt(s) longer than max_prompt_length=%s tokens",
@@ -119,10 +109,11 @@ class PromptDataset(Sequence[PromptItem]):
                 max_prompt_length,
             )
         if not self.items:
-            raise DataError(
-                f"{source}: no prompts left: all {self.num_filtered} are longer than "
-                f"max_prompt_length={max_prompt_length} tokens; raise data.max_prompt_length"
-            )
+            limit = f"max_prompt_length={max_prompt_length} tokens"
+            detail = f"all {self.num_filtered} are longer than {limit}"
+            if self.num_skipped:
+                detail = f"{self.num_skipped} malformed, {self.num_filtered} longer than {limit}"
+            raise DataError(f"{source}: no prompts left: {detail}; raise data.max_prompt_length")
 
     @classmethod
     def from_source(
@@ -132,9 +123,11 @@ class PromptDataset(Sequence[PromptItem]):
         config: Any,
         *,
         require_label: bool = True,
+        processor: Any = None,
     ) -> PromptDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``label_key``,
-        ``system_prompt``, ``apply_chat_template``, ``max_prompt_length``, ``skip_malformed``).
+        ``image_key``, ``system_prompt``, ``apply_chat_template``, ``max_prompt_length``,
+        ``skip_malformed``); ``processor`` encodes rows with images.
 
         ``require_label``: every row must have a non-empty ``label_key`` (rule rewards need
         one); otherwise a missing label is ``None``.
@@ -150,8 +143,13 @@ class PromptDataset(Sequence[PromptItem]):
             apply_chat_template=config.apply_chat_template,
             max_prompt_length=config.max_prompt_length,
             source=str(source),
+            processor=processor,
+            image_key=config.image_key,
+            base_dir=source_folder(source),
+            locations=result.locations,
+            skip_malformed=config.skip_malformed,
         )
-        dataset.num_skipped = result.skipped
+        dataset.num_skipped += result.skipped
         return dataset
 
     def __len__(self) -> int:

@@ -28,12 +28,14 @@ class DataError(ValueError):
 
 @dataclass
 class RowsResult:
-    """The rows read from ``source``; ``skipped`` malformed rows and the first ``problems``."""
+    """The rows read from ``source`` and where each is (``locations``: ``file:line``,
+    ``file: row N`` ...); ``skipped`` malformed rows and the first ``problems``."""
 
     rows: list[dict[str, Any]]
     skipped: int = 0
     problems: list[str] = field(default_factory=list)
     source: str = ""
+    locations: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One log line about the skipped rows (empty when none were skipped)."""
@@ -83,6 +85,7 @@ def read_rows(
         problem = location.problem or row_problem(row, required_keys)
         if problem is None:
             result.rows.append(dict(row))
+            result.locations.append(location.where)
             continue
         message = f"{location.where}: {problem}"
         if not skip_malformed:
@@ -98,6 +101,17 @@ def read_rows(
             detail = f"all {result.skipped} rows are malformed, e.g. {result.problems[0]}"
         raise DataError(f"{name}: no usable rows ({detail})")
     return result
+
+
+def source_folder(source: str | Path) -> Path | None:
+    """The folder that relative file names in ``source``'s rows (image paths) are relative
+    to: a data file's folder, a dataset folder itself; ``None`` (the working directory) for
+    ``hf:`` sources."""
+    name = str(source)
+    if name.startswith(HF_PREFIX):
+        return None
+    path = Path(name)
+    return path if path.is_dir() else path.parent
 
 
 # ---------------------------------------------------------------------- sources

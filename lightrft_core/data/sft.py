@@ -5,30 +5,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, overload
 
 import torch
 
-from .prompts import encode_prompt, format_prompt, has_chat_template
-from .rows import DataError, read_rows, row_problem
+from ..interfaces.multimodal import MultiModalInputs
+from .encoding import MalformedRows, PromptEncoder
+from .media import RowProblem
+from .rows import DataError, read_rows, row_problem, source_folder
 
 logger = logging.getLogger("lightrft.data")
 
 
 @dataclass
 class SFTItem:
-    """``input_ids`` = prompt + response + EOS; ``loss_mask`` is 1 on response and EOS tokens."""
+    """``input_ids`` = prompt + response + EOS; ``loss_mask`` is 1 on response and EOS tokens;
+    ``multimodal``: the prompt's media (``None`` for a text-only row)."""
 
     input_ids: list[int]
     loss_mask: list[int]
     prompt_text: str
     response_text: str
+    multimodal: MultiModalInputs | None = None
 
 
 class SFTDataset(Sequence[SFTItem]):
-    """Prompt/response pairs tokenised for training; prompts use the same formatting as RL.
+    """Prompt/response pairs tokenised for training; prompts use the same formatting (and
+    image encoding, with ``processor``) as RL -- see ``PromptDataset`` for the options.
 
-    Samples longer than ``max_length`` tokens are dropped and counted in ``num_filtered``.
+    Samples longer than ``max_length`` tokens are dropped and counted in ``num_filtered``,
+    malformed rows skipped (``skip_malformed``) in ``num_skipped``.
     """
 
     def __init__(
@@ -42,38 +49,53 @@ class SFTDataset(Sequence[SFTItem]):
         apply_chat_template: bool = True,
         max_length: int | None = None,
         source: str = "rows",
+        processor: Any = None,
+        image_key: str = "images",
+        base_dir: Path | None = None,
+        locations: Sequence[str] | None = None,
+        skip_malformed: bool = False,
     ) -> None:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no eos_token; SFT needs one to end responses")
-        templated = apply_chat_template and has_chat_template(tokenizer)
+        encoder = PromptEncoder(
+            tokenizer,
+            processor=processor,
+            input_key=input_key,
+            image_key=image_key,
+            system_prompt=system_prompt,
+            apply_chat_template=apply_chat_template,
+            base_dir=base_dir,
+        )
+        malformed = MalformedRows(source, skip=skip_malformed)
         self.items: list[SFTItem] = []
         self.num_filtered = 0
-        self.num_skipped = 0
         for index, row in enumerate(rows):
+            where = locations[index] if locations else f"{source}: row {index}"
             problem = row_problem(row, (input_key, response_key), what="a mapping")
             if problem:
-                raise DataError(f"{source}: row {index}: {problem}")
-            prompt = format_prompt(
-                tokenizer,
-                row[input_key],
-                system_prompt=system_prompt,
-                apply_chat_template=apply_chat_template,
-            )
+                raise DataError(f"{where}: {problem}")
+            try:
+                prompt = encoder.encode(row)
+            except RowProblem as exc:
+                malformed.report(where, exc)
+                continue
             response = str(row[response_key])
-            prompt_ids = encode_prompt(tokenizer, prompt, templated=templated)
             response_ids = [*tokenizer.encode(response, add_special_tokens=False), eos]
-            if max_length is not None and len(prompt_ids) + len(response_ids) > max_length:
+            if max_length is not None and len(prompt.ids) + len(response_ids) > max_length:
                 self.num_filtered += 1
                 continue
             self.items.append(
                 SFTItem(
-                    input_ids=prompt_ids + response_ids,
-                    loss_mask=[0] * len(prompt_ids) + [1] * len(response_ids),
-                    prompt_text=prompt,
+                    input_ids=prompt.ids + response_ids,
+                    loss_mask=[0] * len(prompt.ids) + [1] * len(response_ids),
+                    prompt_text=prompt.text,
                     response_text=response,
+                    multimodal=prompt.multimodal,
                 )
             )
+        malformed.log()
+        self.num_skipped = malformed.count
         if self.num_filtered:
             logger.info(
                 "%s: dropped %d sample(s) longer than %s tokens",
@@ -83,7 +105,10 @@ class SFTDataset(Sequence[SFTItem]):
             )
         if not self.items:
             raise DataError(
-                f"{source}: no samples left: all {self.num_filtered} are longer than "
+                f"{source}: no samples left: {self.num_skipped} malformed, "
+                f"{self.num_filtered} longer than max_length={max_length} tokens"
+                if self.num_skipped
+                else f"{source}: no samples left: all {self.num_filtered} are longer than "
                 f"max_length={max_length} tokens"
             )
 
@@ -96,9 +121,11 @@ class SFTDataset(Sequence[SFTItem]):
         *,
         response_key: str = "response",
         max_length: int | None = None,
+        processor: Any = None,
     ) -> SFTDataset:
-        """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``system_prompt``,
-        ``apply_chat_template``, ``skip_malformed``)."""
+        """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``image_key``,
+        ``system_prompt``, ``apply_chat_template``, ``skip_malformed``); ``processor``
+        encodes rows with images."""
         result = read_rows(
             source,
             required_keys=(config.input_key, response_key),
@@ -113,8 +140,13 @@ class SFTDataset(Sequence[SFTItem]):
             apply_chat_template=config.apply_chat_template,
             max_length=max_length,
             source=str(source),
+            processor=processor,
+            image_key=config.image_key,
+            base_dir=source_folder(source),
+            locations=result.locations,
+            skip_malformed=config.skip_malformed,
         )
-        dataset.num_skipped = result.skipped
+        dataset.num_skipped += result.skipped
         return dataset
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +41,10 @@ MODALITY_PARAMETERS: Mapping[ActorModality, frozenset[str]] = {
     ActorModality.AUDIO_LANGUAGE: _AUDIO_INPUTS,
     ActorModality.OMNI: _VISION_INPUTS | _AUDIO_INPUTS,
 }
+
+
+#: Files that mark a model folder with a processor (``AutoProcessor``) besides its tokenizer.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 @dataclass
@@ -104,6 +109,19 @@ class Actor(torch.nn.Module, Component):
         run's tokenizer and an engine's own copy of the policy come from it), or ``None``
         when it loads none. The default is ``None``."""
         return None
+
+    @classmethod
+    def load_processor(cls, path: str) -> Any:
+        """The processor of the model folder ``path`` that turns prompts with images into
+        token ids and tensors (``AutoProcessor``), or ``None`` for a model without one. The
+        default loads ``AutoProcessor`` when the folder holds a processor config
+        (``processor_config.json`` or ``preprocessor_config.json``); an actor overrides it
+        where its family's processor needs more (e.g. a missing optional backend)."""
+        if not any((Path(path) / name).is_file() for name in PROCESSOR_FILES):
+            return None
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
 
     @abstractmethod
     def hf_model(self) -> torch.nn.Module:

@@ -64,6 +64,9 @@ class RewardModel(Component):
     #: Rule rewards compare with a reference answer: the data loader then requires
     #: ``data.label_key`` in every row instead of silently scoring a missing label as wrong.
     requires_label: ClassVar[bool] = False
+    #: ``False`` for a reward that reads the prompt with a text-only model and would score
+    #: a prompt with images as if it had none: the data loader then refuses image prompts.
+    accepts_image_prompts: ClassVar[bool] = True
 
     @abstractmethod
     def score(self, batch: RewardInput) -> RewardOutput:

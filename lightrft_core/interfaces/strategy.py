@@ -205,4 +205,6 @@ class StrategyBase(Component):
 
     @abstractmethod
     def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
-        """Write a full (unsharded) Hugging Face model folder; rank 0 writes, all ranks call."""
+        """Write a full (unsharded) Hugging Face model folder; rank 0 writes, all ranks call.
+        ``tokenizer``: saved beside the weights (``save_pretrained``): a tokenizer, or a
+        processor, which writes its tokenizer too."""

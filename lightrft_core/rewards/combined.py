@@ -76,6 +76,10 @@ class CombinedReward(RewardModel):
     def requires_label(self) -> bool:  # a part that compares with the label needs one
         return any(part.requires_label for _, _, part in self.parts)
 
+    @property  # type: ignore[override]
+    def accepts_image_prompts(self) -> bool:  # every part must see the images it scores
+        return all(part.accepts_image_prompts for _, _, part in self.parts)
+
     def score(self, batch: RewardInput) -> RewardOutput:
         total = torch.zeros(len(batch), dtype=torch.float32)
         sub_scores: dict[str, torch.Tensor] = {}

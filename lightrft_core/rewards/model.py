@@ -10,6 +10,10 @@ Samples are scored ``batch_size`` at a time, padded on the right; a text longer 
 
 The reward is ``scale * score + shift``; ``trainer.reward_normalize`` normalises it further
 if wanted. The model is frozen, in eval mode, under ``torch.no_grad``.
+
+The model reads text only: a run whose prompts carry images is refused
+(``accepts_image_prompts``), since transformers has no sequence-classification head for
+the vision-language models LightRFT trains (docs/multimodal.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class ScalarRewardModel(RewardModel):
     """Rewards from a sequence-classification model with one output (module docstring)."""
 
     name: ClassVar[str] = "model"
+    #: a sequence classifier reads text: a prompt's images would go unseen
+    accepts_image_prompts: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -74,13 +80,11 @@ class ScalarRewardModel(RewardModel):
                 "reward.name=model needs reward.path, a sequence-classification checkpoint "
                 "with num_labels=1 (e.g. reward.path=runs/rm/final)"
             )
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.device = _pick_device(cfg.device)
         self.tokenizer = scoring_tokenizer(AutoTokenizer.from_pretrained(cfg.path))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.path, dtype=DTYPES[cfg.dtype]
-        )
+        model = load_sequence_classifier(cfg.path, dtype=DTYPES[cfg.dtype])
         if model.config.num_labels != 1:
             raise ValueError(
                 f"reward.path={cfg.path!r} has num_labels={model.config.num_labels}; a reward "
@@ -104,6 +108,25 @@ class ScalarRewardModel(RewardModel):
     def _scores(self, texts: list[str]) -> torch.Tensor:
         encoded = encode_texts(self.tokenizer, texts, self.config.max_length).to(self.device)
         return scores_of(self.model, encoded).float().cpu()
+
+
+def load_sequence_classifier(path: str, **kwargs: Any) -> Any:
+    """``AutoModelForSequenceClassification.from_pretrained(path, **kwargs)``, with an error
+    that says so when the architecture has no sequence-classification head (e.g. the
+    vision-language models: a reward model reads text only)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ValueError(
+            f"{path}: transformers has no sequence-classification head for model type "
+            f"{model_type!r}, so it cannot be a scalar reward model; reward models read text "
+            "only -- start from a text model (docs/multimodal.md)"
+        )
+    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
 
 def scoring_tokenizer(tokenizer: Any) -> Any:

@@ -3,7 +3,8 @@ sft``, ``lightrft rm``); each loop keeps only its own body.
 
 Start (``start_run``): the strategy from ``strategy.name``, its process group set up, every
 random generator seeded with ``run.seed`` (the one seed of a run), the global batch sizes
-checked against the number of ranks, and the tokenizer of ``model.path``. Then, after the
+checked against the number of ranks, and the tokenizer of ``model.path`` (with its
+processor, for a vision-language model). Then, after the
 loop has built and prepared its models, ``open_run_log`` writes ``config.yaml`` and opens
 the metrics log. Finish (``finish_run``): the trained model exported to ``<output_dir>/final``
 and the log closed.
@@ -32,11 +33,13 @@ FINAL_DIR = "final"
 @dataclass
 class RunStart:
     """What ``start_run`` set up: the strategy (process group ready, RNGs seeded), the
-    tokenizer of the run's model and the run folder."""
+    tokenizer of the run's model, the run folder, and the model's processor
+    (``AutoProcessor``; ``None`` for a model without one, e.g. a text-only model)."""
 
     strategy: StrategyBase
     tokenizer: Any
     output_dir: Path
+    processor: Any = None
 
 
 def model_path(cfg: LightRFTConfig, manager: PluginManager) -> str:
@@ -64,13 +67,14 @@ def start_run(
 ) -> RunStart:
     """Build and set up the strategy, seed every generator with ``run.seed``, check that
     each of ``global_batches`` (config key -> size) divides over the ranks, and load the
-    tokenizer."""
+    tokenizer and the processor (``Actor.load_processor``)."""
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
     strategy.setup_distributed()
     seed_everything(cfg.run.seed)
     check_divisible(strategy.world_size, dict(global_batches))
-    tokenizer = load_tokenizer(model_path(cfg, manager))
-    return RunStart(strategy, tokenizer, Path(cfg.run.output_dir))
+    path = model_path(cfg, manager)
+    processor = manager.get_actor(cfg.model.name).load_processor(path)
+    return RunStart(strategy, load_tokenizer(path), Path(cfg.run.output_dir), processor=processor)
 
 
 def open_run_log(
@@ -109,9 +113,11 @@ def unwrapped_actor(strategy: StrategyBase, prepared: torch.nn.Module) -> Actor:
 
 
 def finish_run(start: RunStart, model: torch.nn.Module, metrics: MetricsLogger) -> Path:
-    """Export ``model`` (a Hugging Face module) to ``<output_dir>/final`` with the tokenizer
-    (collective), close the log; returns the export folder."""
+    """Export ``model`` (a Hugging Face module) to ``<output_dir>/final`` with the processor
+    (whose ``save_pretrained`` writes its tokenizer too) or else the tokenizer (collective),
+    close the log; returns the export folder."""
     final = start.output_dir / FINAL_DIR
-    start.strategy.export_hf(model, final, start.tokenizer)
+    saved_with = start.tokenizer if start.processor is None else start.processor
+    start.strategy.export_hf(model, final, saved_with)
     metrics.close()
     return final

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import LightRFTConfig
 from ..data.prompts import PromptDataset, PromptItem, PromptSampler
+from ..data.rows import DataError
 from ..interfaces import RewardInput, RewardModel
 from ..rewards.safe import SafeScore, score_safely
 
@@ -24,21 +25,40 @@ class RunData:
         return score_safely(self.reward, batch, self.failure_reward)
 
 
-def _dataset(path: str, cfg: LightRFTConfig, tokenizer: Any, reward: RewardModel) -> PromptDataset:
+def _dataset(
+    path: str, cfg: LightRFTConfig, tokenizer: Any, processor: Any, reward: RewardModel
+) -> PromptDataset:
     # read_rows already logs one line about skipped malformed rows
-    return PromptDataset.from_source(path, tokenizer, cfg.data, require_label=reward.requires_label)
+    dataset = PromptDataset.from_source(
+        path, tokenizer, cfg.data, require_label=reward.requires_label, processor=processor
+    )
+    with_images = sum(item.multimodal is not None for item in dataset)
+    if with_images and not reward.accepts_image_prompts:
+        raise DataError(
+            f"{path}: {with_images} prompt(s) carry images, but reward {reward.name!r} scores "
+            "text only and would not see them; use a rule or remote reward for image "
+            "prompts, or text-only data"
+        )
+    return dataset
 
 
 def load_run_data(
-    cfg: LightRFTConfig, tokenizer: Any, reward: RewardModel, *, rank: int = 0, world_size: int = 1
+    cfg: LightRFTConfig,
+    tokenizer: Any,
+    reward: RewardModel,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    processor: Any = None,
 ) -> RunData:
-    """Datasets and sampler of an RL run (``data.train_path`` is required)."""
+    """Datasets and sampler of an RL run (``data.train_path`` is required); ``processor``
+    (the model's ``AutoProcessor``, ``None`` for a text-only model) encodes image rows."""
     if cfg.data.train_path is None:
         raise ValueError("data.train_path is not set: an RL run needs training prompts")
-    train = _dataset(cfg.data.train_path, cfg, tokenizer, reward)
+    train = _dataset(cfg.data.train_path, cfg, tokenizer, processor, reward)
     eval_items: list[PromptItem] = []
     if cfg.data.eval_path is not None:
-        eval_items = list(_dataset(cfg.data.eval_path, cfg, tokenizer, reward))
+        eval_items = list(_dataset(cfg.data.eval_path, cfg, tokenizer, processor, reward))
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )

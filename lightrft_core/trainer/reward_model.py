@@ -2,7 +2,8 @@
 pairs, with the strategy, data and logging parts of SFT and RL.
 
 The model is ``model.path`` loaded as a sequence classifier with one output (a causal LM
-checkpoint gets a new, randomly initialised score head). Each pair is scored on both sides
+checkpoint gets a new, randomly initialised score head); it reads text, so pairs with
+images and vision-language checkpoints are refused (docs/multimodal.md). Each pair is scored on both sides
 -- the text ``prompt + response`` that ``reward.name: model`` scores in RL, encoded the same
 way -- and the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the optimizer
 batch's pairs. The optimisation options are the ``sft`` section's (``batch_size`` counts
@@ -30,7 +31,12 @@ import torch.nn.functional as F
 from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..plugins import PluginManager, get_plugin_manager
-from ..rewards.model import encode_texts, scores_of, scoring_tokenizer
+from ..rewards.model import (
+    encode_texts,
+    load_sequence_classifier,
+    scores_of,
+    scoring_tokenizer,
+)
 from .bootstrap import finish_run, model_path, open_run_log, start_run
 from .distributed import model_init_context, no_sync
 from .supervised import prepare_supervised
@@ -52,8 +58,6 @@ def run_reward_model_training(
 ) -> RewardModelResult:
     """Train on ``data.train_path`` preference pairs; export to ``final/`` (a sequence
     classifier that ``reward.name: model`` loads)."""
-    from transformers import AutoModelForSequenceClassification
-
     d, s = cfg.data, cfg.sft
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
@@ -62,7 +66,7 @@ def run_reward_model_training(
     start.tokenizer = tokenizer = scoring_tokenizer(start.tokenizer)
     strategy, path = start.strategy, model_path(cfg, manager)
     with model_init_context(strategy):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model = load_sequence_classifier(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # pooling: the last non-pad token
     train = PreferenceDataset.from_source(d.train_path, tokenizer, d, max_length=s.max_length)
     held_out = None

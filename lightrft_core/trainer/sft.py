@@ -3,7 +3,11 @@ RL, with the negative log-likelihood of the response tokens as the loss.
 
 Under ``torchrun`` every rank draws the same shuffled batches and trains on its contiguous
 share of each (``sft.batch_size`` is global); the loss divides by the batch's token count
-over all ranks, so a step is the same whatever the number of ranks."""
+over all ranks, so a step is the same whatever the number of ranks.
+
+Rows with images (see docs/multimodal.md) are encoded by the model's processor; each
+micro-batch passes the actor the rows' image tensors it declares
+(``Actor.get_supported_parameters``), concatenated in row order."""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from typing import Any
 import torch
 
 from ..config import LightRFTConfig
-from ..data.sft import SFTDataset, collate
+from ..data.sft import SFTDataset, SFTItem, collate
+from ..interfaces import Actor
+from ..interfaces.multimodal import collate_modal_inputs
 from ..plugins import PluginManager, get_plugin_manager
 from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
 from .distributed import model_init_context, no_sync
@@ -45,11 +51,18 @@ def run_sft(
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     strategy, tokenizer = start.strategy, start.tokenizer
     with model_init_context(strategy):
-        actor: torch.nn.Module = manager.get_actor(cfg.model.name)(cfg.model.options)
+        built = manager.get_actor(cfg.model.name)(cfg.model.options)
     dataset = SFTDataset.from_source(
-        d.train_path, tokenizer, d, response_key=d.response_key, max_length=s.max_length
+        d.train_path,
+        tokenizer,
+        d,
+        response_key=d.response_key,
+        max_length=s.max_length,
+        processor=start.processor,
     )
-    actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, actor, len(dataset))
+    check_actor_takes_media(built, dataset)
+    actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))
+    policy = unwrapped_actor(strategy, actor)
     metrics = open_run_log(cfg, strategy, console=console)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -67,19 +80,19 @@ def run_sft(
             if share == 0:
                 continue
             started = time.perf_counter()
-            batch = {
-                k: v.to(strategy.device)
-                for k, v in collate([dataset[int(i)] for i in batch_rows], pad_id).items()
-            }
+            items = [dataset[int(i)] for i in batch_rows]
+            batch = {k: v.to(strategy.device) for k, v in collate(items, pad_id).items()}
             target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
             num_tokens = max(1.0, float(target[: share * world_size].sum()))
             mine = torch.arange(rank * share, (rank + 1) * share).split(s.micro_batch_size)
             loss_sum = 0.0
             for index, rows in enumerate(mine):
                 last = index == len(mine) - 1
+                media = modal_inputs(policy, [items[int(r)] for r in rows], strategy.device)
                 with nullcontext() if last else no_sync(strategy, actor):
                     with strategy.autocast():
-                        lp = actor(batch["input_ids"][rows], batch["attention_mask"][rows])
+                        ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]
+                        lp = actor(ids, mask, **media)
                     loss = -(lp.log_probs.float() * target[rows]).sum() / num_tokens * world_size
                     strategy.backward(loss, actor)
                 loss_sum += float(loss.detach())
@@ -102,5 +115,25 @@ def run_sft(
             )
             if progress is not None:
                 progress(step, total)
-    final = finish_run(start, unwrapped_actor(strategy, actor).hf_model(), metrics)
+    final = finish_run(start, policy.hf_model(), metrics)
     return SFTResult(start.output_dir, final, metrics.history)
+
+
+def check_actor_takes_media(actor: Actor, dataset: SFTDataset) -> None:
+    """Rows with images need an actor that declares their inputs; one error if it does not."""
+    keys = {k for item in dataset if item.multimodal is not None for k in item.multimodal.tensors}
+    missing = keys - actor.get_supported_parameters()
+    if missing:
+        raise ValueError(
+            f"the SFT rows carry images but actor {type(actor).__name__} "
+            f"({actor.modality.value}) does not take {sorted(missing)}; use a vision-language "
+            "actor for a vision-language model, or remove the images from the data"
+        )
+
+
+def modal_inputs(actor: Actor, items: list[SFTItem], device: torch.device) -> dict[str, Any]:
+    """The media of a micro-batch's rows as ``actor`` takes them (empty for text rows)."""
+    media = collate_modal_inputs(
+        [item.multimodal for item in items], actor.get_supported_parameters()
+    )
+    return {k: v.to(device) for k, v in actor.select_inputs(media).items()}
