@@ -51,6 +51,7 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("strategy", "deepspeed"): "lightrft-plugin-deepspeed",
     ("engine", "vllm"): "lightrft-plugin-vllm",
     ("engine", "sglang"): "lightrft-plugin-sglang",
+    ("actor", "qwen_vl"): "lightrft-plugin-qwen-vl",
 }
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 
@@ -23,15 +22,6 @@ MESSAGES = [
         "content": [{"type": "image"}, {"type": "text", "text": "a b\nc"}, {"type": "image"}],
     }
 ]
-
-
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if request.param == "qwen2_vl":
-        return request.getfixturevalue("tiny_qwen_vl_dir")
-    if request.param == "qwen2_5_vl":
-        return request.getfixturevalue("tiny_qwen2_5_vl_dir")
-    return build_tiny_qwen_vl(tmp_path_factory.mktemp(request.param), family=request.param)
 
 
 def test_chat_template_renders_image_parts(family_dir: Path) -> None:
