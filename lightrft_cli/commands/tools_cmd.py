@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -18,11 +19,34 @@ def _model_folder(path: Path) -> Path:
     raise fail(f"{path} is neither a Hugging Face model folder nor a run folder with final/")
 
 
+def _load_processor(path: Path, folder: Path) -> Any:
+    """The processor of the model ``folder``, loaded the way the run's actor loads it (the
+    ``model.name`` of a run folder's ``config.yaml``), else by ``Actor.load_processor``;
+    ``None`` for a text-only model."""
+    import yaml
+
+    from lightrft_core.interfaces import Actor
+    from lightrft_core.plugins import get_plugin_manager
+
+    actor_cls: Any = Actor
+    run_config = path / "config.yaml"
+    if folder != path and run_config.is_file():
+        name = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {})["model"]["name"]
+        actor_cls = get_plugin_manager().get_actor(name)
+    return actor_cls.load_processor(str(folder))
+
+
 def generate(
     model: Path = typer.Argument(
         ..., help="A run folder (uses its final/ model) or a model folder."
     ),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Prompt text; repeatable."),
+    image: Path | None = typer.Option(
+        None,
+        "--image",
+        help="An image file every prompt asks about (a vision-language model with its "
+        "processor; the chat template is applied).",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Maximum response length."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     chat: bool = typer.Option(
@@ -30,28 +54,46 @@ def generate(
     ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
 ) -> None:
-    """Answer prompts with a trained model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Answer prompts with a trained model, about a picture with --image."""
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from lightrft_core.data.prompts import encode_prompt, format_prompt
-    from lightrft_core.engines.hf import HFEngine
+    from lightrft_core.data.encoding import PromptEncoder, encode_prompt, format_prompt
+    from lightrft_core.data.media import RowProblem
+    from lightrft_core.engines.hf import HFEngine, load_generative_model
     from lightrft_core.interfaces import SamplingParams
 
     folder = _model_folder(model)
     hf_logging.disable_progress_bar()  # stdout carries only the answers
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    processor = _load_processor(model, folder) if image is not None else None
+    if image is not None and processor is None:
+        raise fail(
+            f"--image needs a vision-language model, but {folder} is a text-only model (it "
+            "holds no processor: no processor_config.json or preprocessor_config.json)"
+        )
+    media: dict[str, Any] = {}
+    if image is None:
+        texts = [format_prompt(tokenizer, p, apply_chat_template=chat) for p in prompt]
+        ids = [encode_prompt(tokenizer, t, templated=chat) for t in texts]
+    else:  # the processor's chat template places the image; it expands the placeholder
+        encoder = PromptEncoder(tokenizer, processor=processor)
+        try:
+            encoded = [encoder.encode({"prompt": p, "images": [str(image)]}) for p in prompt]
+        except RowProblem as exc:
+            raise fail(f"--image {image}: {exc}") from None
+        ids = [e.ids for e in encoded]
+        media["multimodal"] = [e.multimodal for e in encoded]
     engine = HFEngine()
-    engine.setup(model=AutoModelForCausalLM.from_pretrained(folder), tokenizer=tokenizer)
-    texts = [format_prompt(tokenizer, p, apply_chat_template=chat) for p in prompt]
-    ids = [encode_prompt(tokenizer, t, templated=chat) for t in texts]
+    engine.setup(model=load_generative_model(str(folder)), tokenizer=tokenizer)
     params = SamplingParams(
         temperature=temperature,
         max_new_tokens=max_new_tokens,
         stop_token_ids=[tokenizer.eos_token_id],
         seed=seed,
     )
-    for text, out in zip(prompt, engine.generate(ids, params), strict=True):
+    outputs = engine.generate(ids, params, **media)
+    for text, out in zip(prompt, outputs, strict=True):
         typer.echo(f"{text}{tokenizer.decode(out.token_ids, skip_special_tokens=True)}")
 
 
