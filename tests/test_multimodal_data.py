@@ -13,11 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+from lightrft_core.config import load_config
 from lightrft_core.config.schema import DataConfig
 from lightrft_core.data import DataError, PromptDataset, SFTDataset
 from lightrft_core.data.media import RowProblem, has_images, load_image, prompt_media
 from lightrft_core.data.preferences import PreferenceDataset
 from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.rewards.combined import CombinedReward
+from lightrft_core.rewards.model import ScalarRewardModel, load_sequence_classifier
+from lightrft_core.testing.fakes import ConstantReward
+from lightrft_core.trainer.data import load_run_data
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -392,3 +397,43 @@ def test_sft_rows_with_images(tmp_path: Path, processor: Any) -> None:
         assert sft.input_ids == prompt.prompt_ids + response_ids
         assert sft.loss_mask == [0] * len(prompt.prompt_ids) + [1] * len(response_ids)
     assert image_item.multimodal is not None and text_item.multimodal is None
+
+
+# ---------------------------------------------------------------------- reward models
+class TextOnlyReward(ConstantReward):
+    """A reward that would score a prompt's text without its images."""
+
+    name = "text_only"
+    accepts_image_prompts = False
+
+
+def test_rewards_that_read_text_only_refuse_image_prompts(tmp_path: Path, processor: Any) -> None:
+    rows = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2", "images": "x.png"}]
+    write_png(tmp_path / "x.png", RED)
+    cfg = load_config(None, [f"data.train_path={write_jsonl(tmp_path / 'd.jsonl', rows)}"])
+    parts = {"constant": ConstantReward, "text_only": TextOnlyReward}
+    mixed = CombinedReward(
+        CombinedReward.Config(rewards=[{"name": "constant"}, {"name": "text_only"}]), resolve=parts
+    )
+    assert ConstantReward.accepts_image_prompts and not ScalarRewardModel.accepts_image_prompts
+    assert not mixed.accepts_image_prompts
+    for reward in (TextOnlyReward(), mixed):
+        with pytest.raises(DataError) as info:
+            load_run_data(cfg, processor.tokenizer, reward, processor=processor)
+        assert str(info.value) == (
+            f"{cfg.data.train_path}: 1 prompt(s) carry images, but reward {reward.name!r} "
+            "scores text only and would not see them; use a rule or remote reward for image "
+            "prompts, or text-only data"
+        )
+    data = load_run_data(cfg, processor.tokenizer, ConstantReward(), processor=processor)
+    assert [item.multimodal is None for item in data.sampler.dataset] == [True, False]
+
+
+def test_a_vision_language_checkpoint_is_no_sequence_classifier(tiny_qwen_vl_dir: Path) -> None:
+    with pytest.raises(ValueError) as info:
+        load_sequence_classifier(str(tiny_qwen_vl_dir), num_labels=1)
+    assert str(info.value) == (
+        f"{tiny_qwen_vl_dir}: transformers has no sequence-classification head for model type "
+        "'qwen2_vl', so it cannot be a scalar reward model; reward models read text only -- "
+        "start from a text model (docs/multimodal.md)"
+    )
