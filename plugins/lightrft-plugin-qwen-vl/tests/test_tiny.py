@@ -82,3 +82,18 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     a = load_file(build_tiny_qwen_vl(tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(build_tiny_qwen_vl(tmp_path / "b", seed=3) / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_saved_processor_names_a_video_processor(tiny_qwen_vl_dir: Path, tmp_path: Path) -> None:
+    """So that ``AutoProcessor`` loads the folder where torchvision is installed."""
+    import json
+
+    load_processor(tiny_qwen_vl_dir).save_pretrained(tmp_path)
+    for folder in (tiny_qwen_vl_dir, tmp_path):
+        config = json.loads((folder / "processor_config.json").read_text())
+        assert config["processor_class"] == "Qwen2VLProcessor"
+        assert config["video_processor"]["size"] == config["image_processor"]["size"]
+    assert load_processor(tmp_path).image_processor.size == {
+        "shortest_edge": 784,
+        "longest_edge": 3136,
+    }

@@ -25,8 +25,8 @@ from .lora import is_vision_name, lora_target_names, merged_state
 _ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
 IMAGE_INPUTS = frozenset({"pixel_values", "image_grid_thw"})
-#: ``mm_token_type_ids`` values the models' ``get_rope_index`` expects.
-TEXT, IMAGE, VIDEO = 0, 1, 2
+#: ``mm_token_type_ids`` values of image and video tokens (text is 0) for ``get_rope_index``.
+IMAGE, VIDEO = 1, 2
 
 
 class QwenVLActor(Actor):

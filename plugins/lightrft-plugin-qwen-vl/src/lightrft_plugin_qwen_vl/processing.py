@@ -5,8 +5,9 @@ transformers 5.x builds every Qwen-VL processor (``Qwen2VLProcessor``, ``Qwen2_5
 without it ``AutoProcessor.from_pretrained`` raises even for image-only use. ``load_processor``
 loads the folder with ``AutoProcessor`` when it can and otherwise builds the folder's
 processor class without its video processor (tokenizer, image processor -- which falls back to
-its PIL implementation -- and chat template); such a processor handles text and images, and
-videos raise.
+its PIL implementation -- and chat template); such a processor handles text and images, not
+videos. Saved, it still names a video processor (the image sizes; the class comes from the
+model type), so the folder loads with ``AutoProcessor`` where torchvision is installed.
 """
 
 from __future__ import annotations
@@ -39,9 +40,27 @@ def image_only_processor_class(processor_class: type) -> type:
                 image_processor, tokenizer, None, chat_template=chat_template, **kwargs
             )
 
+        def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+            saved = super().save_pretrained(save_directory, *args, **kwargs)
+            add_video_processor_config(Path(save_directory))
+            return saved
+
     ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
     ImageOnly.__doc__ = f"{processor_class.__name__} without a video processor."
     return ImageOnly
+
+
+def add_video_processor_config(folder: Path) -> None:
+    """Give the folder's ``processor_config.json`` a ``video_processor`` entry when it has
+    none: the image processor's settings; ``AutoVideoProcessor`` takes the class from the
+    model type (``config.json``)."""
+    config_file = folder / PROCESSOR_CONFIG
+    config = json.loads(config_file.read_text())
+    if "video_processor" in config or "image_processor" not in config:
+        return
+    image = config["image_processor"]
+    config["video_processor"] = {k: v for k, v in image.items() if k != "image_processor_type"}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_processor(path: str | Path) -> Any:

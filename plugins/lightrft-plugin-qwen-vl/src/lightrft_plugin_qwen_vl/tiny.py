@@ -1,7 +1,8 @@
 """Tiny random-weight Qwen-VL models with their processor, built locally for tests and demos.
 
-``build_tiny_qwen_vl(path, family=...)`` writes a Hugging Face folder that
-``AutoProcessor.from_pretrained`` and ``AutoModelForImageTextToText`` load:
+``build_tiny_qwen_vl(path, family="qwen2_vl" | "qwen2_5_vl" | "qwen3_vl")`` writes a Hugging
+Face folder that ``AutoProcessor.from_pretrained`` (``processing.load_processor`` where
+torchvision is missing) and ``AutoModelForImageTextToText`` load:
 
 - the core's byte-level tokenizer (ids 0..255 = bytes, then ``<|endoftext|>``,
   ``<|im_start|>``, ``<|im_end|>``) plus the vision tokens ``<|vision_start|>``,
@@ -11,19 +12,16 @@
   ``<|vision_start|><|image_pad|><|vision_end|>`` (the processor expands the pad);
 - a Qwen2-VL image processor for small images: 28x28 to 56x56 pixels after resizing,
   i.e. 4 to 16 patches of 14x14, 1 to 4 image tokens after the 2x2 merge;
-- a model with a 2-layer text decoder (hidden 64, one head of 64) and a 1-2 block
-  vision tower (width 32).
+- a model with a 2-layer text decoder (hidden 64, one head of 64: vLLM needs head_dim
+  >= 64) and a 2-block vision tower of width 32.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 from lightrft_core.models.tiny import build_byte_tokenizer
-
-from .processing import PROCESSOR_CONFIG
 
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -82,7 +80,7 @@ def _token_ids(tokenizer: Any) -> dict[str, int]:
     }
 
 
-def _config(family: str, tokenizer: Any) -> Any:
+def _config(family: Family, tokenizer: Any) -> Any:
     """The model config of a family: tiny text and vision parts, the tokenizer's ids."""
     from transformers import AutoConfig
 
@@ -143,7 +141,7 @@ def _config(family: str, tokenizer: Any) -> Any:
     )
 
 
-def build_tiny_processor(family: str = "qwen2_vl") -> Any:
+def build_tiny_processor(family: Family = "qwen2_vl") -> Any:
     """The family's processor: the VL tokenizer, a small-image Qwen2-VL image processor
     (PIL backend: no torchvision needed) and the VL chat template. No video processor
     (``processing.py``); saved, it names the family's standard processor class."""
@@ -171,7 +169,7 @@ def build_tiny_processor(family: str = "qwen2_vl") -> Any:
     return processor_class(image_processor, tokenizer, chat_template=VL_CHAT_TEMPLATE)
 
 
-def build_tiny_qwen_vl_model(family: str = "qwen2_vl", *, seed: int = 0) -> Any:
+def build_tiny_qwen_vl_model(family: Family = "qwen2_vl", *, seed: int = 0) -> Any:
     """A randomly initialised ``*ForConditionalGeneration`` of ``family`` (fp32, eager)."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -181,7 +179,7 @@ def build_tiny_qwen_vl_model(family: str = "qwen2_vl", *, seed: int = 0) -> Any:
     return AutoModelForImageTextToText.from_config(config, attn_implementation="eager")
 
 
-def build_tiny_qwen_vl(path: str | Path, *, family: str = "qwen2_vl", seed: int = 0) -> Path:
+def build_tiny_qwen_vl(path: str | Path, *, family: Family = "qwen2_vl", seed: int = 0) -> Path:
     """Write a tiny random-weight ``family`` model and its processor to ``path``; returns it."""
     path = Path(path)
     processor = build_tiny_processor(family)
@@ -190,17 +188,4 @@ def build_tiny_qwen_vl(path: str | Path, *, family: str = "qwen2_vl", seed: int 
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    _add_video_processor_config(path, family)
     return path
-
-
-def _add_video_processor_config(path: Path, family: str) -> None:
-    """Name the family's video processor (same sizes as the images) in
-    ``processor_config.json``, so that ``AutoProcessor`` loads the folder where torchvision is
-    installed; without torchvision ``processing.load_processor`` leaves it out."""
-    config_file = path / PROCESSOR_CONFIG
-    config = json.loads(config_file.read_text())
-    video = {k: v for k, v in config["image_processor"].items() if k != "image_processor_type"}
-    video_class = "Qwen3VLVideoProcessor" if family == "qwen3_vl" else "Qwen2VLVideoProcessor"
-    config["video_processor"] = {**video, "video_processor_type": video_class}
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
