@@ -121,7 +121,7 @@ class Actor(torch.nn.Module, Component):
             return None
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(path)
+        return AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
 
     @abstractmethod
     def hf_model(self) -> torch.nn.Module:
