@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ class RolloutBatch:
         """The rows ``rows``, trimmed to their longest sequence (less padding to compute)."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         length = int(self.attention_mask[rows].sum(dim=1).max())
-        picked: dict[str, object] = {}
+        picked: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
@@ -73,7 +74,7 @@ class RolloutBatch:
 
 
 def _moved(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
-    moved: dict[str, object] = {
+    moved: dict[str, Any] = {
         f.name: getattr(batch, f.name).to(device)
         for f in fields(batch)
         if isinstance(getattr(batch, f.name), torch.Tensor)

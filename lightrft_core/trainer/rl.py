@@ -258,8 +258,8 @@ class RLTrainer:
             with timer("generate"), self._autocast(), generation_context(c.strategy, self.actor):
                 c.engine.wake_up()
                 params = self._sampling(step, round_index)
-                prompts = [it.prompt_ids for it in items]
-                outputs = c.engine.generate(prompts, params, **generate_kwargs(items))
+                prompt_ids = [it.prompt_ids for it in items]
+                outputs = c.engine.generate(prompt_ids, params, **generate_kwargs(items))
                 c.engine.sleep()
             check_prompt_ids(items, outputs)
             with timer("reward"):
