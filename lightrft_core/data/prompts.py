@@ -113,7 +113,10 @@ class PromptDataset(Sequence[PromptItem]):
             detail = f"all {self.num_filtered} are longer than {limit}"
             if self.num_skipped:
                 detail = f"{self.num_skipped} malformed, {self.num_filtered} longer than {limit}"
-            raise DataError(f"{source}: no prompts left: {detail}; raise data.max_prompt_length")
+            advice = "fix the rows or " if self.num_skipped else ""
+            raise DataError(
+                f"{source}: no prompts left: {detail}; {advice}raise data.max_prompt_length"
+            )
 
     @classmethod
     def from_source(

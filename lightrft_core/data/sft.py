@@ -104,13 +104,11 @@ class SFTDataset(Sequence[SFTItem]):
                 max_length,
             )
         if not self.items:
-            raise DataError(
-                f"{source}: no samples left: {self.num_skipped} malformed, "
-                f"{self.num_filtered} longer than max_length={max_length} tokens"
-                if self.num_skipped
-                else f"{source}: no samples left: all {self.num_filtered} are longer than "
-                f"max_length={max_length} tokens"
-            )
+            limit = f"max_length={max_length} tokens"
+            detail = f"all {self.num_filtered} are longer than {limit}"
+            if self.num_skipped:
+                detail = f"{self.num_skipped} malformed, {self.num_filtered} longer than {limit}"
+            raise DataError(f"{source}: no samples left: {detail}")
 
     @classmethod
     def from_source(
