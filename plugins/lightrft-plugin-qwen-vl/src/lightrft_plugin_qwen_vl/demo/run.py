@@ -33,7 +33,7 @@ class VisionDemoPlan:
     family: str = "qwen2_vl"
     task: ColorTask = field(default_factory=ColorTask)
     seed: int = 0
-    sft_examples: int = 512
+    sft_examples: int = 2_048
     rl_prompts: int = 4_000
     held_out: int = 256
     rl_overrides: Sequence[str] = ()

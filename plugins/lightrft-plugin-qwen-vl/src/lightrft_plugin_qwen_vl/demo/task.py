@@ -8,7 +8,7 @@ is ``1 / len(COLORS)``). Drawn with Pillow, deterministic from the seed; no down
 Splits: RL prompts (``train.jsonl``), held-out prompts (``eval.jsonl``, pictures never
 seen in training) and the same held-out prompts with blank pictures (``eval_blank.jsonl``,
 the control). The SFT warm-up (``sft.jsonl``) teaches only the answer's form: a text
-question ("Name a colour of a shape.") answered with a colour word, no picture -- so after
+question with no picture, answered with a random colour word -- so after
 it the model answers with a colour word but has never linked a picture to a colour; RL
 from the verifiable reward (the exact colour) has to teach it to look.
 """
@@ -31,7 +31,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("disc", "square", "triangle")
 SIZE = 56
 QUESTION = "What colour is the shape?"
-FORMAT_QUESTION = "Name a colour of a shape."
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,7 @@ def write_task_data(
     blank = [_row("images/blank.png", r["answer"]) for r in held]
     names = sorted(COLORS)
     sft_rows = [
-        {"prompt": FORMAT_QUESTION, "response": names[rng.randrange(len(names))]}
-        for _ in range(sft)
+        {"prompt": QUESTION, "response": names[rng.randrange(len(names))]} for _ in range(sft)
     ]
     return {
         "sft": _write_jsonl(directory / "sft.jsonl", sft_rows),
