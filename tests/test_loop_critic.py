@@ -108,7 +108,7 @@ def _critic(
     critic = build_critic(
         _ValueRegression(spec, warmup),
         strategy,
-        actor.hf_model(),
+        actor,
         trainer=TrainerConfig(**{"critic_learning_rate": 1e-2, **trainer}),  # type: ignore[arg-type]
         total_steps=100,
         actor_path=str(model_dir),
@@ -123,7 +123,7 @@ def test_no_critic_unless_the_algorithm_needs_one(
     class NoValueLoss(_ValueRegression):
         value_loss = Algorithm.value_loss  # type: ignore[assignment]
 
-    actor = ActorLanguage(ActorLanguage.Config(path=str(fast_tiny_model_dir))).hf_model()
+    actor = ActorLanguage(ActorLanguage.Config(path=str(fast_tiny_model_dir)))
     options = {"trainer": TrainerConfig(), "total_steps": 1, "actor_path": None}
     no_critic = _ValueRegression()
     no_critic.needs_critic = lambda: False  # type: ignore[method-assign]

@@ -47,6 +47,17 @@ MODALITY_PARAMETERS: Mapping[ActorModality, frozenset[str]] = {
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
+def text_trunk_inputs(sequences: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+    """A text model's trunk inputs for right-padded rows: ids, mask and positions counting
+    the real tokens from 0."""
+    mask = attention_mask.to(sequences.device).long()
+    return {
+        "input_ids": sequences,
+        "attention_mask": mask,
+        "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+    }
+
+
 @dataclass
 class ActorOutput:
     """What ``Actor.forward`` returns.
@@ -128,6 +139,18 @@ class Actor(torch.nn.Module, Component):
         """The Hugging Face model this actor wraps (its peft wrapper when LoRA is on): what
         ``strategy.export_hf`` saves at the end of a run and what an engine that shares the
         trainer's module (``hf``) generates with."""
+
+    def trunk_inputs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, **modal_inputs: Any
+    ) -> dict[str, Any]:
+        """The keyword inputs of the model's trunk (``hf_model().base_model``: the network
+        without the output head) for right-padded rows: token ids, mask, positions, and the
+        rows' media (``modal_inputs``, from ``get_supported_parameters``) in the form the
+        model wants. The loop's critic runs its own trunk of the same architecture with
+        them, so it sees what the policy sees. The default is a text model's: ``input_ids``,
+        ``attention_mask`` and positions counting the real tokens from 0; an actor whose
+        model needs other positions (e.g. 3-D rotary positions of images) overrides it."""
+        return {**text_trunk_inputs(sequences, attention_mask), **modal_inputs}
 
     @abstractmethod
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config.schema import TrainerConfig
-from ..interfaces import Algorithm, CriticSpec, LossScale, StrategyBase, ValueLossInput
+from ..interfaces import Actor, Algorithm, CriticSpec, LossScale, StrategyBase, ValueLossInput
 from ..models.critic import CriticModel, ValueHead, hidden_size_of, trunk_options_of
 from .distributed import model_init_context
 from .experience import RolloutBatch
@@ -32,7 +32,7 @@ FINAL_CRITIC_DIR = "final_critic"
 def build_critic(
     algorithm: Algorithm,
     strategy: StrategyBase,
-    actor_model: Any,
+    actor: Actor,
     *,
     trainer: TrainerConfig,
     total_steps: int,
@@ -41,9 +41,11 @@ def build_critic(
     """The critic ``algorithm.critic_spec()`` asks for, with its optimizer and scheduler
     (``trainer``'s schedule over ``total_steps`` optimizer steps, peak rate
     ``trainer.critic_learning_rate``), prepared by ``strategy``; ``None`` when the algorithm
-    needs no critic. ``actor_model``: the prepared actor's Hugging Face model (a separate
-    trunk is loaded as it was; a shared critic uses its decoder). ``actor_path``: the
-    actor's checkpoint, where a separate critic starts unless the spec names a path."""
+    needs no critic. ``actor``: the prepared policy (unwrapped): a separate trunk is loaded
+    as its Hugging Face model was, a shared critic uses that model's trunk, and the critic
+    reads every batch as the actor prepares it (``Actor.trunk_inputs``: positions, media).
+    ``actor_path``: the actor's checkpoint, where a separate critic starts unless the spec
+    names a path."""
     if not algorithm.needs_critic():
         return None
     if type(algorithm).value_loss is Algorithm.value_loss:
@@ -53,7 +55,7 @@ def build_critic(
     spec = algorithm.critic_spec()
     shared = spec.layout == "shared"
     with model_init_context(strategy):  # fsdp meta_init: structure only on ranks > 0
-        critic = _critic_model(spec, actor_model, actor_path, algorithm.name)
+        critic = _critic_model(spec, actor.hf_model(), actor_path, algorithm.name)
     trained: torch.nn.Module = critic.value_head if shared else critic
     optimizer = strategy.create_optimizer(
         trained, lr=trainer.critic_learning_rate, weight_decay=trainer.weight_decay
@@ -68,6 +70,7 @@ def build_critic(
     return LoopCritic(
         algorithm,
         strategy,
+        actor,
         spec=spec,
         value_model=critic if shared else prepared,
         trained=prepared,
@@ -80,10 +83,11 @@ def build_critic(
 def _critic_model(
     spec: CriticSpec, actor_model: Any, actor_path: str | None, algorithm: str
 ) -> CriticModel:
-    """A new head on the actor's decoder (shared), or a trunk loaded as the actor's model
-    was, from the spec's path or the actor's checkpoint (separate)."""
+    """A new head on the actor's trunk (shared: the model without its output head, with
+    its vision tower if it has one), or a trunk loaded as the actor's model was, from the
+    spec's path or the actor's checkpoint (separate)."""
     if spec.layout == "shared":
-        trunk = actor_model.get_decoder()
+        trunk = actor_model.base_model
         return CriticModel(trunk, ValueHead(hidden_size_of(trunk), init_std=spec.head_init_std))
     path = spec.path or actor_path
     if path is None:
@@ -104,6 +108,7 @@ class LoopCritic:
         self,
         algorithm: Algorithm,
         strategy: StrategyBase,
+        actor: Actor,
         *,
         spec: CriticSpec,
         value_model: torch.nn.Module,
@@ -114,6 +119,7 @@ class LoopCritic:
     ) -> None:
         self.algorithm = algorithm
         self.strategy = strategy
+        self.actor = actor
         self.spec = spec
         self.value_model = value_model
         self.trained = trained
@@ -125,6 +131,28 @@ class LoopCritic:
     def shared(self) -> bool:
         return self.spec.layout == "shared"
 
+    def _values(
+        self, batch: RolloutBatch, length: int | None = None, *, trunk_gradients: bool = True
+    ) -> torch.Tensor:
+        """The critic's forward on ``batch`` (its first ``length`` positions), with the
+        trunk inputs the actor prepares (its positions, the rows' media)."""
+        device = self.strategy.device
+        sequences = batch.sequences[:, :length].to(device)
+        attention_mask = batch.attention_mask[:, :length].to(device)
+        media = {
+            k: v.to(device)
+            for k, v in self.actor.select_inputs(
+                batch.modal_inputs(self.actor.get_supported_parameters())
+            ).items()
+        }
+        with self.strategy.autocast():
+            return self.value_model(
+                sequences,
+                attention_mask,
+                trunk_inputs=self.actor.trunk_inputs(sequences, attention_mask, **media),
+                trunk_gradients=trunk_gradients,
+            )
+
     # ------------------------------------------------------------------ values
     @torch.no_grad()
     def values(self, rollout: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
@@ -135,7 +163,6 @@ class LoopCritic:
         sequences, attention_mask = rollout.sequences, rollout.attention_mask
         b, t = sequences.shape
         out = torch.zeros((b, max(t - 1, 0)), dtype=torch.float32, device=sequences.device)
-        device = self.strategy.device
         positions = torch.arange(t, device=attention_mask.device)
         with _eval_mode(self.value_model):
             for rows in torch.arange(b, device=sequences.device).split(micro_batch_size):
@@ -144,11 +171,7 @@ class LoopCritic:
                 length = int(torch.where(mask, positions + 1, 0).max())
                 if length < 2:
                     continue
-                with self.strategy.autocast():
-                    values = self.value_model(
-                        sequences[rows, :length].to(device),
-                        attention_mask[rows, :length].to(device),
-                    )
+                values = self._values(rollout.select(rows), length)
                 out[rows, : length - 1] = values.float().to(out.device)
         return out * rollout.action_mask.to(out.device)
 
@@ -179,12 +202,7 @@ class LoopCritic:
         trunk_gradients = not self.shared or self.algorithm.updates_policy(step)
         context = nullcontext() if sync_gradients else strategy.no_sync(self.trained)
         with context:
-            with strategy.autocast():
-                values = self.value_model(
-                    mb.sequences.to(device),
-                    mb.attention_mask.to(device),
-                    trunk_gradients=trunk_gradients,
-                )
+            values = self._values(mb, trunk_gradients=trunk_gradients)
             out = self.algorithm.value_loss(
                 ValueLossInput(
                     values=values.float(),

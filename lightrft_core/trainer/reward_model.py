@@ -2,14 +2,14 @@
 pairs, with the strategy, data and logging parts of SFT and RL.
 
 The model is ``model.path`` loaded as a sequence classifier with one output (a causal LM
-checkpoint gets a new, randomly initialised score head); it reads text, so pairs with
-images and vision-language checkpoints are refused (docs/multimodal.md). Each pair is scored on both sides
--- the text ``prompt + response`` that ``reward.name: model`` scores in RL, encoded the same
-way -- and the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the optimizer
-batch's pairs. The optimisation options are the ``sft`` section's (``batch_size`` counts
-pairs). Under ``torchrun`` every rank draws the same batches and trains on its contiguous
-share; the loss divides by the pairs of every rank, so a step does not depend on the number
-of ranks.
+checkpoint gets a new, randomly initialised score head); it reads text, so pairs with images
+and vision-language checkpoints are refused (docs/multimodal.md). Each pair is scored on
+both sides -- the text ``prompt + response`` that ``reward.name: model`` scores in RL,
+encoded the same way -- and the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the
+optimizer batch's pairs. The optimisation options are the ``sft`` section's (``batch_size``
+counts pairs). Under ``torchrun`` every rank draws the same batches and trains on its
+contiguous share; the loss divides by the pairs of every rank, so a step does not depend on
+the number of ranks.
 
 Metrics: ``rm/loss``, ``rm/accuracy`` (pairs with ``s_chosen > s_rejected``), ``rm/margin``
 (mean ``s_chosen − s_rejected``); with ``data.eval_path``, ``eval/accuracy`` and

@@ -142,7 +142,7 @@ class RLTrainer:
         self.critic = build_critic(
             self.c.algorithm,
             s,
-            policy.hf_model(),
+            policy,
             trainer=t,
             total_steps=t.max_steps * self.updates_per_step,
             actor_path=type(policy).hf_path(cfg.model.options),

@@ -49,7 +49,7 @@ def test_ppo_with_a_critic_raises_the_mean_reward(
     critic = build_critic(
         algo,
         strategy,
-        actor.hf_model(),
+        actor,
         trainer=TrainerConfig(critic_learning_rate=1e-2),
         total_steps=STEPS,
         actor_path=str(fast_tiny_model_dir),

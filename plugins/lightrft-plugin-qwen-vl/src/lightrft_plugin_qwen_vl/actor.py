@@ -21,6 +21,7 @@ from lightrft_core.actors.logprobs import chunked_token_log_probs
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
 from .lora import is_vision_name, lora_target_names, merged_state
+from .vision import idle_vision_pass
 
 _ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
@@ -222,31 +223,13 @@ class QwenVLActor(Actor):
                 "actor 'qwen_vl' does not support packed rows (position_ids): its 3-D rotary "
                 "positions come from the image grids; turn sample packing off"
             )
-        unknown = sorted(set(modal_inputs) - IMAGE_INPUTS)
-        if unknown:
-            raise ValueError(
-                f"actor 'qwen_vl' takes {sorted(IMAGE_INPUTS)} as extra inputs, got {unknown}"
-            )
         base = self.base_model
         inner = base.model  # vision tower + language model, without the output head
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        images = _check_images(base.config, sequences, mask, modal_inputs)
-        token_types = torch.zeros_like(sequences, dtype=torch.int32)  # [B, T]
-        token_types[sequences == base.config.image_token_id] = IMAGE
-        token_types[sequences == base.config.video_token_id] = VIDEO
-        positions, _ = inner.get_rope_index(  # [3, B, T]
-            sequences,
-            token_types,
-            image_grid_thw=images.get("image_grid_thw"),
-            attention_mask=mask.long(),
-        )
-        states = inner(
-            input_ids=sequences,
-            attention_mask=mask.long(),
-            position_ids=positions,
-            use_cache=False,
-            **images,
-        ).last_hidden_state  # [B, T, H]
+        inputs = self.trunk_inputs(sequences, attention_mask, **modal_inputs)
+        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+        if "pixel_values" not in inputs:  # every rank runs the vision tower (vision.py)
+            states = states + idle_vision_pass(inner, states.device).to(states.dtype)
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
         log_probs, entropy = chunked_token_log_probs(
             states[:, :-1][valid],  # [N, H]
@@ -260,6 +243,36 @@ class QwenVLActor(Actor):
             log_probs=zeros.masked_scatter(valid, log_probs),
             entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
         )
+
+    def trunk_inputs(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, **modal_inputs: Any
+    ) -> dict[str, Any]:
+        """The trunk's inputs for right-padded rows: ids, mask, the images (checked against
+        the rows' placeholders) and the 3-D rotary positions the model computes from the
+        image grids (text-only rows get the plain positions on all three axes)."""
+        unknown = sorted(set(modal_inputs) - IMAGE_INPUTS)
+        if unknown:
+            raise ValueError(
+                f"actor 'qwen_vl' takes {sorted(IMAGE_INPUTS)} as extra inputs, got {unknown}"
+            )
+        base = self.base_model
+        mask = attention_mask.to(sequences.device).bool()  # [B, T]
+        images = _check_images(base.config, sequences, mask, modal_inputs)
+        token_types = torch.zeros_like(sequences, dtype=torch.int32)  # [B, T]
+        token_types[sequences == base.config.image_token_id] = IMAGE
+        token_types[sequences == base.config.video_token_id] = VIDEO
+        positions, _ = base.model.get_rope_index(  # [3, B, T]
+            sequences,
+            token_types,
+            image_grid_thw=images.get("image_grid_thw"),
+            attention_mask=mask.long(),
+        )
+        return {
+            "input_ids": sequences,
+            "attention_mask": mask.long(),
+            "position_ids": positions,
+            **images,
+        }
 
     # ---------------------------------------------------------------- weight sync
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
