@@ -21,7 +21,7 @@ from lightrft_core.actors.logprobs import chunked_token_log_probs
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
 from .lora import is_vision_name, lora_target_names, merged_state
-from .vision import idle_vision_pass
+from .vision import with_idle_vision_pass
 
 _ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
@@ -227,9 +227,9 @@ class QwenVLActor(Actor):
         inner = base.model  # vision tower + language model, without the output head
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
         inputs = self.trunk_inputs(sequences, attention_mask, **modal_inputs)
-        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         if "pixel_values" not in inputs:  # every rank runs the vision tower (vision.py)
-            states = states + idle_vision_pass(inner, states.device).to(states.dtype)
+            inputs = with_idle_vision_pass(inner, inputs)
+        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
         log_probs, entropy = chunked_token_log_probs(
             states[:, :-1][valid],  # [N, H]

@@ -1,0 +1,178 @@
+"""The torchrun worker of ``test_distributed_multimodal.py``: GRPO on image rows (a text row
+mixed in) with the tiny Qwen2-VL ``qwen_vl`` actor, under any strategy.
+
+``torchrun tests/multimodal_distributed_worker.py PLAN`` runs each job of the JSON list
+``PLAN`` (``{"job": "step" | "train", "out": ..., "overrides": [...], "ranks": [0]?}``) on
+every rank it names. ``train`` is ``RLTrainer(...).train()``. ``step``:
+
+1. builds ``RLTrainer`` (the strategy shards the actor and the reference) and generates one
+   round on this rank's prompts with the ``hf`` engine (images in the prompts, the sharded
+   model gathered by ``generation_context``); records the largest difference between the
+   engine's and the actor's log-probs of what it generated;
+2. takes one GRPO optimizer step on a fixed rollout of every prompt of the data (random
+   responses, the same on every rank and in every run; each rank takes its contiguous
+   share), then exports the model;
+3. on rank 0 writes ``result.json``: the step's metrics, the generation check, the largest
+   log-prob difference between the trained (sharded) model and its reloaded export, and the
+   classes of the FSDP units (empty under other strategies).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def plugin_manager() -> Any:
+    """grpo, qwen_vl and both sharded strategies, registered explicitly."""
+    import lightrft_plugin_deepspeed.plugin
+    import lightrft_plugin_fsdp.plugin
+    import lightrft_plugin_grpo.plugin
+    import lightrft_plugin_qwen_vl.plugin
+    from lightrft_core.plugins import PluginManager
+
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    pm.register(lightrft_plugin_qwen_vl.plugin, name="qwen_vl")
+    pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
+    pm.register(lightrft_plugin_deepspeed.plugin, name="deepspeed")
+    return pm
+
+
+def fixed_rollout(items: list[Any], pad_id: int, eos_id: int, *, group: int, seed: int) -> Any:
+    """``len(items) * group`` samples of the prompts ``items`` (their media kept): random byte
+    responses of 2..6 tokens (some ending in EOS), rewards in [0, 1]."""
+    from lightrft_core.interfaces import GenerationOutput
+    from lightrft_core.trainer.experience import build_rollout
+
+    g = torch.Generator().manual_seed(seed)
+    outputs = []
+    for index in range(len(items)):
+        for _ in range(group):
+            length = int(torch.randint(2, 7, (1,), generator=g))
+            tokens = torch.randint(97, 123, (length,), generator=g).tolist()
+            if torch.rand(1, generator=g) < 0.5:
+                tokens[-1] = eos_id
+            outputs.append(GenerationOutput(prompt_index=index, token_ids=tokens))
+    return build_rollout(
+        [item.prompt_ids for item in items],
+        outputs,
+        torch.rand(len(outputs), generator=g),
+        group_size=group,
+        pad_id=pad_id,
+        multimodal=[item.multimodal for item in items],
+    )
+
+
+class _NoTimer:
+    """A ``PhaseTimer`` stand-in that times nothing."""
+
+    def __call__(self, name: str) -> Any:
+        return nullcontext()
+
+
+def _masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(((a - b) * mask).abs().max())
+
+
+def vl_grpo_step(job: dict[str, Any], pm: Any) -> None:
+    from lightrft_core.config import load_config
+    from lightrft_core.interfaces import AdvantageInput
+    from lightrft_core.trainer.bootstrap import unwrapped_actor
+    from lightrft_core.trainer.rl import RLTrainer
+
+    cfg = load_config(None, [f"run.output_dir={job['out']}", *job["overrides"]], manager=pm)
+    trainer = RLTrainer(cfg, pm)
+    s, c = trainer.c.strategy, trainer.c
+
+    # generation with images on this rank's prompts, then the actor's log-probs of it
+    generated = trainer._build_rollout(trainer._collect(1, _NoTimer()))
+    actor_lp = trainer._log_probs(trainer.actor, generated)
+    engine_diff = _masked_max_diff(actor_lp, generated.engine_log_probs, generated.action_mask)
+    engine_diff = float(s.all_reduce(torch.tensor(engine_diff), op="max"))
+
+    # one GRPO step on the fixed rollout, each rank its contiguous share
+    items = list(trainer.data.sampler.dataset)
+    everything = fixed_rollout(
+        items, trainer.data.pad_id, c.tokenizer.eos_token_id, group=4, seed=0
+    )
+    share = len(everything) // s.world_size
+    rollout = everything.select(list(range(s.rank * share, (s.rank + 1) * share)))
+    rollout.old_log_probs = trainer._log_probs(trainer.actor, rollout)
+    if c.reference is not None:
+        rollout.ref_log_probs = trainer._log_probs(c.reference, rollout)
+    rollout.advantages = c.algorithm.compute_advantages(
+        AdvantageInput(
+            rewards=rollout.rewards,
+            action_mask=rollout.action_mask,
+            group_size=rollout.group_size,
+            old_log_probs=rollout.old_log_probs,
+            ref_log_probs=rollout.ref_log_probs,
+        )
+    ).advantages
+    metrics = trainer._train(rollout, step=1)
+    out = Path(job["out"])
+    policy = unwrapped_actor(s, trainer.actor)
+    s.export_hf(policy.hf_model(), out / "export", trainer.run.processor)
+    trained = trainer._log_probs(trainer.actor, everything)  # the sharded model, all rows
+    if s.is_rank_0:
+        from torch.distributed.fsdp import FSDPModule
+        from transformers import AutoModelForImageTextToText
+
+        from lightrft_plugin_qwen_vl.actor import QwenVLActor
+
+        exported = QwenVLActor.from_model(
+            AutoModelForImageTextToText.from_pretrained(out / "export")
+        )
+        with torch.no_grad():
+            reloaded = exported(
+                everything.sequences,
+                everything.attention_mask,
+                **exported.select_inputs(everything.modal_inputs()),
+            ).log_probs
+        result = {
+            "metrics": metrics,
+            "fsdp_units": sorted(
+                {type(m).__name__ for m in trainer.actor.modules() if isinstance(m, FSDPModule)}
+            ),
+            "world_size": s.world_size,
+            "engine_logprob_diff": engine_diff,
+            "export_logprob_diff": _masked_max_diff(trained, reloaded, everything.action_mask),
+        }
+        (out / "result.json").write_text(json.dumps(result), encoding="utf-8")
+
+
+def train(job: dict[str, Any], pm: Any) -> None:
+    from lightrft_core.config import load_config
+    from lightrft_core.trainer.rl import RLTrainer
+
+    cfg = load_config(None, [f"run.output_dir={job['out']}", *job["overrides"]], manager=pm)
+    RLTrainer(cfg, pm).train()
+
+
+JOBS = {"step": vl_grpo_step, "train": train}
+
+
+def main(plan_path: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    pm = plugin_manager()
+    for job in json.loads(Path(plan_path).read_text(encoding="utf-8")):
+        if rank in job.get("ranks", [rank]):
+            JOBS[job["job"]](job, pm)
+        if dist.is_initialized():
+            dist.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
