@@ -1,4 +1,7 @@
-"""How the CLI reports a user error: a red message on stderr and exit status 2."""
+"""How the CLI reports a user error: one red line on stderr and exit status 2.
+
+Every message is escaped before rich prints it: a path or key holding ``[/x]`` is shown as
+written instead of being read as markup."""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lightrft_core.config import ConfigError
 from lightrft_core.plugins import PluginLoadError
+from lightrft_core.preflight import WRITE_ADVICE, describe_os_error
 from lightrft_core.registry import UnknownComponentError
+from lightrft_core.trainer.reward_failures import RewardFailureError
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -20,16 +26,45 @@ USER_ERRORS = (
     ConfigError,
     PluginLoadError,
     UnknownComponentError,
+    RewardFailureError,
     FileExistsError,
     FileNotFoundError,
     ValueError,
 )
 ENV_DEBUG = "LIGHTRFT_DEBUG"
 
+#: Words of the errors torch (``torch.save``) and safetensors raise when a write fails for
+#: lack of space or a file-size limit; they carry no ``errno``.
+_FAILED_WRITE_WORDS = (
+    "file write failed",
+    "No space left on device",
+    "StorageFull",
+    "File too large",
+    "FileTooLarge",
+)
+_FAILED_WRITE_ADVICE = (
+    "writing a file failed (a full disk or a file-size limit); free space on the disk of "
+    "run.output_dir or raise the limit (ulimit -f), then resume from the last checkpoint"
+)
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    """Print ``message`` (plain text, escaped) as an error and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     return typer.Exit(code)
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The message to show for ``exc`` when it is the user's to fix, else ``None``."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_ADVICE:
+        return describe_os_error(exc)
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, (RuntimeError, OSError)) and any(
+        word in str(exc) for word in _FAILED_WRITE_WORDS
+    ):
+        return _FAILED_WRITE_ADVICE
+    return None
 
 
 @contextmanager
@@ -38,7 +73,8 @@ def user_errors() -> Iterator[None]:
     the traceback instead)."""
     try:
         yield
-    except USER_ERRORS as exc:
-        if os.environ.get(ENV_DEBUG, "") not in ("", "0"):
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None or os.environ.get(ENV_DEBUG, "") not in ("", "0"):
             raise
-        raise fail(str(exc)) from None
+        raise fail(message) from None

@@ -38,7 +38,10 @@ def pick_device(wanted: str) -> torch.device:
     if wanted not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {wanted!r}")
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("strategy.device is 'cuda' but no CUDA device is available")
+        raise ValueError(
+            "strategy.device: 'cuda' but this machine has no usable CUDA device; set "
+            "strategy.device=auto (or cpu) to train on the CPU"
+        )
     if wanted == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

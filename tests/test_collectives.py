@@ -47,7 +47,7 @@ def test_devices_and_backends() -> None:
         distributed.pick_device("tpu")
     if not torch.cuda.is_available():
         assert distributed.pick_device("auto") == torch.device("cpu")
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ValueError, match="no usable CUDA device"):
             distributed.pick_device("cuda")
     cpu = torch.device("cpu")
     assert distributed.backend_for("auto", cpu) == "gloo"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightrft_core.config import COMPONENT_SECTIONS, dump_config, load_config_with_warnings
@@ -44,7 +45,7 @@ def show(
     """Print the resolved configuration (defaults + file + overrides) as YAML."""
     cfg, warnings = _load(config, plugin, overrides, strict=False)
     for warning in warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
     typer.echo(dump_config(cfg), nl=False)
 
 
@@ -79,7 +80,7 @@ def schema(
         known = core_sections()
         if section not in known:
             err_console.print(
-                f"[red]error:[/] no section {section!r}; sections: {', '.join(known)}"
+                f"[red]error:[/] no section {escape(repr(section))}; sections: {', '.join(known)}"
             )
             raise typer.Exit(2)
         components = [c for c in components if c[0] == section]

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightrft_core.plugins import get_plugin_manager
@@ -66,7 +67,9 @@ def demo(
         return
     if task != "text":
         choices = ", ".join(["text", *PLUGIN_TASKS])
-        console.print(f"error: --task {task!r} is not a demo task; choose one of: {choices}")
+        console.print(
+            escape(f"error: --task {task!r} is not a demo task; choose one of: {choices}")
+        )
         raise typer.Exit(2)
     from lightrft_core.demo.run import DemoPlan, run_demo
 
@@ -91,8 +94,8 @@ def demo(
     change = result.accuracy_after - result.accuracy_before
     table.add_row("change", f"{change * 100:+.1f} points")
     console.print(table)
-    console.print(f"curves: {result.curves}")
-    console.print(f"model (Hugging Face format): {result.final_model}")
+    console.print(escape(f"curves: {result.curves}"))
+    console.print(escape(f"model (Hugging Face format): {result.final_model}"))
     console.print(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='")
     console.print(f"total time {time.perf_counter() - started:.0f} s")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import user_errors
 from ..progress import progress_bars
@@ -13,6 +14,7 @@ from .train_cmd import (
     PLUGIN_OPTION,
     SUPERVISED_UNUSED,
     launched_as_rank_0,
+    preflight,
     resolve,
     run_console,
 )
@@ -35,6 +37,7 @@ def rm(
     console = run_console()  # silent on ranks other than 0 under torchrun
     bars_on = cfg.logging.progress_bar and launched_as_rank_0()
     with user_errors(), progress_bars(console, bars_on) as bars:
+        preflight(cfg, manager)
         result = run_reward_model_training(
             cfg, manager, console=console, progress=bars("reward-model steps")
         )
@@ -43,4 +46,4 @@ def rm(
     summary = f"final loss {steps[-1]['rm/loss'] if steps else float('nan'):.4f}"
     if evals:
         summary += f", held-out accuracy {evals[-1]['eval/accuracy']:.3f}"
-    console.print(f"{summary}; reward model: {result.final_model} (reward.name=model)")
+    console.print(escape(f"{summary}; reward model: {result.final_model} (reward.name=model)"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..errors import user_errors
 from ..progress import progress_bars
@@ -13,6 +14,7 @@ from .train_cmd import (
     PLUGIN_OPTION,
     SUPERVISED_UNUSED,
     launched_as_rank_0,
+    preflight,
     resolve,
     run_console,
 )
@@ -34,8 +36,9 @@ def sft(
     console = run_console()  # silent on ranks other than 0 under torchrun
     bars_on = cfg.logging.progress_bar and launched_as_rank_0()
     with user_errors(), progress_bars(console, bars_on) as bars:
+        preflight(cfg, manager)
         result = run_sft(cfg, manager, console=console, progress=bars("SFT steps"))
     last = result.history[-1] if result.history else {}
     console.print(
-        f"final loss {last.get('sft/loss', float('nan')):.4f}; model: {result.final_model}"
+        escape(f"final loss {last.get('sft/loss', float('nan')):.4f}; model: {result.final_model}")
     )

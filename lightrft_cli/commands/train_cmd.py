@@ -10,10 +10,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightrft_core.config import COMPONENT_SECTIONS, LightRFTConfig, load_config
 from lightrft_core.plugins import PluginManager, get_plugin_manager
+from lightrft_core.preflight import check_model_folder, check_output_dir
 
 from ..errors import user_errors
 from ..progress import progress_bars
@@ -62,6 +64,15 @@ def resolve(
     return cfg, manager
 
 
+def preflight(cfg: LightRFTConfig, manager: PluginManager) -> None:
+    """Refuse an unusable model folder or run folder before anything heavy is loaded."""
+    path = manager.get_actor(cfg.model.name).hf_path(cfg.model.options)
+    if path is not None:
+        check_model_folder(path)
+    if launched_as_rank_0():
+        check_output_dir(cfg.run.output_dir)
+
+
 def components_table(cfg: LightRFTConfig, manager: PluginManager) -> Table:
     table = Table(title="Components")
     for column in ("section", "name", "class", "plugin"):
@@ -91,7 +102,10 @@ def train(
 
     bars_on = cfg.logging.progress_bar and launched_as_rank_0()
     with user_errors(), progress_bars(console, bars_on) as bars:
+        preflight(cfg, manager)
         trainer = RLTrainer(cfg, manager, console=console, progress=bars("RL steps"))
         result = trainer.train()
     console.print(trainer.metrics.summary_table())
-    console.print(f"model: {result.final_model}  metrics: {result.output_dir / 'metrics.jsonl'}")
+    console.print(
+        escape(f"model: {result.final_model}  metrics: {result.output_dir / 'metrics.jsonl'}")
+    )

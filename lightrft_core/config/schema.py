@@ -94,6 +94,13 @@ class DataConfig:
     max_prompt_length: int = field(
         default=512, metadata={"help": "Prompts longer than this many tokens are filtered out."}
     )
+    max_dropped_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Stop with an error when more than this share of a prompt file's rows is "
+            "longer than max_prompt_length (the count is always shown); 1 never stops."
+        },
+    )
     skip_malformed: bool = field(
         default=False,
         metadata={"help": "Skip and count malformed rows instead of failing on the first one."},
@@ -101,6 +108,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _positive("data", max_prompt_length=self.max_prompt_length)
+        if not 0 <= self.max_dropped_fraction <= 1:
+            raise ValueError(
+                f"data.max_dropped_fraction must be in [0, 1], got {self.max_dropped_fraction}"
+            )
 
 
 @dataclass
@@ -140,7 +151,11 @@ class TrainerConfig:
         default=0, metadata={"help": "Evaluate every N steps (and before/after); 0 disables."}
     )
     eval_max_prompts: int = field(
-        default=256, metadata={"help": "Held-out prompts scored per evaluation."}
+        default=256,
+        metadata={
+            "help": "Held-out prompts scored per evaluation (>= 1; to evaluate every held-out "
+            "prompt, set it to their number or more; to turn evaluation off, eval_every=0)."
+        },
     )
     eval_pass_k: int = field(
         default=0,
@@ -195,13 +210,13 @@ class TrainerConfig:
             epochs=self.epochs,
             learning_rate=self.learning_rate,
             critic_learning_rate=self.critic_learning_rate,
+            eval_max_prompts=self.eval_max_prompts,
         )
         if self.optimizer_batch_size is not None:
             _positive("trainer", optimizer_batch_size=self.optimizer_batch_size)
         _non_negative(
             "trainer",
             eval_pass_k=self.eval_pass_k,
-            eval_max_prompts=self.eval_max_prompts,
             weight_decay=self.weight_decay,
             warmup_steps=self.warmup_steps,
             max_grad_norm=self.max_grad_norm,

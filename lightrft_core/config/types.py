@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import math
 import types
 import typing
 from functools import cache
@@ -69,6 +71,21 @@ def parse_text(text: str, tp: Any) -> Any:
         return text
 
 
+def _finite_float(value: Any) -> float:
+    """A number field's value: nan and inf are refused (no option means them)."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise TypeMismatch(f"expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise TypeMismatch(f"expected a finite number, got {value!r} (nan and inf are not allowed)")
+    return number
+
+
 def _is_optional(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
 
@@ -111,14 +128,7 @@ def coerce(value: Any, tp: Any) -> Any:
             return int(value)
         raise TypeMismatch(f"expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise TypeMismatch(f"expected a number, got {value!r}")
+        return _finite_float(value)
     if tp is str:
         if isinstance(value, str):
             return value

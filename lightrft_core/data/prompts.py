@@ -68,6 +68,7 @@ class PromptDataset(Sequence[PromptItem]):
         base_dir: Path | None = None,
         locations: Sequence[str] | None = None,
         skip_malformed: bool = False,
+        max_dropped_fraction: float = 0.5,
     ) -> None:
         encoder = PromptEncoder(
             tokenizer,
@@ -102,10 +103,11 @@ class PromptDataset(Sequence[PromptItem]):
         malformed.log()
         self.num_skipped = malformed.count
         if self.num_filtered:
-            logger.info(
-                "%s: dropped %d prompt(s) longer than max_prompt_length=%s tokens",
+            logger.warning(
+                "%s: dropped %d of %d prompt(s), longer than data.max_prompt_length=%s tokens",
                 source,
                 self.num_filtered,
+                self.num_filtered + len(self.items),
                 max_prompt_length,
             )
         if not self.items:
@@ -116,6 +118,14 @@ class PromptDataset(Sequence[PromptItem]):
             advice = "fix the rows or " if self.num_skipped else ""
             raise DataError(
                 f"{source}: no prompts left: {detail}; {advice}raise data.max_prompt_length"
+            )
+        dropped = self.num_filtered / (self.num_filtered + len(self.items))
+        if dropped > max_dropped_fraction:
+            raise DataError(
+                f"{source}: {self.num_filtered} of {self.num_filtered + len(self.items)} prompts "
+                f"({dropped:.0%}) are longer than data.max_prompt_length={max_prompt_length} "
+                f"tokens, more than data.max_dropped_fraction={max_dropped_fraction}; raise "
+                "data.max_prompt_length, or data.max_dropped_fraction to train on the rest"
             )
 
     @classmethod
@@ -137,6 +147,8 @@ class PromptDataset(Sequence[PromptItem]):
         """
         keys = (config.input_key, config.label_key) if require_label else (config.input_key,)
         result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
+        if require_label:
+            check_labels(result.rows, result.locations, config.label_key)
         dataset = cls(
             result.rows,
             tokenizer,
@@ -151,6 +163,7 @@ class PromptDataset(Sequence[PromptItem]):
             base_dir=source_folder(source),
             locations=result.locations,
             skip_malformed=config.skip_malformed,
+            max_dropped_fraction=config.max_dropped_fraction,
         )
         dataset.num_skipped += result.skipped
         return dataset
@@ -164,6 +177,26 @@ class PromptDataset(Sequence[PromptItem]):
     def __getitem__(self, index: slice) -> list[PromptItem]: ...
     def __getitem__(self, index: int | slice) -> PromptItem | list[PromptItem]:
         return self.items[index]
+
+
+def check_labels(
+    rows: Sequence[Mapping[str, Any]], locations: Sequence[str], label_key: str
+) -> None:
+    """Refuse a label a reward cannot compare a response with: it must be text, a number,
+    or a list of them (any item accepted); a mapping or a boolean never matches."""
+    for row, where in zip(rows, locations, strict=True):
+        label = row.get(label_key)
+        items = label if isinstance(label, list) else [label]
+        if not all(_is_plain_label(item) for item in items):
+            raise DataError(
+                f"{where}: {label_key!r} must be text, a number or a list of them (the reward "
+                f"compares the response with it), got {type(label).__name__} {label!r}; fix "
+                "the row, or set data.label_key to the field holding the answer"
+            )
+
+
+def _is_plain_label(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 class PromptSampler(Iterator[list[Any]]):
