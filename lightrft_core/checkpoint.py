@@ -1,4 +1,8 @@
-"""Atomic checkpoint directories: a crash while saving never corrupts the last good one."""
+"""Atomic checkpoint directories: a crash while saving never corrupts the last good one.
+
+What LightRFT writes gets the usual permissions (``0o666``/``0o777`` less the umask), also
+where a writer creates private files (``safetensors`` writes ``0o600``), so that a teammate
+can load a shared run."""
 
 from __future__ import annotations
 
@@ -29,11 +33,32 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_umask(tmp)
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | Path) -> None:
+    """Give ``root`` and everything under it the permissions a new file or folder gets from
+    the umask: ``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders."""
+    mask = current_umask()
+    root = Path(root)
+    root.chmod(0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            Path(folder, name).chmod(0o777 & ~mask)
+        for name in files:
+            Path(folder, name).chmod(0o666 & ~mask)
 
 
 def recover_directory(path: str | Path) -> Path:

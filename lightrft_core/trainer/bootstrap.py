@@ -1,7 +1,9 @@
 """The start and the finish every training command shares (``lightrft train``, ``lightrft
 sft``, ``lightrft rm``); each loop keeps only its own body.
 
-Start (``start_run``): the strategy from ``strategy.name``, its process group set up, every
+Start (``start_run``): the strategy from ``strategy.name``, its process group set up, the
+run folder held (``run_folder.py``: a lock file, released by ``finish_run`` or on an error
+inside ``released_on_error``), every
 random generator seeded with ``run.seed`` (the one seed of a run), the global batch sizes
 checked against the number of ranks, and the tokenizer of ``model.path`` (with its
 processor, for a vision-language model). Then, after the
@@ -12,7 +14,8 @@ and the log closed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from ..plugins import PluginManager
 from ..rng import seed_everything
 from .distributed import check_divisible
 from .metrics import MetricsLogger
+from .run_folder import RunFolderBusy, RunLock, hold_run_folder
 
 #: The exported model's folder inside ``run.output_dir``.
 FINAL_DIR = "final"
@@ -34,12 +38,30 @@ FINAL_DIR = "final"
 class RunStart:
     """What ``start_run`` set up: the strategy (process group ready, RNGs seeded), the
     tokenizer of the run's model, the run folder, and the model's processor
-    (``AutoProcessor``; ``None`` for a model without one, e.g. a text-only model)."""
+    (``AutoProcessor``; ``None`` for a model without one, e.g. a text-only model), and the
+    lock of the run folder (rank 0's; ``None`` on the other ranks)."""
 
     strategy: StrategyBase
     tokenizer: Any
     output_dir: Path
     processor: Any = None
+    lock: RunLock | None = None
+
+    def release(self) -> None:
+        """Let go of the run folder (rank 0 removes the lock file)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+@contextmanager
+def released_on_error(start: RunStart) -> Iterator[None]:
+    """Release the run folder if the body raises (the lock stays held otherwise)."""
+    try:
+        yield
+    except BaseException:
+        start.release()
+        raise
 
 
 def model_path(cfg: LightRFTConfig, manager: PluginManager) -> str:
@@ -70,11 +92,31 @@ def start_run(
     tokenizer and the processor (``Actor.load_processor``)."""
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
     strategy.setup_distributed()
-    seed_everything(cfg.run.seed)
-    check_divisible(strategy.world_size, dict(global_batches))
-    path = model_path(cfg, manager)
-    processor = manager.get_actor(cfg.model.name).load_processor(path)
-    return RunStart(strategy, load_tokenizer(path), Path(cfg.run.output_dir), processor=processor)
+    start = RunStart(strategy, None, Path(cfg.run.output_dir), lock=hold_folder(strategy, cfg))
+    with released_on_error(start):
+        seed_everything(cfg.run.seed)
+        check_divisible(strategy.world_size, dict(global_batches))
+        path = model_path(cfg, manager)
+        start.processor = manager.get_actor(cfg.model.name).load_processor(path)
+        start.tokenizer = load_tokenizer(path)
+    return start
+
+
+def hold_folder(strategy: StrategyBase, cfg: LightRFTConfig) -> RunLock | None:
+    """Rank 0 holds ``run.output_dir`` (``hold_run_folder``); every rank learns whether it
+    could (the collective is the other ranks' barrier) and all stop if not."""
+    lock, error = None, None
+    if strategy.is_rank_0:
+        try:
+            lock = hold_run_folder(cfg.run.output_dir)
+        except RunFolderBusy as exc:
+            error = exc
+    failed = strategy.all_reduce(torch.tensor([float(error is not None)]), op="max")
+    if error is not None:
+        raise error
+    if float(failed[0]) > 0:
+        raise RunFolderBusy(f"run.output_dir {cfg.run.output_dir} is in use (see rank 0's error)")
+    return lock
 
 
 def open_run_log(
@@ -118,6 +160,8 @@ def finish_run(start: RunStart, model: torch.nn.Module, metrics: MetricsLogger) 
     close the log; returns the export folder."""
     final = start.output_dir / FINAL_DIR
     saved_with = start.tokenizer if start.processor is None else start.processor
-    start.strategy.export_hf(model, final, saved_with)
+    with released_on_error(start):
+        start.strategy.export_hf(model, final, saved_with)
     metrics.close()
+    start.release()
     return final

@@ -4,7 +4,9 @@ TensorBoard event files, and a summary table at the end. Only rank 0 writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -13,6 +15,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+logger = logging.getLogger("lightrft.trainer")
 
 #: Metrics printed on the compact per-step console line, in this order.
 CONSOLE_KEYS = (
@@ -87,9 +91,8 @@ class MetricsLogger:
         if jsonl:
             path = out / "metrics.jsonl"
             if resume_step is not None and path.is_file():  # drop steps after the checkpoint
-                self.history = [r for r in read_metrics(out) if r["step"] <= resume_step]
-            with path.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.history)
+                self.history = [r for r in records_to_resume(path) if r["step"] <= resume_step]
+            rewrite_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
             self._jsonl = path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -150,6 +153,36 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def records_to_resume(path: Path) -> list[dict[str, Any]]:
+    """The records of a log a resumed run continues: a partial last line (a crash while it
+    was written) is dropped with a warning; a bad line before it is an error."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number < len(lines):
+                raise ValueError(
+                    f"{path}:{number}: not valid JSON ({exc}); fix or remove that line"
+                ) from exc
+            logger.warning("%s: dropped a partial last line (a crash while it was written)", path)
+    return records
+
+
+def rewrite_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: written beside it, then renamed over it, so a crash
+    leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from ..interfaces import (
     SamplingParams,
 )
 from ..plugins import PluginManager, get_plugin_manager
-from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
+from .bootstrap import finish_run, open_run_log, released_on_error, start_run, unwrapped_actor
 from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
 from .controls import LoopControls, rollout_kl
@@ -52,6 +52,16 @@ from .evaluate import evaluate
 from .experience import RolloutBatch, build_rollout, shuffled_chunks
 from .metrics import PhaseTimer
 from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
+from .resume import (
+    RunIdentity,
+    changes_line,
+    check_max_steps,
+    check_resume,
+    read_checkpoint_identity,
+    read_run_id,
+    write_checkpoint_identity,
+    write_run_id,
+)
 from .step_metrics import rollout_metrics
 
 logger = logging.getLogger("lightrft.trainer")
@@ -78,6 +88,7 @@ class RLTrainer:
     ) -> None:
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
+        self.progress = progress
         t = cfg.trainer
         manager = manager or get_plugin_manager()
         self.run = start_run(
@@ -88,6 +99,12 @@ class RLTrainer:
                 "trainer.optimizer_batch_size": t.optimizer_batch_size,
             },
         )
+        with released_on_error(self.run):
+            self._set_up(manager, console)
+
+    def _set_up(self, manager: PluginManager, console: Any) -> None:
+        """Components, data, optimizer and the resumed state; then the run log."""
+        cfg, t = self.cfg, self.cfg.trainer
         self.c: Components = build_components(cfg, manager, self.run)
         s = self.c.strategy
         self.data: RunData = load_run_data(
@@ -98,7 +115,6 @@ class RLTrainer:
             world_size=s.world_size,
             processor=self.run.processor,
         )
-        self.progress = progress
         rollout_size = t.prompts_per_step * cfg.engine.n_samples_per_prompt
         self.updates_per_step = t.epochs * math.ceil(
             rollout_size / (t.optimizer_batch_size or rollout_size)
@@ -148,25 +164,55 @@ class RLTrainer:
             actor_path=type(policy).hf_path(cfg.model.options),
         )
         self.start_step = 0
+        self.identity = RunIdentity.fresh(cfg, s.world_size)
         resume = self._find_resume()
+        changed: dict[str, tuple[Any, Any]] = {}
         if resume is not None:
+            recorded = read_checkpoint_identity(resume)
+            if recorded is not None:  # checked before loading: nothing is touched if refused
+                check_max_steps(t.max_steps, recorded[1], resume)
+                changed = self._check_identity(resume, recorded[0])
             state = s.load_checkpoint(
                 resume, model=self.actor, optimizer=self.optimizer, scheduler=self.scheduler
             )
             self.start_step = int(state["step"])
+            check_max_steps(t.max_steps, self.start_step, resume)
+            if recorded is None and "run" in state:  # the identity file was not written
+                changed = self._check_identity(resume, RunIdentity.from_state(state["run"]))
+            elif recorded is None:
+                logger.warning(
+                    "%s carries no run identity (an older LightRFT wrote it): its options are "
+                    "not checked",
+                    resume,
+                )
+            if "trainer.learning_rate" in changed:
+                apply_learning_rate(
+                    self.optimizer, self.scheduler, *changed["trainer.learning_rate"]
+                )
             self.data.sampler.load_state_dict(state["sampler"])
             self.controls.load_state_dict(state.get("controls", {}))
             if self.critic is not None:
                 self.critic.load(resume)
             self._sync_weights()  # an engine with its own copy still holds model.path's weights
         if s.is_rank_0:
-            self._announce_start(resume)
+            self._announce_start(resume, changed)
         self.metrics = open_run_log(
             cfg,
             s,
             console=console,
             resume_step=self.start_step if resume is not None else None,
         )
+        if s.is_rank_0:
+            write_run_id(self.out, self.identity.run_id)
+
+    def _check_identity(self, resume: Path, saved: RunIdentity) -> dict[str, tuple[Any, Any]]:
+        """Refuse a checkpoint of another run (for ``resume_from=latest``) or of other fixed
+        options (``resume.check_resume``); continue its run id. Returns the changed options."""
+        latest = self.cfg.trainer.resume_from == "latest"
+        folder_run = read_run_id(self.out) if latest else None
+        changed = check_resume(saved, self.identity, resume, folder_run=folder_run)
+        self.identity.run_id = saved.run_id
+        return changed
 
     @property
     def actor(self) -> torch.nn.Module:
@@ -178,9 +224,11 @@ class RLTrainer:
         """The prepared reference policy, or ``None`` when the algorithm needs none."""
         return self.c.reference
 
-    def _announce_start(self, resume: Path | None) -> None:
+    def _announce_start(self, resume: Path | None, changed: dict[str, tuple[Any, Any]]) -> None:
         if resume is not None:
             logger.warning("resumed from %s at step %d", resume, self.start_step)
+            if changed:
+                logger.warning(changes_line(changed, self.start_step))
         elif self.cfg.trainer.resume_from == "latest":
             logger.warning(
                 "trainer.resume_from=latest: no checkpoint in %s; starting at step 1", self.out
@@ -202,6 +250,11 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
+        """Run the steps left; the run folder is released at the end, also on an error."""
+        with released_on_error(self.run):
+            return self._train_steps()
+
+    def _train_steps(self) -> TrainResult:
         t = self.cfg.trainer
         if t.eval_every and self.data.eval_items and self.start_step == 0:
             self.metrics.log(0, self.evaluate())
@@ -214,6 +267,9 @@ class RLTrainer:
             ):
                 metrics.update(self.evaluate())
             self.metrics.log(step, metrics)
+            self.data.failure_watch.end_step(
+                step, metrics["reward/failures"], metrics["reward/failure_rate"]
+            )
             if t.save_every and step % t.save_every == 0 and step < t.max_steps:
                 self.save(step)
             if self.progress is not None:
@@ -272,6 +328,7 @@ class RLTrainer:
                         metadata=[items[o.prompt_index].metadata for o in outputs],
                     )
                 )
+            self.data.failure_watch.record(scored)
             out = scored.output
             return ScoredRound(items, outputs, out.rewards, dict(out.sub_scores), scored.failures)
 
@@ -523,7 +580,24 @@ class RLTrainer:
                 "step": step,
                 "sampler": self.data.sampler.state_dict(),
                 "controls": self.controls.state_dict(),
+                "run": self.identity.state(),
             },
         )
         if self.critic is not None:
             self.critic.save(path)
+        if self.c.strategy.is_rank_0:
+            write_checkpoint_identity(path, self.identity, step)
+
+
+def apply_learning_rate(
+    optimizer: torch.optim.Optimizer, scheduler: Any, old: float, new: float
+) -> None:
+    """Scale the learning rates a checkpoint restored (the optimizer's groups, a scheduler's
+    base rates) from ``old`` to ``new``, keeping the schedule's position."""
+    ratio = new / old
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
+        scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
