@@ -160,21 +160,25 @@ def test_null_rewards_are_failed_samples(serve) -> None:
 
 
 def test_a_service_that_is_down_fails_its_samples_without_a_request_storm(serve) -> None:
-    # 503 forever: every chunk is tried 1 + max_retries times, then its samples get
-    # failure_reward; the loop's one-sample-at-a-time retry does not start (nothing raised).
+    # 503 forever: the first chunk is tried 1 + max_retries times, then the whole batch gets
+    # failure_reward; neither the other chunk nor single samples are sent.
     service = serve(lambda body, headers: (503, {"error": "down"}))
     safe = score_safely(remote(service.url, batch_size=4, max_retries=1), batch(8), 0.0)
     assert safe.failures == 8
     torch.testing.assert_close(safe.output.rewards, torch.zeros(8))
-    assert len(service.requests) == 2 * 2  # 2 chunks x (1 + 1 retry)
+    assert len(service.requests) == 2  # 1 chunk x (1 + 1 retry)
+    assert list(safe.errors) == ["unavailable"]
 
 
 def test_an_unreachable_service_fails_its_samples(serve) -> None:
     service = serve(length_reward)
     url = service.url
     service.close()  # nothing listens on that port any more
-    safe = score_safely(remote(url, max_retries=1, timeout_s=2.0), batch(3), failure_reward=0.0)
+    reward = remote(url, max_retries=1, request_timeout_s=2.0)
+    safe = score_safely(reward, batch(3), failure_reward=0.0)
     assert safe.failures == 3
+    assert list(safe.errors) == ["unavailable"]
+    assert "unavailable after 2 attempts (URLError" in safe.errors["unavailable"]
 
 
 def test_options_are_checked() -> None:
@@ -184,7 +188,7 @@ def test_options_are_checked() -> None:
         RemoteReward.Config(url="localhost:8000")
     for options, match in (
         ({"batch_size": 0}, "batch_size"),
-        ({"timeout_s": 0.0}, "timeout_s"),
+        ({"request_timeout_s": 0.0}, "request_timeout_s"),
         ({"max_retries": -1}, "max_retries"),
         ({"retry_backoff_s": -1.0}, "retry_backoff_s"),
     ):

@@ -106,6 +106,9 @@ def train(
         trainer = RLTrainer(cfg, manager, console=console, progress=bars("RL steps"))
         result = trainer.train()
     console.print(trainer.metrics.summary_table())
+    failures = trainer.data.failure_watch.summary()
+    if failures is not None:
+        console.print(escape(failures), style="yellow")
     console.print(
         escape(f"model: {result.final_model}  metrics: {result.output_dir / 'metrics.jsonl'}")
     )

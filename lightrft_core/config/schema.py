@@ -13,6 +13,7 @@ Every field carries ``metadata={"help": ...}``; ``lightrft config schema`` print
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -350,7 +351,42 @@ class RewardSection:
         default=0.0,
         metadata={"help": "Reward of a sample whose reward function raised or returned NaN."},
     )
+    timeout_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds to wait for the rewards of one batch; a batch still unscored then "
+            "gets failure_reward for every sample (the call is left running in a background "
+            "thread). null: wait as long as it takes."
+        },
+    )
+    max_failure_rate: float = field(
+        default=1.0,
+        metadata={
+            "help": "Stop the run when at least this share of a step's samples fail to score "
+            "on reward.max_failure_steps consecutive steps (1.0: only when every sample fails)."
+        },
+    )
+    max_failure_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Consecutive steps at or above reward.max_failure_rate before the run "
+            "stops; 0: never stop."
+        },
+    )
     options: Any = field(default=None, metadata=_OPTIONS_METADATA)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.failure_reward):
+            raise ValueError(f"reward.failure_reward must be finite, got {self.failure_reward}")
+        if self.timeout_s is not None and not 0 < self.timeout_s < math.inf:
+            raise ValueError(
+                f"reward.timeout_s must be a number of seconds > 0 or null, got {self.timeout_s}"
+            )
+        if not 0 < self.max_failure_rate <= 1:
+            raise ValueError(
+                f"reward.max_failure_rate must be in (0, 1], got {self.max_failure_rate}"
+            )
+        _non_negative("reward", max_failure_steps=self.max_failure_steps)
 
 
 @dataclass

@@ -10,13 +10,14 @@ from .math import MathReward, answers_match, extract_answer, extract_boxed, last
 from .model import ScalarRewardModel
 from .remote import RemoteReward, RemoteRewardError
 from .rules import ExactMatchReward, FormatReward
-from .safe import SafeScore, reset_failure_log, score_safely
+from .safe import BatchFailure, SafeScore, reset_failure_log, score_safely
 
 #: The reward classes this package provides (for registration).
 RULE_REWARDS = (MathReward, ExactMatchReward, FormatReward, CombinedReward)
 
 __all__ = [
     "RULE_REWARDS",
+    "BatchFailure",
     "CombinedReward",
     "ExactMatchReward",
     "FormatReward",

@@ -15,13 +15,19 @@ becomes the run's ``accuracy`` and ``eval/accuracy``.
 
 Failures:
 
-* a connection error, a timeout, ``429`` or a ``5xx`` is retried ``max_retries`` times with
-  exponential back-off (``retry_backoff_s``, doubling). If it still fails, the chunk's
-  samples get NaN, which the loop turns into ``reward.failure_reward`` and counts in
-  ``reward/failures``: a service that is down costs one chunk's retries, not one request per
-  sample;
-* any other ``4xx`` or a malformed answer raises at once: the loop then scores the batch one
-  sample at a time, which isolates a sample the service refuses.
+* a connection error, a timeout, ``408``, ``429`` or a ``5xx`` is retried ``max_retries``
+  times with exponential back-off (``retry_backoff_s``, doubling). If it still fails, the
+  service is unavailable: the whole batch fails at once (every sample gets
+  ``reward.failure_reward`` and counts in ``reward/failures``), so a service that is down
+  costs one chunk's retries, not one request per sample;
+* any other ``4xx`` (a wrong ``url`` answering ``404``, a missing key answering ``401``) or a
+  malformed answer fails the whole batch at once, too: it is a problem of the endpoint, not of
+  a sample, and the batch is not re-sent one sample at a time. A service that cannot score
+  one sample answers ``null`` for it.
+
+Each kind of failure is logged once (``lightrft_core.rewards.safe``); the run stops when
+failures persist (``reward.max_failure_rate``). ``request_timeout_s`` bounds one HTTP request;
+``reward.timeout_s`` (when set) bounds the whole batch, retries included.
 
 Only the standard library is used (``urllib``); the requests are sent one after another.
 """
@@ -29,7 +35,6 @@ Only the standard library is used (``urllib``); the requests are sent one after 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -41,14 +46,15 @@ from typing import Any, ClassVar
 import torch
 
 from ..interfaces import RewardInput, RewardModel, RewardOutput
-
-logger = logging.getLogger("lightrft.reward")
+from .safe import BatchFailure
 
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class RemoteRewardError(RuntimeError):
-    """The service refused a request or answered something that is not a reward list."""
+class RemoteRewardError(BatchFailure):
+    """The service refused a request, answered something that is not a reward list, or
+    stayed unavailable; the whole batch fails (``kind``: ``HTTP 404``, ``malformed answer``,
+    ``unavailable``)."""
 
 
 class RemoteReward(RewardModel):
@@ -66,8 +72,12 @@ class RemoteReward(RewardModel):
             default=64,
             metadata={"help": "Samples per request; a larger batch is sent in chunks."},
         )
-        timeout_s: float = field(
-            default=60.0, metadata={"help": "Seconds to wait for one request's answer."}
+        request_timeout_s: float = field(
+            default=60.0,
+            metadata={
+                "help": "Seconds to wait for one HTTP request's answer (reward.timeout_s "
+                "bounds the whole batch, retries included)."
+            },
         )
         max_retries: int = field(
             default=3,
@@ -93,8 +103,8 @@ class RemoteReward(RewardModel):
                 raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
             if self.batch_size < 1:
                 raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-            if self.timeout_s <= 0:
-                raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+            if not self.request_timeout_s > 0:
+                raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
             if self.max_retries < 0:
                 raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
             if self.retry_backoff_s < 0:
@@ -116,7 +126,6 @@ class RemoteReward(RewardModel):
                     f"reward.api_key_env={key_env!r}, but that environment variable is not set"
                 )
             self._headers["Authorization"] = f"Bearer {key}"
-        self._logged_unavailable = False
 
     def score(self, batch: RewardInput) -> RewardOutput:
         n = len(batch)
@@ -126,8 +135,6 @@ class RemoteReward(RewardModel):
         for start in range(0, n, size):
             stop = min(start + size, n)
             answer = self._request(_payload(batch, start, stop))
-            if answer is None:  # unavailable after retries: NaN -> failure_reward
-                continue
             chunk_rewards, chunk_subs = self._parse(answer, stop - start)
             rewards[start:stop] = chunk_rewards
             for name, values in chunk_subs.items():
@@ -136,9 +143,11 @@ class RemoteReward(RewardModel):
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, payload: dict[str, Any]) -> Any:
-        """The decoded JSON answer, or None when the service stayed unavailable."""
+        """The decoded JSON answer; ``RemoteRewardError`` when the service refused the request,
+        answered no JSON or stayed unavailable after the retries."""
         cfg = self.config
         body = json.dumps(payload, default=str).encode("utf-8")  # odd metadata as text
+        samples = len(payload["responses"])
         delay = cfg.retry_backoff_s
         problem = ""
         for attempt in range(cfg.max_retries + 1):
@@ -147,42 +156,45 @@ class RemoteReward(RewardModel):
                 delay *= 2
             request = urllib.request.Request(cfg.url, data=body, headers=self._headers)
             try:
-                with urllib.request.urlopen(request, timeout=cfg.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=cfg.request_timeout_s) as response:
                     text = response.read().decode("utf-8")
             except urllib.error.HTTPError as error:
                 detail = error.read().decode("utf-8", errors="replace")[:300]
                 if error.code not in RETRIED_STATUSES:
                     raise RemoteRewardError(
-                        f"remote reward {cfg.url} answered HTTP {error.code}: {detail}"
+                        f"remote reward {cfg.url} answered HTTP {error.code} ({error.reason}) "
+                        f"to a request of {samples} samples: {detail}; check reward.url "
+                        "(and reward.api_key_env) against the service",
+                        kind=f"HTTP {error.code}",
                     ) from error
                 problem = f"HTTP {error.code}: {detail}"
                 continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            except urllib.error.URLError as error:
+                problem = f"URLError: {error.reason}"
+                continue
+            except (TimeoutError, ConnectionError) as error:
+                problem = f"{type(error).__name__}: {error}"
                 continue
             try:
                 return json.loads(text)
             except json.JSONDecodeError as error:
                 raise RemoteRewardError(
-                    f"remote reward {cfg.url} answered something that is not JSON: {text[:300]!r}"
+                    f"remote reward {cfg.url} answered something that is not JSON: {text[:300]!r}",
+                    kind="malformed answer",
                 ) from error
-        if not self._logged_unavailable:
-            logger.error(
-                "remote reward %s unavailable after %d attempts (%s); its samples get "
-                "reward.failure_reward and count in reward/failures (logged once)",
-                cfg.url,
-                cfg.max_retries + 1,
-                problem,
-            )
-            self._logged_unavailable = True
-        return None
+        raise RemoteRewardError(
+            f"remote reward {cfg.url} unavailable after {cfg.max_retries + 1} attempts "
+            f"({problem}); is the service running?",
+            kind="unavailable",
+        )
 
     def _parse(self, answer: Any, size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         url = self.config.url
         if not isinstance(answer, dict) or "rewards" not in answer:
             raise RemoteRewardError(
                 f"remote reward {url}: expected a JSON object with 'rewards', got "
-                f"{str(answer)[:200]}"
+                f"{str(answer)[:200]}",
+                kind="malformed answer",
             )
         rewards = _numbers(answer["rewards"], size, f"remote reward {url}: 'rewards'")
         subs = {}
@@ -207,7 +219,10 @@ def _numbers(values: Any, size: int, what: str) -> torch.Tensor:
     true/false -> 1/0)."""
     if not isinstance(values, list) or len(values) != size:
         count = len(values) if isinstance(values, list) else type(values).__name__
-        raise RemoteRewardError(f"{what} has {count} values for {size} samples")
+        raise RemoteRewardError(
+            f"{what} has {count} values for {size} samples; expected one per sample",
+            kind="malformed answer",
+        )
     out = []
     for value in values:
         if value is None:
@@ -215,5 +230,7 @@ def _numbers(values: Any, size: int, what: str) -> torch.Tensor:
         elif isinstance(value, (int, float)):  # bool is an int: pass/fail as 1/0
             out.append(float(value))
         else:
-            raise RemoteRewardError(f"{what} holds {value!r}, not a number")
+            raise RemoteRewardError(
+                f"{what} holds {value!r}, not a number", kind="malformed answer"
+            )
     return torch.tensor(out, dtype=torch.float32)

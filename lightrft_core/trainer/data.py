@@ -10,6 +10,7 @@ from ..data.prompts import PromptDataset, PromptItem, PromptSampler
 from ..data.rows import DataError
 from ..interfaces import RewardInput, RewardModel
 from ..rewards.safe import SafeScore, score_safely
+from .reward_failures import RewardFailureWatch
 
 
 @dataclass
@@ -20,9 +21,15 @@ class RunData:
     failure_reward: float
     pad_id: int
     stop_ids: list[int]
+    failure_watch: RewardFailureWatch
+    reward_timeout_s: float | None = None
 
     def score(self, batch: RewardInput) -> SafeScore:
-        return score_safely(self.reward, batch, self.failure_reward)
+        """The rewards of ``batch``, failures replaced (``rewards/safe.py``), within
+        ``reward.timeout_s``."""
+        return score_safely(
+            self.reward, batch, self.failure_reward, timeout_s=self.reward_timeout_s
+        )
 
 
 def _dataset(
@@ -76,4 +83,8 @@ def load_run_data(
         failure_reward=cfg.reward.failure_reward,
         pad_id=pad_id,
         stop_ids=stop_ids,
+        failure_watch=RewardFailureWatch(
+            reward.name, cfg.reward.max_failure_rate, cfg.reward.max_failure_steps
+        ),
+        reward_timeout_s=cfg.reward.timeout_s,
     )

@@ -50,6 +50,7 @@ def rollout_metrics(
         )
     totals = reduce_values(strategy, counts, "sum")
     metrics["reward/failures"] = totals["failures"]
+    metrics["reward/failure_rate"] = totals["failures"] / len(rewards)
     metrics["samples"] = totals["samples"]
     metrics["generated_tokens"] = totals["generated_tokens"]
     if totals["engine"] > 0:
