@@ -231,3 +231,29 @@ def test_max_dropped_fraction_must_be_a_share(tmp_path: Path) -> None:
     result = validate(tmp_path, "data.max_dropped_fraction=1.5")
     assert result.exit_code == 2
     assert "data.max_dropped_fraction must be in [0, 1], got 1.5" in result.output
+
+
+# ---------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize(
+    ("file", "problem"),
+    [("model.safetensors", "is damaged (truncated: "), ("training_state.pt", "is damaged (")],
+)
+def test_damaged_checkpoint_is_refused_on_resume(
+    fast_tiny_model_dir: Path, prompts: Path, tmp_path: Path, file: str, problem: str
+) -> None:
+    out = tmp_path / "run"
+    assert train(fast_tiny_model_dir, prompts, out, "trainer.save_every=1").exit_code == 0
+    checkpoint = out / "checkpoints" / "step_000001"
+    data = (checkpoint / file).read_bytes()
+    (checkpoint / file).write_bytes(data[: len(data) // 2])
+    metrics = (out / "metrics.jsonl").read_bytes()
+    result = train(
+        fast_tiny_model_dir,
+        prompts,
+        out,
+        "trainer.save_every=1",
+        "trainer.max_steps=2",
+        "trainer.resume_from=latest",
+    )
+    assert_one_line_error(result, f"checkpoint {checkpoint}: {file} {problem}", "earlier")
+    assert (out / "metrics.jsonl").read_bytes() == metrics

@@ -28,12 +28,17 @@ from ..checkpoint import atomic_directory, recover_directory
 from ..export import merged_copy, write_hf_folder
 from ..interfaces import StrategyBase
 from ..interfaces.strategy import ReduceOp
+from ..preflight import safetensors_problem
 from ..rng import rng_states, set_rng_states
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from: damaged, or written for another model."""
 
 
 class LocalStrategy(StrategyBase):
@@ -183,8 +188,27 @@ class LocalStrategy(StrategyBase):
         target = self.unwrap(model)
         first = next(iter(target.parameters()), None)
         device = str(first.device) if first is not None else "cpu"
-        load_model(target, str(path / MODEL_FILE), strict=True, device=device)
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        problem = safetensors_problem(path / MODEL_FILE)
+        if problem:
+            raise CheckpointError(
+                f"checkpoint {path}: {MODEL_FILE} is damaged ({problem}); "
+                "resume from an earlier checkpoint"
+            )
+        try:
+            load_model(target, str(path / MODEL_FILE), strict=True, device=device)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model (another model size or LoRA setup: "
+                f"{str(exc).splitlines()[0]}); resume with the model.path and model.lora_* of "
+                "the run that wrote it, or start a new run"
+            ) from None
+        try:
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path}: {STATE_FILE} is damaged ({str(exc).splitlines()[0]}); "
+                "resume from an earlier checkpoint"
+            ) from None
         if optimizer is not None:
             if state["optimizer"] is None:
                 raise ValueError(f"checkpoint {path} has no optimizer state to restore")
