@@ -15,6 +15,7 @@ from lightrft_core.plugins import PluginManager
 from lightrft_plugin_vllm.convert import (
     bucket_from_bytes,
     bucket_to_bytes,
+    collapse_placeholders,
     join_first_tokens,
     module_key,
     outputs_from_request_outputs,
@@ -59,6 +60,9 @@ def test_engine_kwargs_single_process_and_torchrun() -> None:
     assert (ranks["tensor_parallel_size"], ranks["data_parallel_size"]) == (1, 2)
     with pytest.raises(ValueError, match="tp_size=2 must divide the world size 3"):
         VLLMEngine(VLLMEngine.Config(tp_size=2)).engine_kwargs("/m", cuda=True, world_size=3)
+    # a model with media placeholders keeps its tokenizer: vLLM's processors need it
+    media = engine.engine_kwargs("/m", cuda=False, world_size=1, media=True)
+    assert media["skip_tokenizer_init"] is False
 
 
 # ---------------------------------------------------------------------- sampling
@@ -84,7 +88,10 @@ def test_sampling_kwargs_map_every_field() -> None:
         "logprobs": 0,  # the sampled token's log-prob only
         "detokenize": False,
         "skip_special_tokens": False,
+        "logit_bias": None,
     }
+    banned = sampling_kwargs(params, eos_token_ids=[], banned_token_ids=[261, 262])
+    assert banned["logit_bias"] == {261: -100.0, 262: -100.0}  # vLLM's lowest bias
     no_lp = sampling_kwargs(SamplingParams(top_k=20, return_log_probs=False), eos_token_ids=[])
     assert no_lp["logprobs"] is None and no_lp["top_k"] == 20
     fire = sampling_kwargs(params, eos_token_ids=[], temperature=2.0, max_tokens=1, n=1, seed=9)
@@ -114,8 +121,29 @@ def test_outputs_are_grouped_by_prompt_and_sorted_by_sample_index() -> None:
     assert outs[0].finish_reason == "stop" and outs[1].finish_reason == "length"
     assert outs[3].finish_reason == "length" and outs[3].token_ids == []
     assert outputs_from_request_outputs(results, n=2, return_log_probs=False)[0].log_probs == []
+    assert all(o.prompt_token_ids is None for o in outs)  # the given ids, as they are
     with pytest.raises(RuntimeError, match="expected n=3"):
         outputs_from_request_outputs(results, n=3)
+
+
+def test_rebuilt_prompts_report_the_ids_vllm_used() -> None:
+    results = [
+        SimpleNamespace(
+            prompt_token_ids=[1, 9, 9, 9, 2], outputs=[_completion(0, [4], [-0.1], "stop")]
+        ),
+        SimpleNamespace(prompt_token_ids=[3], outputs=[_completion(0, [5], [-0.2], "stop")]),
+    ]
+    outs = outputs_from_request_outputs(results, n=1, rebuilt=[True, False])
+    assert outs[0].prompt_token_ids == [1, 9, 9, 9, 2] and outs[1].prompt_token_ids is None
+
+
+def test_collapse_placeholders_keeps_one_per_image() -> None:
+    # <s> [img img img] x [img] </s>: two images, 3 and 1 placeholders
+    assert collapse_placeholders([1, 9, 9, 9, 5, 9, 2], 9, 2) == [1, 9, 5, 9, 2]
+    assert collapse_placeholders([9, 9], 9, 1) == [9]
+    assert collapse_placeholders([1, 2], 9, 0) == [1, 2]
+    with pytest.raises(ValueError, match="holds 1 run.* with 2 image"):
+        collapse_placeholders([1, 9, 9, 9, 9, 2], 9, 2)  # two images that touch
 
 
 def test_log_prob_count_must_match_tokens() -> None:
@@ -140,6 +168,10 @@ def test_fire_joins_first_tokens_and_continuations() -> None:
     assert joined[0].token_ids == [5, 6, 7] and joined[0].log_probs == [-1.0, -0.5, -0.5]
     assert joined[0].finish_reason == "stop"
     assert joined[1] is first[1]
+    # a prompt vLLM rebuilt: the output reports the prompt's ids, not the continuation's
+    head = GenerationOutput(0, [5], [-1.0], "length", prompt_token_ids=[1, 9, 9])
+    tail = GenerationOutput(0, [6], [-0.5], "stop", prompt_token_ids=[1, 9, 9, 5])
+    assert join_first_tokens([head], {0: tail})[0].prompt_token_ids == [1, 9, 9]
 
 
 # ---------------------------------------------------------------------- weights
@@ -156,6 +188,11 @@ def test_module_key_groups_decoder_layers() -> None:
     assert module_key("model.layers.12.mlp.up_proj.weight") == "model.layers.12"
     assert module_key("model.layers.1.self_attn.q_proj.bias") == "model.layers.1"
     assert module_key("lm_head.weight") == "lm_head.weight"
+    # vision blocks are reloaded whole too (vLLM fuses e.g. Qwen2.5-VL's gate/up)
+    assert module_key("model.visual.blocks.3.mlp.gate_proj.weight") == "model.visual.blocks.3"
+    assert module_key("model.language_model.layers.0.mlp.up_proj.weight") == (
+        "model.language_model.layers.0"
+    )
 
 
 def test_buckets_never_split_a_layer_and_respect_the_budget() -> None:

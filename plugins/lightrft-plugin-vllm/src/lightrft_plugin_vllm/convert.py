@@ -2,6 +2,8 @@
 
 * ``sampling_kwargs`` -- ``SamplingParams`` -> keyword arguments of ``vllm.SamplingParams``;
 * ``outputs_from_request_outputs`` -- vLLM ``RequestOutput`` objects -> ``GenerationOutput``;
+* ``collapse_placeholders`` -- a prompt's expanded image placeholders -> one per image, the
+  form vLLM expands itself;
 * ``weight_buckets`` -- groups a stream of named tensors so that no vLLM module is split
   between two reloads, bounded by a byte budget.
 """
@@ -16,14 +18,20 @@ import torch
 
 from lightrft_core.interfaces import GenerationOutput, SamplingParams
 
-#: ``model.layers.3.self_attn.q_proj.weight`` -> ``model.layers.3``: one decoder layer.
-_LAYER_PREFIX = re.compile(r"^(.*?\.layers\.\d+)\.")
+#: ``model.layers.3.self_attn.q_proj.weight`` -> ``model.layers.3``: one decoder layer;
+#: ``model.visual.blocks.1.mlp.fc1.weight`` -> ``model.visual.blocks.1``: one vision block.
+_LAYER_PREFIX = re.compile(r"^(.*?\.(?:layers|blocks)\.\d+)\.")
+
+
+#: vLLM clamps logit biases to [-100, 100].
+BANNED_LOGIT_BIAS = -100.0
 
 
 def sampling_kwargs(
     params: SamplingParams,
     *,
     eos_token_ids: Sequence[int],
+    banned_token_ids: Sequence[int] = (),
     temperature: float | None = None,
     max_tokens: int | None = None,
     n: int | None = None,
@@ -33,8 +41,10 @@ def sampling_kwargs(
 
     The engine runs without a tokenizer, so vLLM knows no EOS: the EOS ids are added to
     the stop ids (vLLM then keeps the stop token in ``token_ids``, like the ``hf`` engine).
-    ``logprobs=0`` asks for the log-prob of the sampled token only. The keyword overrides
-    serve FIRE's two phases.
+    ``logprobs=0`` asks for the log-prob of the sampled token only. ``banned_token_ids``
+    (media placeholders) get a logit bias of -100, vLLM's lowest: never sampled, while the
+    reported log-probs stay the raw ones (vLLM takes them before any logit processing). The
+    keyword overrides serve FIRE's two phases.
     """
     stop = sorted({*params.stop_token_ids, *eos_token_ids})
     return {
@@ -48,6 +58,7 @@ def sampling_kwargs(
         "logprobs": 0 if params.return_log_probs else None,
         "detokenize": False,
         "skip_special_tokens": False,
+        "logit_bias": {int(t): BANNED_LOGIT_BIAS for t in banned_token_ids} or None,
     }
 
 
@@ -72,12 +83,21 @@ def finish_reason(completion: Any) -> str:
 
 
 def outputs_from_request_outputs(
-    request_outputs: Sequence[Any], *, n: int, return_log_probs: bool = True
+    request_outputs: Sequence[Any],
+    *,
+    n: int,
+    return_log_probs: bool = True,
+    rebuilt: Sequence[bool] | None = None,
 ) -> list[GenerationOutput]:
     """One ``GenerationOutput`` per completion, grouped by prompt in input order (vLLM
-    returns request outputs in input order; completions are sorted by their ``index``)."""
+    returns request outputs in input order; completions are sorted by their ``index``).
+    ``rebuilt[i]``: vLLM built prompt ``i``'s ids itself (expanding its media
+    placeholders); its outputs then report the ids it used (``prompt_token_ids``)."""
     outputs: list[GenerationOutput] = []
     for prompt_index, request in enumerate(request_outputs):
+        used = None
+        if rebuilt is not None and rebuilt[prompt_index]:
+            used = [int(t) for t in request.prompt_token_ids]
         completions = sorted(request.outputs, key=lambda c: c.index)
         if len(completions) != n:
             raise RuntimeError(
@@ -91,6 +111,7 @@ def outputs_from_request_outputs(
                     token_ids=[int(t) for t in completion.token_ids],
                     log_probs=completion_log_probs(completion) if return_log_probs else [],
                     finish_reason=finish_reason(completion),
+                    prompt_token_ids=used,
                 )
             )
     return outputs
@@ -112,9 +133,32 @@ def join_first_tokens(
                 token_ids=head.token_ids + tail.token_ids,
                 log_probs=head.log_probs + tail.log_probs,
                 finish_reason=tail.finish_reason,
+                prompt_token_ids=head.prompt_token_ids,
             )
         )
     return joined
+
+
+def collapse_placeholders(prompt: Sequence[int], placeholder_id: int, items: int) -> list[int]:
+    """``prompt`` with each run of ``placeholder_id`` (one expanded image) shortened to one
+    token: vLLM takes one placeholder per image and expands it with its own processor.
+    ``items``: the prompt's image count, which must equal the number of runs (two images
+    whose placeholders touch cannot be told apart)."""
+    collapsed: list[int] = []
+    runs = 0
+    for position, token in enumerate(prompt):
+        if token != placeholder_id:
+            collapsed.append(token)
+        elif position == 0 or prompt[position - 1] != placeholder_id:
+            collapsed.append(token)
+            runs += 1
+    if runs != items:
+        raise ValueError(
+            f"the prompt holds {runs} run(s) of the image placeholder id {placeholder_id} but "
+            f"comes with {items} image(s): each image needs its own run of placeholders, "
+            "separated from the next by another token (the processor's ids for these images)"
+        )
+    return collapsed
 
 
 def module_key(name: str) -> str:

