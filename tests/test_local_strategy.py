@@ -161,7 +161,7 @@ def test_config_is_validated() -> None:
     with pytest.raises(RuntimeError, match="setup_distributed"):
         _ = LocalStrategy().device
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA"):
+        with pytest.raises(ValueError, match="no usable CUDA"):
             make_strategy(device="cuda")
 
 
