@@ -257,3 +257,19 @@ def test_damaged_checkpoint_is_refused_on_resume(
     )
     assert_one_line_error(result, f"checkpoint {checkpoint}: {file} {problem}", "earlier")
     assert (out / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_checkpoint_of_another_model_size(tmp_path: Path) -> None:
+    from lightrft_core.strategies.local import CheckpointError, LocalStrategy
+
+    strategy = LocalStrategy(LocalStrategy.Config(device="cpu"))
+    strategy.setup_distributed()
+    strategy.save_checkpoint(tmp_path / "ckpt", model=torch.nn.Linear(4, 3))
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(another model size"):
+        strategy.load_checkpoint(tmp_path / "ckpt", model=torch.nn.Linear(4, 5))
+
+
+def test_markup_in_a_plugin_path_is_printed_as_written(tmp_path: Path) -> None:
+    spec = str(tmp_path / "[/x]" / "[red]plugin.py")
+    result = runner.invoke(app, ["plugins", "--plugin", spec])
+    assert_one_line_error(result, "[/x]/[red]plugin.py")

@@ -96,7 +96,7 @@ def demo(
     console.print(table)
     console.print(escape(f"curves: {result.curves}"))
     console.print(escape(f"model (Hugging Face format): {result.final_model}"))
-    console.print(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='")
+    console.print(escape(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='"))
     console.print(f"total time {time.perf_counter() - started:.0f} s")
 
 

@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lightrft_core.plugins import get_plugin_manager
@@ -37,13 +38,13 @@ def plugins(
         style = _STATUS_STYLE.get(info.status, "")
         status = f"[{style}]{info.status}[/]"
         if info.error:
-            status += f"\n{info.error}"
+            status += f"\n{escape(info.error)}"
         table.add_row(
-            info.name,
-            info.version or "-",
-            info.distribution or info.source,
+            escape(info.name),
+            escape(info.version or "-"),
+            escape(info.distribution or info.source),
             status,
-            "\n".join(info.components) or "-",
+            escape("\n".join(info.components) or "-"),
             "\n".join(_short_hook(h) for h in info.hooks) or "-",
         )
     Console(soft_wrap=False).print(table)

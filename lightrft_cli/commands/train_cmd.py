@@ -79,7 +79,7 @@ def components_table(cfg: LightRFTConfig, manager: PluginManager) -> Table:
         table.add_column(column)
     for section, kind in COMPONENT_SECTIONS.items():
         info = manager.component_info(kind, getattr(cfg, section).name)
-        table.add_row(section, info.name, info.qualname, info.plugin)
+        table.add_row(section, *(escape(text) for text in (info.name, info.qualname, info.plugin)))
     return table
 
 
