@@ -141,15 +141,20 @@ class Actor(torch.nn.Module, Component):
         trainer's module (``hf``) generates with."""
 
     def trunk_inputs(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, **modal_inputs: Any
+        self,
+        trunk: torch.nn.Module,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **modal_inputs: Any,
     ) -> dict[str, Any]:
-        """The keyword inputs of the model's trunk (``hf_model().base_model``: the network
-        without the output head) for right-padded rows: token ids, mask, positions, and the
-        rows' media (``modal_inputs``, from ``get_supported_parameters``) in the form the
-        model wants. The loop's critic runs its own trunk of the same architecture with
-        them, so it sees what the policy sees. The default is a text model's: ``input_ids``,
-        ``attention_mask`` and positions counting the real tokens from 0; an actor whose
-        model needs other positions (e.g. 3-D rotary positions of images) overrides it."""
+        """The keyword inputs with which ``trunk`` -- a network of this actor's architecture
+        without the output head (``hf_model().base_model``, or the loop critic's own trunk)
+        -- reads right-padded rows: token ids (or embeddings), mask, positions, and the rows'
+        media (``modal_inputs``, from ``get_supported_parameters``) in the form the model
+        wants. The critic calls it inside its forward, so it sees what the policy sees. The
+        default is a text model's: ``input_ids``, ``attention_mask`` and positions counting
+        the real tokens from 0; an actor whose model needs more (3-D rotary positions of
+        images, a vision pass on every rank) overrides it."""
         return {**text_trunk_inputs(sequences, attention_mask), **modal_inputs}
 
     @abstractmethod

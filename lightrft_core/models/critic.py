@@ -17,7 +17,7 @@ causal LM folder (the actor's checkpoint: the trunk is taken, a new head is made
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,17 +148,21 @@ class CriticModel(torch.nn.Module):
         sequences: torch.Tensor,
         attention_mask: torch.Tensor,
         *,
-        trunk_inputs: Mapping[str, Any] | None = None,
+        trunk_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
         trunk_gradients: bool = True,
     ) -> torch.Tensor:
         """``[B, T-1]`` float32 values (module docstring); 0 where a token is padding.
-        ``trunk_inputs``: the trunk's keyword inputs for these rows as the actor prepares
-        them (``Actor.trunk_inputs``: positions, media); by default a text model's."""
+        ``trunk_inputs(trunk)``: the trunk's keyword inputs for these rows as the actor
+        prepares them (``Actor.trunk_inputs``: positions, media), built here, inside the
+        forward (a sharded trunk's weights are gathered); by default a text model's."""
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        if trunk_inputs is None:
-            trunk_inputs = text_trunk_inputs(sequences, attention_mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_gradients):
-            hidden = self.trunk(**trunk_inputs, use_cache=False).last_hidden_state  # [B, T, H]
+            inputs = (
+                trunk_inputs(self.trunk)
+                if trunk_inputs is not None
+                else text_trunk_inputs(sequences, attention_mask)
+            )
+            hidden = self.trunk(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         values = self.value_head(hidden[:, :-1])  # [B, T-1]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]
         return torch.where(valid, values, torch.zeros_like(values))

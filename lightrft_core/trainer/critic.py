@@ -145,11 +145,15 @@ class LoopCritic:
                 batch.modal_inputs(self.actor.get_supported_parameters())
             ).items()
         }
+
+        def trunk_inputs(trunk: Any) -> dict[str, Any]:
+            return self.actor.trunk_inputs(trunk, sequences, attention_mask, **media)
+
         with self.strategy.autocast():
             return self.value_model(
                 sequences,
                 attention_mask,
-                trunk_inputs=self.actor.trunk_inputs(sequences, attention_mask, **media),
+                trunk_inputs=trunk_inputs,
                 trunk_gradients=trunk_gradients,
             )
 

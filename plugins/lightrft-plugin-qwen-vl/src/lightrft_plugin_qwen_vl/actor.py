@@ -226,9 +226,7 @@ class QwenVLActor(Actor):
         base = self.base_model
         inner = base.model  # vision tower + language model, without the output head
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        inputs = self.trunk_inputs(sequences, attention_mask, **modal_inputs)
-        if "pixel_values" not in inputs:  # every rank runs the vision tower (vision.py)
-            inputs = with_idle_vision_pass(inner, inputs)
+        inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
         states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
         log_probs, entropy = chunked_token_log_probs(
@@ -245,11 +243,18 @@ class QwenVLActor(Actor):
         )
 
     def trunk_inputs(
-        self, sequences: torch.Tensor, attention_mask: torch.Tensor, **modal_inputs: Any
+        self,
+        trunk: torch.nn.Module,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **modal_inputs: Any,
     ) -> dict[str, Any]:
-        """The trunk's inputs for right-padded rows: ids, mask, the images (checked against
-        the rows' placeholders) and the 3-D rotary positions the model computes from the
-        image grids (text-only rows get the plain positions on all three axes)."""
+        """``trunk``'s inputs (a ``*Model``: vision tower + decoder) for right-padded rows:
+        ids, mask, the images (checked against the rows' placeholders) and the 3-D rotary
+        positions the model computes from the image grids (text-only rows get the plain
+        positions on all three axes). Without images, the vision tower still runs on a
+        blank image whose output is added times zero (vision.py: every rank runs the same
+        modules under sharded strategies)."""
         unknown = sorted(set(modal_inputs) - IMAGE_INPUTS)
         if unknown:
             raise ValueError(
@@ -261,18 +266,19 @@ class QwenVLActor(Actor):
         token_types = torch.zeros_like(sequences, dtype=torch.int32)  # [B, T]
         token_types[sequences == base.config.image_token_id] = IMAGE
         token_types[sequences == base.config.video_token_id] = VIDEO
-        positions, _ = base.model.get_rope_index(  # [3, B, T]
+        positions, _ = trunk.get_rope_index(  # [3, B, T]
             sequences,
             token_types,
             image_grid_thw=images.get("image_grid_thw"),
             attention_mask=mask.long(),
         )
-        return {
+        inputs = {
             "input_ids": sequences,
             "attention_mask": mask.long(),
             "position_ids": positions,
             **images,
         }
+        return inputs if images else with_idle_vision_pass(trunk, inputs)
 
     # ---------------------------------------------------------------- weight sync
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
