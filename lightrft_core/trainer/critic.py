@@ -250,7 +250,7 @@ class LoopCritic:
             state = self.strategy.load_checkpoint(
                 folder, model=self.trained, optimizer=self.optimizer, scheduler=self.scheduler
             )
-        except RuntimeError as err:  # e.g. a head-only checkpoint into a whole critic
+        except (RuntimeError, ValueError) as err:  # e.g. a head-only checkpoint into a critic
             raise ValueError(
                 f"{folder}: cannot restore this run's {layout!r} critic from it (did the "
                 f"critic's layout change between the runs?): {err}"
