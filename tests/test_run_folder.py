@@ -284,3 +284,16 @@ def test_checkpoints_and_the_exported_model_follow_the_umask(finished) -> None:
         p.name: 0o666 & ~mask for p in files
     }
     assert ((out / "final").stat().st_mode & 0o777) == 0o777 & ~mask
+
+
+def test_sft_releases_the_run_folder_after_an_error(finished, tmp_path) -> None:
+    _, model, _ = finished
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "sft"
+    result = runner.invoke(
+        app, ["sft", f"run.output_dir={out}", f"model.path={model}", f"data.train_path={empty}"]
+    )
+    assert result.exit_code == 2
+    assert error_line(result).startswith("error: ")
+    assert out.is_dir() and not (out / LOCK_FILE).exists()

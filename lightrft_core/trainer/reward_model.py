@@ -37,7 +37,14 @@ from ..rewards.model import (
     scores_of,
     scoring_tokenizer,
 )
-from .bootstrap import finish_run, model_path, open_run_log, start_run
+from .bootstrap import (
+    RunStart,
+    finish_run,
+    model_path,
+    open_run_log,
+    released_on_error,
+    start_run,
+)
 from .distributed import model_init_context, no_sync
 from .supervised import prepare_supervised
 
@@ -63,6 +70,14 @@ def run_reward_model_training(
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
+    with released_on_error(start):  # finish_run releases the run folder after a clean run
+        return _train_reward_model(cfg, manager, start, console, progress)
+
+
+def _train_reward_model(
+    cfg: LightRFTConfig, manager: PluginManager, start: RunStart, console: Any, progress: Any
+) -> RewardModelResult:
+    d, s = cfg.data, cfg.sft
     start.tokenizer = tokenizer = scoring_tokenizer(start.tokenizer)
     strategy, path = start.strategy, model_path(cfg, manager)
     with model_init_context(strategy):

@@ -1,7 +1,8 @@
 """A run holds its folder (``run.output_dir``) from start to finish.
 
 Rank 0 creates ``<output_dir>/.lightrft.lock`` atomically (``O_CREAT | O_EXCL``) with the
-owner's host, pid and start time, and removes it at the end, also after an error. A second
+owner's host, pid and start time, and removes it at the end, also after an error (and, at
+the latest, when the lock object is collected or the interpreter exits). A second
 run on the same folder is refused; the lock of a dead process on this host is taken over
 with a warning. Holding the folder, the run then removes the temporary folders that killed
 runs left behind (``.step_000004.tmp-<pid>``: a full checkpoint each).
@@ -15,7 +16,8 @@ import os
 import re
 import shutil
 import socket
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,19 @@ class RunLock:
 
     path: Path
     owner: dict[str, Any]
+    _finalizer: weakref.finalize = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._finalizer = weakref.finalize(self, _remove_if_owned, self.path, self.owner)
 
     def release(self) -> None:
-        """Remove the lock file if it is still this process's."""
-        if _read_owner(self.path) == self.owner:
-            self.path.unlink(missing_ok=True)
+        """Remove the lock file if it is still this process's (once)."""
+        self._finalizer()
+
+
+def _remove_if_owned(path: Path, owner: dict[str, Any]) -> None:
+    if _read_owner(path) == owner:
+        path.unlink(missing_ok=True)
 
 
 def hold_run_folder(output_dir: str | Path) -> RunLock:

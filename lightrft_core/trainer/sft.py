@@ -24,7 +24,14 @@ from ..data.sft import SFTDataset, SFTItem, collate
 from ..interfaces import Actor
 from ..interfaces.multimodal import collate_modal_inputs
 from ..plugins import PluginManager, get_plugin_manager
-from .bootstrap import finish_run, open_run_log, start_run, unwrapped_actor
+from .bootstrap import (
+    RunStart,
+    finish_run,
+    open_run_log,
+    released_on_error,
+    start_run,
+    unwrapped_actor,
+)
 from .distributed import model_init_context, no_sync
 from .supervised import prepare_supervised
 
@@ -49,6 +56,14 @@ def run_sft(
         raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
+    with released_on_error(start):  # finish_run releases the run folder after a clean run
+        return _train_sft(cfg, manager, start, console, progress)
+
+
+def _train_sft(
+    cfg: LightRFTConfig, manager: PluginManager, start: RunStart, console: Any, progress: Any
+) -> SFTResult:
+    d, s = cfg.data, cfg.sft
     strategy, tokenizer = start.strategy, start.tokenizer
     with model_init_context(strategy):
         built = manager.get_actor(cfg.model.name)(cfg.model.options)
