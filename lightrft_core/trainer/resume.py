@@ -46,6 +46,7 @@ CHANGEABLE = (
     "model.gradient_checkpointing",
     "model.logprob_chunk_size",
     "data.eval_path",
+    "strategy.device",
     "strategy.timeout_s",
 )
 #: Options never compared (where the run is, and how it was asked to resume).

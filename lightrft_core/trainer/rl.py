@@ -242,10 +242,13 @@ class RLTrainer:
 
     def _find_resume(self) -> Path | None:
         """``trainer.resume_from`` resolved on rank 0 first (it may repair a checkpoint
-        folder after a crash), then on the other ranks."""
+        folder after a crash), then on the other ranks, which meet the same error if rank 0
+        raised one (e.g. only another run's checkpoints): nobody waits at the barrier."""
         s, resume_from = self.c.strategy, self.cfg.trainer.resume_from
-        resume = resolve_resume(resume_from, self.out) if s.is_rank_0 else None
-        s.barrier()
+        try:
+            resume = resolve_resume(resume_from, self.out) if s.is_rank_0 else None
+        finally:
+            s.barrier()
         return resume if s.is_rank_0 else resolve_resume(resume_from, self.out)
 
     # ------------------------------------------------------------------ the loop
