@@ -2,12 +2,11 @@
 sft``, ``lightrft rm``); each loop keeps only its own body.
 
 Start (``start_run``): the strategy from ``strategy.name``, its process group set up, the
-run folder held (``run_folder.py``: a lock file, released by ``finish_run`` or on an error
-inside ``released_on_error``), every
-random generator seeded with ``run.seed`` (the one seed of a run), the global batch sizes
-checked against the number of ranks, and the tokenizer of ``model.path`` (with its
-processor, for a vision-language model). Then, after the
-loop has built and prepared its models, ``open_run_log`` writes ``config.yaml`` and opens
+run folder held (``run_folder.py``: a lock file, released by ``finish_run``, or on an error
+inside ``released_on_error``), every random generator seeded with ``run.seed`` (the one
+seed of a run), the global batch sizes checked against the number of ranks, and the
+tokenizer of ``model.path`` (with its processor, for a vision-language model). Then, after
+the loop has built and prepared its models, ``open_run_log`` writes ``config.yaml`` and opens
 the metrics log. Finish (``finish_run``): the trained model exported to ``<output_dir>/final``
 and the log closed.
 """
@@ -109,13 +108,15 @@ def hold_folder(strategy: StrategyBase, cfg: LightRFTConfig) -> RunLock | None:
     if strategy.is_rank_0:
         try:
             lock = hold_run_folder(cfg.run.output_dir)
-        except RunFolderBusy as exc:
+        except Exception as exc:  # the other ranks must still learn of it below
             error = exc
     failed = strategy.all_reduce(torch.tensor([float(error is not None)]), op="max")
     if error is not None:
         raise error
     if float(failed[0]) > 0:
-        raise RunFolderBusy(f"run.output_dir {cfg.run.output_dir} is in use (see rank 0's error)")
+        raise RunFolderBusy(
+            f"rank 0 could not hold run.output_dir {cfg.run.output_dir} (see its error)"
+        )
     return lock
 
 
