@@ -146,6 +146,7 @@ def test_a_dead_runs_lock_and_unfinished_saves_are_cleaned_up(tmp_path, caplog) 
     (out / "checkpoints" / f".step_000004.tmp-{dead.pid}").mkdir(parents=True)
     (out / "checkpoints" / f".step_000004.tmp-{dead.pid}" / "model.safetensors").write_text("x")
     (out / f".final.tmp-{dead.pid}").mkdir()
+    (out / f".metrics.jsonl.tmp-{dead.pid}").write_text("{}")
     live = out / "checkpoints" / f".step_000006.tmp-{os.getpid()}"
     live.mkdir()
     lock = {"host": socket.gethostname(), "pid": dead.pid, "started": "2026-01-02T03:04"}
@@ -154,7 +155,7 @@ def test_a_dead_runs_lock_and_unfinished_saves_are_cleaned_up(tmp_path, caplog) 
         held = hold_run_folder(out)
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert f"taking over the lock of pid {dead.pid}" in caplog.text
-    assert "removed 2 unfinished save(s) of killed runs" in caplog.text
+    assert "removed 3 unfinished save(s) of killed runs" in caplog.text
     assert sorted(p.name for p in out.rglob(".*.tmp-*")) == [live.name]
     held.release()
 

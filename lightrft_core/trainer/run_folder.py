@@ -89,16 +89,20 @@ def hold_run_folder(output_dir: str | Path) -> RunLock:
 
 
 def remove_dead_temporaries(output_dir: Path) -> list[Path]:
-    """Remove the ``.<name>.tmp-<pid>`` folders under ``output_dir`` whose process is dead
-    (a killed save's partial checkpoint or export); returns them."""
+    """Remove the ``.<name>.tmp-<pid>`` folders and files under ``output_dir`` whose process
+    is dead (a killed save's partial checkpoint or export, a metrics log being rewritten);
+    returns them."""
     removed = []
     for candidate in sorted(output_dir.rglob(".*.tmp-*")):
         match = _TEMPORARY.match(candidate.name)
-        if match is None or not candidate.is_dir():
+        if match is None or not candidate.exists():  # gone with a removed parent
             continue
         pid = int(match.group(1))
         if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(candidate, ignore_errors=True)
+            if candidate.is_dir():
+                shutil.rmtree(candidate, ignore_errors=True)
+            else:
+                candidate.unlink(missing_ok=True)
             removed.append(candidate)
     if removed:
         logger.warning(
