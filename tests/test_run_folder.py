@@ -23,6 +23,7 @@ from lightrft_core.config import load_config
 from lightrft_core.plugins import PluginManager
 from lightrft_core.trainer import metrics as metrics_module
 from lightrft_core.trainer.metrics import rewrite_atomically
+from lightrft_core.trainer.resume import ResumeError, RunIdentity, check_resume
 from lightrft_core.trainer.rl import RLTrainer
 from lightrft_core.trainer.run_folder import LOCK_FILE, RunFolderBusy, hold_run_folder
 
@@ -86,6 +87,7 @@ def finished(tmp_path_factory) -> tuple[Path, Path, Path]:
     out = root / "run"
     result = train_cli(*overrides(out, model, prompts, "trainer.max_steps=2"))
     assert result.exit_code == 0, result.output
+    assert not (out / LOCK_FILE).exists()  # released at the end
     return out, model, prompts
 
 
@@ -246,6 +248,37 @@ def test_a_changed_learning_rate_is_applied_and_said(run_copy, caplog) -> None:
     resumed.train()
     assert resumed.metrics.history[-1]["lr"] == pytest.approx(1e-3)
     assert "learning_rate: 0.001" in (out / "config.yaml").read_text()
+
+
+def test_each_changed_option_is_refused_or_applied_by_its_key() -> None:
+    saved = RunIdentity(
+        "run-a",
+        {
+            "world_size": 2,
+            "model.lora_rank": 0,
+            "model.gradient_checkpointing": False,
+            "trainer.learning_rate": 3e-3,
+            "trainer.resume_from": None,
+            "run.output_dir": "a",
+        },
+    )
+    current = RunIdentity("run-b", {**saved.config, "world_size": 1, "run.output_dir": "b"})
+    with pytest.raises(ResumeError, match=r"must not change: world_size 2 -> 1; set them back"):
+        check_resume(saved, current, Path("c"), folder_run=None)
+    current.config.update(
+        {
+            "world_size": 2,
+            "model.gradient_checkpointing": True,
+            "trainer.learning_rate": 1e-3,
+            "trainer.resume_from": "latest",
+        }
+    )
+    assert check_resume(saved, current, Path("c"), folder_run=None) == {
+        "model.gradient_checkpointing": (False, True),
+        "trainer.learning_rate": (3e-3, 1e-3),
+    }
+    with pytest.raises(ResumeError, match="belong to another run"):
+        check_resume(saved, current, Path("c"), folder_run="run-b")
 
 
 # ------------------------------------------------------------------ metrics log
