@@ -71,11 +71,16 @@ def run_reward_model_training(
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
-        return _train_reward_model(cfg, manager, start, console, progress)
+        return _train_reward_model(cfg, manager, start, d.train_path, console, progress)
 
 
 def _train_reward_model(
-    cfg: LightRFTConfig, manager: PluginManager, start: RunStart, console: Any, progress: Any
+    cfg: LightRFTConfig,
+    manager: PluginManager,
+    start: RunStart,
+    train_path: str,
+    console: Any,
+    progress: Any,
 ) -> RewardModelResult:
     d, s = cfg.data, cfg.sft
     start.tokenizer = tokenizer = scoring_tokenizer(start.tokenizer)
@@ -83,7 +88,7 @@ def _train_reward_model(
     with model_init_context(strategy):
         model = load_sequence_classifier(path, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id  # pooling: the last non-pad token
-    train = PreferenceDataset.from_source(d.train_path, tokenizer, d, max_length=s.max_length)
+    train = PreferenceDataset.from_source(train_path, tokenizer, d, max_length=s.max_length)
     held_out = None
     if d.eval_path is not None:
         held_out = PreferenceDataset.from_source(d.eval_path, tokenizer, d, max_length=None)

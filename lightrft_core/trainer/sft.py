@@ -57,18 +57,23 @@ def run_sft(
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
-        return _train_sft(cfg, manager, start, console, progress)
+        return _train_sft(cfg, manager, start, d.train_path, console, progress)
 
 
 def _train_sft(
-    cfg: LightRFTConfig, manager: PluginManager, start: RunStart, console: Any, progress: Any
+    cfg: LightRFTConfig,
+    manager: PluginManager,
+    start: RunStart,
+    train_path: str,
+    console: Any,
+    progress: Any,
 ) -> SFTResult:
     d, s = cfg.data, cfg.sft
     strategy, tokenizer = start.strategy, start.tokenizer
     with model_init_context(strategy):
         built = manager.get_actor(cfg.model.name)(cfg.model.options)
     dataset = SFTDataset.from_source(
-        d.train_path,
+        train_path,
         tokenizer,
         d,
         response_key=d.response_key,
