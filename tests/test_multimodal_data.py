@@ -261,7 +261,7 @@ def test_preference_pairs_with_images_are_refused(tmp_path: Path, tokenizer: Any
     with pytest.raises(DataError) as info:
         PreferenceDataset.from_source(source, tokenizer, DataConfig())
     assert str(info.value).startswith(
-        f"{source}:2: images[0]: reward-model pairs with images are not supported"
+        f"{source}:2: images[0]: reward-model pairs with images need a vision-language model"
     )
 
 

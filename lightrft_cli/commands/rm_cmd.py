@@ -31,6 +31,7 @@ def rm(
 ) -> None:
     """Train a reward model on prompt/chosen/rejected rows (data.train_path; the sft
     section's optimisation options); the result is what reward.name=model loads."""
+    from lightrft_core.rewards.trunk_scoring import reads_images
     from lightrft_core.trainer.reward_model import run_reward_model_training
 
     cfg, manager = resolve(config, plugin, overrides, SUPERVISED_UNUSED)
@@ -46,4 +47,7 @@ def rm(
     summary = f"final loss {steps[-1]['rm/loss'] if steps else float('nan'):.4f}"
     if evals:
         summary += f", held-out accuracy {evals[-1]['eval/accuracy']:.3f}"
-    console.print(escape(f"{summary}; reward model: {result.final_model} (reward.name=model)"))
+    load_with = "reward.name=model"
+    if reads_images(manager.get_actor(cfg.model.name)):
+        load_with += f" reward.actor={cfg.model.name}"
+    console.print(escape(f"{summary}; reward model: {result.final_model} ({load_with})"))

@@ -2,20 +2,23 @@
 (``rejected``) response. Each side becomes the text a reward model scores in RL: the prompt
 formatted as the policy sees it, followed by the response.
 
-Rows with images are refused: the reward model (``AutoModelForSequenceClassification``)
-reads text, and transformers has no sequence-classification head for the vision-language
-models LightRFT trains (docs/multimodal.md)."""
+With the model's processor (a vision-language model), rows may carry images (an ``images``
+column or image parts of the messages, as prompt rows: ``encoding.PromptEncoder``), shared
+by both sides; the prompt is then formatted with the processor's chat template, one
+placeholder per image. Without one (a text model), rows with images are refused
+(docs/multimodal.md)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, overload
 
-from .encoding import format_prompt
-from .media import has_images
-from .rows import DataError, read_rows, row_problem
+from .encoding import MalformedRows, PromptEncoder, format_prompt
+from .media import RowProblem, has_images
+from .rows import DataError, read_rows, row_problem, source_folder
 
 logger = logging.getLogger("lightrft.data")
 
@@ -24,11 +27,14 @@ logger = logging.getLogger("lightrft.data")
 class PreferencePair:
     chosen: str  # prompt + chosen response
     rejected: str  # prompt + rejected response
+    images: list[Any] = field(default_factory=list)  # the prompt's images (both sides)
 
 
 class PreferenceDataset(Sequence[PreferencePair]):
-    """Preference pairs; a pair whose longer side exceeds ``max_length`` tokens is dropped
-    and counted in ``num_filtered``."""
+    """Preference pairs; a pair whose longer side exceeds ``max_length`` tokens (image
+    placeholders expanded) is dropped and counted in ``num_filtered``; ``processor``
+    encodes rows with images (module docstring), malformed ones skipped with
+    ``skip_malformed`` and counted in ``num_skipped``."""
 
     def __init__(
         self,
@@ -44,35 +50,53 @@ class PreferenceDataset(Sequence[PreferencePair]):
         source: str = "rows",
         image_key: str = "images",
         locations: Sequence[str] | None = None,
+        processor: Any = None,
+        base_dir: Path | None = None,
+        skip_malformed: bool = False,
     ) -> None:
         self.pairs: list[PreferencePair] = []
         self.num_filtered = 0
-        self.num_skipped = 0
+        encoder = PromptEncoder(
+            tokenizer,
+            processor=processor,
+            input_key=input_key,
+            image_key=image_key,
+            system_prompt=system_prompt,
+            apply_chat_template=apply_chat_template,
+            base_dir=base_dir,
+        )
+        malformed = MalformedRows(source, skip=skip_malformed)
         for index, row in enumerate(rows):
             where = locations[index] if locations else f"{source}: row {index}"
             problem = row_problem(row, (input_key, chosen_key, rejected_key), what="a mapping")
             if problem:
                 raise DataError(f"{where}: {problem}")
-            image = has_images(row, input_key=input_key, image_key=image_key)
-            if image:
-                raise DataError(
-                    f"{where}: {image}: reward-model pairs with images are not supported: the "
-                    "reward model is a sequence classifier, which reads text only; remove the "
-                    "images (or train on text-only pairs)"
-                )
-            prompt = format_prompt(
-                tokenizer,
-                row[input_key],
-                system_prompt=system_prompt,
-                apply_chat_template=apply_chat_template,
-            )
-            pair = PreferencePair(prompt + str(row[chosen_key]), prompt + str(row[rejected_key]))
-            if max_length is not None:
-                longest = max(len(tokenizer(text)["input_ids"]) for text in vars(pair).values())
-                if longest > max_length:
-                    self.num_filtered += 1
+            if processor is None:
+                pair = _text_pair(row, tokenizer, where, encoder, chosen_key, rejected_key)
+                lengths = [
+                    len(tokenizer(text)["input_ids"]) for text in (pair.chosen, pair.rejected)
+                ]
+            else:
+                try:
+                    prompt = encoder.encode(row)
+                except RowProblem as exc:
+                    malformed.report(where, exc)
                     continue
+                responses = (str(row[chosen_key]), str(row[rejected_key]))
+                images = [] if prompt.multimodal is None else list(prompt.multimodal.images)
+                pair = PreferencePair(
+                    prompt.text + responses[0], prompt.text + responses[1], images
+                )
+                lengths = [
+                    len(prompt.ids) + len(tokenizer.encode(text, add_special_tokens=False))
+                    for text in responses
+                ]
+            if max_length is not None and max(lengths) > max_length:
+                self.num_filtered += 1
+                continue
             self.pairs.append(pair)
+        malformed.log()
+        self.num_skipped = malformed.count
         if self.num_filtered:
             logger.info(
                 "%s: dropped %d pair(s) longer than %s tokens",
@@ -82,17 +106,24 @@ class PreferenceDataset(Sequence[PreferencePair]):
             )
         if not self.pairs:
             raise DataError(
-                f"{source}: no preference pairs left (all {self.num_filtered} are longer than "
-                f"max_length={max_length} tokens)"
+                f"{source}: no preference pairs left ({self.num_skipped} malformed, "
+                f"{self.num_filtered} longer than max_length={max_length} tokens)"
             )
 
     @classmethod
     def from_source(
-        cls, source: str, tokenizer: Any, config: Any, *, max_length: int | None = None
+        cls,
+        source: str,
+        tokenizer: Any,
+        config: Any,
+        *,
+        max_length: int | None = None,
+        processor: Any = None,
     ) -> PreferenceDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``,
         ``chosen_key``, ``rejected_key``, ``image_key``, ``system_prompt``,
-        ``apply_chat_template``, ``skip_malformed``)."""
+        ``apply_chat_template``, ``skip_malformed``); ``processor`` encodes rows with
+        images."""
         keys = (config.input_key, config.chosen_key, config.rejected_key)
         result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
         dataset = cls(
@@ -107,8 +138,11 @@ class PreferenceDataset(Sequence[PreferencePair]):
             source=str(source),
             image_key=config.image_key,
             locations=result.locations,
+            processor=processor,
+            base_dir=source_folder(source),
+            skip_malformed=config.skip_malformed,
         )
-        dataset.num_skipped = result.skipped
+        dataset.num_skipped += result.skipped
         return dataset
 
     def __len__(self) -> int:
@@ -120,3 +154,28 @@ class PreferenceDataset(Sequence[PreferencePair]):
     def __getitem__(self, index: slice) -> list[PreferencePair]: ...
     def __getitem__(self, index: int | slice) -> PreferencePair | list[PreferencePair]:
         return self.pairs[index]
+
+
+def _text_pair(
+    row: Mapping[str, Any],
+    tokenizer: Any,
+    where: str,
+    encoder: PromptEncoder,
+    chosen_key: str,
+    rejected_key: str,
+) -> PreferencePair:
+    """A text model's pair: the prompt formatted with the tokenizer; images refused."""
+    image = has_images(row, input_key=encoder.input_key, image_key=encoder.image_key)
+    if image:
+        raise DataError(
+            f"{where}: {image}: reward-model pairs with images need a vision-language model "
+            "(model.name naming a vision-language actor, whose folder holds its processor); "
+            "this model reads text only: remove the images or change the model"
+        )
+    prompt = format_prompt(
+        tokenizer,
+        row[encoder.input_key],
+        system_prompt=encoder.system_prompt,
+        apply_chat_template=encoder.apply_chat_template,
+    )
+    return PreferencePair(prompt + str(row[chosen_key]), prompt + str(row[rejected_key]))

@@ -140,8 +140,9 @@ class Actor(torch.nn.Module, Component):
         ``strategy.export_hf`` saves at the end of a run and what an engine that shares the
         trainer's module (``hf``) generates with."""
 
+    @classmethod
     def trunk_inputs(
-        self,
+        cls,
         trunk: torch.nn.Module,
         sequences: torch.Tensor,
         attention_mask: torch.Tensor,
@@ -154,7 +155,9 @@ class Actor(torch.nn.Module, Component):
         wants. The critic calls it inside its forward, so it sees what the policy sees. The
         default is a text model's: ``input_ids``, ``attention_mask`` and positions counting
         the real tokens from 0; an actor whose model needs more (3-D rotary positions of
-        images, a vision pass on every rank) overrides it."""
+        images, a vision pass on every rank) overrides it. A class method: it reads only
+        ``trunk`` (and its config), so a scalar reward model of this architecture uses it
+        without building the actor."""
         return {**text_trunk_inputs(sequences, attention_mask), **modal_inputs}
 
     @abstractmethod

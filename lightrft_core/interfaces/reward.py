@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from .component import Component
+from .multimodal import MultiModalInputs
 
 
 @dataclass
@@ -22,13 +23,16 @@ class RewardInput:
     """One batch to score; all lists have the same length ``B``.
 
     ``prompts``/``responses`` are decoded text; ``labels`` the dataset's reference answer
-    (``None`` when the dataset has none); ``metadata`` any other per-sample fields.
+    (``None`` when the dataset has none); ``metadata`` any other per-sample fields;
+    ``multimodal`` each prompt's media (``None`` for a text-only prompt; its ``images`` are
+    what a reward that reads images sees, the prompt holding one placeholder per image).
     """
 
     prompts: Sequence[str]
     responses: Sequence[str]
     labels: Sequence[Any] | None = None
     metadata: Sequence[dict[str, Any]] | None = None
+    multimodal: Sequence[MultiModalInputs | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.prompts)
@@ -38,8 +42,10 @@ class RewardInput:
             self.labels = [None] * n
         if self.metadata is None:
             self.metadata = [{} for _ in range(n)]
-        if len(self.labels) != n or len(self.metadata) != n:
-            raise ValueError("labels and metadata must have one entry per prompt")
+        if self.multimodal is None:
+            self.multimodal = [None] * n
+        if len(self.labels) != n or len(self.metadata) != n or len(self.multimodal) != n:
+            raise ValueError("labels, metadata and multimodal must have one entry per prompt")
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -150,11 +150,14 @@ class CriticModel(torch.nn.Module):
         *,
         trunk_inputs: Callable[[Any], Mapping[str, Any]] | None = None,
         trunk_gradients: bool = True,
+        last_token: bool = False,
     ) -> torch.Tensor:
         """``[B, T-1]`` float32 values (module docstring); 0 where a token is padding.
         ``trunk_inputs(trunk)``: the trunk's keyword inputs for these rows as the actor
         prepares them (``Actor.trunk_inputs``: positions, media), built here, inside the
-        forward (a sharded trunk's weights are gathered); by default a text model's."""
+        forward (a sharded trunk's weights are gathered); by default a text model's.
+        ``last_token``: ``[B]`` instead, the value read at each row's last real token (a
+        scalar reward model's score of the whole row; rows right-padded)."""
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
         with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_gradients):
             inputs = (
@@ -163,6 +166,9 @@ class CriticModel(torch.nn.Module):
                 else text_trunk_inputs(sequences, attention_mask)
             )
             hidden = self.trunk(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+        if last_token:
+            last = (mask.sum(-1) - 1).clamp(min=0)  # [B]
+            return self.value_head(hidden[torch.arange(len(last), device=last.device), last])
         values = self.value_head(hidden[:, :-1])  # [B, T-1]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]
         return torch.where(valid, values, torch.zeros_like(values))

@@ -11,9 +11,13 @@ Samples are scored ``batch_size`` at a time, padded on the right; a text longer 
 The reward is ``scale * score + shift``; ``trainer.reward_normalize`` normalises it further
 if wanted. The model is frozen, in eval mode, under ``torch.no_grad``.
 
-The model reads text only: a run whose prompts carry images is refused
-(``accepts_image_prompts``), since transformers has no sequence-classification head for
-the vision-language models LightRFT trains (docs/multimodal.md).
+With ``actor`` unset the model reads text only: a run whose prompts carry images is
+refused (``accepts_image_prompts``), since transformers has no sequence-classification head
+for the vision-language models LightRFT trains. With ``actor`` naming an actor class (e.g. a
+vision-language one), ``path`` is the folder ``lightrft rm`` exports with that
+``model.name``: the model's trunk plus a score head read at the last real token, which reads
+each prompt's images with the text (``trunk_scoring.py``, docs/multimodal.md). The text is
+then not truncated (``max_length`` is unused).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from ..interfaces import RewardInput, RewardModel, RewardOutput
+from ..interfaces import Actor, RewardInput, RewardModel, RewardOutput
+from ..models.critic import TrunkOptions
+from .trunk_scoring import encode_with_media, load_trunk_reward_model, reads_images, trunk_scores
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,6 +67,15 @@ class ScalarRewardModel(RewardModel):
         )
         scale: float = field(default=1.0, metadata={"help": "reward = scale * score + shift."})
         shift: float = field(default=0.0, metadata={"help": "reward = scale * score + shift."})
+        actor: str | None = field(
+            default=None,
+            metadata={
+                "help": "The actor class (its plugin name, e.g. a vision-language actor) whose "
+                "inputs the reward model reads: path is then a `lightrft rm` export trained "
+                "with that model.name (a trunk and a score head), and image prompts are "
+                "scored with their images. null: a text sequence classifier."
+            },
+        )
 
         def __post_init__(self) -> None:
             if self.batch_size < 1:
@@ -80,9 +95,13 @@ class ScalarRewardModel(RewardModel):
                 "reward.name=model needs reward.path, a sequence-classification checkpoint "
                 "with num_labels=1 (e.g. reward.path=runs/rm/final)"
             )
+        self.device = _pick_device(cfg.device)
+        self.actor_class: type[Actor] | None = None
+        if cfg.actor is not None:
+            self._load_trunk_model(cfg.actor)
+            return
         from transformers import AutoTokenizer
 
-        self.device = _pick_device(cfg.device)
         self.tokenizer = scoring_tokenizer(AutoTokenizer.from_pretrained(cfg.path))
         model = load_sequence_classifier(cfg.path, dtype=DTYPES[cfg.dtype])
         if model.config.num_labels != 1:
@@ -94,18 +113,42 @@ class ScalarRewardModel(RewardModel):
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(self.device).eval().requires_grad_(False)
 
+    def _load_trunk_model(self, actor: str) -> None:
+        """The trunk + score head of ``path``, read as ``actor``'s architecture."""
+        from ..plugins import get_plugin_manager
+
+        cfg = self.config
+        self.actor_class = get_plugin_manager().get_actor(actor)
+        self.processor = self.actor_class.load_processor(cfg.path)
+        if self.processor is None:
+            raise ValueError(
+                f"reward.path={cfg.path!r} holds no processor, which reward.actor={actor!r} "
+                "needs to encode the prompts' images (a `lightrft rm` export has one)"
+            )
+        model = load_trunk_reward_model(cfg.path, TrunkOptions(dtype=DTYPES[cfg.dtype]))
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        # the instance reads images exactly when its architecture takes them
+        self.accepts_image_prompts = reads_images(self.actor_class)  # type: ignore[misc]
+
     @torch.no_grad()
     def score(self, batch: RewardInput) -> RewardOutput:
         cfg = self.config
         texts = [p + r for p, r in zip(batch.prompts, batch.responses, strict=True)]
+        media = batch.multimodal or [None] * len(texts)
+        images = [[] if m is None else list(m.images) for m in media]
         scores = torch.zeros(len(texts), dtype=torch.float32)
         for start in range(0, len(texts), cfg.batch_size):
-            chunk = texts[start : start + cfg.batch_size]
-            scores[start : start + len(chunk)] = self._scores(chunk)
+            end = start + cfg.batch_size
+            chunk = texts[start:end]
+            scores[start : start + len(chunk)] = self._scores(chunk, images[start:end])
         rewards = cfg.scale * scores + cfg.shift
         return RewardOutput(rewards=rewards, sub_scores={"model_score": scores})
 
-    def _scores(self, texts: list[str]) -> torch.Tensor:
+    def _scores(self, texts: list[str], images: list[list[Any]]) -> torch.Tensor:
+        if self.actor_class is not None:
+            batch = encode_with_media(self.processor, self.actor_class, texts, images)
+            scores = trunk_scores(self.model, self.actor_class, batch.to(self.device))
+            return scores.float().cpu()
         encoded = encode_texts(self.tokenizer, texts, self.config.max_length).to(self.device)
         return scores_of(self.model, encoded).float().cpu()
 

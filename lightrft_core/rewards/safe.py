@@ -175,6 +175,7 @@ def _score_one_by_one(reward: RewardModel, batch: RewardInput, failure_reward: f
             responses=[batch.responses[i]],
             labels=[batch.labels[i]],
             metadata=[batch.metadata[i]],
+            multimodal=[batch.multimodal[i]],
         )
         try:
             out = _checked(reward.score(one), 1)

@@ -20,6 +20,7 @@ def _score(data: RunData, items: list[Any], outputs: list[Any], tokenizer: Any) 
             responses=[tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in outputs],
             labels=[items[o.prompt_index].label for o in outputs],
             metadata=[items[o.prompt_index].metadata for o in outputs],
+            multimodal=[items[o.prompt_index].multimodal for o in outputs],
         )
     ).output
 

@@ -1,11 +1,17 @@
 """Reward-model training (``lightrft rm``): a Bradley–Terry reward model from preference
 pairs, with the strategy, data and logging parts of SFT and RL.
 
-The model is ``model.path`` loaded as a sequence classifier with one output (a causal LM
-checkpoint gets a new, randomly initialised score head); it reads text, so pairs with images
-and vision-language checkpoints are refused (docs/multimodal.md). Each pair is scored on
-both sides -- the text ``prompt + response`` that ``reward.name: model`` scores in RL,
-encoded the same way -- and the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the
+For a text model (``model.name``'s actor takes token ids only) the model is ``model.path``
+loaded as a sequence classifier with one output (a causal LM checkpoint gets a new, randomly
+initialised score head); pairs with images are refused. For a model whose actor takes
+images (a vision-language ``model.name``), it is the model's trunk (``AutoModel``: vision
+tower and decoder) with a new linear score head (zero: every score starts at 0) read at the
+last real token; pairs may carry images, encoded with the processor, and the trunk reads
+them as the actor class prepares its inputs (``rewards/trunk_scoring.py``). The export is
+then a trunk + head folder with the processor, which ``reward.name: model`` loads with
+``reward.actor`` set to the same actor. Each pair is scored on both sides -- the text
+``prompt + response`` that ``reward.name: model`` scores in RL, encoded the same way -- and
+the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the
 optimizer batch's pairs. The optimisation options are the ``sft`` section's (``batch_size``
 counts pairs). Under ``torchrun`` every rank draws the same batches and trains on its
 contiguous share; the loss divides by the pairs of every rank, so a step does not depend on
@@ -30,6 +36,7 @@ import torch.nn.functional as F
 
 from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
+from ..models.critic import CriticModel
 from ..plugins import PluginManager, get_plugin_manager
 from ..rewards.model import (
     encode_texts,
@@ -37,6 +44,7 @@ from ..rewards.model import (
     scores_of,
     scoring_tokenizer,
 )
+from ..rewards.trunk_scoring import encode_with_media, reads_images, trunk_scores
 from .bootstrap import (
     RunStart,
     finish_run,
@@ -63,8 +71,8 @@ def run_reward_model_training(
     console: Any = None,
     progress: Any = None,
 ) -> RewardModelResult:
-    """Train on ``data.train_path`` preference pairs; export to ``final/`` (a sequence
-    classifier that ``reward.name: model`` loads)."""
+    """Train on ``data.train_path`` preference pairs; export to ``final/`` (what
+    ``reward.name: model`` loads: a sequence classifier, or a trunk + score head)."""
     d, s = cfg.data, cfg.sft
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
@@ -85,22 +93,40 @@ def _train_reward_model(
     d, s = cfg.data, cfg.sft
     start.tokenizer = tokenizer = scoring_tokenizer(start.tokenizer)
     strategy, path = start.strategy, model_path(cfg, manager)
+    actor_class = manager.get_actor(cfg.model.name)
+    with_media = reads_images(actor_class)
+    processor = _processor_for_images(start, cfg.model.name) if with_media else None
     with model_init_context(strategy):
-        model = load_sequence_classifier(path, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id  # pooling: the last non-pad token
-    train = PreferenceDataset.from_source(train_path, tokenizer, d, max_length=s.max_length)
-    held_out = None
-    if d.eval_path is not None:
-        held_out = PreferenceDataset.from_source(d.eval_path, tokenizer, d, max_length=None)
+        if with_media:
+            model: torch.nn.Module = CriticModel.from_pretrained(path)
+        else:
+            classifier = load_sequence_classifier(path, num_labels=1)
+            classifier.config.pad_token_id = tokenizer.pad_token_id  # pooling: last non-pad
+            model = classifier
+
+    def dataset(source: str, max_length: int | None) -> PreferenceDataset:
+        return PreferenceDataset.from_source(
+            source, tokenizer, d, max_length=max_length, processor=processor
+        )
+
+    train = dataset(train_path, s.max_length)
+    held_out = None if d.eval_path is None else dataset(d.eval_path, None)
     model, optimizer, scheduler, total = prepare_supervised(cfg, strategy, model, len(train))
     metrics = open_run_log(cfg, strategy, console=console)
+
+    def scores_of_texts(texts: list[str], images: list[list[Any]]) -> torch.Tensor:
+        if with_media:
+            batch = encode_with_media(processor, actor_class, texts, images)
+            return trunk_scores(model, actor_class, batch.to(strategy.device))
+        encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
+        return scores_of(model, encoded)
 
     def margins(pairs: list[PreferencePair]) -> torch.Tensor:
         """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""
         texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
+        images = [p.images for p in pairs] * 2
         with strategy.autocast():
-            scores = scores_of(model, encoded).float()
+            scores = scores_of_texts(texts, images).float()
         return scores[: len(pairs)] - scores[len(pairs) :]
 
     if held_out is not None:
@@ -161,6 +187,16 @@ def _train_reward_model(
         metrics.log(step, evaluate(model, held_out, margins, s.micro_batch_size))
     final = finish_run(start, model, metrics)
     return RewardModelResult(start.output_dir, final, metrics.history)
+
+
+def _processor_for_images(start: RunStart, actor: str) -> Any:
+    """The run's processor, which a model that reads images needs to encode them."""
+    if start.processor is None:
+        raise ValueError(
+            f"actor {actor!r} reads images, but model.path holds no processor "
+            f"(Actor.load_processor) to encode them; use the model's folder with its processor"
+        )
+    return start.processor
 
 
 @torch.no_grad()

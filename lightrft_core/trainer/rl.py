@@ -329,6 +329,7 @@ class RLTrainer:
                         responses=texts,
                         labels=[items[o.prompt_index].label for o in outputs],
                         metadata=[items[o.prompt_index].metadata for o in outputs],
+                        multimodal=[items[o.prompt_index].multimodal for o in outputs],
                     )
                 )
             self.data.failure_watch.record(scored)

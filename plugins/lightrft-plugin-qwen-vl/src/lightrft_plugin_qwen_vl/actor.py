@@ -242,9 +242,10 @@ class QwenVLActor(Actor):
             entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
         )
 
+    @classmethod
     def trunk_inputs(
-        self,
-        trunk: torch.nn.Module,
+        cls,
+        trunk: Any,
         sequences: torch.Tensor,
         attention_mask: torch.Tensor,
         **modal_inputs: Any,
@@ -260,12 +261,12 @@ class QwenVLActor(Actor):
             raise ValueError(
                 f"actor 'qwen_vl' takes {sorted(IMAGE_INPUTS)} as extra inputs, got {unknown}"
             )
-        base = self.base_model
+        config = trunk.config
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        images = _check_images(base.config, sequences, mask, modal_inputs)
+        images = _check_images(config, sequences, mask, modal_inputs)
         token_types = torch.zeros_like(sequences, dtype=torch.int32)  # [B, T]
-        token_types[sequences == base.config.image_token_id] = IMAGE
-        token_types[sequences == base.config.video_token_id] = VIDEO
+        token_types[sequences == config.image_token_id] = IMAGE
+        token_types[sequences == config.video_token_id] = VIDEO
         positions, _ = trunk.get_rope_index(  # [3, B, T]
             sequences,
             token_types,
