@@ -434,6 +434,7 @@ def test_a_vision_language_checkpoint_is_no_sequence_classifier(tiny_qwen_vl_dir
         load_sequence_classifier(str(tiny_qwen_vl_dir), num_labels=1)
     assert str(info.value) == (
         f"{tiny_qwen_vl_dir}: transformers has no sequence-classification head for model type "
-        "'qwen2_vl', so it cannot be a scalar reward model; reward models read text only -- "
-        "start from a text model (docs/multimodal.md)"
+        "'qwen2_vl', so it cannot be a scalar reward model read as text; for a "
+        "vision-language model name its actor (model.name for lightrft rm, reward.actor for "
+        "reward.name=model), which reads it as a trunk with a score head (docs/multimodal.md)"
     )

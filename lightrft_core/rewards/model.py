@@ -156,7 +156,7 @@ class ScalarRewardModel(RewardModel):
 def load_sequence_classifier(path: str, **kwargs: Any) -> Any:
     """``AutoModelForSequenceClassification.from_pretrained(path, **kwargs)``, with an error
     that says so when the architecture has no sequence-classification head (e.g. the
-    vision-language models: a reward model reads text only)."""
+    vision-language models, read through their actor instead: ``trunk_scoring.py``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -166,8 +166,9 @@ def load_sequence_classifier(path: str, **kwargs: Any) -> Any:
     if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
         raise ValueError(
             f"{path}: transformers has no sequence-classification head for model type "
-            f"{model_type!r}, so it cannot be a scalar reward model; reward models read text "
-            "only -- start from a text model (docs/multimodal.md)"
+            f"{model_type!r}, so it cannot be a scalar reward model read as text; for a "
+            "vision-language model name its actor (model.name for lightrft rm, reward.actor for "
+            "reward.name=model), which reads it as a trunk with a score head (docs/multimodal.md)"
         )
     return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
 
