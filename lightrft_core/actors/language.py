@@ -11,23 +11,17 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..interfaces import Actor, ActorModality, ActorOutput
 from .logprobs import chunked_token_log_probs
+from .options import DTYPES, PretrainedActorOptions
 from .packing import packed_causal_mask
 
 logger = logging.getLogger("lightrft.actor")
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
 
 
 def resolve_attn_implementation(requested: str, dtype: str) -> str:
@@ -93,67 +87,8 @@ class ActorLanguage(Actor):
     modality = ActorModality.LANGUAGE_ONLY
 
     @dataclass
-    class Config:
-        # ------------------------------------------------------------ model
-        path: str | None = field(
-            default=None,
-            metadata={"help": "Hugging Face model folder (or hub id) to load the policy from."},
-        )
-        dtype: Literal["float32", "bfloat16", "float16"] = field(
-            default="float32", metadata={"help": "Parameter dtype of the loaded model."}
-        )
-        attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = field(
-            default="auto",
-            metadata={
-                "help": "Attention kernel. 'auto': flash_attention_2 when flash_attn is "
-                "installed, CUDA is available and dtype is 16-bit, else sdpa."
-            },
-        )
-        trust_remote_code: bool = field(
-            default=False, metadata={"help": "Allow model code shipped with the checkpoint."}
-        )
-        gradient_checkpointing: bool = field(
-            default=False,
-            metadata={"help": "Recompute layer activations in backward to save memory."},
-        )
-        logprob_chunk_size: int = field(
-            default=1024,
-            metadata={"help": "Token positions per chunk when computing log-probs."},
-        )
-        # ------------------------------------------------------------ LoRA
-        lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
-        lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
-        lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on LoRA inputs."})
-        lora_target_modules: list[str] | None = field(
-            default=None,
-            metadata={
-                "help": "Module names LoRA adapts; null: every linear layer except the "
-                "output head (lm_head)."
-            },
-        )
-
-        def __post_init__(self) -> None:
-            if self.dtype not in DTYPES:
-                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-            if self.attn_implementation not in _ATTN_CHOICES:
-                raise ValueError(
-                    f"attn_implementation must be one of {', '.join(_ATTN_CHOICES)}, "
-                    f"got {self.attn_implementation!r}"
-                )
-            if self.logprob_chunk_size < 1:
-                raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}")
-            if self.lora_rank < 0:
-                raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
-            if self.lora_alpha <= 0:
-                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-            targets = self.lora_target_modules
-            if targets is not None and (not targets or not all(targets)):
-                raise ValueError(
-                    "lora_target_modules must be null (auto-detect) or a non-empty list "
-                    f"of module names, got {targets!r}"
-                )
+    class Config(PretrainedActorOptions):
+        """Options of ``model.name: language`` (``lightrft_core/actors/options.py``)."""
 
     def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
         super().__init__(config)

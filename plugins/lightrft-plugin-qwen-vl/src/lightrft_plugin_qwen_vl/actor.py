@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from lightrft_core.actors.language import DTYPES, resolve_attn_implementation
+from lightrft_core.actors.language import resolve_attn_implementation
 from lightrft_core.actors.logprobs import chunked_token_log_probs
+from lightrft_core.actors.options import DTYPES, PretrainedActorOptions
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
 from .lora import is_vision_name, lora_target_names, merged_state
 from .vision import with_idle_vision_pass
 
-_ATTN_CHOICES = ("auto", "eager", "sdpa", "flash_attention_2")
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
 IMAGE_INPUTS = frozenset({"pixel_values", "image_grid_thw"})
 #: ``mm_token_type_ids`` values of image and video tokens (text is 0) for ``get_rope_index``.
@@ -37,46 +37,27 @@ class QwenVLActor(Actor):
     modality = ActorModality.VISION_LANGUAGE
 
     @dataclass
-    class Config:
-        # ------------------------------------------------------------ model
+    class Config(PretrainedActorOptions):
+        """Options of ``model.name: qwen_vl``: the core's options of an actor around a
+        Hugging Face model (``lightrft_core/actors/options.py``), then the vision tower's."""
+
         path: str | None = field(
             default=None,
             metadata={"help": "Hugging Face Qwen2-VL / Qwen2.5-VL / Qwen3-VL model folder."},
         )
-        dtype: Literal["float32", "bfloat16", "float16"] = field(
-            default="float32", metadata={"help": "Parameter dtype of the loaded model."}
-        )
-        attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = field(
-            default="auto",
-            metadata={
-                "help": "Attention kernel. 'auto': flash_attention_2 when flash_attn is "
-                "installed, CUDA is available and dtype is 16-bit, else sdpa."
-            },
-        )
-        gradient_checkpointing: bool = field(
-            default=False,
-            metadata={"help": "Recompute layer activations in backward to save memory."},
-        )
-        logprob_chunk_size: int = field(
-            default=1024,
-            metadata={"help": "Token positions per chunk when computing log-probs."},
-        )
-        freeze_vision_tower: bool = field(
-            default=False,
-            metadata={
-                "help": "Train no parameter of the vision tower (patch embedding, blocks, "
-                "merger); the language model trains."
-            },
-        )
-        # ------------------------------------------------------------ LoRA
-        lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
-        lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
-        lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on LoRA inputs."})
         lora_target_modules: list[str] | None = field(
             default=None,
             metadata={
                 "help": "Short names of the linear layers LoRA adapts (q_proj ...); null: "
                 "every linear layer of the language model except the output head."
+            },
+        )
+        # ------------------------------------------------------------ vision tower
+        freeze_vision_tower: bool = field(
+            default=False,
+            metadata={
+                "help": "Train no parameter of the vision tower (patch embedding, blocks, "
+                "merger); the language model trains."
             },
         )
         lora_vision_tower: bool = field(
@@ -86,29 +67,6 @@ class QwenVLActor(Actor):
                 "lora_target_modules); off: LoRA leaves them out."
             },
         )
-
-        def __post_init__(self) -> None:
-            if self.dtype not in DTYPES:
-                raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-            if self.attn_implementation not in _ATTN_CHOICES:
-                raise ValueError(
-                    f"attn_implementation must be one of {', '.join(_ATTN_CHOICES)}, "
-                    f"got {self.attn_implementation!r}"
-                )
-            if self.logprob_chunk_size < 1:
-                raise ValueError(f"logprob_chunk_size must be >= 1, got {self.logprob_chunk_size}")
-            if self.lora_rank < 0:
-                raise ValueError(f"lora_rank must be >= 0 (0 = off), got {self.lora_rank}")
-            if self.lora_alpha <= 0:
-                raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
-            if not 0.0 <= self.lora_dropout < 1.0:
-                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-            targets = self.lora_target_modules
-            if targets is not None and (not targets or not all(targets)):
-                raise ValueError(
-                    "lora_target_modules must be null (every linear layer of the language "
-                    f"model) or a non-empty list of module names, got {targets!r}"
-                )
 
     def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
         super().__init__(config)
@@ -123,7 +81,10 @@ class QwenVLActor(Actor):
             from transformers import AutoModelForImageTextToText
 
             model = AutoModelForImageTextToText.from_pretrained(
-                cfg.path, dtype=DTYPES[cfg.dtype], attn_implementation=attn
+                cfg.path,
+                dtype=DTYPES[cfg.dtype],
+                attn_implementation=attn,
+                trust_remote_code=cfg.trust_remote_code,
             )
         else:
             if model.dtype != DTYPES[cfg.dtype]:
