@@ -12,6 +12,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+EARLIER = "resume from an earlier checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from: damaged, or written for another model."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (or its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def damaged(path: str | Path, part: str, problem: str | BaseException) -> CheckpointError:
+    """The error for a checkpoint whose ``part`` (a file or folder in it) is truncated or not
+    a checkpoint at all."""
+    reason = first_line(problem) if isinstance(problem, BaseException) else problem
+    return CheckpointError(f"checkpoint {path}: {part} is damaged ({reason}); {EARLIER}")
+
+
+def does_not_fit(path: str | Path, exc: BaseException) -> CheckpointError:
+    """The error for a checkpoint written for another model size or LoRA setup."""
+    return CheckpointError(
+        f"checkpoint {path} does not fit the model (another model size or LoRA setup: "
+        f"{first_line(exc)}); resume with the model.path and model.lora_* of the run that "
+        "wrote it, or start a new run"
+    )
+
 
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:

@@ -260,7 +260,8 @@ def test_damaged_checkpoint_is_refused_on_resume(
 
 
 def test_checkpoint_of_another_model_size(tmp_path: Path) -> None:
-    from lightrft_core.strategies.local import CheckpointError, LocalStrategy
+    from lightrft_core.checkpoint import CheckpointError
+    from lightrft_core.strategies.local import LocalStrategy
 
     strategy = LocalStrategy(LocalStrategy.Config(device="cpu"))
     strategy.setup_distributed()

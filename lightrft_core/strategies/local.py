@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from .. import distributed
-from ..checkpoint import atomic_directory, recover_directory
+from ..checkpoint import atomic_directory, damaged, does_not_fit, recover_directory
 from ..export import merged_copy, write_hf_folder
 from ..interfaces import StrategyBase
 from ..interfaces.strategy import ReduceOp
@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be resumed from: damaged, or written for another model."""
 
 
 class LocalStrategy(StrategyBase):
@@ -190,25 +186,15 @@ class LocalStrategy(StrategyBase):
         device = str(first.device) if first is not None else "cpu"
         problem = safetensors_problem(path / MODEL_FILE)
         if problem:
-            raise CheckpointError(
-                f"checkpoint {path}: {MODEL_FILE} is damaged ({problem}); "
-                "resume from an earlier checkpoint"
-            )
+            raise damaged(path, MODEL_FILE, problem)
         try:
             load_model(target, str(path / MODEL_FILE), strict=True, device=device)
         except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint {path} does not fit the model (another model size or LoRA setup: "
-                f"{str(exc).splitlines()[0]}); resume with the model.path and model.lora_* of "
-                "the run that wrote it, or start a new run"
-            ) from None
+            raise does_not_fit(path, exc) from None
         try:
             state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError) as exc:
-            raise CheckpointError(
-                f"checkpoint {path}: {STATE_FILE} is damaged ({str(exc).splitlines()[0]}); "
-                "resume from an earlier checkpoint"
-            ) from None
+            raise damaged(path, STATE_FILE, exc) from None
         if optimizer is not None:
             if state["optimizer"] is None:
                 raise ValueError(f"checkpoint {path} has no optimizer state to restore")

@@ -169,3 +169,54 @@ def test_lora_export_merges_the_adapters(tiny_model_dir: Path, tmp_path: Path) -
     with torch.no_grad():
         got = ActorLanguage.from_model(plain)(seq, mask).log_probs
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def _saved_linear(s: FSDPStrategy, path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    optimizer = torch.optim.Adam(model.parameters())
+    model, optimizer, _ = s.prepare(model, optimizer)
+    s.save_checkpoint(path, model=model, optimizer=optimizer)
+
+
+def _load_linear(s: FSDPStrategy, path: Path, width: int = 3) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, width))
+    optimizer = torch.optim.Adam(model.parameters())
+    model, optimizer, _ = s.prepare(model, optimizer)
+    s.load_checkpoint(path, model=model, optimizer=optimizer)
+
+
+@pytest.mark.parametrize(
+    ("part", "cut", "shown"),
+    [
+        ("dcp/.metadata", True, "dcp is damaged (pickle data was truncated)"),
+        ("dcp/__0_0.distcp", True, "dcp is damaged (EOFError)"),
+        ("dcp/__0_0.distcp", False, "dcp is damaged (EOFError)"),
+        ("training_state.pt", False, "training_state.pt is damaged ("),
+        ("world.json", False, "world.json is damaged ("),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_clear_error(
+    tmp_path: Path, part: str, cut: bool, shown: str
+) -> None:
+    from lightrft_core.checkpoint import CheckpointError
+
+    s = make_strategy()
+    _saved_linear(s, tmp_path / "ckpt")
+    damaged_file = tmp_path / "ckpt" / part
+    data = damaged_file.read_bytes()
+    damaged_file.write_bytes(data[: len(data) // 2] if cut else b"not a checkpoint" * 4)
+    with pytest.raises(CheckpointError) as caught:
+        _load_linear(s, tmp_path / "ckpt")
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'ckpt'}: {shown}")
+    assert message.endswith("; resume from an earlier checkpoint") and "\n" not in message
+
+
+def test_a_checkpoint_of_another_model_size_is_one_clear_error(tmp_path: Path) -> None:
+    from lightrft_core.checkpoint import CheckpointError
+
+    s = make_strategy()
+    _saved_linear(s, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(another model size") as c:
+        _load_linear(s, tmp_path / "ckpt", width=5)
+    assert "Size mismatch" in str(c.value) and "model.path and model.lora_*" in str(c.value)

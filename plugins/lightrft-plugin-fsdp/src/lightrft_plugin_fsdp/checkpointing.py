@@ -13,6 +13,7 @@ A checkpoint is a folder::
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lightrft_core.checkpoint import recover_directory
+from lightrft_core.checkpoint import damaged, does_not_fit, recover_directory
 from lightrft_core.distributed import atomic_directory_of_all_ranks
 from lightrft_core.export import write_hf_folder
 from lightrft_core.rng import load_rank_states, save_rank_states
@@ -69,7 +70,6 @@ def load_sharded(
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and this rank's RNG states in place; returns
     ``client_state``. The world size must be the one the checkpoint was written with."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     path = Path(path)
@@ -78,14 +78,17 @@ def load_sharded(
     dist.barrier()
     _check_world_size(path)
     wanted = _state_dicts(model, optimizer)
-    dcp.load(wanted, checkpoint_id=str(path / DCP_DIR))
+    _read_shards(path, wanted)
     set_state_dict(
         model,
         optimizer if optimizer is not None else [],
         model_state_dict=wanted["model"],
         optim_state_dict=wanted.get("optimizer", {}),
     )
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise damaged(path, STATE_FILE, exc) from None
     if scheduler is not None:
         if state["scheduler"] is None:
             raise ValueError(f"checkpoint {path} has no scheduler state to restore")
@@ -94,11 +97,40 @@ def load_sharded(
     return dict(state["client_state"])
 
 
+def _read_shards(path: Path, wanted: dict[str, Any]) -> None:
+    """``dcp.load`` into ``wanted``, its errors told as a damaged checkpoint or one written
+    for another model."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    reader = dcp.FileSystemReader(str(path / DCP_DIR))
+    try:
+        reader.read_metadata()  # read first: DCP would log its failure as a traceback
+        dcp.load(wanted, storage_reader=reader)
+    except CheckpointException as exc:  # a BaseException holding every rank's error
+        cause = next(iter(exc.failures.values()))[0]
+        if _missing_or_misshaped(cause):
+            raise does_not_fit(path, cause) from None
+        raise damaged(path, DCP_DIR, cause) from None
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise damaged(path, DCP_DIR, exc) from None
+
+
+def _missing_or_misshaped(exc: BaseException) -> bool:
+    """Whether DCP's error says the checkpoint lacks a key of the model or holds a tensor of
+    another shape (a checkpoint of another model), rather than unreadable files."""
+    text = str(exc)
+    return "Missing key in checkpoint state_dict" in text or "Size mismatch" in text
+
+
 def _check_world_size(path: Path) -> None:
     for name in (DCP_DIR, STATE_FILE, WORLD_FILE):
         if not (path / name).exists():
             raise FileNotFoundError(f"no fsdp checkpoint at {path}: {name} is missing")
-    saved = json.loads((path / WORLD_FILE).read_text())["world_size"]
+    try:
+        saved = json.loads((path / WORLD_FILE).read_text())["world_size"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise damaged(path, WORLD_FILE, exc) from None
     if saved != dist.get_world_size():
         raise ValueError(
             f"checkpoint {path} was written by {saved} ranks but this job has "
