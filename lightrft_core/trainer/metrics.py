@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 logger = logging.getLogger("lightrft.trainer")
 
@@ -113,7 +114,7 @@ class MetricsLogger:
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if step % self.log_every == 0:
-            self.console.print(format_line(record))
+            self.console.print(format_line(record), markup=False)  # names are plain text
 
     def summary_table(self, title: str = "Run summary") -> Table:
         table = Table(title=title)
@@ -125,11 +126,11 @@ class MetricsLogger:
                 continue
             best = min(values) if key in ("kl",) else max(values)
             mean = sum(values) / len(values)
-            table.add_row(key, *(f"{v:.4g}" for v in (values[0], values[-1], best, mean)))
+            table.add_row(Text(key), *(f"{v:.4g}" for v in (values[0], values[-1], best, mean)))
         phases = sorted({k for r in self.history for k in r if k.startswith("time/")})
         for key in phases:
             total = sum(r.get(key, 0.0) for r in self.history)
-            table.add_row(f"{key} (total s)", "", "", "", f"{total:.1f}")
+            table.add_row(Text(f"{key} (total s)"), "", "", "", f"{total:.1f}")
         return table
 
     def close(self) -> None:
