@@ -20,9 +20,14 @@ class CheckpointError(ValueError):
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (or its class name when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of ``exc``'s message (or its class name when it has none); a first
+    line ending in ``:`` (torch's ``Error(s) in loading state_dict for M:``) gets the next."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def damaged(path: str | Path, part: str, problem: str | BaseException) -> CheckpointError:

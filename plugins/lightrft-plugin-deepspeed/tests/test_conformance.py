@@ -96,3 +96,51 @@ def test_a_single_process_is_a_group_of_one() -> None:
     assert float(strategy.all_reduce(3, op="mean")) == 3.0
     with pytest.raises(ValueError, match="unknown reduce op"):
         strategy.all_reduce(1.0, op="prod")  # type: ignore[arg-type]
+
+
+def _linear_on(strategy: DeepSpeedStrategy, width: int = 3) -> tuple[Any, Any]:
+    model = torch.nn.Sequential(torch.nn.Linear(4, width))
+    model, optimizer, _ = strategy.prepare(model, torch.optim.Adam(model.parameters()))
+    return model, optimizer
+
+
+@pytest.mark.parametrize(
+    ("part", "cut", "shown"),
+    [
+        ("deepspeed/mp_rank_00_model_states.pt", True, "deepspeed is damaged (PytorchStream"),
+        ("deepspeed/zero_pp_rank_0_mp_rank_00_optim_states.pt", False, "deepspeed is damaged ("),
+        ("lightrft_deepspeed.json", False, "lightrft_deepspeed.json is damaged (Expecting value"),
+        ("rng_rank0.pt", True, "rng_rank0.pt is damaged ("),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_clear_error(
+    tmp_path: Path, part: str, cut: bool, shown: str
+) -> None:
+    from lightrft_core.checkpoint import CheckpointError
+
+    strategy = DeepSpeedStrategy(DeepSpeedStrategy.Config(zero_stage=2))
+    strategy.setup_distributed()
+    model, optimizer = _linear_on(strategy)
+    strategy.save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    damaged_file = tmp_path / "ckpt" / part
+    data = damaged_file.read_bytes()
+    damaged_file.write_bytes(data[: len(data) // 2] if cut else b"not a checkpoint" * 4)
+    model, optimizer = _linear_on(strategy)
+    with pytest.raises(CheckpointError) as caught:
+        strategy.load_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    message = str(caught.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'ckpt'}: {shown}")
+    assert message.endswith("; resume from an earlier checkpoint") and "\n" not in message
+
+
+def test_a_checkpoint_of_another_model_size_is_one_clear_error(tmp_path: Path) -> None:
+    from lightrft_core.checkpoint import CheckpointError
+
+    strategy = DeepSpeedStrategy(DeepSpeedStrategy.Config(zero_stage=2))
+    strategy.setup_distributed()
+    model, optimizer = _linear_on(strategy)
+    strategy.save_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    model, optimizer = _linear_on(strategy, width=5)
+    with pytest.raises(CheckpointError, match=r"does not fit the model \(another model size") as c:
+        strategy.load_checkpoint(tmp_path / "ckpt", model=model, optimizer=optimizer)
+    assert "size mismatch for 0.weight" in str(c.value) and "\n" not in str(c.value)

@@ -17,15 +17,16 @@ The folders must be on a file system every rank sees (as DeepSpeed's own checkpo
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
-from lightrft_core.checkpoint import recover_directory
+from lightrft_core.checkpoint import damaged, does_not_fit, recover_directory
 from lightrft_core.distributed import atomic_directory_of_all_ranks
-from lightrft_core.rng import load_rank_states, save_rank_states
+from lightrft_core.rng import load_rank_states, rank_states_file, save_rank_states
 
 ENGINE_DIR = "deepspeed"
 META_FILE = "lightrft_deepspeed.json"
@@ -65,7 +66,13 @@ def read_meta(path: Path) -> dict[str, Any]:
             f"no deepspeed checkpoint at {path}: {META_FILE} is missing (a checkpoint of "
             "another strategy cannot be resumed by the deepspeed strategy)"
         )
-    return json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise damaged(path, META_FILE, exc) from None
+    if not isinstance(meta, dict):
+        raise damaged(path, META_FILE, "not a JSON object")
+    return meta
 
 
 def load(
@@ -89,13 +96,23 @@ def load(
             f"checkpoint {path} was saved by {meta.get('world_size')} ranks and this job has "
             f"{world_size}; resume with the same number of processes (torchrun --nproc-per-node)"
         )
-    load_path, client = engine.load_checkpoint(
-        str(path),
-        tag=ENGINE_DIR,
-        load_optimizer_states=load_optimizer,
-        load_lr_scheduler_states=load_scheduler,
-    )
+    try:
+        load_path, client = engine.load_checkpoint(
+            str(path),
+            tag=ENGINE_DIR,
+            load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=load_scheduler,
+        )
+    except RuntimeError as exc:
+        if "Error(s) in loading state_dict" in str(exc):
+            raise does_not_fit(path, exc) from None
+        raise damaged(path, ENGINE_DIR, exc) from None
+    except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise damaged(path, ENGINE_DIR, exc) from None
     if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path / ENGINE_DIR}")
-    load_rank_states(path, rank)
+        raise damaged(path, ENGINE_DIR, "DeepSpeed found no checkpoint in it")
+    try:
+        load_rank_states(path, rank)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise damaged(path, rank_states_file(rank), exc) from None
     return dict((client or {}).get(CLIENT_KEY, {})), meta

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from lightrft_core.checkpoint import damaged, does_not_fit, recover_directory
 from lightrft_core.distributed import atomic_directory_of_all_ranks
 from lightrft_core.export import write_hf_folder
-from lightrft_core.rng import load_rank_states, save_rank_states
+from lightrft_core.rng import load_rank_states, rank_states_file, save_rank_states
 
 DCP_DIR = "dcp"
 STATE_FILE = "training_state.pt"
@@ -93,7 +93,10 @@ def load_sharded(
         if state["scheduler"] is None:
             raise ValueError(f"checkpoint {path} has no scheduler state to restore")
         scheduler.load_state_dict(state["scheduler"])
-    load_rank_states(path, dist.get_rank())
+    try:
+        load_rank_states(path, dist.get_rank())
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise damaged(path, rank_states_file(dist.get_rank()), exc) from None
     return dict(state["client_state"])
 
 
