@@ -8,7 +8,6 @@ by flash-attention's variable-length path or by a block-diagonal 4-D mask (``pac
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,31 +17,10 @@ import torch
 
 from ..interfaces import Actor, ActorModality, ActorOutput
 from .logprobs import chunked_token_log_probs
-from .options import DTYPES, PretrainedActorOptions
+from .options import PretrainedActorOptions, dtype_name, load_pretrained
 from .packing import packed_causal_mask
 
 logger = logging.getLogger("lightrft.actor")
-
-
-def resolve_attn_implementation(requested: str, dtype: str) -> str:
-    """The attention implementation to load; logs one line saying which and why."""
-    if requested in ("eager", "sdpa"):
-        logger.info("actor attention: %s (as configured)", requested)
-        return requested
-    if importlib.util.find_spec("flash_attn") is None:
-        why = "flash_attn is not installed"
-    elif not torch.cuda.is_available():
-        why = "CUDA is not available"
-    elif dtype not in ("bfloat16", "float16"):
-        why = f"flash-attention needs bfloat16 or float16, dtype is {dtype}"
-    else:
-        logger.info("actor attention: flash_attention_2 (flash_attn installed, CUDA available)")
-        return "flash_attention_2"
-    if requested == "flash_attention_2":
-        logger.warning("actor attention: sdpa, not the requested flash_attention_2 (%s)", why)
-    else:
-        logger.info("actor attention: sdpa (%s)", why)
-    return "sdpa"
 
 
 def find_lora_target_modules(model: torch.nn.Module) -> list[str]:
@@ -93,26 +71,9 @@ class ActorLanguage(Actor):
     def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        attn = resolve_attn_implementation(cfg.attn_implementation, cfg.dtype)
-        if model is None:
-            if cfg.path is None:
-                raise ValueError(
-                    "actor 'language' needs a model: set model.path to a Hugging Face model "
-                    "folder, or build it with ActorLanguage.from_model(model)"
-                )
-            from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(
-                cfg.path,
-                dtype=DTYPES[cfg.dtype],
-                attn_implementation=attn,
-                trust_remote_code=cfg.trust_remote_code,
-            )
-        else:
-            if model.dtype != DTYPES[cfg.dtype]:
-                model = model.to(DTYPES[cfg.dtype])
-            if model.config._attn_implementation != attn:
-                model.set_attn_implementation(attn)
+        model = load_pretrained(AutoModelForCausalLM, cfg, actor=self.name, model=model)
         if cfg.lora_rank > 0:
             model = self._add_lora(model)
         self.model = model
@@ -126,8 +87,7 @@ class ActorLanguage(Actor):
         With LoRA on, the adapters are injected into ``model`` itself (peft works in place).
         """
         if config is None:
-            names = {dtype: name for name, dtype in DTYPES.items()}
-            config = cls.Config(dtype=names.get(model.dtype, "float32"))
+            config = cls.Config(dtype=dtype_name(model.dtype))
         return cls(config, model=model)
 
     # ---------------------------------------------------------------- model parts

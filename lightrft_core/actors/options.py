@@ -1,13 +1,18 @@
-"""The options every actor that loads a Hugging Face model shares: where the model is, how
-it is loaded, how log-probs are chunked, and LoRA. ``ActorLanguage.Config`` is exactly these;
-a plugin actor's ``Config`` extends them with its own (e.g. the vision tower's)."""
+"""What every actor around a Hugging Face model shares: its options (where the model is, how
+it is loaded, how log-probs are chunked, LoRA) and loading the model they select.
+``ActorLanguage.Config`` is exactly these options; a plugin actor's ``Config`` extends them
+with its own (e.g. the vision tower's)."""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+
+logger = logging.getLogger("lightrft.actor")
 
 #: ``dtype`` option -> torch dtype.
 DTYPES: dict[str, torch.dtype] = {
@@ -82,3 +87,56 @@ class PretrainedActorOptions:
                 "lora_target_modules must be null (auto-detect) or a non-empty list "
                 f"of module names, got {targets!r}"
             )
+
+
+def resolve_attn_implementation(requested: str, dtype: str) -> str:
+    """The attention implementation to load; logs one line saying which and why."""
+    if requested in ("eager", "sdpa"):
+        logger.info("actor attention: %s (as configured)", requested)
+        return requested
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "flash_attn is not installed"
+    elif not torch.cuda.is_available():
+        why = "CUDA is not available"
+    elif dtype not in ("bfloat16", "float16"):
+        why = f"flash-attention needs bfloat16 or float16, dtype is {dtype}"
+    else:
+        logger.info("actor attention: flash_attention_2 (flash_attn installed, CUDA available)")
+        return "flash_attention_2"
+    if requested == "flash_attention_2":
+        logger.warning("actor attention: sdpa, not the requested flash_attention_2 (%s)", why)
+    else:
+        logger.info("actor attention: sdpa (%s)", why)
+    return "sdpa"
+
+
+def load_pretrained(
+    auto_class: Any, options: PretrainedActorOptions, *, actor: str, model: Any = None
+) -> Any:
+    """The model ``options`` select: ``auto_class.from_pretrained(options.path)`` in the
+    options' dtype and attention kernel, or ``model`` (already built) cast to them.
+    ``actor``: the actor's name, for the error when there is no path."""
+    attn = resolve_attn_implementation(options.attn_implementation, options.dtype)
+    dtype = DTYPES[options.dtype]
+    if model is None:
+        if options.path is None:
+            raise ValueError(
+                f"actor {actor!r} needs a model: set model.path to a Hugging Face model folder, "
+                "or build the actor with from_model(model)"
+            )
+        return auto_class.from_pretrained(
+            options.path,
+            dtype=dtype,
+            attn_implementation=attn,
+            trust_remote_code=options.trust_remote_code,
+        )
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    if model.config._attn_implementation != attn:
+        model.set_attn_implementation(attn)
+    return model
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The ``dtype`` option of a torch dtype (``float32`` for one the options do not have)."""
+    return {value: name for name, value in DTYPES.items()}.get(dtype, "float32")

@@ -27,11 +27,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from ..actors.options import DTYPES
 from ..interfaces import Actor, RewardInput, RewardModel, RewardOutput
 from ..models.critic import TrunkOptions
 from .trunk_scoring import encode_with_media, load_trunk_reward_model, reads_images, trunk_scores
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ScalarRewardModel(RewardModel):

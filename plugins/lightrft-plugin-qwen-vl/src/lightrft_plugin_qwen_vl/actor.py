@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from lightrft_core.actors.language import resolve_attn_implementation
 from lightrft_core.actors.logprobs import chunked_token_log_probs
-from lightrft_core.actors.options import DTYPES, PretrainedActorOptions
+from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
 from .lora import is_vision_name, lora_target_names, merged_state
@@ -71,26 +70,9 @@ class QwenVLActor(Actor):
     def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        attn = resolve_attn_implementation(cfg.attn_implementation, cfg.dtype)
-        if model is None:
-            if cfg.path is None:
-                raise ValueError(
-                    "actor 'qwen_vl' needs a model: set model.path to a Qwen2-VL, Qwen2.5-VL "
-                    "or Qwen3-VL folder, or build it with QwenVLActor.from_model(model)"
-                )
-            from transformers import AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(
-                cfg.path,
-                dtype=DTYPES[cfg.dtype],
-                attn_implementation=attn,
-                trust_remote_code=cfg.trust_remote_code,
-            )
-        else:
-            if model.dtype != DTYPES[cfg.dtype]:
-                model = model.to(DTYPES[cfg.dtype])
-            if model.config._attn_implementation != attn:
-                model.set_attn_implementation(attn)
+        model = load_pretrained(AutoModelForImageTextToText, cfg, actor=self.name, model=model)
         if cfg.lora_rank > 0:
             model = self._add_lora(model)
         self.model = model
@@ -106,8 +88,7 @@ class QwenVLActor(Actor):
         """Wrap an existing Qwen-VL model; cast to ``config.dtype`` (kept without ``config``).
         With LoRA on, the adapters are injected into ``model`` itself (peft works in place)."""
         if config is None:
-            names = {dtype: name for name, dtype in DTYPES.items()}
-            config = cls.Config(dtype=names.get(model.dtype, "float32"))
+            config = cls.Config(dtype=dtype_name(model.dtype))
         return cls(config, model=model)
 
     # ---------------------------------------------------------------- model parts
