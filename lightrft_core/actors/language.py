@@ -19,6 +19,7 @@ from ..interfaces import Actor, ActorModality, ActorOutput
 from .logprobs import chunked_token_log_probs
 from .options import PretrainedActorOptions, dtype_name, load_pretrained
 from .packing import packed_causal_mask
+from .weights import merged_weights
 
 logger = logging.getLogger("lightrft.actor")
 
@@ -203,39 +204,7 @@ class ActorLanguage(Actor):
         )
 
     # ---------------------------------------------------------------- weight sync
-    @torch.no_grad()
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under Hugging Face names (LoRA merged in), for an inference engine.
-
-        The names are those of the transformers model's ``state_dict()``; LoRA adapter
-        tensors are folded into their base weights and not listed. Sharded (FSDP2 DTensor)
-        weights are gathered one tensor at a time, on every rank (a collective: every rank
-        iterates to the end).
-        """
-        base = self.base_model
-        if not self._has_lora:
-            for name, tensor in base.state_dict().items():
-                yield name, _full(tensor).detach()
-            return
-        from peft.tuners.lora import LoraLayer
-
-        lora_layers = {n: m for n, m in base.named_modules() if isinstance(m, LoraLayer)}
-        for key, tensor in base.state_dict().items():
-            if any(part.startswith("lora_") for part in key.split(".")):
-                continue
-            name = key.replace(".base_layer.", ".")
-            module_name, _, leaf = name.rpartition(".")
-            layer = lora_layers.get(module_name)
-            tensor = _full(tensor)
-            if layer is not None and leaf == "weight" and not layer.merged:
-                for adapter in layer.active_adapters:
-                    if adapter in layer.lora_A or adapter in layer.lora_embedding_A:
-                        delta = _full(layer.get_delta_weight(adapter))
-                        tensor = tensor + delta.to(tensor.dtype)
-            yield name, tensor.detach()
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded DTensor (an all-gather); a plain tensor as it is."""
-    full_tensor = getattr(tensor, "full_tensor", None)
-    return full_tensor() if callable(full_tensor) else tensor
+        """Full weights under Hugging Face names (LoRA merged in), for an inference engine
+        (``lightrft_core/actors/weights.py``; a collective on sharded weights)."""
+        yield from merged_weights(self.base_model)

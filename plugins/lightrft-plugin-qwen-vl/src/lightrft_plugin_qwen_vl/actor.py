@@ -18,9 +18,10 @@ import torch
 
 from lightrft_core.actors.logprobs import chunked_token_log_probs
 from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.weights import merged_weights
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
-from .lora import is_vision_name, lora_target_names, merged_state
+from .lora import is_vision_name, lora_target_names
 from .vision import with_idle_vision_pass
 
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
@@ -227,7 +228,7 @@ class QwenVLActor(Actor):
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
         tensors not listed); sharded weights gathered one by one on every rank."""
-        yield from merged_state(self.base_model)
+        yield from merged_weights(self.base_model)
 
 
 def _check_images(

@@ -8,8 +8,6 @@ peft as full module names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 #: The prefix of every vision tower parameter (patch embedding, blocks, merger) in the
@@ -37,33 +35,3 @@ def lora_target_names(
         and (include_vision or not is_vision_name(name))
         and (short_names is None or name.rsplit(".", 1)[-1] in short_names)
     )
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a sharded DTensor (an all-gather); a plain tensor as it is."""
-    from torch.distributed.tensor import DTensor
-
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-@torch.no_grad()
-def merged_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``model.state_dict()`` of a peft-wrapped model's base under the plain HF names, each
-    adapted weight with its active adapters' delta added (the model is not modified); on a
-    model without adapters, its state dict as it is. Sharded tensors are gathered one by one."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
-    for key, tensor in model.state_dict().items():
-        if any(part.startswith("lora_") for part in key.split(".")):
-            continue
-        name = key.replace(".base_layer.", ".")
-        module_name, _, leaf = name.rpartition(".")
-        layer = layers.get(module_name)
-        tensor = full_tensor(tensor)
-        if layer is not None and leaf == "weight" and not layer.merged:
-            for adapter in layer.active_adapters:
-                if adapter in layer.lora_A:
-                    delta = full_tensor(layer.get_delta_weight(adapter))
-                    tensor = tensor + delta.to(tensor.dtype)
-        yield name, tensor.detach()
