@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,32 +43,26 @@ class DemoPlan:
 
     def sft_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
-        return load_config(
+        return demo_config(
             config_path("sft"),
-            [
-                f"run.output_dir={p['sft']}",
-                f"run.seed={self.seed}",
-                f"data.train_path={p['data'] / 'sft.jsonl'}",
-                f"model.path={p['base']}",
-                *self.sft_overrides,
-            ],
-            manager=manager,
+            manager,
+            output_dir=p["sft"],
+            seed=self.seed,
+            model_path=p["base"],
+            data={"train_path": p["data"] / "sft.jsonl"},
+            overrides=self.sft_overrides,
         )
 
     def rl_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
-        return load_config(
+        return demo_config(
             config_path("rl"),
-            [
-                f"run.output_dir={p['rl']}",
-                f"run.seed={self.seed}",
-                f"data.train_path={p['data'] / 'train.jsonl'}",
-                f"data.eval_path={p['data'] / 'eval.jsonl'}",
-                f"model.path={p['sft'] / 'final'}",
-                f"algorithm.name={self.algorithm}",
-                *self.rl_overrides,
-            ],
-            manager=manager,
+            manager,
+            output_dir=p["rl"],
+            seed=self.seed,
+            model_path=p["sft"] / "final",
+            data={"train_path": p["data"] / "train.jsonl", "eval_path": p["data"] / "eval.jsonl"},
+            overrides=[f"algorithm.name={self.algorithm}", *self.rl_overrides],
         )
 
 
@@ -97,24 +91,49 @@ def prepare(plan: DemoPlan) -> None:
     )
 
 
-def run_demo(
-    plan: DemoPlan,
+def demo_config(
+    file: Path,
+    manager: PluginManager,
     *,
-    manager: PluginManager | None = None,
+    output_dir: Path,
+    seed: int,
+    model_path: Path,
+    data: dict[str, Path],
+    overrides: Sequence[str] = (),
+) -> LightRFTConfig:
+    """A demo's configuration ``file`` with the plan's folders, seed and data files
+    (``data``: ``train_path``/``eval_path`` -> file); ``overrides`` come last and win."""
+    return load_config(
+        file,
+        [
+            f"run.output_dir={output_dir}",
+            f"run.seed={seed}",
+            *(f"data.{key}={path}" for key, path in data.items()),
+            f"model.path={model_path}",
+            *overrides,
+        ],
+        manager=manager,
+    )
+
+
+def sft_then_rl(
+    sft_cfg: LightRFTConfig,
+    rl_cfg: LightRFTConfig,
+    prepare: Callable[[], None],
+    *,
+    manager: PluginManager,
     console: Any = None,
     progress: Any = None,
 ) -> DemoResult:
-    """Prepare, SFT, RL; returns held-out greedy accuracy before and after RL."""
+    """What every demo does once its configurations are valid: ``prepare()`` (model and
+    data), the SFT warm-up, RL; returns held-out greedy accuracy before and after RL."""
     from ..trainer.plot import plot_run
     from ..trainer.rl import RLTrainer
     from ..trainer.sft import run_sft
 
-    manager = manager or get_plugin_manager()
-    rl_cfg = plan.rl_config(manager)  # validate both configurations before any work
-    sft_cfg = plan.sft_config(manager)
     if rl_cfg.trainer.eval_every <= 0 or rl_cfg.data.eval_path is None:
         raise ValueError("the demo needs trainer.eval_every > 0 and data.eval_path")
-    prepare(plan)
+    prepare()
     run_sft(sft_cfg, manager, console=console, progress=progress and progress("SFT warm-up"))
     result = RLTrainer(
         rl_cfg, manager, console=console, progress=progress and progress("RL")
@@ -127,4 +146,25 @@ def run_demo(
         final_model=result.final_model,
         curves=plot_run(result.output_dir),
         history=result.history,
+    )
+
+
+def run_demo(
+    plan: DemoPlan,
+    *,
+    manager: PluginManager | None = None,
+    console: Any = None,
+    progress: Any = None,
+) -> DemoResult:
+    """Prepare, SFT, RL; returns held-out greedy accuracy before and after RL."""
+    manager = manager or get_plugin_manager()
+    rl_cfg = plan.rl_config(manager)  # validate both configurations before any work
+    sft_cfg = plan.sft_config(manager)
+    return sft_then_rl(
+        sft_cfg,
+        rl_cfg,
+        lambda: prepare(plan),
+        manager=manager,
+        console=console,
+        progress=progress,
     )

@@ -10,7 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lightrft_core.config import LightRFTConfig, load_config
+from lightrft_core.config import LightRFTConfig
+from lightrft_core.demo.run import DemoResult, demo_config, sft_then_rl
 from lightrft_core.plugins import PluginManager, get_plugin_manager
 
 from ..tiny import build_tiny_qwen_vl
@@ -52,62 +53,47 @@ class VisionDemoPlan:
 
     def sft_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
-        return load_config(
+        return demo_config(
             config_path("sft"),
-            [
-                f"run.output_dir={p['sft']}",
-                f"run.seed={self.seed}",
-                f"data.train_path={p['data'] / 'sft.jsonl'}",
-                f"model.path={p['base']}",
-                *self.sft_overrides,
-            ],
-            manager=manager,
+            manager,
+            output_dir=p["sft"],
+            seed=self.seed,
+            model_path=p["base"],
+            data={"train_path": p["data"] / "sft.jsonl"},
+            overrides=self.sft_overrides,
         )
 
     def rl_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
-        return load_config(
-            config_path("rl"),
-            [
-                f"run.output_dir={p['rl']}",
-                f"run.seed={self.seed}",
-                f"data.train_path={p['data'] / 'train.jsonl'}",
-                f"data.eval_path={p['data'] / 'eval.jsonl'}",
-                f"model.path={p['sft'] / 'final'}",
-                f"algorithm.name={self.algorithm}",
-                *self.rl_overrides,
-            ],
-            manager=manager,
-        )
+        return self._grpo_config(manager, p["rl"], p["sft"] / "final", "train.jsonl", "eval.jsonl")
 
     def blank_config(self, manager: PluginManager) -> LightRFTConfig:
         """The trained model on the held-out questions with blank pictures (evaluated
         only, never trained)."""
         p = self.paths
-        return load_config(
+        blank = "eval_blank.jsonl"
+        return self._grpo_config(manager, p["blank"], p["rl"] / "final", blank, blank)
+
+    def _grpo_config(
+        self, manager: PluginManager, output_dir: Path, model: Path, train: str, held_out: str
+    ) -> LightRFTConfig:
+        data = self.paths["data"]
+        return demo_config(
             config_path("rl"),
-            [
-                f"run.output_dir={p['blank']}",
-                f"run.seed={self.seed}",
-                f"data.train_path={p['data'] / 'eval_blank.jsonl'}",
-                f"data.eval_path={p['data'] / 'eval_blank.jsonl'}",
-                f"model.path={p['rl'] / 'final'}",
-                f"algorithm.name={self.algorithm}",
-                *self.rl_overrides,
-            ],
-            manager=manager,
+            manager,
+            output_dir=output_dir,
+            seed=self.seed,
+            model_path=model,
+            data={"train_path": data / train, "eval_path": data / held_out},
+            overrides=[f"algorithm.name={self.algorithm}", *self.rl_overrides],
         )
 
 
 @dataclass
-class VisionDemoResult:
-    accuracy_before: float
-    accuracy_after: float
+class VisionDemoResult(DemoResult):
+    """The demo's result plus the trained model's accuracy on blank pictures."""
+
     accuracy_blank: float
-    rl_dir: Path
-    final_model: Path
-    curves: Path
-    history: list[dict[str, Any]]
 
 
 def prepare(plan: VisionDemoPlan) -> None:
@@ -131,32 +117,22 @@ def run_vision_demo(
     console: Any = None,
     progress: Any = None,
 ) -> VisionDemoResult:
-    """Prepare, SFT, RL, then the blank-picture control; returns held-out greedy accuracy
-    before RL, after RL, and after RL on blank pictures."""
-    from lightrft_core.trainer.plot import plot_run
+    """Prepare, SFT, RL (the core demo's ``sft_then_rl``), then the blank-picture control;
+    returns held-out greedy accuracy before RL, after RL, and after RL on blank pictures."""
     from lightrft_core.trainer.rl import RLTrainer
-    from lightrft_core.trainer.sft import run_sft
 
     manager = manager or get_plugin_manager()
     rl_cfg = plan.rl_config(manager)  # validate the configurations before any work
     sft_cfg = plan.sft_config(manager)
-    if rl_cfg.trainer.eval_every <= 0 or rl_cfg.data.eval_path is None:
-        raise ValueError("the demo needs trainer.eval_every > 0 and data.eval_path")
-    prepare(plan)
-    run_sft(sft_cfg, manager, console=console, progress=progress and progress("SFT warm-up"))
-    result = RLTrainer(
-        rl_cfg, manager, console=console, progress=progress and progress("RL")
-    ).train()
-    evals = [r for r in result.history if "eval/accuracy" in r]
+    result = sft_then_rl(
+        sft_cfg,
+        rl_cfg,
+        lambda: prepare(plan),
+        manager=manager,
+        console=console,
+        progress=progress,
+    )
     control = RLTrainer(plan.blank_config(manager), manager, console=console)
     blank = control.evaluate()
     control.metrics.close()
-    return VisionDemoResult(
-        accuracy_before=evals[0]["eval/accuracy"],
-        accuracy_after=evals[-1]["eval/accuracy"],
-        accuracy_blank=blank["eval/accuracy"],
-        rl_dir=result.output_dir,
-        final_model=result.final_model,
-        curves=plot_run(result.output_dir),
-        history=result.history,
-    )
+    return VisionDemoResult(**vars(result), accuracy_blank=blank["eval/accuracy"])
