@@ -228,18 +228,23 @@ def reward_model(job: dict[str, Any], pm: Any) -> None:
 JOBS = {"grpo_step": grpo_step, "sft": sft, "train": train, "rm": reward_model}
 
 
-def main(plan_path: str) -> None:
+def run_jobs(plan_path: str, jobs: dict[str, Any], pm: Any) -> None:
+    """Run the plan's jobs in order on this rank (a job may name its ``ranks``), with a
+    barrier after each; then leave the process group."""
     import torch.distributed as dist
 
     rank = int(os.environ.get("RANK", "0"))
-    pm = plugin_manager()
     for job in json.loads(Path(plan_path).read_text(encoding="utf-8")):
         if rank in job.get("ranks", [rank]):
-            JOBS[job["job"]](job, pm)
+            jobs[job["job"]](job, pm)
         if dist.is_initialized():
             dist.barrier()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def main(plan_path: str) -> None:
+    run_jobs(plan_path, JOBS, plugin_manager())
 
 
 if __name__ == "__main__":

@@ -159,19 +159,9 @@ JOBS = {"step": vl_grpo_step, "train": train}
 
 
 def main(plan_path: str) -> None:
-    import os
+    from distributed_utils import run_jobs  # beside this script
 
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", "0"))
-    pm = plugin_manager()
-    for job in json.loads(Path(plan_path).read_text(encoding="utf-8")):
-        if rank in job.get("ranks", [rank]):
-            JOBS[job["job"]](job, pm)
-        if dist.is_initialized():
-            dist.barrier()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    run_jobs(plan_path, JOBS, plugin_manager())
 
 
 if __name__ == "__main__":
