@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from lightrft_core.interfaces import Actor, ActorOutput, InferenceEngine, component_class_problems
+from lightrft_core.engines.hf import HFEngine
+from lightrft_core.interfaces import Actor, ActorOutput, component_class_problems
 from lightrft_core.strategies.local import LocalStrategy
 from lightrft_core.testing.fakes import FakeActor, FakeEngine
 
@@ -27,8 +28,10 @@ def test_an_actor_without_weight_sync_cannot_be_registered() -> None:
 
 
 def test_engines_hold_their_own_copy_unless_they_say_so() -> None:
-    assert FakeEngine().shares_model is False
-    assert InferenceEngine.shares_model.fget is not None  # a documented default, not probed
+    assert FakeEngine().shares_model is False  # the interface's default
+    engine = HFEngine()
+    engine.setup(model=torch.nn.Linear(2, 2))  # the trainer's own module: nothing to sync
+    assert engine.shares_model is True
 
 
 def test_the_strategy_reads_the_weights_of_the_prepared_actor() -> None:

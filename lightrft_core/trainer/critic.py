@@ -139,12 +139,7 @@ class LoopCritic:
         device = self.strategy.device
         sequences = batch.sequences[:, :length].to(device)
         attention_mask = batch.attention_mask[:, :length].to(device)
-        media = {
-            k: v.to(device)
-            for k, v in self.actor.select_inputs(
-                batch.modal_inputs(self.actor.get_supported_parameters())
-            ).items()
-        }
+        media = {k: v.to(device) for k, v in self.actor.select_inputs(batch.modal_inputs()).items()}
 
         def trunk_inputs(trunk: Any) -> dict[str, Any]:
             return self.actor.trunk_inputs(trunk, sequences, attention_mask, **media)
