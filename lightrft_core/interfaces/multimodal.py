@@ -1,8 +1,9 @@
 """``MultiModalInputs``: the media of one prompt as they travel through the core.
 
 The core never knows a model family: a prompt's media are carried twice, as the user gave
-them (``images``: decoded PIL images in placeholder order, for engines that run their own
-processor, e.g. vLLM) and as the model's processor turned them into tensors (``tensors``:
+them (``images``: decoded PIL images, ``audios``: mono float32 waveforms at the processor's
+sampling rate, each in placeholder order, for engines that run their own processor, e.g.
+vLLM) and as the model's processor turned them into tensors (``tensors``:
 the processor's outputs besides ``input_ids``/``attention_mask``, e.g. ``pixel_values``
 ``[patches, D]`` and ``image_grid_thw`` ``[images, 3]`` for Qwen2-VL). Every tensor is
 per prompt and concatenable with other prompts' along dim 0 (``collate_modal_inputs``), so
@@ -25,11 +26,13 @@ import torch
 @dataclass
 class MultiModalInputs:
     """The media of one prompt (module docstring). ``images``: decoded images in the order
-    of their placeholders. ``tensors``: processor outputs, each with the prompt's items
-    along dim 0."""
+    of their placeholders; ``audios``: 1-D float32 numpy waveforms at the processor's
+    sampling rate, in the order of their placeholders. ``tensors``: processor outputs, each
+    with the prompt's items along dim 0."""
 
     images: list[Any] = field(default_factory=list)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    audios: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for key, value in self.tensors.items():
@@ -42,7 +45,7 @@ class MultiModalInputs:
     def to(self, device: torch.device | str) -> MultiModalInputs:
         """The same inputs with every tensor on ``device``."""
         moved = {k: v.to(device) for k, v in self.tensors.items()}
-        return MultiModalInputs(images=self.images, tensors=moved)
+        return MultiModalInputs(images=self.images, audios=self.audios, tensors=moved)
 
 
 def collate_modal_inputs(
