@@ -98,13 +98,21 @@ def generate(
 
 
 def plot(
-    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A run folder."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="PNG path."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., exists=True, file_okay=False, help="One run folder, or several to compare."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="PNG path (default RUN_DIR/curves.png, comparison.png)."
+    ),
 ) -> None:
-    """Draw a run's reward and accuracy curves to PNG (default RUN_DIR/curves.png)."""
-    from lightrft_core.trainer.plot import plot_run
+    """Draw the reward and accuracy curves of a run, or of several runs on one figure, to
+    PNG (default RUN_DIR/curves.png for one run, ./comparison.png for several)."""
+    from lightrft_core.trainer.plot import plot_run, plot_runs
 
     try:
-        typer.echo(str(plot_run(run_dir, output)))
+        if len(run_dirs) == 1:
+            typer.echo(str(plot_run(run_dirs[0], output)))
+        else:
+            typer.echo(str(plot_runs(run_dirs, output or Path("comparison.png"))))
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -114,7 +114,9 @@ class MetricsLogger:
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if step % self.log_every == 0:
-            self.console.print(format_line(record), markup=False)  # names are plain text
+            # names are plain text; one line per step however narrow the console (a piped
+            # console is 80 columns and would otherwise wrap inside a metric)
+            self.console.print(format_line(record), markup=False, soft_wrap=True)
 
     def summary_table(self, title: str = "Run summary") -> Table:
         table = Table(title=title)
