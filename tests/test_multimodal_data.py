@@ -168,9 +168,9 @@ def test_message_parts_hold_images_or_take_them_from_the_column(tmp_path: Path) 
             "2 image(s) in 'images' but the prompt has 1 image placeholder(s)",
         ),
         (
-            {"prompt": [{"role": "user", "content": [{"type": "audio"}]}]},
+            {"prompt": [{"role": "user", "content": [{"type": "video"}]}]},
             "prompt[0].content[0]",
-            "unsupported content part {'type': 'audio'}: use text and image parts",
+            "unsupported content part {'type': 'video'}: use text, image and audio parts",
         ),
         (
             {"prompt": [{"role": "system", "content": "s"}], "images": ["a.png"]},

@@ -47,6 +47,12 @@ def generate(
         help="An image file every prompt asks about (a vision-language model with its "
         "processor; the chat template is applied).",
     ),
+    audio: Path | None = typer.Option(
+        None,
+        "--audio",
+        help="An audio file (wav, flac, ogg) every prompt asks about (an audio-language model "
+        "with its processor and lightrft-core[audio]; the chat template is applied).",
+    ),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="Maximum response length."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     chat: bool = typer.Option(
@@ -54,7 +60,8 @@ def generate(
     ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
 ) -> None:
-    """Answer prompts with a trained model, about a picture with --image."""
+    """Answer prompts with a trained model, about a picture with --image, a sound with
+    --audio."""
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -66,22 +73,30 @@ def generate(
     folder = _model_folder(model)
     hf_logging.disable_progress_bar()  # stdout carries only the answers
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    processor = _load_processor(model, folder) if image is not None else None
-    if image is not None and processor is None:
+    files = {"images": image, "audios": audio}
+    given = {key: str(path) for key, path in files.items() if path is not None}
+    options = " ".join(f"--{key[:-1]} {path}" for key, path in given.items())
+    processor = _load_processor(model, folder) if given else None
+    if given and processor is None:
+        needs = {
+            ("images",): "--image needs a vision-language model",
+            ("audios",): "--audio needs an audio-language model",
+        }.get(tuple(given), "--image and --audio need a model that reads both")
         raise fail(
-            f"--image needs a vision-language model, but {folder} is a text-only model (it "
-            "holds no processor: no processor_config.json or preprocessor_config.json)"
+            f"{needs}, but {folder} is a text-only model (it holds no processor: no "
+            "processor_config.json or preprocessor_config.json)"
         )
     media: dict[str, Any] = {}
-    if image is None:
+    if not given:
         texts = [format_prompt(tokenizer, p, apply_chat_template=chat) for p in prompt]
         ids = [encode_prompt(tokenizer, t, templated=chat) for t in texts]
-    else:  # the processor's chat template places the image; it expands the placeholder
-        encoder = PromptEncoder(tokenizer, processor=processor)
+    else:  # the processor's chat template places the media; it expands the placeholders
+        encoder = PromptEncoder(tokenizer, processor=processor, max_audio_seconds=None)
+        rows = [{"prompt": p, **{key: [path] for key, path in given.items()}} for p in prompt]
         try:
-            encoded = [encoder.encode({"prompt": p, "images": [str(image)]}) for p in prompt]
+            encoded = [encoder.encode(row) for row in rows]
         except RowProblem as exc:
-            raise fail(f"--image {image}: {exc}") from None
+            raise fail(f"{options}: {exc}") from None
         ids = [e.ids for e in encoded]
         media["multimodal"] = [e.multimodal for e in encoded]
     engine = HFEngine()

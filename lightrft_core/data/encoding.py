@@ -1,11 +1,13 @@
 """A row's prompt as the model sees it: the formatted text, its token ids and, for a row
-with images, the processor's tensors.
+with images or audio, the processor's tensors.
 
 A text-only row is formatted with the chat template and encoded by the tokenizer. A row
-with images (``media.prompt_media``) needs the model's processor (``AutoProcessor``): the
-chat template renders one placeholder per image, and ``processor(text=..., images=...)``
-expands the placeholders and computes the image tensors. With a processor every row, text
-rows included, uses the processor's chat template, so both kinds of rows look alike.
+with media (``media.prompt_media``) needs the model's processor (``AutoProcessor``): the
+chat template renders one placeholder per image and audio, and ``processor(text=...,
+images=..., audio=..., sampling_rate=...)`` expands the placeholders and computes the media
+tensors (e.g. ``pixel_values``, ``input_features`` and ``feature_attention_mask``). With a
+processor every row, text rows included, uses the processor's chat template, so all rows
+look alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 from ..interfaces.multimodal import MultiModalInputs
-from .media import PromptMedia, RowProblem, prompt_media
+from .audio import AudioOptions, processor_sampling_rate
+from .media import AUDIO_PART, IMAGE_PART, PromptMedia, RowProblem, prompt_media
 from .rows import MAX_PROBLEMS_KEPT, DataError
 
 logger = logging.getLogger("lightrft.data")
@@ -30,8 +33,9 @@ TOKEN_OUTPUTS = frozenset({"input_ids", "attention_mask"})
 
 @dataclass
 class EncodedPrompt:
-    """``text``: the formatted prompt (one placeholder per image); ``ids``: its token ids
-    (placeholders expanded); ``multimodal``: its media, ``None`` for a text-only row."""
+    """``text``: the formatted prompt (one placeholder per image or audio); ``ids``: its
+    token ids (placeholders expanded); ``multimodal``: its media, ``None`` for a text-only
+    row."""
 
     text: str
     ids: list[int]
@@ -86,8 +90,9 @@ def encode_prompt(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
 class PromptEncoder:
     """Encodes the prompt of a row (module docstring) with the data options of a dataset.
 
-    ``processor``: the model's ``AutoProcessor`` (``None`` for a text-only model);
-    ``base_dir``: the folder relative image paths are relative to.
+    ``processor``: the model's ``AutoProcessor`` (``None`` for a text-only model); audio
+    is read at the rate of its feature extractor, at most ``max_audio_seconds`` long;
+    ``base_dir``: the folder relative media paths are relative to.
     """
 
     def __init__(
@@ -97,6 +102,8 @@ class PromptEncoder:
         processor: Any = None,
         input_key: str = "prompt",
         image_key: str = "images",
+        audio_key: str = "audios",
+        max_audio_seconds: float | None = 30.0,
         system_prompt: str | None = None,
         apply_chat_template: bool = True,
         base_dir: Path | None = None,
@@ -105,6 +112,9 @@ class PromptEncoder:
         self.processor = processor
         self.input_key = input_key
         self.image_key = image_key
+        self.audio_key = audio_key
+        rate = None if processor is None else processor_sampling_rate(processor)
+        self.audio = None if rate is None else AudioOptions(rate, max_audio_seconds)
         self.system_prompt = system_prompt
         self.apply_chat_template = apply_chat_template
         self.base_dir = base_dir
@@ -115,10 +125,17 @@ class PromptEncoder:
     def encode(self, row: Mapping[str, Any]) -> EncodedPrompt:
         """The prompt of ``row``; raises ``RowProblem`` (with its key) when it is unusable."""
         media = prompt_media(
-            row, input_key=self.input_key, image_key=self.image_key, base_dir=self.base_dir
+            row,
+            input_key=self.input_key,
+            image_key=self.image_key,
+            audio_key=self.audio_key,
+            audio=self.audio,
+            base_dir=self.base_dir,
         )
         if media.images:
             self._check_can_encode_images(len(media.images))
+        if media.audios:
+            self._check_templated(self.audio_key, "audio")
         text = format_prompt(
             self.formatter,
             media.prompt,
@@ -126,11 +143,12 @@ class PromptEncoder:
             apply_chat_template=self.apply_chat_template,
         )
         if self.processor is not None:
-            self._check_placeholders(text, len(media.images))
-        if not media.images:
+            self._check_placeholders(text, IMAGE_PART, len(media.images))
+            self._check_placeholders(text, AUDIO_PART, len(media.audios))
+        if not media.images and not media.audios:
             ids = encode_prompt(self.tokenizer, text, templated=self.templated)
             return EncodedPrompt(text, ids)
-        return self._encode_images(text, media)
+        return self._encode_media(text, media)
 
     def _check_can_encode_images(self, count: int) -> None:
         if self.processor is None:
@@ -141,35 +159,44 @@ class PromptEncoder:
                 "drop the images",
                 skippable=False,
             )
+        self._check_templated(self.image_key, "images")
+
+    def _check_templated(self, key: str, what: str) -> None:
         if not self.templated:
             raise RowProblem(
-                self.input_key,
-                "a row with images needs the processor's chat template to place its image "
+                key,
+                f"a row with {what} needs the processor's chat template to place its {what} "
                 "placeholders; set data.apply_chat_template=true (or give the processor one)",
                 skippable=False,
             )
 
-    def _check_placeholders(self, text: str, count: int) -> None:
-        """One image placeholder in the formatted text per image."""
-        # transformers' image-text processors name their placeholder ``image_token``
-        placeholder = getattr(self.processor, "image_token", None)
+    def _check_placeholders(self, text: str, kind: str, count: int) -> None:
+        """One placeholder of ``kind`` (image, audio) in the formatted text per item."""
+        # transformers' multimodal processors name their placeholders ``image_token``,
+        # ``audio_token``
+        placeholder = getattr(self.processor, f"{kind}_token", None)
         if placeholder and text.count(placeholder) != count:
             raise RowProblem(
                 self.input_key,
-                f"the formatted prompt has {text.count(placeholder)} image placeholder(s) "
-                f"({placeholder!r}) for {count} image(s); the prompt's text must not hold "
-                "placeholders itself, and the chat template must render every image part",
+                f"the formatted prompt has {text.count(placeholder)} {kind} placeholder(s) "
+                f"({placeholder!r}) for {count} {kind}(s); the prompt's text must not hold "
+                f"placeholders itself, and the chat template must render every {kind} part",
             )
 
-    def _encode_images(self, text: str, media: PromptMedia) -> EncodedPrompt:
+    def _encode_media(self, text: str, media: PromptMedia) -> EncodedPrompt:
+        inputs: dict[str, Any] = {}
+        if media.images:
+            inputs["images"] = media.images
+        if media.audios and self.audio is not None:
+            inputs.update(audio=media.audios, sampling_rate=self.audio.sampling_rate)
         try:
             encoded = self.processor(
-                text=[text], images=media.images, add_special_tokens=False, return_tensors="pt"
+                text=[text], add_special_tokens=False, return_tensors="pt", **inputs
             )
-        except Exception as exc:  # the processor's own checks, e.g. placeholders vs images
+        except Exception as exc:  # the processor's own checks, e.g. placeholders vs items
             raise RowProblem(
                 self.input_key,
-                "the processor cannot encode the prompt with its images "
+                "the processor cannot encode the prompt with its media "
                 f"({type(exc).__name__}: {exc})",
             ) from None
         ids = encoded["input_ids"]
@@ -182,7 +209,8 @@ class PromptEncoder:
             # an actor derives them from the token ids
             and value.shape != ids.shape
         }
-        return EncodedPrompt(text, ids[0].tolist(), MultiModalInputs(media.images, tensors))
+        multimodal = MultiModalInputs(media.images, tensors, media.audios)
+        return EncodedPrompt(text, ids[0].tolist(), multimodal)
 
 
 class MalformedRows:

@@ -2,11 +2,11 @@
 (``rejected``) response. Each side becomes the text a reward model scores in RL: the prompt
 formatted as the policy sees it, followed by the response.
 
-With the model's processor (a vision-language model), rows may carry images (an ``images``
-column or image parts of the messages, as prompt rows: ``encoding.PromptEncoder``), shared
-by both sides; the prompt is then formatted with the processor's chat template, one
-placeholder per image. Without one (a text model), rows with images are refused
-(docs/multimodal.md)."""
+With the model's processor (a vision- or audio-language model), rows may carry images and
+audio (``images`` / ``audios`` columns or media parts of the messages, as prompt rows:
+``encoding.PromptEncoder``), shared by both sides; the prompt is then formatted with the
+processor's chat template, one placeholder per item. Without one (a text model), rows with
+media are refused (docs/multimodal.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from .encoding import MalformedRows, PromptEncoder, format_prompt
-from .media import RowProblem, has_images
+from .media import RowProblem, has_audio, has_images
 from .rows import DataError, read_rows, row_problem, source_folder
 
 logger = logging.getLogger("lightrft.data")
@@ -28,12 +28,13 @@ class PreferencePair:
     chosen: str  # prompt + chosen response
     rejected: str  # prompt + rejected response
     images: list[Any] = field(default_factory=list)  # the prompt's images (both sides)
+    audios: list[Any] = field(default_factory=list)  # its waveforms, at the processor's rate
 
 
 class PreferenceDataset(Sequence[PreferencePair]):
-    """Preference pairs; a pair whose longer side exceeds ``max_length`` tokens (image
+    """Preference pairs; a pair whose longer side exceeds ``max_length`` tokens (media
     placeholders expanded) is dropped and counted in ``num_filtered``; ``processor``
-    encodes rows with images (module docstring), malformed ones skipped with
+    encodes rows with media (module docstring), malformed ones skipped with
     ``skip_malformed`` and counted in ``num_skipped``."""
 
     def __init__(
@@ -49,6 +50,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
         max_length: int | None = None,
         source: str = "rows",
         image_key: str = "images",
+        audio_key: str = "audios",
+        max_audio_seconds: float | None = 30.0,
         locations: Sequence[str] | None = None,
         processor: Any = None,
         base_dir: Path | None = None,
@@ -61,6 +64,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
             processor=processor,
             input_key=input_key,
             image_key=image_key,
+            audio_key=audio_key,
+            max_audio_seconds=max_audio_seconds,
             system_prompt=system_prompt,
             apply_chat_template=apply_chat_template,
             base_dir=base_dir,
@@ -83,9 +88,12 @@ class PreferenceDataset(Sequence[PreferencePair]):
                     malformed.report(where, exc)
                     continue
                 responses = (str(row[chosen_key]), str(row[rejected_key]))
-                images = [] if prompt.multimodal is None else list(prompt.multimodal.images)
+                media = prompt.multimodal
                 pair = PreferencePair(
-                    prompt.text + responses[0], prompt.text + responses[1], images
+                    prompt.text + responses[0],
+                    prompt.text + responses[1],
+                    [] if media is None else list(media.images),
+                    [] if media is None else list(media.audios),
                 )
                 lengths = [
                     len(prompt.ids) + len(tokenizer.encode(text, add_special_tokens=False))
@@ -121,9 +129,9 @@ class PreferenceDataset(Sequence[PreferencePair]):
         processor: Any = None,
     ) -> PreferenceDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``,
-        ``chosen_key``, ``rejected_key``, ``image_key``, ``system_prompt``,
-        ``apply_chat_template``, ``skip_malformed``); ``processor`` encodes rows with
-        images."""
+        ``chosen_key``, ``rejected_key``, ``image_key``, ``audio_key``, ``max_audio_seconds``,
+        ``system_prompt``, ``apply_chat_template``, ``skip_malformed``); ``processor``
+        encodes rows with media."""
         keys = (config.input_key, config.chosen_key, config.rejected_key)
         result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
         dataset = cls(
@@ -137,6 +145,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
             max_length=max_length,
             source=str(source),
             image_key=config.image_key,
+            audio_key=config.audio_key,
+            max_audio_seconds=config.max_audio_seconds,
             locations=result.locations,
             processor=processor,
             base_dir=source_folder(source),
@@ -164,13 +174,20 @@ def _text_pair(
     chosen_key: str,
     rejected_key: str,
 ) -> PreferencePair:
-    """A text model's pair: the prompt formatted with the tokenizer; images refused."""
+    """A text model's pair: the prompt formatted with the tokenizer; media refused."""
     image = has_images(row, input_key=encoder.input_key, image_key=encoder.image_key)
     if image:
         raise DataError(
             f"{where}: {image}: reward-model pairs with images need a vision-language model "
             "(model.name naming a vision-language actor, whose folder holds its processor); "
             "this model reads text only: remove the images or change the model"
+        )
+    audio = has_audio(row, input_key=encoder.input_key, audio_key=encoder.audio_key)
+    if audio:
+        raise DataError(
+            f"{where}: {audio}: reward-model pairs with audio need an audio-language model "
+            "(model.name naming an audio-language actor, whose folder holds its processor); "
+            "this model reads text only: remove the audio or change the model"
         )
     prompt = format_prompt(
         tokenizer,

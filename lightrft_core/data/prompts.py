@@ -31,7 +31,7 @@ logger = logging.getLogger("lightrft.data")
 class PromptItem:
     """One prompt: the formatted text, its token ids, the label and the other fields.
     ``multimodal``: its media (``None`` for a text-only prompt); ``prompt_ids`` are then the
-    processor's, image placeholders expanded."""
+    processor's, image and audio placeholders expanded."""
 
     prompt_text: str
     prompt_ids: list[int]
@@ -43,13 +43,14 @@ class PromptItem:
 class PromptDataset(Sequence[PromptItem]):
     """Formatted, tokenised prompts; those over ``max_prompt_length`` tokens are dropped.
 
-    Rows may carry images (``data.image_key`` column or image parts of chat messages):
-    they are encoded by ``processor``, the model's ``AutoProcessor`` (see
-    ``encoding.PromptEncoder``). ``locations``: where each row is (``file:line``), for
-    errors; ``base_dir``: the folder relative image paths are relative to.
+    Rows may carry images and audio (``data.image_key`` / ``data.audio_key`` columns or
+    media parts of chat messages): they are encoded by ``processor``, the model's
+    ``AutoProcessor`` (see ``encoding.PromptEncoder``). ``locations``: where each row is
+    (``file:line``), for errors; ``base_dir``: the folder relative media paths are relative
+    to.
 
     ``num_filtered`` counts the dropped prompts, ``num_skipped`` the malformed rows skipped
-    (``skip_malformed``: while reading, see ``from_source``, and rows with unusable images).
+    (``skip_malformed``: while reading, see ``from_source``, and rows with unusable media).
     """
 
     def __init__(
@@ -65,6 +66,8 @@ class PromptDataset(Sequence[PromptItem]):
         source: str = "rows",
         processor: Any = None,
         image_key: str = "images",
+        audio_key: str = "audios",
+        max_audio_seconds: float | None = 30.0,
         base_dir: Path | None = None,
         locations: Sequence[str] | None = None,
         skip_malformed: bool = False,
@@ -75,6 +78,8 @@ class PromptDataset(Sequence[PromptItem]):
             processor=processor,
             input_key=input_key,
             image_key=image_key,
+            audio_key=audio_key,
+            max_audio_seconds=max_audio_seconds,
             system_prompt=system_prompt,
             apply_chat_template=apply_chat_template,
             base_dir=base_dir,
@@ -96,7 +101,7 @@ class PromptDataset(Sequence[PromptItem]):
                 self.num_filtered += 1
                 continue
             label = row.get(label_key) if label_key else None
-            own_keys = (input_key, label_key, image_key)
+            own_keys = (input_key, label_key, image_key, audio_key)
             metadata = {k: v for k, v in row.items() if k not in own_keys}
             item = PromptItem(prompt.text, prompt.ids, label, metadata, prompt.multimodal)
             self.items.append(item)
@@ -139,8 +144,9 @@ class PromptDataset(Sequence[PromptItem]):
         processor: Any = None,
     ) -> PromptDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``label_key``,
-        ``image_key``, ``system_prompt``, ``apply_chat_template``, ``max_prompt_length``,
-        ``skip_malformed``); ``processor`` encodes rows with images.
+        ``image_key``, ``audio_key``, ``max_audio_seconds``, ``system_prompt``,
+        ``apply_chat_template``, ``max_prompt_length``, ``skip_malformed``); ``processor``
+        encodes rows with media.
 
         ``require_label``: every row must have a non-empty ``label_key`` (rule rewards need
         one); otherwise a missing label is ``None``.
@@ -160,6 +166,8 @@ class PromptDataset(Sequence[PromptItem]):
             source=str(source),
             processor=processor,
             image_key=config.image_key,
+            audio_key=config.audio_key,
+            max_audio_seconds=config.max_audio_seconds,
             base_dir=source_folder(source),
             locations=result.locations,
             skip_malformed=config.skip_malformed,

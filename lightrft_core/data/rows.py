@@ -123,12 +123,12 @@ class _Location:
 
 def _raw_rows(source: str) -> Iterator[tuple[_Location, Any]]:
     if source.startswith(HF_PREFIX):
-        yield from _dataset_rows(source, _load_hub(source))
+        yield from _dataset_rows(source, _undecoded_audio(_load_hub(source)))
         return
     path = Path(source)
     suffix = path.suffix.lower()
     if path.is_dir():
-        yield from _dataset_rows(source, _load_folder(source))
+        yield from _dataset_rows(source, _undecoded_audio(_load_folder(source)))
         return
     if not path.exists():
         if suffix in (".jsonl", ".json", ".parquet"):
@@ -212,6 +212,20 @@ def _import_datasets(source: str) -> Any:
             "pip install lightrft-core[datasets]"
         ) from None
     return datasets
+
+
+def _undecoded_audio(data: Any) -> Any:
+    """``data`` with its ``Audio`` columns (one, or a list per row) read as the files'
+    ``{"bytes", "path"}``: ``datasets`` decodes audio with torchcodec, the rows' audio is
+    decoded by ``audio.load_audio`` instead."""
+    import datasets
+
+    for name, feature in data.features.items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            data = data.cast_column(name, datasets.Audio(decode=False))
+        elif isinstance(feature, datasets.List) and isinstance(feature.feature, datasets.Audio):
+            data = data.cast_column(name, datasets.List(datasets.Audio(decode=False)))
+    return data
 
 
 def _load_hub(source: str) -> Any:

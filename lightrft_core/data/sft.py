@@ -32,7 +32,7 @@ class SFTItem:
 
 class SFTDataset(Sequence[SFTItem]):
     """Prompt/response pairs tokenised for training; prompts use the same formatting (and
-    image encoding, with ``processor``) as RL -- see ``PromptDataset`` for the options.
+    image and audio encoding, with ``processor``) as RL -- see ``PromptDataset`` for the options.
 
     Samples longer than ``max_length`` tokens are dropped and counted in ``num_filtered``,
     malformed rows skipped (``skip_malformed``) in ``num_skipped``.
@@ -51,6 +51,8 @@ class SFTDataset(Sequence[SFTItem]):
         source: str = "rows",
         processor: Any = None,
         image_key: str = "images",
+        audio_key: str = "audios",
+        max_audio_seconds: float | None = 30.0,
         base_dir: Path | None = None,
         locations: Sequence[str] | None = None,
         skip_malformed: bool = False,
@@ -63,6 +65,8 @@ class SFTDataset(Sequence[SFTItem]):
             processor=processor,
             input_key=input_key,
             image_key=image_key,
+            audio_key=audio_key,
+            max_audio_seconds=max_audio_seconds,
             system_prompt=system_prompt,
             apply_chat_template=apply_chat_template,
             base_dir=base_dir,
@@ -122,8 +126,8 @@ class SFTDataset(Sequence[SFTItem]):
         processor: Any = None,
     ) -> SFTDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``, ``image_key``,
-        ``system_prompt``, ``apply_chat_template``, ``skip_malformed``); ``processor``
-        encodes rows with images."""
+        ``audio_key``, ``max_audio_seconds``, ``system_prompt``, ``apply_chat_template``,
+        ``skip_malformed``); ``processor`` encodes rows with media."""
         result = read_rows(
             source,
             required_keys=(config.input_key, response_key),
@@ -140,6 +144,8 @@ class SFTDataset(Sequence[SFTItem]):
             source=str(source),
             processor=processor,
             image_key=config.image_key,
+            audio_key=config.audio_key,
+            max_audio_seconds=config.max_audio_seconds,
             base_dir=source_folder(source),
             locations=result.locations,
             skip_malformed=config.skip_malformed,

@@ -52,8 +52,10 @@ def collate_modal_inputs(
     inputs: Sequence[MultiModalInputs | None], keys: frozenset[str] | None = None
 ) -> dict[str, torch.Tensor]:
     """The model inputs of several prompts (rows in order): each tensor concatenated along
-    dim 0 over the rows that have it; rows without media (``None``) add nothing. Only
-    ``keys`` when given (the actor's supported parameters). Empty when no row has media."""
+    dim 0 over the rows that have it, trailing dims that differ between rows (e.g. the
+    frames of ``input_features``) padded with zeros at the end; rows without media
+    (``None``) add nothing. Only ``keys`` when given (the actor's supported parameters).
+    Empty when no row has media."""
     parts: dict[str, list[torch.Tensor]] = {}
     for item in inputs:
         if item is None:
@@ -61,7 +63,23 @@ def collate_modal_inputs(
         for key, value in item.tensors.items():
             if keys is None or key in keys:
                 parts.setdefault(key, []).append(value)
-    return {key: torch.cat(values, dim=0) for key, values in parts.items()}
+    return {key: _concatenated(key, values) for key, values in parts.items()}
+
+
+def _concatenated(key: str, values: list[torch.Tensor]) -> torch.Tensor:
+    """``values`` along dim 0, each zero-padded at the end of its trailing dims to the
+    largest."""
+    if len({value.dim() for value in values}) > 1:
+        shapes = ", ".join(str(list(value.shape)) for value in values)
+        raise ValueError(f"cannot collate {key!r}: the rows' tensors differ in rank ({shapes})")
+    trailing = [max(value.shape[d] for value in values) for d in range(1, values[0].dim())]
+    padded = []
+    for value in values:
+        # F.pad takes (before, after) pairs from the last dim backwards
+        widths = [(0, size - value.shape[d + 1]) for d, size in enumerate(trailing)]
+        pad = [width for pair in reversed(widths) for width in pair]
+        padded.append(torch.nn.functional.pad(value, pad) if any(pad) else value)
+    return torch.cat(padded, dim=0)
 
 
 def modal_summary(inputs: Mapping[str, torch.Tensor]) -> str:
