@@ -176,6 +176,9 @@ class PartsAlgorithm(Algorithm):
     def needs_reference(self) -> bool:
         return self.estimator.needs_reference() or self.loss.needs_reference()
 
+    def advantages_use_old_log_probs(self) -> bool:
+        return self.estimator.uses_old_log_probs()
+
     @property
     def max_resample_rounds(self) -> int:
         return self.estimator.max_resample_rounds

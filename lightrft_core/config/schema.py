@@ -132,6 +132,15 @@ class TrainerConfig:
             "i.e. one optimizer step per epoch."
         },
     )
+    old_logprobs: Literal["auto", "recompute", "engine"] = field(
+        default="auto",
+        metadata={
+            "help": "Old (behaviour) log-probs: 'auto' takes them from the training forward "
+            "(detached) when the rollout is trained in one optimizer step and the algorithm "
+            "does not use them in its advantages, else recomputes them in a pass of their "
+            "own; 'recompute' always runs the pass; 'engine' uses the engine's log-probs."
+        },
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (AdamW)."})
     critic_learning_rate: float = field(
         default=1e-5,

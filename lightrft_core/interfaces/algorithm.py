@@ -261,6 +261,15 @@ class Algorithm(Component):
         """Whether the loop must compute critic values (PPO with GAE)."""
         return False
 
+    def advantages_use_old_log_probs(self) -> bool:
+        """Whether ``compute_advantages`` reads ``AdvantageInput.old_log_probs`` (a KL
+        penalty in the reward), so that the loop computes them in a pass of their own before
+        training. When False and a rollout is trained in one optimizer step, the loop takes
+        them from the training forward (detached; ``trainer.old_logprobs``). The default,
+        ``needs_reference()``, holds for estimators whose one use of them is a KL to the
+        reference."""
+        return self.needs_reference()
+
     def filter_groups(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         """``[B // G]`` bool: True for each group of one rollout round to train on.
 

@@ -70,6 +70,12 @@ class AdvantageEstimator(AlgorithmPart):
         """Extra rollout rounds per step to replace dropped groups (0: never resample)."""
         return 0
 
+    def uses_old_log_probs(self) -> bool:
+        """Whether the estimator reads ``AdvantageInput.old_log_probs``
+        (``Algorithm.advantages_use_old_log_probs``); by default when it needs the reference
+        (its KL in the reward)."""
+        return self.needs_reference()
+
     @abstractmethod
     def __call__(self, batch: AdvantageInput) -> AdvantageOutput:
         """Advantages for a whole rollout batch."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -33,6 +33,9 @@ class RolloutBatch:
     engine_log_probs: torch.Tensor  # [B, T-1] float32, 0 outside action_mask
     group_size: int
     old_log_probs: torch.Tensor | None = None  # [B, T-1]
+    # [B, T-1] the trainer's log-probs under the rollout's weights (the old-log-prob pass or
+    # the first training forward), compared with ``engine_log_probs`` (logprob_mismatch)
+    trainer_log_probs: torch.Tensor | None = None
     ref_log_probs: torch.Tensor | None = None  # [B, T-1]
     values: torch.Tensor | None = None  # [B, T-1], the critic's old values
     advantages: torch.Tensor | None = None  # [B, T-1]
@@ -135,3 +138,26 @@ def shuffled_chunks(n: int, size: int, generator: torch.Generator) -> Iterator[t
     """A random permutation of ``range(n)`` cut into chunks of ``size`` (last may be short)."""
     order = torch.randperm(n, generator=generator)
     yield from order.split(size)
+
+
+#: Where a step's old log-probs come from: ``pass``, a forward of their own before training;
+#: ``train``, the training forward (detached); ``engine``, the engine's behaviour log-probs.
+OldLogProbSource = Literal["pass", "train", "engine"]
+
+
+def old_log_probs_source(
+    mode: str, *, updates_per_step: int, updates_policy: bool, advantages_use_them: bool
+) -> OldLogProbSource:
+    """``trainer.old_logprobs`` (``auto``/``recompute``/``engine``) resolved for one step.
+
+    Until the first optimizer step the weights are those that generated the rollout, so the
+    training forward's log-probs are the old ones, for every micro-batch of that step: with
+    one optimizer step per rollout (``updates_per_step``: epochs x optimizer batches) the
+    separate pass changes nothing. It is needed when the policy takes several steps on the
+    rollout, when it does not train this step (critic warm-up), or when the algorithm's
+    advantages read the old log-probs before training."""
+    if mode == "engine":
+        return "engine"
+    if mode == "recompute" or updates_per_step > 1 or not updates_policy or advantages_use_them:
+        return "pass"
+    return "train"

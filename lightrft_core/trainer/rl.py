@@ -49,7 +49,13 @@ from .distributed import (
 )
 from .dynamic_sampling import CollectedGroups, ScoredRound, collect_groups, draw_prompts
 from .evaluate import evaluate
-from .experience import RolloutBatch, build_rollout, shuffled_chunks
+from .experience import (
+    OldLogProbSource,
+    RolloutBatch,
+    build_rollout,
+    old_log_probs_source,
+    shuffled_chunks,
+)
 from .metrics import PhaseTimer
 from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
 from .resume import (
@@ -291,8 +297,14 @@ class RLTrainer:
         started = time.perf_counter()
         collected = self._collect(step, timer)  # generate + reward rounds, dynamic sampling
         rollout = self._build_rollout(collected)
+        source = old_log_probs_source(
+            self.cfg.trainer.old_logprobs,
+            updates_per_step=self.updates_per_step,
+            updates_policy=self.c.algorithm.updates_policy(step),
+            advantages_use_them=self.c.algorithm.advantages_use_old_log_probs(),
+        )
         with timer("logprobs"):
-            self._score_rollout(rollout)  # old and reference log-probs, critic values
+            self._score_rollout(rollout, source)  # old and reference log-probs, critic values
         advantages = self._advantages(rollout)
         with timer("train"):
             train_metrics = self._train(rollout, step)  # policy (unless warm-up) and critic
@@ -340,6 +352,13 @@ class RLTrainer:
 
     def _build_rollout(self, collected: CollectedGroups) -> RolloutBatch:
         prompt_ids, outputs, rewards = collected.trained_batch()
+        if self.cfg.trainer.old_logprobs == "engine" and any(
+            o.token_ids and not o.log_probs for o in outputs
+        ):
+            raise RuntimeError(
+                f"trainer.old_logprobs=engine: engine {self.cfg.engine.name!r} returned no "
+                "log-probs; use trainer.old_logprobs=auto"
+            )
         media = [collected.rounds[r].items[g].multimodal for r, g in collected.chosen]
         return build_rollout(
             prompt_ids,
@@ -366,10 +385,15 @@ class RLTrainer:
             first_token_temperature=e.first_token_temperature,
         )
 
-    def _score_rollout(self, rollout: RolloutBatch) -> None:
-        """Old (behaviour) and reference log-probs, and the critic's old values."""
+    def _score_rollout(self, rollout: RolloutBatch, source: OldLogProbSource) -> None:
+        """Old (behaviour) log-probs from ``source`` (``train``: left to the training
+        forward), reference log-probs, and the critic's old values."""
         c = self.c
-        rollout.old_log_probs = self._log_probs(self.actor, rollout)
+        if source == "pass":
+            rollout.old_log_probs = self._log_probs(self.actor, rollout)
+            rollout.trainer_log_probs = rollout.old_log_probs
+        elif source == "engine":
+            rollout.old_log_probs = rollout.engine_log_probs
         if c.reference is not None:
             rollout.ref_log_probs = self._log_probs(c.reference, rollout)
         if self.critic is not None:
@@ -467,9 +491,14 @@ class RLTrainer:
         """``epochs`` passes over this rank's rollout in shuffled optimizer batches (this
         rank's share of ``optimizer_batch_size``), each in micro-batches of accumulation.
         The policy trains unless ``algorithm.updates_policy(step)`` says no (critic
-        warm-up); a critic trains on the same micro-batches."""
+        warm-up); a critic trains on the same micro-batches. With one optimizer step, the
+        training forward's log-probs are those of the rollout's weights: they become the
+        rollout's ``trainer_log_probs`` (and its old ones when no pass computed them)."""
         t, s = self.cfg.trainer, self.c.strategy
         updates_policy = self.c.algorithm.updates_policy(step)
+        recorded = None
+        if updates_policy and self.updates_per_step == 1 and rollout.trainer_log_probs is None:
+            recorded = torch.zeros_like(rollout.engine_log_probs)
         generator = torch.Generator().manual_seed(self.cfg.run.seed * 7_919 + step)
         batch_size = (t.optimizer_batch_size or len(rollout) * s.world_size) // s.world_size
         sums: dict[str, float] = {}
@@ -488,7 +517,10 @@ class RLTrainer:
                     metrics: dict[str, float] = {}
                     if updates_policy:
                         with nullcontext() if last else no_sync(s, self.actor):
-                            metrics.update(self._train_micro_batch(mb, scale))
+                            policy_metrics, log_probs = self._train_micro_batch(mb, scale)
+                        metrics.update(policy_metrics)
+                        if recorded is not None:
+                            recorded[rows, : log_probs.shape[1]] = log_probs.cpu()
                     if self.critic is not None:
                         metrics.update(
                             self.critic.train_micro_batch(mb, scale, step=step, sync_gradients=last)
@@ -507,6 +539,10 @@ class RLTrainer:
                     )
                 if self.critic is not None:
                     critic_norms.append(self.critic.optimizer_step())
+        if recorded is not None:
+            rollout.trainer_log_probs = recorded
+            if rollout.old_log_probs is None:
+                rollout.old_log_probs = recorded
         metrics = reduce_means(s, sums, tokens_seen)
         if grad_norms:
             metrics["grad_norm"] = sum(grad_norms) / len(grad_norms)
@@ -524,12 +560,15 @@ class RLTrainer:
             num_tokens=max(1, tokens), num_sequences=sequences, world_size=s.world_size
         )
 
-    def _train_micro_batch(self, mb: RolloutBatch, scale: LossScale) -> dict[str, float]:
+    def _train_micro_batch(
+        self, mb: RolloutBatch, scale: LossScale
+    ) -> tuple[dict[str, float], torch.Tensor]:
         """Forward, policy loss and backward of one micro-batch; returns its metrics
-        (per-token means)."""
+        (per-token means) and its log-probs (detached, 0 outside the action mask), which are
+        the old ones when the rollout carries none (``old_log_probs_source``)."""
         s = self.c.strategy
         mb = mb.to(s.device)
-        if mb.old_log_probs is None or mb.advantages is None:
+        if mb.advantages is None:
             raise RuntimeError("internal: a micro-batch reached training unscored")
         with self._autocast():
             out = self.actor(
@@ -538,10 +577,12 @@ class RLTrainer:
                 return_entropy=True,
                 **self._modal_inputs(self.actor, mb),
             )
+        log_probs = out.log_probs.float()
+        current = log_probs.detach() * mb.action_mask
         loss = self.c.algorithm.policy_loss(
             PolicyLossInput(
-                log_probs=out.log_probs.float(),
-                old_log_probs=mb.old_log_probs,
+                log_probs=log_probs,
+                old_log_probs=current if mb.old_log_probs is None else mb.old_log_probs,
                 advantages=mb.advantages,
                 action_mask=mb.action_mask,
                 scale=scale,
@@ -558,7 +599,7 @@ class RLTrainer:
         metrics["loss"] = float(per_token)
         if out.entropy is not None:
             metrics["entropy"] = float(masked_mean(out.entropy.detach(), mb.action_mask))
-        return metrics
+        return metrics, current
 
     # ------------------------------------------------------------------ evaluate, save
     def _autocast(self) -> Any:

@@ -40,9 +40,10 @@ def rollout_metrics(
         "tokens": 0.0,
         "engine": 0.0,
     }
-    if rollout.old_log_probs is not None and rollout.engine_log_probs.abs().sum() > 0:
+    trainer = rollout.trainer_log_probs
+    if trainer is not None and rollout.engine_log_probs.abs().sum() > 0:
         mask = rollout.action_mask
-        diff = (rollout.old_log_probs - rollout.engine_log_probs).abs()
+        diff = (trainer - rollout.engine_log_probs).abs()
         counts.update(
             diff=float(torch.where(mask, diff, torch.zeros_like(diff)).sum()),
             tokens=float(mask.sum()),
