@@ -9,10 +9,12 @@ of ``n`` tokens starting at column ``s`` owns ``out[row, s : s + n - 1]``; the c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ..interfaces import ActorOutput
 
 
 @dataclass(frozen=True)
@@ -110,3 +112,97 @@ def packed_causal_mask(
     zero = torch.zeros((), dtype=dtype, device=idx.device)
     blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=idx.device)
     return torch.where(allowed, zero, blocked)
+
+
+def pack_padded_rows(
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    one_row: bool = False,
+    pad_token_id: int = 0,
+) -> PackedBatch:
+    """Pack the real tokens of right-padded rows ``[B, T]``: longest first, first fit, into
+    rows as wide as the longest sequence, or all into ``one_row`` (flash-attention's
+    variable-length path needs no padding at all). ``spans`` follow the input rows."""
+    lengths = attention_mask.sum(-1).tolist()  # [B]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    packed = pack_sequences(
+        [sequences[i, : lengths[i]] for i in order],
+        None if one_row else max(lengths),
+        pad_token_id=pad_token_id,
+    )
+    spans: list[PackedSpan | None] = [None] * len(order)
+    for i, span in zip(order, packed.spans, strict=True):
+        spans[i] = span
+    packed.spans = [s for s in spans if s is not None]
+    return packed
+
+
+def unpack_to_padded(values: torch.Tensor, spans: Sequence[PackedSpan], width: int) -> torch.Tensor:
+    """Packed per-token outputs ``[R, L-1]`` back in the right-padded layout ``[B, width]``
+    (row ``i`` holds its sequence's ``length - 1`` outputs from column 0, zeros after);
+    differentiable."""
+    rows, cols, targets, target_cols = [], [], [], []
+    for i, span in enumerate(spans):
+        n = span.length - 1
+        rows.append(torch.full((n,), span.row, dtype=torch.long))
+        cols.append(torch.arange(span.start, span.start + n))
+        targets.append(torch.full((n,), i, dtype=torch.long))
+        target_cols.append(torch.arange(n))
+    device = values.device
+    out = values.new_zeros((len(spans), width))
+    index = (torch.cat(targets).to(device), torch.cat(target_cols).to(device))
+    return out.index_put(index, values[torch.cat(rows).to(device), torch.cat(cols).to(device)])
+
+
+def packed_model_inputs(
+    attn_implementation: str | None, packed: PackedBatch, dtype: torch.dtype
+) -> dict[str, torch.Tensor | None]:
+    """A transformers model's ``input_ids``, ``attention_mask`` and ``position_ids`` for
+    ``packed`` with attention confined to each sequence. Flash-attention (one row only:
+    transformers reads the sequence starts from ``position_ids`` when there is no mask and
+    the batch has one row) gets no mask; ``sdpa`` a boolean block-diagonal mask; other
+    kernels (eager) an additive one of ``dtype``."""
+    impl = attn_implementation or ""
+    inputs: dict[str, torch.Tensor | None] = {
+        "input_ids": packed.sequences,
+        "position_ids": packed.position_ids,
+    }
+    if impl.startswith("flash_attention"):
+        if packed.sequences.shape[0] != 1:
+            raise ValueError("flash-attention reads packed sequences from a single row")
+        inputs["attention_mask"] = None
+        return inputs
+    mask_dtype = torch.bool if impl == "sdpa" else dtype
+    inputs["attention_mask"] = packed_causal_mask(
+        packed.position_ids, packed.attention_mask, dtype=mask_dtype
+    )
+    return inputs
+
+
+def uses_flash_attention(attn_implementation: str | None) -> bool:
+    """Whether a model's kernel is flash-attention (packed rows then go into one row)."""
+    return (attn_implementation or "").startswith("flash_attention")
+
+
+def packed_actor_forward(
+    actor: Callable[..., ActorOutput],
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    one_row: bool = False,
+    return_entropy: bool = False,
+) -> ActorOutput:
+    """``actor(sequences, attention_mask)`` computed on packed rows (``pack_padded_rows``),
+    returned in the right-padded layout ``[B, T-1]`` the caller gave: the same log-probs
+    and entropies, less padding to compute."""
+    packed = pack_padded_rows(sequences, attention_mask, one_row=one_row)
+    out = actor(
+        packed.sequences,
+        packed.attention_mask,
+        position_ids=packed.position_ids,
+        return_entropy=return_entropy,
+    )
+    width = sequences.shape[1] - 1
+    entropy = None if out.entropy is None else unpack_to_padded(out.entropy, packed.spans, width)
+    return ActorOutput(unpack_to_padded(out.log_probs, packed.spans, width), entropy)

@@ -124,6 +124,23 @@ class TrainerConfig:
     micro_batch_size: int = field(
         default=4, metadata={"help": "Samples per forward/backward pass on one rank."}
     )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack several sequences into each row of a forward pass (positions restart "
+            "per sequence, attention stays inside it) instead of padding every row to the "
+            "longest: the same log-probs, losses and gradients, less padding computed. Used "
+            "by the RL, SFT and reward-model loops; text-only models."
+        },
+    )
+    max_tokens_per_micro_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Form micro-batches by a token budget instead of micro_batch_size rows: at "
+            "most this many tokens per forward pass (padding counted when packing is off; a "
+            "longer row goes alone), longest rows first, balanced; null: micro_batch_size."
+        },
+    )
     epochs: int = field(default=1, metadata={"help": "Passes over each rollout batch."})
     optimizer_batch_size: int | None = field(
         default=None,
@@ -224,6 +241,8 @@ class TrainerConfig:
         )
         if self.optimizer_batch_size is not None:
             _positive("trainer", optimizer_batch_size=self.optimizer_batch_size)
+        if self.max_tokens_per_micro_batch is not None:
+            _positive("trainer", max_tokens_per_micro_batch=self.max_tokens_per_micro_batch)
         _non_negative(
             "trainer",
             eval_pass_k=self.eval_pass_k,

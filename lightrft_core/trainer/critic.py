@@ -17,6 +17,12 @@ from typing import Any
 
 import torch
 
+from ..actors.packing import (
+    pack_padded_rows,
+    packed_model_inputs,
+    unpack_to_padded,
+    uses_flash_attention,
+)
 from ..config.schema import TrainerConfig
 from ..interfaces import Actor, Algorithm, CriticSpec, LossScale, StrategyBase, ValueLossInput
 from ..models.critic import CriticModel, ValueHead, hidden_size_of, trunk_options_of
@@ -77,6 +83,7 @@ def build_critic(
         optimizer=prepared_optimizer if prepared_optimizer is not None else optimizer,
         scheduler=scheduler,
         max_grad_norm=trainer.max_grad_norm,
+        packing=trainer.packing,
     )
 
 
@@ -102,7 +109,8 @@ def _critic_model(
 class LoopCritic:
     """A prepared critic and its optimizer, as the loop drives it. ``value_model`` maps
     ``(sequences, attention_mask)`` to values ``[B, T-1]``; ``trained`` is the prepared
-    module the optimizer steps (the whole critic when separate, the head when shared)."""
+    module the optimizer steps (the whole critic when separate, the head when shared).
+    ``packing``: read packed rows (``trainer.packing``), values returned padded."""
 
     def __init__(
         self,
@@ -116,6 +124,7 @@ class LoopCritic:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         max_grad_norm: float,
+        packing: bool = False,
     ) -> None:
         self.algorithm = algorithm
         self.strategy = strategy
@@ -126,6 +135,7 @@ class LoopCritic:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.max_grad_norm = max_grad_norm
+        self.packing = packing
 
     @property
     def shared(self) -> bool:
@@ -140,6 +150,8 @@ class LoopCritic:
         sequences = batch.sequences[:, :length].to(device)
         attention_mask = batch.attention_mask[:, :length].to(device)
         media = {k: v.to(device) for k, v in self.actor.select_inputs(batch.modal_inputs()).items()}
+        if self.packing:
+            return self._packed_values(sequences, attention_mask, trunk_gradients)
 
         def trunk_inputs(trunk: Any) -> dict[str, Any]:
             return self.actor.trunk_inputs(trunk, sequences, attention_mask, **media)
@@ -151,6 +163,25 @@ class LoopCritic:
                 trunk_inputs=trunk_inputs,
                 trunk_gradients=trunk_gradients,
             )
+
+    def _packed_values(
+        self, sequences: torch.Tensor, attention_mask: torch.Tensor, trunk_gradients: bool
+    ) -> torch.Tensor:
+        """``_values`` of text rows read packed (``actors/packing.py``), returned padded."""
+        impl = self.actor.hf_model().config._attn_implementation
+        packed = pack_padded_rows(sequences, attention_mask, one_row=uses_flash_attention(impl))
+
+        def trunk_inputs(trunk: Any) -> dict[str, Any]:
+            return packed_model_inputs(trunk.config._attn_implementation, packed, trunk.dtype)
+
+        with self.strategy.autocast():
+            values = self.value_model(
+                packed.sequences,
+                packed.attention_mask,
+                trunk_inputs=trunk_inputs,
+                trunk_gradients=trunk_gradients,
+            )
+        return unpack_to_padded(values, packed.spans, sequences.shape[1] - 1)
 
     # ------------------------------------------------------------------ values
     @torch.no_grad()

@@ -26,6 +26,7 @@ import torch
 from ..algorithms import masked_mean
 from ..config import LightRFTConfig
 from ..interfaces import (
+    ActorOutput,
     AdvantageInput,
     AdvantageOutput,
     AlgorithmContext,
@@ -57,6 +58,7 @@ from .experience import (
     shuffled_chunks,
 )
 from .metrics import PhaseTimer
+from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
 from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
 from .resume import (
     RunIdentity,
@@ -155,6 +157,7 @@ class RLTrainer:
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
         policy = unwrapped_actor(s, self.actor)
+        check_packing(t.packing, policy)
         check_media_support(
             [*self.data.sampler.dataset, *self.data.eval_items],
             self.c.engine,
@@ -474,17 +477,44 @@ class RLTrainer:
     @torch.no_grad()
     def _log_probs(self, actor: Any, rollout: RolloutBatch) -> torch.Tensor:
         out = torch.zeros_like(rollout.engine_log_probs)
-        size = self.cfg.trainer.micro_batch_size
         was_training = actor.training
         actor.eval()
-        for rows in torch.arange(len(rollout)).split(size):
+        for rows in self._micro_batches(rollout, torch.arange(len(rollout))):
             mb = rollout.select(rows).to(self.c.strategy.device)
-            modal = self._modal_inputs(actor, mb)
             with self._autocast():
-                lp = actor(mb.sequences, mb.attention_mask, **modal).log_probs
+                lp = self._forward(actor, mb).log_probs
             out[rows, : lp.shape[1]] = lp.float().cpu()
         actor.train(was_training)
         return out * rollout.action_mask
+
+    def _micro_batches(self, rollout: RolloutBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """``rows`` of ``rollout`` cut into micro-batches: ``trainer.micro_batch_size`` rows,
+        or ``trainer.max_tokens_per_micro_batch`` tokens (``micro_batches.py``; a collective
+        then)."""
+        t = self.cfg.trainer
+        plan = plan_micro_batches(
+            rollout.attention_mask[rows].sum(-1),
+            micro_batch_size=t.micro_batch_size,
+            max_tokens=t.max_tokens_per_micro_batch,
+            packing=t.packing,
+            agree=agree_over_ranks(self.c.strategy),
+        )
+        return [rows[positions] for positions in plan]
+
+    def _forward(
+        self, model: torch.nn.Module, mb: RolloutBatch, *, return_entropy: bool = False
+    ) -> ActorOutput:
+        """``model`` (the prepared actor or reference) on a micro-batch, packed when
+        ``trainer.packing`` is on; per-token outputs in the micro-batch's padded layout."""
+        return actor_forward(
+            model,
+            unwrapped_actor(self.c.strategy, model),
+            mb.sequences,
+            mb.attention_mask,
+            packing=self.cfg.trainer.packing,
+            return_entropy=return_entropy,
+            **self._modal_inputs(model, mb),
+        )
 
     # ------------------------------------------------------------------ update
     def _train(self, rollout: RolloutBatch, step: int) -> dict[str, float]:
@@ -509,7 +539,7 @@ class RLTrainer:
         for _ in range(t.epochs):
             for chunk in shuffled_chunks(len(rollout), batch_size, generator):
                 scale = self._loss_scale(rollout, chunk)
-                micro_batches = chunk.split(t.micro_batch_size)
+                micro_batches = self._micro_batches(rollout, chunk)
                 for index, rows in enumerate(micro_batches):
                     last = index == len(micro_batches) - 1
                     mb = rollout.select(rows)
@@ -571,12 +601,7 @@ class RLTrainer:
         if mb.advantages is None:
             raise RuntimeError("internal: a micro-batch reached training unscored")
         with self._autocast():
-            out = self.actor(
-                mb.sequences,
-                mb.attention_mask,
-                return_entropy=True,
-                **self._modal_inputs(self.actor, mb),
-            )
+            out = self._forward(self.actor, mb, return_entropy=True)
         log_probs = out.log_probs.float()
         current = log_probs.detach() * mb.action_mask
         loss = self.c.algorithm.policy_loss(

@@ -33,6 +33,7 @@ from .bootstrap import (
     unwrapped_actor,
 )
 from .distributed import model_init_context, no_sync
+from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
 from .supervised import prepare_supervised
 
 
@@ -81,6 +82,7 @@ def _train_sft(
         processor=start.processor,
     )
     check_actor_takes_media(built, dataset)
+    check_packing(cfg.trainer.packing, built)
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))
     policy = unwrapped_actor(strategy, actor)
     metrics = open_run_log(cfg, strategy, console=console)
@@ -104,7 +106,15 @@ def _train_sft(
             batch = {k: v.to(strategy.device) for k, v in collate(items, pad_id).items()}
             target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
             num_tokens = max(1.0, float(target[: share * world_size].sum()))
-            mine = torch.arange(rank * share, (rank + 1) * share).split(s.micro_batch_size)
+            own = torch.arange(rank * share, (rank + 1) * share)
+            plan = plan_micro_batches(
+                batch["attention_mask"][own].sum(-1).cpu(),
+                micro_batch_size=s.micro_batch_size,
+                max_tokens=cfg.trainer.max_tokens_per_micro_batch,
+                packing=cfg.trainer.packing,
+                agree=agree_over_ranks(strategy),
+            )
+            mine = [own[positions] for positions in plan]
             loss_sum = 0.0
             for index, rows in enumerate(mine):
                 last = index == len(mine) - 1
@@ -112,7 +122,9 @@ def _train_sft(
                 with nullcontext() if last else no_sync(strategy, actor):
                     with strategy.autocast():
                         ids, mask = batch["input_ids"][rows], batch["attention_mask"][rows]
-                        lp = actor(ids, mask, **media)
+                        lp = actor_forward(
+                            actor, policy, ids, mask, packing=cfg.trainer.packing, **media
+                        )
                     loss = -(lp.log_probs.float() * target[rows]).sum() / num_tokens * world_size
                     strategy.backward(loss, actor)
                 loss_sum += float(loss.detach())
