@@ -1,0 +1,233 @@
+"""``qwen_audio``: the actor for Qwen2-Audio models (``Qwen2AudioForConditionalGeneration``).
+
+A micro-batch is right-padded token rows whose ``<|AUDIO|>`` placeholders are already
+expanded (the processor's ids) plus the clips of all its rows collated along dim 0
+(``input_features [clips, mels, frames]``, ``feature_attention_mask [clips, frames]``, rows
+in order; text-only rows add nothing). The actor merges the clips' features into the token
+embeddings itself (``audio.py``: placeholder counts checked, the encoder run on every
+forward), the decoder reads them with plain 1-D positions, and log-probs come from the last
+hidden state, the output head applied chunk by chunk (``lightrft_core.actors.logprobs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lightrft_core.actors.logprobs import chunked_token_log_probs
+from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.weights import merged_weights
+from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
+from lightrft_core.interfaces.actor import text_trunk_inputs
+
+from .audio import embeddings_with_audio
+from .lora import is_audio_name, lora_target_names
+from .position_embedding import AudioPositionEmbeddingPatch
+
+#: The extra inputs ``forward`` takes.
+AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
+
+
+class QwenAudioActor(Actor):
+    """Wraps a transformers ``Qwen2AudioForConditionalGeneration``."""
+
+    name = "qwen_audio"
+    modality = ActorModality.AUDIO_LANGUAGE
+
+    @dataclass
+    class Config(PretrainedActorOptions):
+        """Options of ``model.name: qwen_audio``: the core's options of an actor around a
+        Hugging Face model (``lightrft_core/actors/options.py``), then the audio encoder's."""
+
+        path: str | None = field(
+            default=None, metadata={"help": "Hugging Face Qwen2-Audio model folder."}
+        )
+        lora_target_modules: list[str] | None = field(
+            default=None,
+            metadata={
+                "help": "Short names of the linear layers LoRA adapts (q_proj ...); null: "
+                "every linear layer of the language model except the output head."
+            },
+        )
+        # ------------------------------------------------------------ audio encoder
+        freeze_audio_encoder: bool = field(
+            default=False,
+            metadata={
+                "help": "Train no parameter of the audio encoder (Whisper-style tower and "
+                "its projector); the language model trains."
+            },
+        )
+        lora_audio_encoder: bool = field(
+            default=False,
+            metadata={
+                "help": "Also adapt the audio encoder's and projector's linear layers "
+                "(matching lora_target_modules); off: LoRA leaves them out."
+            },
+        )
+        fsdp_safe_audio_positions: bool = field(
+            default=True,
+            metadata={
+                "help": "Apply the patch qwen2_audio_position_embedding: the encoder reads its "
+                "position embedding through the module, so it works in any FSDP shard unit "
+                "(same outputs)."
+            },
+        )
+
+    def __init__(self, config: Any = None, *, model: torch.nn.Module | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        from transformers import Qwen2AudioForConditionalGeneration
+
+        if cfg.fsdp_safe_audio_positions:
+            AudioPositionEmbeddingPatch(AudioPositionEmbeddingPatch.Config()).apply()
+        model = load_pretrained(
+            Qwen2AudioForConditionalGeneration, cfg, actor=self.name, model=model
+        )
+        # transformers builds the encoder's position table frozen; from_pretrained loses that
+        model.model.audio_tower.embed_positions.requires_grad_(False)
+        if cfg.lora_rank > 0:
+            model = self._add_lora(model)
+        self.model = model
+        if cfg.freeze_audio_encoder:
+            for name, parameter in self.base_model.named_parameters():
+                if is_audio_name(name):
+                    parameter.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            self.gradient_checkpointing_enable()
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, config: Any = None) -> QwenAudioActor:
+        """Wrap an existing Qwen2-Audio model; cast to ``config.dtype`` (kept without
+        ``config``). With LoRA on, the adapters are injected into ``model`` itself."""
+        if config is None:
+            config = cls.Config(dtype=dtype_name(model.dtype))
+        return cls(config, model=model)
+
+    # ---------------------------------------------------------------- model parts
+    @classmethod
+    def hf_path(cls, config: Any) -> str | None:
+        return config.path
+
+    @classmethod
+    def load_processor(cls, path: str) -> Any:
+        """The folder's ``Qwen2AudioProcessor`` (tokenizer, Whisper feature extractor, chat
+        template); it needs no torchaudio."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
+
+    def hf_model(self) -> torch.nn.Module:
+        """The transformers model, inside its peft wrapper when LoRA is on."""
+        return self.model
+
+    @property
+    def base_model(self) -> Any:
+        """The transformers model (the one inside the peft wrapper when LoRA is on)."""
+        return self.model.get_base_model() if self._has_lora else self.model
+
+    @property
+    def _has_lora(self) -> bool:
+        return type(self.model).__module__.startswith("peft.")
+
+    def _add_lora(self, model: torch.nn.Module) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = self.config
+        targets = lora_target_names(
+            model, cfg.lora_target_modules, include_audio=cfg.lora_audio_encoder
+        )
+        if not targets:
+            raise ValueError(
+                f"no linear layer matches lora_target_modules={cfg.lora_target_modules!r}"
+            )
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+        )
+        return get_peft_model(model, lora)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Checkpoint every decoder and audio encoder layer (non-reentrant); no KV cache."""
+        base = self.base_model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing_disable()
+
+    def get_supported_parameters(self) -> frozenset[str]:
+        return AUDIO_INPUTS
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        return_entropy: bool = False,
+        **modal_inputs: Any,
+    ) -> ActorOutput:
+        """Per-token log-probs ``[B, T-1]`` fp32 of right-padded rows (0 at padding);
+        ``modal_inputs``: the rows' clips, collated (module docstring)."""
+        if position_ids is not None:
+            raise ValueError(
+                "actor 'qwen_audio' does not support packed rows (position_ids); turn sample "
+                "packing off"
+            )
+        base = self.base_model
+        inner = base.model  # audio encoder + language model, without the output head
+        mask = attention_mask.to(sequences.device).bool()  # [B, T]
+        inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
+        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+        valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
+        log_probs, entropy = chunked_token_log_probs(
+            states[:, :-1][valid],  # [N, H]
+            sequences[:, 1:][valid],  # [N]
+            base.get_output_embeddings(),
+            chunk_size=self.config.logprob_chunk_size,
+            return_entropy=return_entropy,
+        )
+        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
+        return ActorOutput(
+            log_probs=zeros.masked_scatter(valid, log_probs),
+            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
+        )
+
+    @classmethod
+    def trunk_inputs(
+        cls,
+        trunk: Any,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        **modal_inputs: Any,
+    ) -> dict[str, Any]:
+        """``trunk``'s inputs (a ``Qwen2AudioModel``: audio encoder + decoder) for
+        right-padded rows: the token embeddings with the clips' features merged in (or the
+        idle encoder pass without clips, ``audio.py``), the mask and positions counting the
+        real tokens from 0."""
+        unknown = sorted(set(modal_inputs) - AUDIO_INPUTS)
+        if unknown:
+            raise ValueError(
+                f"actor 'qwen_audio' takes {sorted(AUDIO_INPUTS)} as extra inputs, got {unknown}"
+            )
+        if modal_inputs and set(modal_inputs) != AUDIO_INPUTS:
+            raise ValueError(
+                "actor 'qwen_audio' needs input_features and feature_attention_mask together, "
+                f"got {sorted(modal_inputs)}"
+            )
+        inputs = text_trunk_inputs(sequences, attention_mask)
+        ids = inputs.pop("input_ids")
+        embeddings = embeddings_with_audio(trunk, ids, inputs["attention_mask"], modal_inputs)
+        return {**inputs, "input_ids": None, "inputs_embeds": embeddings}
+
+    # ---------------------------------------------------------------- weight sync
+    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
+        tensors not listed); sharded weights gathered one by one on every rank."""
+        yield from merged_weights(self.base_model)
