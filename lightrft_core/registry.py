@@ -52,6 +52,7 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("engine", "vllm"): "lightrft-plugin-vllm",
     ("engine", "sglang"): "lightrft-plugin-sglang",
     ("actor", "qwen_vl"): "lightrft-plugin-qwen-vl",
+    ("patch", "ulysses_attention"): "lightrft-plugin-patches",
 }
 
 

@@ -38,7 +38,7 @@ def find_lora_target_modules(model: torch.nn.Module) -> list[str]:
     return sorted(names - head_names - {"lm_head"})
 
 
-def _logit_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def output_logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The output head plus the logit post-processing some architectures apply."""
     head = model.get_output_embeddings()
     config = model.config.get_text_config()
@@ -181,7 +181,7 @@ class ActorLanguage(Actor):
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
         if decoder is None or decoder is base or base.get_output_embeddings() is None:
             return base(**inputs, use_cache=False).logits, None  # no separable head
-        return decoder(**inputs, use_cache=False).last_hidden_state, _logit_fn(base)
+        return decoder(**inputs, use_cache=False).last_hidden_state, output_logits_fn(base)
 
     def _packed_states(
         self, base: Any, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor

@@ -1,5 +1,6 @@
 """What every actor around a Hugging Face model shares: its options (where the model is, how
-it is loaded, how log-probs are chunked, LoRA) and loading the model they select.
+it is loaded, which model patches apply, how log-probs are chunked, LoRA) and loading the
+model they select.
 ``ActorLanguage.Config`` is exactly these options; a plugin actor's ``Config`` extends them
 with its own (e.g. the vision tower's)."""
 
@@ -53,6 +54,13 @@ class PretrainedActorOptions:
         default=1024,
         metadata={"help": "Token positions per chunk when computing log-probs."},
     )
+    patches: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Model patches to apply before the model is loaded, by name "
+            "('lightrft plugins' lists them), e.g. [ulysses_attention]."
+        },
+    )
     # ------------------------------------------------------------ LoRA
     lora_rank: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
@@ -81,6 +89,8 @@ class PretrainedActorOptions:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not all(isinstance(name, str) and name for name in self.patches):
+            raise ValueError(f"patches must be a list of patch names, got {self.patches!r}")
         targets = self.lora_target_modules
         if targets is not None and (not targets or not all(targets)):
             raise ValueError(
@@ -110,12 +120,23 @@ def resolve_attn_implementation(requested: str, dtype: str) -> str:
     return "sdpa"
 
 
+def apply_patches(names: list[str]) -> None:
+    """Apply the registered model patches ``names`` (each ``apply()`` is idempotent)."""
+    from ..plugins import get_patch
+
+    for name in names:
+        get_patch(name)().apply()
+        logger.info("model patch applied: %s", name)
+
+
 def load_pretrained(
     auto_class: Any, options: PretrainedActorOptions, *, actor: str, model: Any = None
 ) -> Any:
-    """The model ``options`` select: ``auto_class.from_pretrained(options.path)`` in the
+    """The model ``options`` select, once their ``patches`` are applied:
+    ``auto_class.from_pretrained(options.path)`` in the
     options' dtype and attention kernel, or ``model`` (already built) cast to them.
     ``actor``: the actor's name, for the error when there is no path."""
+    apply_patches(options.patches)
     attn = resolve_attn_implementation(options.attn_implementation, options.dtype)
     dtype = DTYPES[options.dtype]
     if model is None:

@@ -36,6 +36,19 @@ from . import checkpointing, sharding
 logger = logging.getLogger("lightrft.fsdp")
 
 
+def sequence_parallel_group(size: int) -> Any:
+    """This rank's group of ``size`` consecutive ranks (every rank creates every group)."""
+    import torch.distributed as dist
+
+    world, rank = distributed.world_size(), distributed.rank()
+    if world % size:
+        raise ValueError(
+            f"strategy.sequence_parallel_size={size} does not divide the {world} ranks"
+        )
+    groups = [dist.new_group(list(range(start, start + size))) for start in range(0, world, size)]
+    return groups[rank // size]
+
+
 class FSDPStrategy(StrategyBase):
     """Shards the policy (and the reference model) over every rank with FSDP2."""
 
@@ -87,6 +100,16 @@ class FSDPStrategy(StrategyBase):
                 "the meta device and receive rank 0's weights by broadcast (large models)."
             },
         )
+        # ------------------------------------------------------------ sequence parallelism
+        sequence_parallel_size: int = field(
+            default=1,
+            metadata={
+                "help": "Ranks that split each sequence between them (Ulysses; needs "
+                "lightrft-plugin-patches); must divide the world size. Parameters stay "
+                "sharded over every rank; world_size / sequence_parallel_size groups of "
+                "consecutive ranks each take their own rows."
+            },
+        )
         # ------------------------------------------------------------ process group
         backend: Literal["auto", "gloo", "nccl"] = field(
             default="auto",
@@ -115,6 +138,10 @@ class FSDPStrategy(StrategyBase):
                 raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
             if not self.timeout_s > 0:
                 raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+            if self.sequence_parallel_size < 1:
+                raise ValueError(
+                    f"sequence_parallel_size must be >= 1, got {self.sequence_parallel_size}"
+                )
             if self.shard_modules is not None and not all(self.shard_modules):
                 raise ValueError("shard_modules must be null or a list of class names")
 
@@ -122,6 +149,7 @@ class FSDPStrategy(StrategyBase):
         super().__init__(config)
         self._device: torch.device | None = None
         self._mesh: Any = None
+        self._sequence_parallel_group: Any = None
         self._reshard: dict[Any, bool] = {}  # FSDP unit -> its reshard_after_forward
         self._roots: list[torch.nn.Module] = []
 
@@ -135,6 +163,10 @@ class FSDPStrategy(StrategyBase):
         backend = distributed.backend_for(self.config.backend, self._device)
         distributed.init_process_group(backend, timeout_s=self.config.timeout_s)
         self._mesh = init_device_mesh(self._device.type, (distributed.world_size(),))
+        if self.config.sequence_parallel_size > 1:
+            self._sequence_parallel_group = sequence_parallel_group(
+                self.config.sequence_parallel_size
+            )
 
     @property
     def rank(self) -> int:
@@ -143,6 +175,22 @@ class FSDPStrategy(StrategyBase):
     @property
     def world_size(self) -> int:
         return distributed.world_size()
+
+    @property
+    def sequence_parallel_group(self) -> Any:
+        """The process group of the ranks that split this rank's sequences (``None`` when
+        ``sequence_parallel_size`` is 1)."""
+        return self._sequence_parallel_group
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which share of the rows this rank's sequence-parallel group takes."""
+        return self.rank // self.config.sequence_parallel_size
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many groups share the rows: ``world_size / sequence_parallel_size``."""
+        return self.world_size // self.config.sequence_parallel_size
 
     @property
     def device(self) -> torch.device:

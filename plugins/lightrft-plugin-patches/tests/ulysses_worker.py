@@ -1,0 +1,130 @@
+"""Run on 2 ranks (``torchrun ... ulysses_worker.py OUT``, gloo on the CPU) by
+``test_ulysses_distributed.py``: Ulysses sequence parallelism over both ranks against the
+unsplit model, for Llama and Qwen2, eager and sdpa kernels, and under the fsdp strategy
+(``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
+for each case the largest difference of log-probs and of gradients."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lightrft_core.actors.language import ActorLanguage
+from lightrft_plugin_patches.sequence_parallel import enable_sequence_parallel
+
+ROWS, LENGTH, VOCAB = 3, 11, 64  # 11 positions: the slices are padded to 2 x 6
+
+
+def tiny_model(family: str, attention: str) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[family]
+    config = config_cls(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation=attention,
+    )
+    torch.manual_seed(0)
+    return model_cls(config)
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sequences, their mask (row 1 left-padded, row 2 right-padded) and loss weights."""
+    g = torch.Generator().manual_seed(1)
+    sequences = torch.randint(0, VOCAB, (ROWS, LENGTH), generator=g)
+    mask = torch.ones(ROWS, LENGTH, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, -4:] = 0
+    weights = torch.randn(ROWS, LENGTH - 1, generator=g)
+    return sequences, mask, weights
+
+
+def unsplit(model: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Log-probs and gradients of ``sum(weights * log_probs)`` without sequence parallelism."""
+    sequences, mask, weights = batch()
+    log_probs = ActorLanguage.from_model(model)(sequences, mask).log_probs
+    (weights * log_probs).sum().backward()
+    return log_probs.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def largest(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[n] - b[n]).abs().max()) for n in a)
+
+
+def plain_case(family: str, attention: str) -> dict[str, float]:
+    """Both ranks split every sequence; gradients summed over the group."""
+    model = tiny_model(family, attention)
+    split = copy.deepcopy(model)
+    expected, expected_grads = unsplit(model)
+    sequences, mask, weights = batch()
+    actor = ActorLanguage.from_model(split)
+    enable_sequence_parallel(actor, dist.group.WORLD)
+    out = actor(sequences, mask)
+    (weights * out.log_probs).sum().backward()
+    grads = {}
+    for name, param in split.named_parameters():
+        dist.all_reduce(param.grad)
+        grads[name] = param.grad
+    return {
+        "log_probs": float((out.log_probs - expected).abs().max()),
+        "gradients": largest(grads, expected_grads),
+    }
+
+
+def fsdp_case() -> dict[str, float]:
+    """Under fsdp (parameters sharded over both ranks, gradients averaged over them) the
+    loss carries ``world_size`` as ``LossScale`` does."""
+    from lightrft_plugin_fsdp.strategy import FSDPStrategy
+
+    strategy = FSDPStrategy(FSDPStrategy.Config(sequence_parallel_size=2, backend="gloo"))
+    strategy.setup_distributed()
+    model = tiny_model("qwen2", "sdpa")
+    expected, expected_grads = unsplit(copy.deepcopy(model))
+    actor = ActorLanguage.from_model(model)
+    optimizer = torch.optim.SGD(actor.parameters(), lr=0.0)
+    strategy.prepare(actor, optimizer)
+    sequences, mask, weights = batch()
+    enable_sequence_parallel(actor, strategy.sequence_parallel_group)
+    out = actor(sequences, mask)
+    strategy.backward((weights * out.log_probs).sum() * strategy.world_size, actor)
+    grads = {
+        name.removeprefix("model."): param.grad.full_tensor()
+        for name, param in actor.named_parameters()
+    }
+    return {
+        "log_probs": float((out.log_probs - expected).abs().max()),
+        "gradients": largest(grads, expected_grads),
+        "data_parallel_size": strategy.data_parallel_size,
+    }
+
+
+def main(out: Path) -> None:
+    dist.init_process_group("gloo")
+    results = {
+        f"{family}-{attention}": plain_case(family, attention)
+        for family in ("llama", "qwen2")
+        for attention in ("eager", "sdpa")
+    }
+    results["fsdp"] = fsdp_case()
+    if dist.get_rank() == 0:
+        (out / "result.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
