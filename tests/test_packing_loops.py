@@ -270,3 +270,20 @@ def test_sft_step_is_the_same_packed_and_by_token_budget(
         step = first_step(name, *extra)
         for key in ("sft/loss", "grad_norm"):
             assert step[key] == pytest.approx(padded[key], rel=1e-5), (name, key)
+
+
+# ---------------------------------------------------------------------- refusals
+def test_packing_refuses_media_actors_and_reward_model_training(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lightrft_core.interfaces import ActorModality
+    from lightrft_core.trainer.micro_batches import check_packing
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    vision = SimpleNamespace(name="qwen_vl", modality=ActorModality.VISION_LANGUAGE)
+    check_packing(False, vision)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="actor 'qwen_vl' is vision-language"):
+        check_packing(True, vision)  # type: ignore[arg-type]
+    cfg = load_config(None, [f"data.train_path={tmp_path / 'pairs.jsonl'}", "trainer.packing=true"])
+    with pytest.raises(ValueError, match="lightrft rm does not pack rows"):
+        run_reward_model_training(cfg)

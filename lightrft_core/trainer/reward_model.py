@@ -76,6 +76,12 @@ def run_reward_model_training(
     d, s = cfg.data, cfg.sft
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
+    if cfg.trainer.packing or cfg.trainer.max_tokens_per_micro_batch is not None:
+        raise ValueError(
+            "lightrft rm does not pack rows or cut micro-batches by tokens yet (a sequence "
+            "classifier scores one sequence per row); unset trainer.packing and "
+            "trainer.max_tokens_per_micro_batch (sft.micro_batch_size sets its micro-batches)"
+        )
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
