@@ -36,6 +36,13 @@ def _load_processor(path: Path, folder: Path) -> Any:
     return actor_cls.load_processor(str(folder))
 
 
+#: What each media option needs of the model.
+_NEEDS = {
+    "images": "--image needs a vision-language model",
+    "audios": "--audio needs an audio-language model",
+}
+
+
 def generate(
     model: Path = typer.Argument(
         ..., help="A run folder (uses its final/ model) or a model folder."
@@ -78,10 +85,7 @@ def generate(
     options = " ".join(f"--{key[:-1]} {path}" for key, path in given.items())
     processor = _load_processor(model, folder) if given else None
     if given and processor is None:
-        needs = {
-            ("images",): "--image needs a vision-language model",
-            ("audios",): "--audio needs an audio-language model",
-        }.get(tuple(given), "--image and --audio need a model that reads both")
+        needs = "; ".join(_NEEDS[key] for key in given)
         raise fail(
             f"{needs}, but {folder} is a text-only model (it holds no processor: no "
             "processor_config.json or preprocessor_config.json)"

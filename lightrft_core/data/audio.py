@@ -58,6 +58,7 @@ def processor_sampling_rate(processor: Any) -> int | None:
 def load_audio(value: Any, options: AudioOptions, *, base_dir: Path | None = None) -> np.ndarray:
     """``value`` (module docstring) as a 1-D float32 waveform at ``options.sampling_rate``;
     a ``ValueError`` saying why not (``AudioSupportMissing`` without the libraries)."""
+    audio_libraries()  # whatever the value, a run that reads audio needs both
     samples, rate = _decoded(value, options.sampling_rate, base_dir)
     if samples.size == 0:
         raise ValueError("empty audio (0 samples)")

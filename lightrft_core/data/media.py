@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,7 +145,7 @@ def prompt_media(
         counts = {kind: len(columns[kind][1]) for kind in leading}
         messages = _with_leading_parts(messages, counts, input_key)
     images = [
-        _loaded(key, lambda v=value: load_image(v, base_dir=base_dir))
+        _loaded(key, partial(load_image, value, base_dir=base_dir))
         for key, value in sources[IMAGE_PART]
     ]
     return PromptMedia(messages, images, _audios(sources[AUDIO_PART], audio, base_dir))
@@ -164,7 +165,7 @@ def _audios(
     if options is None:
         return []
     return [
-        _loaded(key, lambda v=value: load_audio(v, options, base_dir=base_dir))
+        _loaded(key, partial(load_audio, value, options, base_dir=base_dir))
         for key, value in sources
     ]
 
