@@ -86,6 +86,23 @@ class DataConfig:
             "Needs a vision-language model with a processor."
         },
     )
+    audio_key: str = field(
+        default="audios",
+        metadata={
+            "help": "Field holding a row's audio (a list, or one item): local wav/flac/ogg paths "
+            "(relative to the data file's folder), bytes, datasets Audio values or arrays; they "
+            "fill the prompt's {type: audio} parts in order, or lead its first user message. "
+            "Needs an audio-language model with a processor and lightrft-core[audio]."
+        },
+    )
+    max_audio_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "Rows whose audio is longer than this many seconds are malformed (an "
+            "error, or skipped with skip_malformed); Whisper-style feature extractors read at "
+            "most 30 s."
+        },
+    )
     system_prompt: str | None = field(
         default=None, metadata={"help": "System message prepended through the chat template."}
     )
@@ -108,7 +125,11 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _positive("data", max_prompt_length=self.max_prompt_length)
+        _positive(
+            "data",
+            max_prompt_length=self.max_prompt_length,
+            max_audio_seconds=self.max_audio_seconds,
+        )
         if not 0 <= self.max_dropped_fraction <= 1:
             raise ValueError(
                 f"data.max_dropped_fraction must be in [0, 1], got {self.max_dropped_fraction}"
