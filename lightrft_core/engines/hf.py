@@ -86,6 +86,17 @@ def placeholder_ids(config: Any) -> dict[int, int]:
     return {tid: MODALITY_TOKEN_TYPES[attr] for attr, tid in declared.items() if tid is not None}
 
 
+#: Config attributes naming media placeholder ids that have no token type (audio).
+UNTYPED_PLACEHOLDERS = ("audio_token_id",)
+
+
+def never_sampled_ids(config: Any) -> list[int]:
+    """Every media placeholder id ``config`` declares (image, video, audio): a response
+    never holds one, or the model would look for media that the prompt did not bring."""
+    untyped = (getattr(config, attr, None) for attr in UNTYPED_PLACEHOLDERS)
+    return sorted({*placeholder_ids(config), *(tid for tid in untyped if tid is not None)})
+
+
 def modality_token_types(config: Any, input_ids: torch.Tensor) -> torch.Tensor | None:
     """``mm_token_type_ids`` of ``input_ids`` [B, P]: each token's modality (0 text, 1
     image, 2 video) by the placeholder ids ``config`` declares; ``None`` when it declares
@@ -281,7 +292,7 @@ class HFEngine(InferenceEngine):
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
         # a response never holds a media placeholder: the model would look for its media
-        never = sorted(placeholder_ids(model.config))
+        never = never_sampled_ids(model.config)
         banned = torch.tensor(never, dtype=torch.long, device=device)  # [N], empty for text LMs
 
         tokens: list[torch.Tensor] = []  # each [B]
