@@ -1,0 +1,324 @@
+"""The RL loop's train phase against this machine's matmul peak (fp32 and bf16).
+
+Measures, in one process:
+
+1. **Peak**: the best of a few ``n x n`` matmuls (``--peak-size``, default 2048) in fp32 and
+   in bf16 (on CPUs with AMX, bf16 matmuls run on the AMX tiles), ``2 n^3`` FLOPs each.
+2. **Train phase**: a GRPO ``RLTrainer`` on a tiny model (``--size``, default ``30m``;
+   strategy ``local``, engine ``hf``, reward ``math``) runs one step, which gives a real
+   rollout (advantages included); then the loop's own train phase (``RLTrainer._train``:
+   micro-batches, forward, policy loss, backward, clipping, AdamW) is timed on that rollout
+   ``--repeats`` times for each micro-batch size (``--micro-batch-sizes``; 0 = the whole
+   rollout in one forward) and precision (``--precisions``). Beside it, the bare
+   forward + backward of the actor on the same micro-batches (no loss, no optimizer) and
+   the optimizer step alone, so that the gap to the peak splits into the model's own
+   kernels, the optimizer, and the loop's overhead.
+
+FLOPs of the train phase (forward 1x, backward 2x)::
+
+    FLOPs = 6 * N * tokens + 12 * L * d * sum_i(T_i^2)
+
+``N``: parameters (a tied output projection counted once; the input embedding lookup is
+counted although it is no matmul, < 1% here). ``tokens``: sum of the rollout's attention
+mask (prompt + response, no padding). The second term is attention (scores ``Q K^T`` and
+``P V``: ``2 * 2 * T^2 * d`` per layer and sequence forward, no causal saving counted) with
+``L`` layers, model width ``d`` and ``T_i`` the length of sequence ``i``. Padding computed
+beyond that is waste, not counted; the ``padded`` column shows how much of it there is.
+Achieved FLOP/s = FLOPs / seconds; fraction = achieved / the peak of the same dtype.
+
+Under load (other processes on the cores) every figure is unreliable; measure on a quiet
+machine. Run from the repository root::
+
+    .venv/bin/python benchmarks/train_peak.py                       # 30m, fp32 and bf16
+    .venv/bin/python benchmarks/train_peak.py --size 5m --repeats 1 --quick   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FORMULA = "FLOPs = 6 * N * tokens + 12 * L * d * sum_i(T_i^2)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="30m", help="Tiny model size (5m, 30m).")
+    p.add_argument("--precisions", default="fp32,bf16", help="Comma-separated: fp32, bf16.")
+    p.add_argument("--prompts-per-step", type=int, default=16, help="Prompts in the rollout.")
+    p.add_argument("--samples", type=int, default=8, help="Samples per prompt.")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="Response length cap.")
+    p.add_argument(
+        "--micro-batch-sizes",
+        default="0,32,8",
+        help="Comma-separated rows per forward; 0 = the whole rollout.",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="Timed train phases per setting.")
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n peak matmul.")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch default.")
+    p.add_argument("--seed", type=int, default=0, help="Model, data and run seed.")
+    p.add_argument(
+        "--quick", action="store_true", help="Smaller peak matmul and rollout (a smoke run)."
+    )
+    p.add_argument("--output-json", type=Path, default=None, help="Also write results here.")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.quick:
+        args.peak_size = min(args.peak_size, 512)
+        args.prompts_per_step = min(args.prompts_per_step, 4)
+        args.max_new_tokens = min(args.max_new_tokens, 8)
+    return args
+
+
+# ---------------------------------------------------------------------- timing
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+    """Best ``n x n`` matmul throughput in FLOP/s (``2 n^3`` per product)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    return 2.0 * n**3 / best_seconds(lambda: torch.matmul(a, b, out=out), repeats)
+
+
+# ---------------------------------------------------------------------- FLOPs
+def train_flops(n_params: int, layers: int, width: int, lengths: torch.Tensor) -> float:
+    """``6 N tokens + 12 L d sum(T_i^2)`` for sequences of ``lengths`` (module docstring)."""
+    lengths = lengths.double()
+    return float(6.0 * n_params * lengths.sum() + 12.0 * layers * width * (lengths**2).sum())
+
+
+def padded_tokens(lengths: torch.Tensor, micro_batches: list[torch.Tensor]) -> int:
+    """Tokens computed when each micro-batch is padded to its longest row."""
+    return sum(int(lengths[rows].max()) * len(rows) for rows in micro_batches)
+
+
+# ---------------------------------------------------------------------- the trainer
+def build_trainer(root: Path, args: argparse.Namespace, precision: str) -> Any:
+    import lightrft_plugin_grpo.plugin
+    from lightrft_core.config import load_config
+    from lightrft_core.demo.task import ArithmeticTask, write_task_data
+    from lightrft_core.models.tiny import build_tiny_checkpoint
+    from lightrft_core.plugins import PluginManager
+    from lightrft_core.trainer.rl import RLTrainer
+
+    model_dir = root / "model"
+    if not model_dir.exists():
+        build_tiny_checkpoint(model_dir, args.size, seed=args.seed)
+    data = write_task_data(
+        root / "data", ArithmeticTask(), sft=0, rl=256, held_out=4, seed=args.seed
+    )
+    manager = PluginManager(autoload=False)
+    manager.register(lightrft_plugin_grpo.plugin, name="grpo")
+    cfg = load_config(
+        None,
+        [
+            f"run.output_dir={root / ('run-' + precision)}",
+            f"run.seed={args.seed}",
+            f"data.train_path={data['train']}",
+            "data.apply_chat_template=false",
+            "data.max_prompt_length=32",
+            f"model.path={model_dir}",
+            f"strategy.precision={precision}",
+            f"engine.n_samples_per_prompt={args.samples}",
+            f"engine.max_new_tokens={args.max_new_tokens}",
+            "algorithm.name=grpo",
+            "reward.name=math",
+            "trainer.max_steps=1000",
+            f"trainer.prompts_per_step={args.prompts_per_step}",
+            "trainer.learning_rate=1e-6",
+            "logging.tensorboard=false",
+        ],
+        manager=manager,
+    )
+    return RLTrainer(cfg, manager)
+
+
+def one_rollout(trainer: Any) -> Any:
+    """Run step 1 and keep the rollout its train phase received (scored, with advantages)."""
+    kept: list[Any] = []
+    train = trainer._train
+
+    def keep(rollout: Any, step: int) -> dict[str, float]:
+        kept.append(rollout)
+        return train(rollout, step)
+
+    trainer._train = keep
+    trainer.step(1)
+    trainer._train = train
+    return kept[0]
+
+
+def bare_forward_backward(trainer: Any, rollout: Any, micro_batches: list[torch.Tensor]) -> None:
+    """The actor's forward and backward on ``micro_batches`` (log-prob sum as the loss), then
+    the gradients dropped: the model's own work, without loss, optimizer or loop."""
+    actor, strategy = trainer.actor, trainer.c.strategy
+    for rows in micro_batches:
+        mb = rollout.select(rows).to(strategy.device)
+        with strategy.autocast():
+            out = actor(mb.sequences, mb.attention_mask, return_entropy=True)
+        (out.log_probs.float() * mb.action_mask).sum().backward()
+    actor.zero_grad(set_to_none=True)
+
+
+def measure_precision(
+    trainer: Any, rollout: Any, args: argparse.Namespace, peak: float, precision: str
+) -> list[dict[str, Any]]:
+    """The train phase, bare forward+backward and optimizer step per micro-batch size."""
+    from lightrft_core.trainer.bootstrap import unwrapped_actor
+
+    config = unwrapped_actor(trainer.c.strategy, trainer.actor).hf_model().config
+    n_params = sum(p.numel() for p in trainer.actor.parameters())
+    lengths = rollout.attention_mask.sum(dim=1)
+    flops = train_flops(n_params, config.num_hidden_layers, config.hidden_size, lengths)
+    tokens = int(lengths.sum())
+
+    strategy = trainer.c.strategy
+    optimizer_step = strategy.optimizer_step
+    optimizer_seconds = [0.0]
+
+    def timed_optimizer_step(*a: Any, **kw: Any) -> float:
+        start = time.perf_counter()
+        try:
+            return optimizer_step(*a, **kw)
+        finally:
+            optimizer_seconds[0] += time.perf_counter() - start
+
+    strategy.optimizer_step = timed_optimizer_step
+    rows_total = len(rollout)
+    results = []
+    try:
+        for size in [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]:
+            size = size or rows_total
+            trainer.cfg.trainer.micro_batch_size = size
+            micro_batches = list(torch.arange(rows_total).split(size))
+            train_s, opt_s = [], []
+            trainer._train(rollout, 2)  # warm-up
+            for _ in range(args.repeats):
+                optimizer_seconds[0] = 0.0
+                start = time.perf_counter()
+                trainer._train(rollout, 2)
+                train_s.append(time.perf_counter() - start)
+                opt_s.append(optimizer_seconds[0])
+            bare = best_seconds(
+                lambda mbs=micro_batches: bare_forward_backward(trainer, rollout, mbs),
+                args.repeats,
+            )
+            train = min(train_s)
+            optimizer = statistics.median(opt_s)
+            results.append(
+                {
+                    "precision": precision,
+                    "micro_batch_size": size,
+                    "rows": rows_total,
+                    "tokens": tokens,
+                    "padded_tokens": padded_tokens(lengths, micro_batches),
+                    "flops": flops,
+                    "train_s": train,
+                    "bare_fwd_bwd_s": bare,
+                    "optimizer_s": optimizer,
+                    "loop_overhead_s": max(0.0, train - bare - optimizer),
+                    "train_flops_per_s": flops / train,
+                    "train_fraction": flops / train / peak,
+                    "bare_fraction": flops / bare / peak,
+                }
+            )
+    finally:
+        strategy.optimizer_step = optimizer_step
+    return results
+
+
+# ---------------------------------------------------------------------- output
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'prec':<5} {'mb':>4} {'tokens':>7} {'padded':>7} {'train s':>8} {'GFLOP/s':>8} "
+        f"{'of peak':>8} {'fwd+bwd s':>10} {'of peak':>8} {'optim s':>8} {'loop s':>7}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['precision']:<5} {r['micro_batch_size']:>4} {r['tokens']:>7} "
+            f"{r['padded_tokens']:>7} {r['train_s']:>8.3f} {r['train_flops_per_s'] / 1e9:>8.1f} "
+            f"{r['train_fraction']:>8.1%} {r['bare_fwd_bwd_s']:>10.3f} {r['bare_fraction']:>8.1%} "
+            f"{r['optimizer_s']:>8.3f} {r['loop_overhead_s']:>7.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in DTYPES]
+    if unknown:
+        print(f"unknown precision(s) {', '.join(unknown)}; choose from fp32, bf16")
+        return 2
+    from lightrft_core.models.tiny import TINY_SIZES
+
+    if args.size not in TINY_SIZES:
+        print(f"unknown size {args.size}; choose from {', '.join(TINY_SIZES)}")
+        return 2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    peaks = {p: matmul_peak(DTYPES[p], args.peak_size) for p in precisions}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for p, value in peaks.items():
+        print(
+            f"peak {p}: {args.peak_size}x{args.peak_size} matmul, best of 5: "
+            f"{value / 1e9:.1f} GFLOP/s"
+        )
+    print(
+        f"train phase: {args.size} tiny model, GRPO, {args.prompts_per_step} prompts x "
+        f"{args.samples} samples, max_new_tokens {args.max_new_tokens}, one optimizer step, "
+        f"best of {args.repeats}"
+    )
+    print(f"{FORMULA}; fraction = achieved / peak of the same precision")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="lightrft-train-peak-") as tmp:
+        for precision in precisions:
+            trainer = build_trainer(Path(tmp), args, precision)
+            rollout = one_rollout(trainer)
+            rows.extend(measure_precision(trainer, rollout, args, peaks[precision], precision))
+    print_rows(rows)
+    print(
+        "train s: the loop's train phase; fwd+bwd s: the actor's forward + backward alone on "
+        "the same micro-batches; optim s: clipping + AdamW; loop s: the rest (loss, metrics, "
+        "batch slicing, Python)"
+    )
+    if args.output_json is not None:
+        payload = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "peaks_flops_per_s": peaks,
+            "formula": FORMULA,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "results": rows,
+        }
+        args.output_json.parent.mkdir(parents=True, exist_ok=True)
+        args.output_json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
