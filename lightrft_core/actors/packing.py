@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -180,9 +181,10 @@ def packed_model_inputs(
     return inputs
 
 
-def uses_flash_attention(attn_implementation: str | None) -> bool:
-    """Whether a model's kernel is flash-attention (packed rows then go into one row)."""
-    return (attn_implementation or "").startswith("flash_attention")
+def uses_flash_attention(hf_model: Any) -> bool:
+    """Whether a transformers model's attention kernel is flash-attention (packed rows then
+    go into one row)."""
+    return str(hf_model.config._attn_implementation or "").startswith("flash_attention")
 
 
 def packed_actor_forward(

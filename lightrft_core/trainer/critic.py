@@ -168,8 +168,8 @@ class LoopCritic:
         self, sequences: torch.Tensor, attention_mask: torch.Tensor, trunk_gradients: bool
     ) -> torch.Tensor:
         """``_values`` of text rows read packed (``actors/packing.py``), returned padded."""
-        impl = self.actor.hf_model().config._attn_implementation
-        packed = pack_padded_rows(sequences, attention_mask, one_row=uses_flash_attention(impl))
+        one_row = uses_flash_attention(self.actor.hf_model())
+        packed = pack_padded_rows(sequences, attention_mask, one_row=one_row)
 
         def trunk_inputs(trunk: Any) -> dict[str, Any]:
             return packed_model_inputs(trunk.config._attn_implementation, packed, trunk.dtype)

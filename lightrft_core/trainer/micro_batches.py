@@ -96,12 +96,11 @@ def actor_forward(
         return prepared(sequences, attention_mask, return_entropy=return_entropy, **modal_inputs)
     if modal_inputs:
         raise ValueError(f"packed rows take no media, got {sorted(modal_inputs)}")
-    impl = actor.hf_model().config._attn_implementation
     return packed_actor_forward(
         prepared,
         sequences,
         attention_mask,
-        one_row=uses_flash_attention(impl),
+        one_row=uses_flash_attention(actor.hf_model()),
         return_entropy=return_entropy,
     )
 
