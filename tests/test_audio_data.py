@@ -444,3 +444,31 @@ def test_generate_audio_flag_errors(
     assert "--audio noise.wav: audios[0]: cannot read 'noise.wav': not an audio file" in (
         " ".join(corrupt.output.split())
     )
+
+
+def test_reward_model_batches_encode_the_pairs_audio(tmp_path: Path, processor: Any) -> None:
+    from lightrft_core.interfaces.actor import MODALITY_PARAMETERS, ActorModality
+    from lightrft_core.rewards.trunk_scoring import encode_with_media
+
+    class AudioTrunk:  # what encode_with_media reads of an actor class
+        modality = ActorModality.AUDIO_LANGUAGE
+
+    write_clip(tmp_path / "a.wav")  # 0.5 s: 12 audio tokens
+    pair = PreferenceDataset(
+        [{"prompt": "hz?", "chosen": "440", "rejected": "220", "audios": "a.wav"}],
+        processor.tokenizer,
+        processor=processor,
+        base_dir=tmp_path,
+    )[0]
+    texts = [pair.chosen, "plain text", pair.rejected]
+    batch = encode_with_media(
+        processor,
+        AudioTrunk,  # type: ignore[arg-type]
+        texts,
+        [[], [], []],
+        [pair.audios, [], pair.audios],
+    )
+    assert set(batch.media) == set(MODALITY_PARAMETERS[ActorModality.AUDIO_LANGUAGE])
+    assert batch.media["input_features"].shape == (2, 32, 200)
+    audio_token = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    assert (batch.input_ids == audio_token).sum(dim=1).tolist() == [12, 0, 12]

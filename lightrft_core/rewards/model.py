@@ -135,17 +135,22 @@ class ScalarRewardModel(RewardModel):
         texts = [p + r for p, r in zip(batch.prompts, batch.responses, strict=True)]
         media = batch.multimodal or [None] * len(texts)
         images = [[] if m is None else list(m.images) for m in media]
+        audios = [[] if m is None else list(m.audios) for m in media]
         scores = torch.zeros(len(texts), dtype=torch.float32)
         for start in range(0, len(texts), cfg.batch_size):
             end = start + cfg.batch_size
             chunk = texts[start:end]
-            scores[start : start + len(chunk)] = self._scores(chunk, images[start:end])
+            scores[start : start + len(chunk)] = self._scores(
+                chunk, images[start:end], audios[start:end]
+            )
         rewards = cfg.scale * scores + cfg.shift
         return RewardOutput(rewards=rewards, sub_scores={"model_score": scores})
 
-    def _scores(self, texts: list[str], images: list[list[Any]]) -> torch.Tensor:
+    def _scores(
+        self, texts: list[str], images: list[list[Any]], audios: list[list[Any]]
+    ) -> torch.Tensor:
         if self.actor_class is not None:
-            batch = encode_with_media(self.processor, self.actor_class, texts, images)
+            batch = encode_with_media(self.processor, self.actor_class, texts, images, audios)
             scores = trunk_scores(self.model, self.actor_class, batch.to(self.device))
             return scores.float().cpu()
         encoded = encode_texts(self.tokenizer, texts, self.config.max_length).to(self.device)

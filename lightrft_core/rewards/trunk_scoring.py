@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..data.audio import processor_sampling_rate
 from ..interfaces.actor import MODALITY_PARAMETERS, Actor
 from ..models.critic import CriticModel, TrunkOptions, is_critic_folder
 
@@ -48,18 +49,27 @@ def reads_images(actor_class: type[Actor]) -> bool:
 
 
 def encode_with_media(
-    processor: Any, actor_class: type[Actor], texts: Sequence[str], images: Sequence[Sequence[Any]]
+    processor: Any,
+    actor_class: type[Actor],
+    texts: Sequence[str],
+    images: Sequence[Sequence[Any]],
+    audios: Sequence[Sequence[Any]] = (),
 ) -> TrunkBatch:
-    """``texts`` (one placeholder per image) and each text's ``images`` as the trunk of
-    ``actor_class``'s architecture reads them; a text without images adds no media."""
+    """``texts`` (one placeholder per image and audio) and each text's ``images`` and
+    ``audios`` (waveforms at the processor's rate) as the trunk of
+    ``actor_class``'s architecture reads them; a text without media adds none."""
     flat = [image for row in images for image in row]
+    media: dict[str, Any] = {"images": flat} if flat else {}
+    clips = [clip for row in audios for clip in row]
+    if clips:
+        media.update(audio=clips, sampling_rate=processor_sampling_rate(processor))
     processor.tokenizer.padding_side = "right"
     encoded = processor(
         text=list(texts),
-        images=flat or None,
         padding=True,
         add_special_tokens=False,  # the chat template holds the special tokens
         return_tensors="pt",
+        **media,
     )
     ids = encoded["input_ids"]
     if ids.shape[1] == 0:

@@ -120,9 +120,11 @@ def _train_reward_model(
     model, optimizer, scheduler, total = prepare_supervised(cfg, strategy, model, len(train))
     metrics = open_run_log(cfg, strategy, console=console)
 
-    def scores_of_texts(texts: list[str], images: list[list[Any]]) -> torch.Tensor:
+    def scores_of_texts(
+        texts: list[str], images: list[list[Any]], audios: list[list[Any]]
+    ) -> torch.Tensor:
         if with_media:
-            batch = encode_with_media(processor, actor_class, texts, images)
+            batch = encode_with_media(processor, actor_class, texts, images, audios)
             return trunk_scores(model, actor_class, batch.to(strategy.device))
         encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
         return scores_of(model, encoded)
@@ -131,8 +133,9 @@ def _train_reward_model(
         """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""
         texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         images = [p.images for p in pairs] * 2
+        audios = [p.audios for p in pairs] * 2
         with strategy.autocast():
-            scores = scores_of_texts(texts, images).float()
+            scores = scores_of_texts(texts, images, audios).float()
         return scores[: len(pairs)] - scores[len(pairs) :]
 
     if held_out is not None:
