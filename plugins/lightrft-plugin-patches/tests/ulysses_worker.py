@@ -1,6 +1,6 @@
 """Run on 2 ranks (``torchrun ... ulysses_worker.py OUT``, gloo on the CPU) by
 ``test_ulysses_distributed.py``: Ulysses sequence parallelism over both ranks against the
-unsplit model, for Llama and Qwen2, eager and sdpa kernels, and under the fsdp strategy
+unsplit model, for Llama (eager kernel) and Qwen2 (sdpa), and under the fsdp strategy
 (``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
 for each case the largest difference of log-probs and of gradients."""
 
@@ -116,8 +116,7 @@ def main(out: Path) -> None:
     dist.init_process_group("gloo")
     results = {
         f"{family}-{attention}": plain_case(family, attention)
-        for family in ("llama", "qwen2")
-        for attention in ("eager", "sdpa")
+        for family, attention in (("llama", "eager"), ("qwen2", "sdpa"))
     }
     results["fsdp"] = fsdp_case()
     if dist.get_rank() == 0:

@@ -13,6 +13,10 @@ has them (see ``docs/distributed.md``):
 * ``no_sync(model)``: backward passes inside accumulate gradients without communication;
 * ``generation_context(model)``: the whole model gathered on every rank, for generation
   with the training module (the ``hf`` engine) -- no collective runs inside.
+
+With ``sequence_parallel_size`` P > 1 it also makes groups of P consecutive ranks that split
+each sequence (Ulysses, ``lightrft-plugin-patches``): ``sequence_parallel_group``, and the
+share of the rows a group takes, ``data_parallel_rank`` of ``data_parallel_size``.
 """
 
 from __future__ import annotations
