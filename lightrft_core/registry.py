@@ -52,6 +52,8 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("engine", "vllm"): "lightrft-plugin-vllm",
     ("engine", "sglang"): "lightrft-plugin-sglang",
     ("actor", "qwen_vl"): "lightrft-plugin-qwen-vl",
+    ("actor", "qwen_audio"): "lightrft-plugin-qwen-audio",
+    ("patch", "qwen2_audio_position_embedding"): "lightrft-plugin-qwen-audio",
     ("patch", "ulysses_attention"): "lightrft-plugin-patches",
 }
 
