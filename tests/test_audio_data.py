@@ -420,7 +420,7 @@ def test_sft_and_preference_rows_with_audio(tmp_path: Path, processor: Any, toke
 
 
 # ---------------------------------------------------------------------- lightrft generate
-def test_generate_audio_flag_errors(
+def test_generate_with_audio(
     tmp_path: Path,
     tiny_model_dir: Path,
     tiny_qwen_audio_dir: Path,
@@ -444,6 +444,11 @@ def test_generate_audio_flag_errors(
     assert "--audio noise.wav: audios[0]: cannot read 'noise.wav': not an audio file" in (
         " ".join(corrupt.output.split())
     )
+    write_clip(tmp_path / "beep.flac", 0.5, 880.0, 22_050)
+    args = ["-p", "beeps?", "--audio", "beep.flac", "--max-new-tokens", "3"]
+    answer = runner.invoke(app, ["generate", str(tiny_qwen_audio_dir), *args])
+    assert answer.exit_code == 0, answer.output
+    assert answer.output.startswith("beeps?")
 
 
 def test_reward_model_batches_encode_the_pairs_audio(tmp_path: Path, processor: Any) -> None:
