@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts-b", type=int, default=8, help="Prompts per step, (b).")
     p.add_argument("--samples-b", type=int, default=4, help="Samples per prompt, (b).")
     p.add_argument("--max-new-tokens-b", type=int, default=256, help="Response cap, (b).")
-    p.add_argument("--sft-steps", type=int, default=40, help="SFT optimizer steps before (b).")
+    p.add_argument("--sft-steps", type=int, default=30, help="SFT optimizer steps before (b).")
     p.add_argument("--sft-batch", type=int, default=32, help="SFT rows per optimizer step.")
     p.add_argument(
         "--lightrft-best",
@@ -98,6 +98,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, default=ROOT / "build" / "peers")
     p.add_argument("--venv", type=Path, default=ROOT / "build" / "peers-venv")
     p.add_argument("--install-dry-run", action="store_true", help="Show pip's plan and stop.")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="Install the peer venv, build the models and data and run the SFT, then stop.",
+    )
     p.add_argument("--output-json", type=Path, default=None)
     args = p.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -237,6 +242,7 @@ class Case:
     """One comparison: the shared work and each side's speed-only settings."""
 
     name: str
+    model_label: str
     model: Path
     train_path: Path
     prompts: int
@@ -283,7 +289,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 continue
             cases.append(
                 Case(
-                    f"a-{precision}", model, train, 16, 8, 8, 32, precision,
+                    f"a-{precision}", "5m", model, train, 16, 8, 8, 32, precision,
                     args.warmup_a, args.steps_a, args.repeats_a,
                     lightrft=["trainer.micro_batch_size=128"],
                     trl_micro_batch=128,
@@ -293,9 +299,10 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
         model, train = prepare_b(args.work_dir, args)
         shape = (args.prompts_b, args.samples_b, args.max_new_tokens_b, 64, "fp32")
         rows = args.prompts_b * args.samples_b
+        label = f"{args.size_b} after {args.sft_steps} SFT steps"
         if "b-defaults" in args.cases:
             cases.append(
-                Case("b-defaults", model, train, *shape, args.warmup_b, args.steps_b,
+                Case("b-defaults", label, model, train, *shape, args.warmup_b, args.steps_b,
                      args.repeats_b, trl_micro_batch=8, trl_gradient_checkpointing=True)
             )  # fmt: skip
         if "b-best" in args.cases:
@@ -303,7 +310,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             micro = trl_values.pop("per_device_train_batch_size", rows)
             checkpointing = trl_values.pop("gradient_checkpointing", False)
             cases.append(
-                Case("b-best", model, train, *shape, args.warmup_b, args.steps_b,
+                Case("b-best", label, model, train, *shape, args.warmup_b, args.steps_b,
                      args.repeats_b, lightrft=list(args.lightrft_best or DEFAULT_LIGHTRFT_BEST),
                      trl_micro_batch=micro, trl_gradient_checkpointing=checkpointing,
                      trl=trl_values)
@@ -444,14 +451,18 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     pairs = [
         t["median_s"] / lr["median_s"] for t, lr in zip(runs["trl"], runs["lightrft"], strict=True)
     ]
+    trl_tokens = statistics.median(r["generated_per_step"] for r in runs["trl"])
+    lrft_tokens = statistics.median(r["generated_per_step"] for r in runs["lightrft"])
     return {
         "case": case.name,
         "trl_s": trl_s,
         "lightrft_s": lrft_s,
         "speedup": trl_s / lrft_s,
         "pair_speedups": pairs,
-        "trl_generated": statistics.median(r["generated_per_step"] for r in runs["trl"]),
-        "lightrft_generated": statistics.median(r["generated_per_step"] for r in runs["lightrft"]),
+        "trl_generated": trl_tokens,
+        "lightrft_generated": lrft_tokens,
+        # per generated token: the sides' samples differ, so their lengths do by chance
+        "token_rate_ratio": (lrft_tokens / lrft_s) / (trl_tokens / trl_s),
         "trl_settings": runs["trl"][0]["settings"],
         "lightrft_overrides": case.lightrft,
         "runs": runs,
@@ -471,7 +482,7 @@ def settings_table(cases: list[Case]) -> str:
         trl.append(f"gradient_checkpointing={c.trl_gradient_checkpointing}")
         trl += [f"{k}={v}" for k, v in c.trl.items()]
         lines.append(
-            f"| {c.name} | {c.model.name} | {c.prompts} x {c.samples} | {c.max_new_tokens} "
+            f"| {c.name} | {c.model_label} | {c.prompts} x {c.samples} | {c.max_new_tokens} "
             f"| {c.precision} | {' '.join(c.lightrft) or '(defaults)'} | {' '.join(trl)} |"
         )
     return "\n".join(lines)
@@ -480,15 +491,16 @@ def settings_table(cases: list[Case]) -> str:
 def results_table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| case | TRL s/step | LightRFT s/step | LightRFT speed-up (TRL / LightRFT) "
-        "| per pair | generated tok/step TRL / LightRFT |",
-        "|---|--:|--:|--:|---|---|",
+        "| per pair | generated tok/step TRL / LightRFT | generated tok/s ratio |",
+        "|---|--:|--:|--:|---|---|--:|",
     ]
     for r in results:
         pairs = ", ".join(f"{p:.2f}" for p in r["pair_speedups"])
         lines.append(
             f"| {r['case']} | {r['trl_s']:.3f} | {r['lightrft_s']:.3f} | "
             f"**{r['speedup']:.2f}x** | {pairs} | "
-            f"{r['trl_generated']:.0f} / {r['lightrft_generated']:.0f} |"
+            f"{r['trl_generated']:.0f} / {r['lightrft_generated']:.0f} | "
+            f"{r['token_rate_ratio']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -516,12 +528,19 @@ def main(argv: list[str] | None = None) -> None:
     versions = peer_versions(args.venv)
     print(f"peer venv {args.venv}: {versions}", flush=True)
     cases = build_cases(args)
+    if args.prepare_only:
+        return
     print("\n" + settings_table(cases) + "\n\n" + COMMON_SETTINGS + "\n", flush=True)
     results = []
     for case in cases:
         print(f"{case.name}: {case.repeats} x (TRL, LightRFT)", flush=True)
         results.append(run_case(case, args))
     print("\n" + results_table(results))
+    print(
+        "\nspeed-up: median TRL s/step / median LightRFT s/step over the runs (each run: the "
+        "median of its measured steps); per pair: the same ratio for each TRL/LightRFT pair; "
+        "tok/s ratio: LightRFT's generated tokens per second of step over TRL's."
+    )
     if args.output_json:
         payload = {"versions": versions, "args": vars(args), "results": results}
         args.output_json.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
