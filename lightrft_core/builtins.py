@@ -40,6 +40,7 @@ def lightrft_register_engines(register: Any) -> None:
 @hookimpl
 def lightrft_register_reward_models(register: Any) -> None:
     from .rewards.combined import CombinedReward
+    from .rewards.judge import JudgeReward
     from .rewards.math import MathReward
     from .rewards.model import ScalarRewardModel
     from .rewards.remote import RemoteReward
@@ -52,6 +53,7 @@ def lightrft_register_reward_models(register: Any) -> None:
         FormatReward,
         CombinedReward,
         ScalarRewardModel,
+        JudgeReward,
         RemoteReward,
         ConstantReward,
     ):
@@ -63,3 +65,12 @@ def lightrft_register_policy_losses(register: Any) -> None:
     from .algorithms.clipped_loss import ClippedPolicyLoss
 
     register(ClippedPolicyLoss)
+
+
+@hookimpl
+def lightrft_register_trackers(register: Any) -> None:
+    from .trackers import ConsoleTracker, JsonlTracker, TensorBoardTracker
+
+    register(ConsoleTracker)
+    register(JsonlTracker)
+    register(TensorBoardTracker)

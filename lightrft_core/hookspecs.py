@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         PolicyLoss,
         RewardModel,
         StrategyBase,
+        Tracker,
     )
     from .registry import Register
 
@@ -78,6 +79,12 @@ def lightrft_register_policy_losses(register: Register[PolicyLoss]) -> None:
 @hookspec
 def lightrft_register_patches(register: Register[ModelPatch]) -> None:
     """Register model patches, subclasses of ``ModelPatch``; actors apply them by name."""
+
+
+@hookspec
+def lightrft_register_trackers(register: Register[Tracker]) -> None:
+    """Register experiment trackers, subclasses of ``Tracker``. Users list them by name in
+    ``logging.trackers``."""
 
 
 @hookspec

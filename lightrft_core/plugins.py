@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ModelPatch,
         RewardModel,
         StrategyBase,
+        Tracker,
     )
 
 ENTRY_POINT_GROUP = "lightrft"
@@ -431,6 +432,9 @@ class PluginManager:
     def get_patch(self, name: str) -> type[ModelPatch]:
         return self.get_component("patch", name)  # type: ignore[return-value]
 
+    def get_tracker(self, name: str) -> type[Tracker]:
+        return self.get_component("tracker", name)  # type: ignore[return-value]
+
 
 def _import_file(path: Path) -> ModuleType:
     module_name = f"lightrft_local_plugin_{path.stem}"
@@ -488,3 +492,4 @@ get_reward_model: Callable[[str], type[RewardModel]] = _lookup("reward")
 get_engine: Callable[[str], type[InferenceEngine]] = _lookup("engine")
 get_algorithm: Callable[[str], type[Algorithm]] = _lookup("algorithm")
 get_patch: Callable[[str], type[ModelPatch]] = _lookup("patch")
+get_tracker: Callable[[str], type[Tracker]] = _lookup("tracker")

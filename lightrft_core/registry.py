@@ -21,6 +21,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "advantage": "lightrft_register_advantage_estimators",
     "loss": "lightrft_register_policy_losses",
     "patch": "lightrft_register_patches",
+    "tracker": "lightrft_register_trackers",
 }
 
 
@@ -55,6 +56,8 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("actor", "qwen_audio"): "lightrft-plugin-qwen-audio",
     ("patch", "qwen2_audio_position_embedding"): "lightrft-plugin-qwen-audio",
     ("patch", "ulysses_attention"): "lightrft-plugin-patches",
+    ("tracker", "wandb"): "lightrft-plugin-wandb",
+    ("tracker", "mlflow"): "lightrft-plugin-mlflow",
 }
 
 

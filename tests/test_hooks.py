@@ -146,6 +146,22 @@ def test_hook_lightrft_register_patches() -> None:
     assert _register_via("lightrft_register_patches", Patch).get_patch("my_patch") is Patch
 
 
+def test_hook_lightrft_register_trackers() -> None:
+    from lightrft_core.interfaces import Tracker
+
+    class MyTracker(Tracker):
+        name = "my_tracker"
+
+        def start(self, run) -> None:
+            pass
+
+        def log_metrics(self, step, metrics) -> None:
+            pass
+
+    pm = _register_via("lightrft_register_trackers", MyTracker)
+    assert pm.get_tracker("my_tracker") is MyTracker
+
+
 def test_hook_lightrft_add_cli_commands() -> None:
     class Plugin:
         @hookimpl

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lightrft_core.trainer import metrics
+from lightrft_core.trackers import ConsoleTracker, builtin
 from lightrft_core.trainer.metrics import MetricsLogger
 
 
 def test_names_with_brackets_print_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(metrics, "CONSOLE_KEYS", ("reward/[/x]", "reward/[red]ok"))
+    monkeypatch.setattr(builtin, "CONSOLE_KEYS", ("reward/[/x]", "reward/[red]ok"))
     console = Console(record=True, width=200, color_system=None)
-    logger = MetricsLogger(tmp_path, jsonl=False, tensorboard=False, console=console)
+    logger = MetricsLogger([ConsoleTracker(console=console)])
     logger.log(1, {"reward/[/x]": 0.5, "reward/[red]ok": 0.25, "time/[/y]": 2.0})
     console.print(logger.summary_table())
     text = console.export_text()
@@ -31,8 +31,8 @@ def test_a_piped_console_gets_one_line_per_step(tmp_path: Path) -> None:
     sink = io.StringIO()
     console = Console(file=sink, width=40, color_system=None)
     assert not console.is_terminal
-    logger = MetricsLogger(tmp_path, jsonl=False, tensorboard=False, console=console)
-    record = {key: 0.123456 for key in metrics.CONSOLE_KEYS}
+    logger = MetricsLogger([ConsoleTracker(console=console)])
+    record = {key: 0.123456 for key in builtin.CONSOLE_KEYS}
     logger.log(1, record)
     logger.log(2, record)
     lines = sink.getvalue().splitlines()

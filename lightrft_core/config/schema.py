@@ -311,11 +311,37 @@ class SFTConfig:
 class LoggingConfig:
     log_every: int = field(default=1, metadata={"help": "Print a metrics line every N steps."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar."})
-    jsonl: bool = field(default=True, metadata={"help": "Write metrics.jsonl in output_dir."})
-    tensorboard: bool = field(default=True, metadata={"help": "Write TensorBoard event files."})
+    trackers: list[str] = field(
+        default_factory=lambda: ["console", "jsonl", "tensorboard"],
+        metadata={
+            "help": "Trackers that record the run (console, jsonl, tensorboard; plugins add "
+            "wandb, mlflow ...). Only rank 0 tracks."
+        },
+    )
+    tracker_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "Each tracker's options by name, e.g. {wandb: {mode: offline}}."},
+    )
+    jsonl: bool = field(
+        default=True, metadata={"help": "false leaves the jsonl tracker out of trackers."}
+    )
+    tensorboard: bool = field(
+        default=True, metadata={"help": "false leaves the tensorboard tracker out of trackers."}
+    )
 
     def __post_init__(self) -> None:
         _positive("logging", log_every=self.log_every)
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError(f"logging.trackers lists a tracker twice: {self.trackers}")
+
+    def active_trackers(self) -> list[str]:
+        """``trackers`` less those the ``jsonl``/``tensorboard`` switches turn off."""
+        off = {
+            name
+            for name, on in (("jsonl", self.jsonl), ("tensorboard", self.tensorboard))
+            if not on
+        }
+        return [name for name in self.trackers if name not in off]
 
 
 # ---------------------------------------------------------------------- component sections

@@ -21,6 +21,7 @@ from .parts import AdvantageEstimator, AlgorithmPart, PolicyLoss
 from .patch import ModelPatch
 from .reward import RewardInput, RewardModel, RewardOutput
 from .strategy import StrategyBase
+from .tracker import SamplesTable, TrackedRun, Tracker
 
 #: Component kinds, in the order they are documented, and their interface.
 COMPONENT_KINDS: dict[str, type[Component]] = {
@@ -32,6 +33,7 @@ COMPONENT_KINDS: dict[str, type[Component]] = {
     "advantage": AdvantageEstimator,
     "loss": PolicyLoss,
     "patch": ModelPatch,
+    "tracker": Tracker,
 }
 
 __all__ = [
@@ -61,8 +63,11 @@ __all__ = [
     "RewardInput",
     "RewardModel",
     "RewardOutput",
+    "SamplesTable",
     "SamplingParams",
     "StrategyBase",
+    "TrackedRun",
+    "Tracker",
     "ValueLossInput",
     "ValueLossOutput",
     "collate_modal_inputs",

@@ -13,6 +13,7 @@ and the log closed.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from typing import Any
 import torch
 
 from ..config import LightRFTConfig, dump_config
-from ..interfaces import Actor, StrategyBase
+from ..interfaces import Actor, StrategyBase, TrackedRun
 from ..plugins import PluginManager
 from ..rng import seed_everything
+from ..trackers import build_trackers
 from .distributed import check_divisible
 from .metrics import MetricsLogger
+from .resume import flat_config
 from .run_folder import RunFolderBusy, RunLock, hold_run_folder
 
 #: The exported model's folder inside ``run.output_dir``.
@@ -123,25 +126,36 @@ def hold_folder(strategy: StrategyBase, cfg: LightRFTConfig) -> RunLock | None:
 def open_run_log(
     cfg: LightRFTConfig,
     strategy: StrategyBase,
+    manager: PluginManager,
     *,
     console: Any = None,
     resume_step: int | None = None,
+    run_id: str | None = None,
 ) -> MetricsLogger:
-    """The metrics log of ``run.output_dir`` (rank 0 writes; ``resume_step`` continues an
-    earlier run's log), after writing the resolved ``config.yaml`` there."""
+    """The metrics log of ``run.output_dir``, after writing the resolved ``config.yaml``
+    there: rank 0 starts the trackers of ``logging.trackers`` (``resume_step`` continues an
+    earlier run's log; ``run_id`` names the run the trackers continue, a new id if ``None``),
+    the other ranks track nothing."""
+    if not strategy.is_rank_0:
+        return MetricsLogger()
     out = Path(cfg.run.output_dir)
-    metrics = MetricsLogger(
-        out,
-        enabled=strategy.is_rank_0,
-        jsonl=cfg.logging.jsonl,
-        tensorboard=cfg.logging.tensorboard,
-        log_every=cfg.logging.log_every,
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    trackers = build_trackers(
+        cfg.logging.active_trackers(),
+        cfg.logging.tracker_options,
+        manager,
         console=console,
+        log_every=cfg.logging.log_every,
+    )
+    run = TrackedRun(
+        run_id=run_id or uuid.uuid4().hex[:12],
+        name=cfg.run.name,
+        output_dir=out,
+        config=flat_config(cfg, strategy.world_size),
         resume_step=resume_step,
     )
-    if strategy.is_rank_0:
-        (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    return metrics
+    return MetricsLogger(trackers, run)
 
 
 def unwrapped_actor(strategy: StrategyBase, prepared: torch.nn.Module) -> Actor:

@@ -1,38 +1,27 @@
-"""Where metrics go: the console (progress bar and a compact line), ``metrics.jsonl``,
-TensorBoard event files, and a summary table at the end. Only rank 0 writes."""
+"""Where metrics go: to the run's trackers (``logging.trackers``: the console line,
+``metrics.jsonl``, TensorBoard, plugins' W&B, MLflow ...), and a summary table at the end.
+Only rank 0 tracks."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-logger = logging.getLogger("lightrft.trainer")
+from ..interfaces.tracker import SamplesTable, TrackedRun, Tracker
+from ..trackers.builtin import format_line
 
-#: Metrics printed on the compact per-step console line, in this order.
-CONSOLE_KEYS = (
-    "sft/loss",
-    "reward/mean",
-    "accuracy",
-    "eval/accuracy",
-    "kl",
-    "entropy",
-    "clip_fraction",
-    "response_length",
-    "grad_norm",
-    "tokens_per_s",
-    "time/step",
-)
+__all__ = ["MetricsLogger", "PhaseTimer", "format_line", "read_metrics"]
+
+logger = logging.getLogger("lightrft.trainer")
 
 #: Metrics the end-of-run summary table reports (first, last, best).
 SUMMARY_KEYS = (
@@ -44,6 +33,8 @@ SUMMARY_KEYS = (
     "response_length",
     "kl",
 )
+#: The statistics of each summary metric, in the table's column order.
+SUMMARY_STATS = ("first", "last", "best", "mean")
 
 
 class PhaseTimer:
@@ -66,69 +57,72 @@ class PhaseTimer:
 
 
 class MetricsLogger:
-    """Writes one record per step to every enabled sink."""
+    """Hands each logged step to every tracker and keeps the history (for the summary).
 
-    def __init__(
-        self,
-        output_dir: str | Path,
-        *,
-        enabled: bool = True,
-        jsonl: bool = True,
-        tensorboard: bool = True,
-        console: Console | None = None,
-        log_every: int = 1,
-        resume_step: int | None = None,
-    ) -> None:
-        self.enabled = enabled
-        self.console = console or Console(highlight=False)
-        self.log_every = log_every
+    Built on rank 0 with the run's trackers, on the other ranks with none. A tracker call
+    that raises is reported once (one warning naming the tracker) and that tracker is left
+    out from then on: the run goes on.
+    """
+
+    def __init__(self, trackers: Sequence[Tracker] = (), run: TrackedRun | None = None) -> None:
+        self.trackers = list(trackers)
         self.history: list[dict[str, Any]] = []
-        self._jsonl = None
-        self._tb = None
-        if not enabled:
+        self._closed = False
+        if run is None:
             return
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if jsonl:
-            path = out / "metrics.jsonl"
-            if resume_step is not None and path.is_file():  # drop steps after the checkpoint
-                self.history = [r for r in records_to_resume(path) if r["step"] <= resume_step]
-            rewrite_atomically(path, "".join(json.dumps(r) + "\n" for r in self.history))
-            self._jsonl = path.open("a", encoding="utf-8")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+        path = Path(run.output_dir) / "metrics.jsonl"
+        if run.resume_step is not None and path.is_file():  # the summary spans the whole run
+            self.history = [r for r in records_to_resume(path) if r["step"] <= run.resume_step]
+        self._each("start", lambda tracker: tracker.start(run))
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self.history.append(record)
-        if not self.enabled:
-            return
-        if self._jsonl is not None:
-            self._jsonl.write(json.dumps(record) + "\n")
-            self._jsonl.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._tb.add_scalar(key, value, step)
-            self._tb.flush()
-        if step % self.log_every == 0:
-            # names are plain text; one line per step however narrow the console (a piped
-            # console is 80 columns and would otherwise wrap inside a metric)
-            self.console.print(format_line(record), markup=False, soft_wrap=True)
+        values = {k: _plain(v) for k, v in metrics.items()}
+        self.history.append({"step": step, **values})
+        self._each("log_metrics", lambda tracker: tracker.log_metrics(step, values))
+
+    def log_samples(self, step: int, table: SamplesTable) -> None:
+        """Hand a table of sampled responses to every tracker (rank 0; others do nothing)."""
+        self._each("log_samples", lambda tracker: tracker.log_samples(step, table))
+
+    def _each(self, what: str, call: Callable[[Tracker], None]) -> None:
+        for tracker in list(self.trackers):
+            try:
+                call(tracker)
+            except Exception as exc:
+                self.trackers.remove(tracker)
+                logger.warning(
+                    "tracker %r failed in %s and is off for the rest of the run: %s: %s",
+                    tracker.name,
+                    what,
+                    type(exc).__name__,
+                    exc,
+                )
+
+    def summary(self) -> dict[str, float]:
+        """``{"reward/mean/first": ..., ".../last", ".../best", ".../mean"}`` for each of
+        ``SUMMARY_KEYS`` the run logged."""
+        out: dict[str, float] = {}
+        for key, values in self._summary_values():
+            best = min(values) if key in ("kl",) else max(values)
+            stats = (values[0], values[-1], best, sum(values) / len(values))
+            out.update({f"{key}/{name}": v for name, v in zip(SUMMARY_STATS, stats, strict=True)})
+        return out
+
+    def _summary_values(self) -> list[tuple[str, list[float]]]:
+        found = []
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in self.history if isinstance(r.get(key), (int, float))]
+            if values:
+                found.append((key, values))
+        return found
 
     def summary_table(self, title: str = "Run summary") -> Table:
         table = Table(title=title)
-        for column in ("metric", "first", "last", "best", "mean"):
+        for column in ("metric", *SUMMARY_STATS):
             table.add_column(column, justify="right" if column != "metric" else "left")
-        for key in SUMMARY_KEYS:
-            values = [r[key] for r in self.history if isinstance(r.get(key), (int, float))]
-            if not values:
-                continue
-            best = min(values) if key in ("kl",) else max(values)
-            mean = sum(values) / len(values)
-            table.add_row(Text(key), *(f"{v:.4g}" for v in (values[0], values[-1], best, mean)))
+        summary = self.summary()
+        for key, _ in self._summary_values():
+            table.add_row(Text(key), *(f"{summary[f'{key}/{s}']:.4g}" for s in SUMMARY_STATS))
         phases = sorted({k for r in self.history for k in r if k.startswith("time/")})
         for key in phases:
             total = sum(r.get(key, 0.0) for r in self.history)
@@ -136,20 +130,13 @@ class MetricsLogger:
         return table
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def format_line(record: Mapping[str, Any]) -> str:
-    """``step 12 | reward/mean 0.41 | accuracy 0.40 | ...`` with the keys present."""
-    parts = [f"step {record['step']}"]
-    for key in CONSOLE_KEYS:
-        value = record.get(key)
-        if isinstance(value, (int, float)):
-            parts.append(f"{key} {value:.4g}")
-    return " | ".join(parts)
+        """Give the trackers the summary, then close them (once)."""
+        if self._closed:
+            return
+        self._closed = True
+        summary = self.summary()
+        self._each("log_summary", lambda tracker: tracker.log_summary(summary))
+        self._each("close", lambda tracker: tracker.close())
 
 
 def _plain(value: Any) -> Any:

@@ -118,7 +118,7 @@ def _train_reward_model(
     train = dataset(train_path, s.max_length)
     held_out = None if d.eval_path is None else dataset(d.eval_path, None)
     model, optimizer, scheduler, total = prepare_supervised(cfg, strategy, model, len(train))
-    metrics = open_run_log(cfg, strategy, console=console)
+    metrics = open_run_log(cfg, strategy, manager, console=console)
 
     def scores_of_texts(
         texts: list[str], images: list[list[Any]], audios: list[list[Any]]

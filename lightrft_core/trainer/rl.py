@@ -208,8 +208,10 @@ class RLTrainer:
         self.metrics = open_run_log(
             cfg,
             s,
+            manager,
             console=console,
             resume_step=self.start_step if resume is not None else None,
+            run_id=self.identity.run_id,
         )
         if s.is_rank_0:
             write_run_id(self.out, self.identity.run_id)

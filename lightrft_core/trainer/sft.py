@@ -85,7 +85,7 @@ def _train_sft(
     check_packing(cfg.trainer.packing, built)
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))
     policy = unwrapped_actor(strategy, actor)
-    metrics = open_run_log(cfg, strategy, console=console)
+    metrics = open_run_log(cfg, strategy, manager, console=console)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
