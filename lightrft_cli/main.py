@@ -16,6 +16,7 @@ from .commands import (
     plugin_cmd,
     plugins_cmd,
     rm_cmd,
+    rollouts_cmd,
     sft_cmd,
     tools_cmd,
     train_cmd,
@@ -70,6 +71,9 @@ app.command("generate", help="Answer prompts with a trained model or run folder.
     tools_cmd.generate
 )
 app.command("plot", help="Draw a run's reward and accuracy curves to PNG.")(tools_cmd.plot)
+app.command("rollouts", help="Print a run's saved rollouts (samples, rewards) as a table.")(
+    rollouts_cmd.rollouts
+)
 app.add_typer(config_cmd.app, name="config", help="Show, validate and document configurations.")
 app.add_typer(plugin_cmd.app, name="plugin", help="Create a new plugin package.")
 

@@ -30,6 +30,11 @@ def _non_negative(section: str, **values: float) -> None:
             raise ValueError(f"{section}.{key} must be >= 0, got {value}")
 
 
+def _check_step_range(key: str, steps: list[int]) -> None:
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
+        raise ValueError(f"{key} must be [first, last] with 1 <= first <= last, got {steps}")
+
+
 OPTIONS_FIELD = "options"
 
 
@@ -245,8 +250,18 @@ class TrainerConfig:
         default=10000.0,
         metadata={"help": "Adaptive KL: horizon in samples; larger adapts more slowly."},
     )
+    profile_steps: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "[a, b]: record a torch.profiler trace of steps a..b (Chrome/Perfetto JSON "
+            "in output_dir/profile/) and print the top operators per phase after step b; "
+            "null: off."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.profile_steps is not None:
+            _check_step_range("trainer.profile_steps", self.profile_steps)
         if self.reward_clip is not None:
             _positive("trainer", reward_clip=self.reward_clip)
         _positive("trainer", kl_target=self.kl_target, kl_horizon=self.kl_horizon)
@@ -329,8 +344,18 @@ class LoggingConfig:
         default=True, metadata={"help": "false leaves the tensorboard tracker out of trackers."}
     )
 
+    save_rollouts_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps, save the trained samples (prompt, response, rewards, "
+            "advantage, length, log-prob mismatch) to rollouts/step_NNNNNN.parquet in "
+            "output_dir and hand them to the trackers; 0 disables."
+        },
+    )
+
     def __post_init__(self) -> None:
         _positive("logging", log_every=self.log_every)
+        _non_negative("logging", save_rollouts_every=self.save_rollouts_every)
         if len(set(self.trackers)) != len(self.trackers):
             raise ValueError(f"logging.trackers lists a tracker twice: {self.trackers}")
 

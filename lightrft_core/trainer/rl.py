@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 
 from ..algorithms import masked_mean
 from ..config import LightRFTConfig
@@ -60,6 +61,7 @@ from .experience import (
 from .metrics import PhaseTimer
 from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
 from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
+from .profiling import RangedPhaseTimer, StepProfiler
 from .resume import (
     RunIdentity,
     changes_line,
@@ -70,6 +72,7 @@ from .resume import (
     write_checkpoint_identity,
     write_run_id,
 )
+from .rollouts import save_rollouts
 from .step_metrics import rollout_metrics
 
 logger = logging.getLogger("lightrft.trainer")
@@ -97,6 +100,7 @@ class RLTrainer:
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
         self.progress = progress
+        self.console: Console = console or Console(highlight=False)
         t = cfg.trainer
         manager = manager or get_plugin_manager()
         self.run = start_run(
@@ -272,8 +276,16 @@ class RLTrainer:
         t = self.cfg.trainer
         if t.eval_every and self.data.eval_items and self.start_step == 0:
             self.metrics.log(0, self.evaluate())
+        profiler = StepProfiler(
+            t.profile_steps,
+            self.out,
+            rank=self.c.strategy.rank,
+            console=self.console,
+            final_step=t.max_steps,
+        )
         for step in range(self.start_step + 1, t.max_steps + 1):
-            metrics = self.step(step)
+            with profiler.step(step):
+                metrics = self.step(step)
             if (
                 t.eval_every
                 and self.data.eval_items
@@ -298,7 +310,7 @@ class RLTrainer:
 
     def step(self, step: int) -> dict[str, float]:
         """One RL step; returns its metrics."""
-        timer = PhaseTimer()
+        timer = RangedPhaseTimer()  # phases are also profiler ranges (trainer.profile_steps)
         started = time.perf_counter()
         collected = self._collect(step, timer)  # generate + reward rounds, dynamic sampling
         rollout = self._build_rollout(collected)
@@ -318,6 +330,17 @@ class RLTrainer:
                 self._sync_weights()
         metrics = self._rollout_metrics(collected, rollout, advantages)
         metrics.update(train_metrics)
+        every = self.cfg.logging.save_rollouts_every
+        if every and step % every == 0:
+            save_rollouts(
+                self.out,
+                step,
+                collected,
+                rollout,
+                strategy=self.c.strategy,
+                tokenizer=self.c.tokenizer,
+                log_samples=self.metrics.log_samples,
+            )
         metrics.update(self._kl_control(rollout))  # logs β, then an adaptive step
         metrics.update(self._pace(timer, started, metrics.pop("generated_tokens")))
         return metrics
