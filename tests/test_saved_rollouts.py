@@ -1,15 +1,19 @@
 """Saved rollouts (logging.save_rollouts_every): a 5-step run's Parquet files read back with
 pandas/pyarrow and through ``lightrft rollouts``; the atomic write; ``--filter`` parsing;
-the rows of two ranks gathered."""
+the rows of two ranks gathered. The same run profiles steps 2-3 (trainer.profile_steps; the
+profiler's own tests are in test_profiling.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+from io import StringIO
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lightrft_cli.main import app
@@ -32,7 +36,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def run(fast_tiny_model_dir, tmp_path_factory):
-    """A 5-step GRPO run (4 prompts x 4 samples) saving rollouts every step."""
+    """A 5-step GRPO run (4 prompts x 4 samples) saving rollouts every step, profiling
+    steps 2-3; its folder, history, the samples tables and the console's text."""
     import lightrft_plugin_grpo.plugin
 
     work = tmp_path_factory.mktemp("rollouts")
@@ -56,10 +61,12 @@ def run(fast_tiny_model_dir, tmp_path_factory):
             "trainer.learning_rate=1e-2",
             "logging.tensorboard=false",
             "logging.save_rollouts_every=1",
+            "trainer.profile_steps=[2,3]",
         ],
         manager=pm,
     )
-    trainer = RLTrainer(cfg, pm)
+    console = Console(file=StringIO(), width=200)
+    trainer = RLTrainer(cfg, pm, console=console)
     samples: list[tuple[int, list[dict]]] = []
     log_samples = trainer.metrics.log_samples
     trainer.metrics.log_samples = lambda step, table: (  # type: ignore[method-assign]
@@ -67,11 +74,11 @@ def run(fast_tiny_model_dir, tmp_path_factory):
         log_samples(step, table),
     )
     history = trainer.train().history
-    return work / "run", history, samples
+    return work / "run", history, samples, console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def test_a_5_step_run_saves_every_sample_of_every_step(run) -> None:
-    out, history, samples = run
+    out, history, samples, _ = run
     assert rollouts.saved_steps(out) == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in (out / "rollouts").iterdir()) == [
         f"step_00000{i}.parquet" for i in range(1, 6)
@@ -119,7 +126,7 @@ def test_a_5_step_run_saves_every_sample_of_every_step(run) -> None:
 
 
 def test_lightrft_rollouts_prints_the_latest_step_and_filters(run) -> None:
-    out, _, _ = run
+    out, _, _, _ = run
     result = runner.invoke(app, ["rollouts", str(out)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "step 5" in result.output and "16 of 16 samples" in result.output
@@ -138,6 +145,17 @@ def test_lightrft_rollouts_prints_the_latest_step_and_filters(run) -> None:
     assert "no column 'rewrd'" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(app, ["rollouts", str(out), "--step", "9"])
     assert missing.exit_code == 2 and "saved steps: 1, 2, 3, 4, 5" in missing.output
+
+
+def test_the_run_profiles_steps_2_to_3_and_prints_the_top_operators(run) -> None:
+    out, _, _, printed = run
+    assert [p.name for p in (out / "profile").iterdir()] == ["steps_2-3_rank0.json"]
+    events = json.loads((out / "profile" / "steps_2-3_rank0.json").read_text())["traceEvents"]
+    phases = [e["name"] for e in events if e.get("name", "").startswith("phase/")]
+    for phase in ("generate", "reward", "logprobs", "train", "sync"):
+        assert phases.count(f"phase/{phase}") == 2, phase  # steps 2 and 3 only
+    assert "Top operators per phase, steps 2-3" in printed
+    assert "aten::" in printed and "steps_2-3_rank0.json" in printed
 
 
 def rows_with(responses: list[str], rewards: list[float]) -> list[dict]:
