@@ -10,8 +10,10 @@ from lightrft_core import hookimpl
 @hookimpl
 def lightrft_register_actors(register: Any) -> None:
     from .actor import QwenAudioActor
+    from .omni import QwenOmniActor
 
     register(QwenAudioActor)
+    register(QwenOmniActor)
 
 
 @hookimpl

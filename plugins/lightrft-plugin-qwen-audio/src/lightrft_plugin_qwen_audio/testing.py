@@ -4,6 +4,8 @@ fixtures by name:
 
 - ``tiny_qwen_audio_dir`` (session): a tiny random-weight Qwen2-Audio with its processor
   (``tiny.build_tiny_qwen2_audio``).
+- ``tiny_qwen_omni_dir`` (session): a tiny random-weight Qwen2.5-Omni thinker with its
+  processor (``tiny_omni.build_tiny_qwen_omni``).
 
 ``tone(seconds, hz)`` makes a test clip; ``make_audio_batch(path, rows)`` builds right-padded
 rows with clips and random responses, for actor tests.
@@ -24,6 +26,15 @@ def tiny_qwen_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .tiny import build_tiny_qwen2_audio
 
     return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny-qwen2-audio"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_omni_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2.5-Omni thinker folder (model, tokenizer, image processor, feature
+    extractor, chat template)."""
+    from .tiny_omni import build_tiny_qwen_omni
+
+    return build_tiny_qwen_omni(tmp_path_factory.mktemp("tiny-qwen-omni"))
 
 
 def tone(seconds: float, hz: float, *, sampling_rate: int = 16_000) -> Any:
