@@ -29,6 +29,7 @@ class PreferencePair:
     rejected: str  # prompt + rejected response
     images: list[Any] = field(default_factory=list)  # the prompt's images (both sides)
     audios: list[Any] = field(default_factory=list)  # its waveforms, at the processor's rate
+    labels: dict[str, Any] = field(default_factory=dict)  # the row's label_keys values (heads)
 
 
 class PreferenceDataset(Sequence[PreferencePair]):
@@ -56,6 +57,7 @@ class PreferenceDataset(Sequence[PreferencePair]):
         processor: Any = None,
         base_dir: Path | None = None,
         skip_malformed: bool = False,
+        label_keys: Sequence[str] = (),
     ) -> None:
         self.pairs: list[PreferencePair] = []
         self.num_filtered = 0
@@ -73,7 +75,8 @@ class PreferenceDataset(Sequence[PreferencePair]):
         malformed = MalformedRows(source, skip=skip_malformed)
         for index, row in enumerate(rows):
             where = locations[index] if locations else f"{source}: row {index}"
-            problem = row_problem(row, (input_key, chosen_key, rejected_key), what="a mapping")
+            required = (input_key, chosen_key, rejected_key, *label_keys)
+            problem = row_problem(row, required, what="a mapping")
             if problem:
                 raise DataError(f"{where}: {problem}")
             if processor is None:
@@ -102,6 +105,7 @@ class PreferenceDataset(Sequence[PreferencePair]):
             if max_length is not None and max(lengths) > max_length:
                 self.num_filtered += 1
                 continue
+            pair.labels = {key: row[key] for key in label_keys}
             self.pairs.append(pair)
         malformed.log()
         self.num_skipped = malformed.count
@@ -127,12 +131,14 @@ class PreferenceDataset(Sequence[PreferencePair]):
         *,
         max_length: int | None = None,
         processor: Any = None,
+        label_keys: Sequence[str] = (),
     ) -> PreferenceDataset:
         """Read ``source`` with the options of a ``DataConfig`` (``input_key``,
         ``chosen_key``, ``rejected_key``, ``image_key``, ``audio_key``, ``max_audio_seconds``,
         ``system_prompt``, ``apply_chat_template``, ``skip_malformed``); ``processor``
-        encodes rows with media."""
-        keys = (config.input_key, config.chosen_key, config.rejected_key)
+        encodes rows with media; ``label_keys`` (required columns) are kept in each pair's
+        ``labels`` (a multi-head reward model's labels, ``rewards/heads.py``)."""
+        keys = (config.input_key, config.chosen_key, config.rejected_key, *label_keys)
         result = read_rows(source, required_keys=keys, skip_malformed=config.skip_malformed)
         dataset = cls(
             result.rows,
@@ -151,6 +157,7 @@ class PreferenceDataset(Sequence[PreferencePair]):
             processor=processor,
             base_dir=source_folder(source),
             skip_malformed=config.skip_malformed,
+            label_keys=label_keys,
         )
         dataset.num_skipped += result.skipped
         return dataset

@@ -16,6 +16,7 @@ import torch
 
 from .component import Component
 from .multimodal import MultiModalInputs
+from .strategy import StrategyBase
 
 
 @dataclass
@@ -77,3 +78,10 @@ class RewardModel(Component):
     @abstractmethod
     def score(self, batch: RewardInput) -> RewardOutput:
         """Score every sample of ``batch``; must return ``len(batch)`` rewards."""
+
+    def place(self, strategy: StrategyBase) -> None:
+        """Called once by the RL loop, on every rank, after the strategy is set up and before
+        the first ``score``: a reward that holds a model lets ``strategy`` place it (shard it
+        as an inference model, or keep it on the CPU between scorings). The default does
+        nothing. A sharded model makes ``score`` collective: every rank scores as many
+        batches."""

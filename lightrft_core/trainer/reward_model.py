@@ -12,7 +12,14 @@ then a trunk + head folder with the processor, which ``reward.name: model`` load
 ``reward.actor`` set to the same actor. Each pair is scored on both sides -- the text
 ``prompt + response`` that ``reward.name: model`` scores in RL, encoded the same way -- and
 the loss is ``-log σ(s_chosen − s_rejected)``, averaged over the
-optimizer batch's pairs. The optimisation options are the ``sft`` section's (``batch_size``
+optimizer batch's pairs.
+
+With ``rm.heads`` (a text model only) the model has one output per named head (saved as
+``num_labels`` with the names in ``config.id2label``) and each head is trained from its own
+labels of the row (``rewards/heads.py``: which response it prefers, a cost head's direction
+and Safe RLHF's safety classification term); the pair's loss is the sum over heads.
+
+The optimisation options are the ``sft`` section's (``batch_size``
 counts pairs). Under ``torchrun`` every rank draws the same batches and trains on its
 contiguous share; the loss divides by the pairs of every rank, so a step does not depend on
 the number of ranks.
@@ -20,7 +27,8 @@ the number of ranks.
 Metrics: ``rm/loss``, ``rm/accuracy`` (pairs with ``s_chosen > s_rejected``), ``rm/margin``
 (mean ``s_chosen − s_rejected``); with ``data.eval_path``, ``eval/accuracy`` and
 ``eval/margin`` on the held-out pairs (every rank scores all of them) before the first and
-after the last step.
+after the last step. With several heads, accuracy and margin are means over the heads, and
+each head's own are ``rm/accuracy/<head>``, ``eval/accuracy/<head>``, ``eval/margin/<head>``.
 """
 
 from __future__ import annotations
@@ -32,16 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..models.critic import CriticModel
 from ..plugins import PluginManager, get_plugin_manager
+from ..rewards.heads import RewardHead, head_targets, pair_losses, parse_heads
 from ..rewards.model import (
     encode_texts,
+    head_scores_of,
     load_sequence_classifier,
-    scores_of,
     scoring_tokenizer,
 )
 from ..rewards.trunk_scoring import encode_with_media, reads_images, trunk_scores
@@ -102,17 +110,34 @@ def _train_reward_model(
     actor_class = manager.get_actor(cfg.model.name)
     with_media = reads_images(actor_class)
     processor = _processor_for_images(start, cfg.model.name) if with_media else None
+    heads = parse_heads(cfg.rm.heads)
+    if with_media and len(heads) > 1:
+        raise ValueError(
+            f"rm.heads: a reward model that reads media (model.name={cfg.model.name!r}) has "
+            "one score head; several heads need a text model"
+        )
     with model_init_context(strategy):
         if with_media:
             model: torch.nn.Module = CriticModel.from_pretrained(path)
         else:
-            classifier = load_sequence_classifier(path, num_labels=1)
+            classifier = load_sequence_classifier(
+                path,
+                num_labels=len(heads),
+                id2label={i: head.name for i, head in enumerate(heads)},
+                label2id={head.name: i for i, head in enumerate(heads)},
+            )
             classifier.config.pad_token_id = tokenizer.pad_token_id  # pooling: last non-pad
             model = classifier
+    label_keys = list(dict.fromkeys(key for head in heads for key in head.row_keys()))
 
     def dataset(source: str, max_length: int | None) -> PreferenceDataset:
         return PreferenceDataset.from_source(
-            source, tokenizer, d, max_length=max_length, processor=processor
+            source,
+            tokenizer,
+            d,
+            max_length=max_length,
+            processor=processor,
+            label_keys=label_keys,
         )
 
     train = dataset(train_path, s.max_length)
@@ -123,23 +148,26 @@ def _train_reward_model(
     def scores_of_texts(
         texts: list[str], images: list[list[Any]], audios: list[list[Any]]
     ) -> torch.Tensor:
+        """``[b, H]`` scores of every head."""
         if with_media:
             batch = encode_with_media(processor, actor_class, texts, images, audios)
-            return trunk_scores(model, actor_class, batch.to(strategy.device))
+            return trunk_scores(model, actor_class, batch.to(strategy.device))[:, None]
         encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
-        return scores_of(model, encoded)
+        return head_scores_of(model, encoded)
 
-    def margins(pairs: list[PreferencePair]) -> torch.Tensor:
-        """``[n]`` s_chosen − s_rejected, both sides in one forward pass."""
+    def margins(pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, margin)``, ``[n, H]`` (``rewards/heads.py``), both sides in one
+        forward pass."""
         texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         images = [p.images for p in pairs] * 2
         audios = [p.audios for p in pairs] * 2
         with strategy.autocast():
             scores = scores_of_texts(texts, images, audios).float()
-        return scores[: len(pairs)] - scores[len(pairs) :]
+        targets = head_targets([p.labels for p in pairs], heads)
+        return pair_losses(scores[: len(pairs)], scores[len(pairs) :], targets, heads)
 
     if held_out is not None:
-        metrics.log(0, evaluate(model, held_out, margins, s.micro_batch_size))
+        metrics.log(0, evaluate(model, held_out, margins, s.micro_batch_size, heads))
     generator = torch.Generator().manual_seed(cfg.run.seed)
     rank, world_size = strategy.rank, strategy.world_size
     step = 0
@@ -153,23 +181,19 @@ def _train_reward_model(
                 continue
             started = time.perf_counter()
             mine = batch_rows[rank * share : (rank + 1) * share].split(s.micro_batch_size)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss, correct, margin (this rank)
+            # loss, then each head's correct pairs and margin (sums on this rank)
+            sums = torch.zeros(1 + 2 * len(heads), dtype=torch.float64)
             for index, rows in enumerate(mine):
                 last = index == len(mine) - 1
                 with nullcontext() if last else no_sync(strategy, model):
-                    margin = margins([train[int(i)] for i in rows])
-                    pair_losses = -F.logsigmoid(margin)
+                    losses, margin = margins([train[int(i)] for i in rows])
                     # this rank's mean; the strategy averages the ranks' gradients, which
                     # gives the mean over every rank's pairs
-                    strategy.backward(pair_losses.sum() / share, model)
-                sums += torch.tensor(
-                    [
-                        float(pair_losses.detach().sum()),
-                        float((margin > 0).sum()),
-                        float(margin.detach().sum()),
-                    ],
-                    dtype=torch.float64,
-                )
+                    strategy.backward(losses.sum() / share, model)
+                margin = margin.detach().double().cpu()
+                sums[0] += float(losses.detach().sum())
+                sums[1::2] += (margin > 0).sum(0)
+                sums[2::2] += margin.sum(0)
             grad_norm = strategy.optimizer_step(
                 model, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
             )
@@ -182,8 +206,7 @@ def _train_reward_model(
                 step,
                 {
                     "rm/loss": float(totals[0]),
-                    "rm/accuracy": float(totals[1]),
-                    "rm/margin": float(totals[2]),
+                    **head_metrics("rm", heads, totals[1::2], totals[2::2]),
                     "grad_norm": grad_norm,
                     "lr": scheduler.get_last_lr()[0],
                     "time/step": elapsed,
@@ -193,7 +216,7 @@ def _train_reward_model(
                 progress(step, total)
     if held_out is not None:
         model.eval()
-        metrics.log(step, evaluate(model, held_out, margins, s.micro_batch_size))
+        metrics.log(step, evaluate(model, held_out, margins, s.micro_batch_size, heads))
     final = finish_run(start, model, metrics)
     return RewardModelResult(start.output_dir, final, metrics.history)
 
@@ -208,18 +231,38 @@ def _processor_for_images(start: RunStart, actor: str) -> Any:
     return start.processor
 
 
+def head_metrics(
+    prefix: str, heads: list[RewardHead], correct: torch.Tensor, margin: torch.Tensor
+) -> dict[str, float]:
+    """``<prefix>/accuracy`` and ``<prefix>/margin`` (means over the heads of ``[H]``
+    per-pair means), and each head's own when there are several."""
+    out = {f"{prefix}/accuracy": float(correct.mean()), f"{prefix}/margin": float(margin.mean())}
+    if len(heads) > 1:
+        for index, head in enumerate(heads):
+            out[f"{prefix}/accuracy/{head.name}"] = float(correct[index])
+            out[f"{prefix}/margin/{head.name}"] = float(margin[index])
+    return out
+
+
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, pairs: PreferenceDataset, margins: Any, size: int
+    model: torch.nn.Module,
+    pairs: PreferenceDataset,
+    margins: Any,
+    size: int,
+    heads: list[RewardHead],
 ) -> dict[str, float]:
-    """``eval/accuracy`` and ``eval/margin`` over every held-out pair. Every rank scores
-    every pair (the same forward passes on each rank, as sharded models need)."""
+    """``eval/accuracy`` and ``eval/margin`` (per head too, ``head_metrics``) over every
+    held-out pair. Every rank scores every pair (the same forward passes on each rank, as
+    sharded models need)."""
     was_training = model.training
     model.eval()
-    correct, total = 0.0, 0.0
+    correct = torch.zeros(len(heads), dtype=torch.float64)
+    total = torch.zeros(len(heads), dtype=torch.float64)
     for start in range(0, len(pairs), size):
-        margin = margins(list(pairs[start : start + size]))
-        correct += float((margin > 0).sum())
-        total += float(margin.sum())
+        _, margin = margins(list(pairs[start : start + size]))
+        margin = margin.double().cpu()
+        correct += (margin > 0).sum(0)
+        total += margin.sum(0)
     model.train(was_training)
-    return {"eval/accuracy": correct / len(pairs), "eval/margin": total / len(pairs)}
+    return head_metrics("eval", heads, correct / len(pairs), total / len(pairs))
