@@ -323,6 +323,27 @@ class SFTConfig:
 
 
 @dataclass
+class RewardModelTrainingConfig:
+    heads: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={
+            "help": "lightrft rm: the named heads of a multi-head reward model, e.g. "
+            "[{name: helpful, preferred_key: better_response_id}, {name: cost, preferred_key: "
+            "safer_response_id, lower_is_better: true, safe_keys: [is_response_0_safe, "
+            "is_response_1_safe]}]; data.chosen_key / data.rejected_key then name the two "
+            "responses (docs/rewards.md). Empty: one head trained on chosen over rejected."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from ..rewards.heads import heads_problem
+
+        problem = heads_problem(self.heads)
+        if problem:
+            raise ValueError(problem)
+
+
+@dataclass
 class LoggingConfig:
     log_every: int = field(default=1, metadata={"help": "Print a metrics line every N steps."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar."})
@@ -473,9 +494,43 @@ class RewardSection:
             "stops; 0: never stop."
         },
     )
+    # ------------------------------------------------------------ Safe RLHF
+    cost_limit: float | None = field(
+        default=None,
+        metadata={
+            "help": "Safe RLHF: keep the mean cost (the reward's cost_key sub-score) under this "
+            "limit; the algorithm sees reward − λ·cost, λ a Lagrange multiplier updated each "
+            "step (docs/rewards.md). null: off."
+        },
+    )
+    cost_key: str = field(
+        default="cost", metadata={"help": "Safe RLHF: the sub-score that holds the cost."}
+    )
+    cost_multiplier_init: float = field(
+        default=1.0, metadata={"help": "Safe RLHF: λ at the first step (>= 0)."}
+    )
+    cost_multiplier_lr: float = field(
+        default=0.1, metadata={"help": "Safe RLHF: step size of the λ update."}
+    )
+    cost_multiplier_update: Literal["linear", "log"] = field(
+        default="linear",
+        metadata={
+            "help": "Safe RLHF: 'linear' λ ← max(0, λ + lr·(cost − limit)); 'log' as the paper, "
+            "ln λ ← ln λ + lr·λ·(cost − limit)."
+        },
+    )
     options: Any = field(default=None, metadata=_OPTIONS_METADATA)
 
     def __post_init__(self) -> None:
+        if self.cost_limit is not None and not math.isfinite(self.cost_limit):
+            raise ValueError(f"reward.cost_limit must be finite or null, got {self.cost_limit}")
+        _non_negative("reward", cost_multiplier_init=self.cost_multiplier_init)
+        _positive("reward", cost_multiplier_lr=self.cost_multiplier_lr)
+        if self.cost_multiplier_update == "log" and self.cost_multiplier_init <= 0:
+            raise ValueError(
+                "reward.cost_multiplier_update=log keeps ln λ: reward.cost_multiplier_init "
+                f"must be > 0, got {self.cost_multiplier_init}"
+            )
         if not math.isfinite(self.failure_reward):
             raise ValueError(f"reward.failure_reward must be finite, got {self.failure_reward}")
         if self.timeout_s is not None and not 0 < self.timeout_s < math.inf:
@@ -515,6 +570,10 @@ class LightRFTConfig:
     )
     sft: SFTConfig = field(
         default_factory=SFTConfig, metadata={"help": "Supervised fine-tuning (lightrft sft)."}
+    )
+    rm: RewardModelTrainingConfig = field(
+        default_factory=RewardModelTrainingConfig,
+        metadata={"help": "Reward-model heads (lightrft rm; optimisation is the sft section's)."},
     )
     logging: LoggingConfig = field(
         default_factory=LoggingConfig, metadata={"help": "Metrics and progress output."}
