@@ -163,7 +163,7 @@ def top_operators_table(events: Sequence[Any], *, title: str, top: int = TOP_OPE
     for phase in phases:
         ranked = sorted((t for t in times if t.phase == phase), key=key, reverse=True)[:top]
         for position, entry in enumerate(ranked):
-            cells = [
+            cells: list[Text | str] = [
                 Text(phase if position == 0 else ""),
                 Text(entry.name),
                 str(entry.calls),
