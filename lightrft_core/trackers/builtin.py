@@ -112,7 +112,7 @@ class TensorBoardTracker(Tracker):
         self._writer.flush()
 
     def log_samples(self, step: int, table: SamplesTable) -> None:
-        self._writer.add_text("samples", markdown_table(table), step)
+        self._writer.add_text("rollouts", markdown_table(table), step)
         self._writer.flush()
 
     def close(self) -> None:
