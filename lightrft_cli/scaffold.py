@@ -29,6 +29,7 @@ KINDS: dict[str, Kind] = {
     "strategy": Kind("StrategyConformance", "strategy_cls"),
     "actor": Kind("ActorConformance", "actor_cls"),
     "patch": Kind("PatchConformance", "patch_cls"),
+    "tracker": Kind("TrackerConformance", "tracker_cls"),
 }
 
 
@@ -63,6 +64,9 @@ def new_plugin(name: str, kind: str, directory: Path, *, force: bool = False) ->
     if section is not None:
         usage = f"lightrft train --config run.yaml {section}.name={snake}"
         options = f"users set under `{section}:` in their configuration"
+    elif kind == "tracker":  # listed in logging.trackers, options by tracker name
+        usage = f"lightrft train --config run.yaml 'logging.trackers=[console, {snake}]'"
+        options = f"users set under `logging.tracker_options.{snake}:` in their configuration"
     else:  # patches are applied by the actor that needs them, not selected in a section
         usage = f"# an actor applies it by name: lightrft_core.plugins.get_patch('{snake}')"
         options = "an actor passes when it applies the patch"

@@ -6,8 +6,8 @@ process, no process group), ``FakeEngine`` (fixed token ids), ``ConstantReward``
 
 Conformance (``lightrft_core.testing.conformance``): ``AlgorithmConformance``,
 ``StrategyConformance``, ``EngineConformance``, ``RewardConformance``, ``ActorConformance``,
-``PatchConformance`` -- subclass one in your plugin's tests as ``TestMyThing`` and set the
-class attribute (e.g. ``algorithm_cls = MyAlgorithm``).
+``PatchConformance``, ``TrackerConformance`` -- subclass one in your plugin's tests as
+``TestMyThing`` and set the class attribute (e.g. ``algorithm_cls = MyAlgorithm``).
 
 Training helpers (``lightrft_core.testing.training``): ``ThreadGroup`` (ranks as threads with
 a real all-reduce), ``LetterReward`` and ``LetterPlugin`` (an easy graded task),
@@ -25,6 +25,7 @@ from .conformance import (
     PatchConformance,
     RewardConformance,
     StrategyConformance,
+    TrackerConformance,
 )
 from .fakes import ConstantReward, FakeActor, FakeEngine, FakeStrategy
 
@@ -39,4 +40,5 @@ __all__ = [
     "PatchConformance",
     "RewardConformance",
     "StrategyConformance",
+    "TrackerConformance",
 ]

@@ -36,6 +36,8 @@ from ..interfaces import (
     RewardModel,
     SamplingParams,
     StrategyBase,
+    TrackedRun,
+    Tracker,
     component_class_problems,
 )
 from .training import ThreadGroup
@@ -541,3 +543,28 @@ class PatchConformance(_ComponentChecks):
         patch.apply()
         patch.revert()
         patch.revert()
+
+
+# ---------------------------------------------------------------------- tracker
+class TrackerConformance(_ComponentChecks):
+    """Runs a tracker through a whole run in a temporary folder: ``start`` (the
+    configuration), metrics of two steps, a samples table, the summary and ``close``."""
+
+    component_base = Tracker
+    tracker_cls: ClassVar[type[Tracker]]
+
+    def component_class(self) -> type[Component]:
+        return self.tracker_cls
+
+    def make_tracker(self) -> Tracker:
+        return self.tracker_cls(self.tracker_cls.Config())
+
+    def test_records_a_whole_run(self, tmp_path: Any) -> None:
+        tracker = self.make_tracker()
+        config = {"trainer.learning_rate": 0.001, "logging.trackers": [self.tracker_cls.name]}
+        tracker.start(TrackedRun("0123456789ab", "conformance", tmp_path, config))
+        tracker.log_metrics(1, {"reward/mean": 0.25, "time/step": 1.5})
+        tracker.log_samples(1, [{"prompt": "1+1=", "response": "2", "reward": 1.0}])
+        tracker.log_metrics(2, {"reward/mean": 0.5, "time/step": 1.25})
+        tracker.log_summary({"reward/mean/last": 0.5, "reward/mean/best": 0.5})
+        tracker.close()
