@@ -37,6 +37,7 @@ from ..interfaces import (
     SamplingParams,
 )
 from ..plugins import PluginManager, get_plugin_manager
+from ..rewards.safe_rlhf import CostMultiplier
 from .bootstrap import finish_run, open_run_log, released_on_error, start_run, unwrapped_actor
 from .checkpoints import checkpoint_dir, latest_checkpoint, resolve_resume
 from .components import Components, build_components
@@ -145,6 +146,7 @@ class RLTrainer:
             samples_per_step=rollout_size,
             has_reference=self.c.reference is not None,
         )
+        self.cost_multiplier = CostMultiplier.from_config(cfg.reward)  # Safe RLHF's λ
         optimizer = s.create_optimizer(
             self.c.actor, lr=t.learning_rate, weight_decay=t.weight_decay
         )
@@ -160,6 +162,7 @@ class RLTrainer:
         self.optimizer: torch.optim.Optimizer = prepared
         if self.c.reference is not None:
             self.c.reference, _, _ = s.prepare(self.c.reference)
+        self.c.reward.place(s)  # a reward model sharded or offloaded by the strategy
         policy = unwrapped_actor(s, self.actor)
         check_packing(t.packing, policy)
         check_media_support(
@@ -204,6 +207,8 @@ class RLTrainer:
                 )
             self.data.sampler.load_state_dict(state["sampler"])
             self.controls.load_state_dict(state.get("controls", {}))
+            if self.cost_multiplier is not None and "cost_multiplier" in state:
+                self.cost_multiplier.load_state_dict(state["cost_multiplier"])
             if self.critic is not None:
                 self.critic.load(resume)
             self._sync_weights()  # an engine with its own copy still holds model.path's weights
@@ -342,6 +347,9 @@ class RLTrainer:
                 log_samples=self.metrics.log_samples,
             )
         metrics.update(self._kl_control(rollout))  # logs β, then an adaptive step
+        if self.cost_multiplier is not None:  # logs this step's λ, then a dual-ascent step
+            metrics.update(self.cost_multiplier.metrics())
+            self.cost_multiplier.update(metrics[f"reward/{self.cost_multiplier.cost_key}"])
         metrics.update(self._pace(timer, started, metrics.pop("generated_tokens")))
         return metrics
 
@@ -374,6 +382,8 @@ class RLTrainer:
                 )
             self.data.failure_watch.record(scored)
             out = scored.output
+            if self.cost_multiplier is not None:  # r − λ·c (Safe RLHF)
+                out = self.cost_multiplier.penalised(out)
             return ScoredRound(items, outputs, out.rewards, dict(out.sub_scores), scored.failures)
 
         return collect_groups(c.algorithm, c.strategy, quota, run_round)
@@ -676,6 +686,11 @@ class RLTrainer:
                 "sampler": self.data.sampler.state_dict(),
                 "controls": self.controls.state_dict(),
                 "run": self.identity.state(),
+                **(
+                    {}
+                    if self.cost_multiplier is None
+                    else {"cost_multiplier": self.cost_multiplier.state_dict()}
+                ),
             },
         )
         if self.critic is not None:
