@@ -211,6 +211,7 @@ def launched(demo: DemoPlan, tiny_model_dir: Path, tmp_path_factory) -> Path:
                 "trainer.prompts_per_step=8",
                 "engine.n_samples_per_prompt=4",
                 "trainer.eval_every=0",
+                "logging.save_rollouts_every=2",
             ),
         },
         {  # the reference: the whole batch in one process, 2 micro-batches of 4
@@ -324,6 +325,20 @@ def test_dynamic_sampling_under_torchrun_keeps_every_batch_full(launched: Path) 
         assert r["dynamic_sampling/extra_prompts"] % 2 == 0  # every rank draws the same
         assert r["dynamic_sampling/kept_groups"] + r["dynamic_sampling/filled_groups"] == 8
     assert sum(r["dynamic_sampling/filtered_groups"] for r in records) > 0
+
+
+def test_saved_rollouts_under_torchrun_hold_every_ranks_samples(launched: Path) -> None:
+    import pandas as pd
+
+    assert sorted(p.name for p in (launched / "dapo" / "rollouts").iterdir()) == [
+        "step_000002.parquet"
+    ]
+    frame = pd.read_parquet(launched / "dapo" / "rollouts" / "step_000002.parquet")
+    assert list(frame["rank"]) == [0] * 16 + [1] * 16  # gathered to rank 0, rank order
+    assert list(frame["group"]) == [g for _ in range(2) for g in range(4) for _ in range(4)]
+    assert list(frame["sample"]) == [s for _ in range(8) for s in range(4)]
+    assert (frame["step"] == 2).all() and frame["prompt"].str.len().gt(0).all()
+    assert (frame["response_length"] > 0).all() and frame["reward"].notna().all()
 
 
 # ---------------------------------------------------------------------- launch 2
