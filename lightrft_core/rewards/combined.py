@@ -12,7 +12,7 @@ import torch
 
 from ..config.errors import did_you_mean
 from ..config.types import TypeMismatch, coerce, field_types
-from ..interfaces import RewardInput, RewardModel, RewardOutput
+from ..interfaces import RewardInput, RewardModel, RewardOutput, StrategyBase
 
 #: Keys of a ``rewards`` entry that are not options of the named reward.
 ENTRY_KEYS = ("name", "weight")
@@ -79,6 +79,10 @@ class CombinedReward(RewardModel):
     @property  # type: ignore[override]
     def accepts_image_prompts(self) -> bool:  # every part must see the images it scores
         return all(part.accepts_image_prompts for _, _, part in self.parts)
+
+    def place(self, strategy: StrategyBase) -> None:  # each part places its own model
+        for _, _, part in self.parts:
+            part.place(strategy)
 
     def score(self, batch: RewardInput) -> RewardOutput:
         total = torch.zeros(len(batch), dtype=torch.float32)
