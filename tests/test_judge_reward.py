@@ -282,38 +282,56 @@ def train_judge(base: Path, workdir: Path) -> Path:
     return run_sft(load_config(None, overrides, manager=manager), manager).final_model
 
 
-@pytest.mark.slow
-def test_a_judge_trained_with_sft_drives_grpo(fast_tiny_model_dir, tmp_path) -> None:
-    from lightrft_core.config import load_config
-    from lightrft_core.testing.training import write_letter_prompts
-    from lightrft_core.trainer.rl import RLTrainer
+@pytest.fixture(scope="module")
+def trained_judge(fast_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_judge(fast_tiny_model_dir, tmp_path_factory.mktemp("judge"))
 
-    judge_dir = train_judge(fast_tiny_model_dir, tmp_path)
-    options = {
+
+def judge_options(judge_dir: Path) -> dict[str, Any]:
+    return {
         "path": str(judge_dir),
         "template": TEMPLATE,
         "apply_chat_template": False,
         "yes_token": "y",
         "no_token": "n",
     }
-    judge = JudgeReward(JudgeReward.Config(parser="yes_probability", **options))
-    held_out = judgement_rows(64, seed=1)
+
+
+def held_out() -> tuple[RewardInput, torch.Tensor]:
+    """64 fresh judgements as a reward batch, and whether each response is acceptable."""
+    rows = judgement_rows(64, seed=1)
     prompts, responses = [], []
-    for row in held_out:  # undo the template: "<question> <response> ok?"
+    for row in rows:  # undo the template: "say <question> <response> ok?"
         question, response = row["prompt"][: -len(" ok?")].split(" ", 2)[1:]
         prompts.append("say " + question)
         responses.append(response)
-    p_yes = judge.score(RewardInput(prompts=prompts, responses=responses)).rewards
-    accepted = torch.tensor([row["response"] == "y" for row in held_out])
-    assert ((p_yes > 0.5) == accepted).float().mean() > 0.9
+    accepted = torch.tensor([row["response"] == "y" for row in rows]).float()
+    return RewardInput(prompts=prompts, responses=responses), accepted
+
+
+def verdicts_of(judge_dir: Path, batch: RewardInput, **options: Any) -> Any:
+    config = JudgeReward.Config(
+        parser="verdict", yes_words=["y"], no_words=["n"], max_new_tokens=2,
+        **judge_options(judge_dir), **options,
+    )  # fmt: skip
+    reward = JudgeReward(config)
+    return reward.score(batch), reward.last_judgement
+
+
+@pytest.mark.slow
+def test_a_judge_trained_with_sft_drives_grpo(fast_tiny_model_dir, trained_judge, tmp_path) -> None:
+    from lightrft_core.config import load_config
+    from lightrft_core.testing.training import write_letter_prompts
+    from lightrft_core.trainer.rl import RLTrainer
+
+    options = judge_options(trained_judge)
+    batch, accepted = held_out()
+    p_yes = JudgeReward(JudgeReward.Config(parser="yes_probability", **options)).score(batch)
+    assert ((p_yes.rewards > 0.5).float() == accepted).float().mean() > 0.9
     # generating, the same judge says y or n, read by the verdict parser
-    verdicts = JudgeReward(
-        JudgeReward.Config(
-            parser="verdict", yes_words=["y"], no_words=["n"], max_new_tokens=2, **options
-        )
-    ).score(RewardInput(prompts=prompts[:16], responses=responses[:16]))
+    verdicts, _ = verdicts_of(trained_judge, batch)
     assert verdicts.sub_scores["judge_parsed"].mean() == 1.0
-    assert (verdicts.rewards == accepted[:16].float()).float().mean() > 0.9
+    assert (verdicts.rewards == accepted).float().mean() > 0.9
 
     pm = plugins()
     cfg = load_config(
@@ -341,3 +359,21 @@ def test_a_judge_trained_with_sft_drives_grpo(fast_tiny_model_dir, tmp_path) -> 
     history = RLTrainer(cfg, pm).train().history
     rewards = [record["reward/mean"] for record in history]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.25, rewards
+
+
+@pytest.mark.slow
+def test_a_vllm_judge_gives_the_verdicts_of_the_hf_one(trained_judge) -> None:
+    pytest.importorskip("vllm")
+    import lightrft_plugin_vllm.plugin
+    from lightrft_core.plugins import get_plugin_manager
+
+    get_plugin_manager().register(lightrft_plugin_vllm.plugin, name="vllm")
+    batch, _ = held_out()
+    batch = RewardInput(prompts=batch.prompts[:16], responses=batch.responses[:16])
+    hf, hf_judgement = verdicts_of(trained_judge, batch)
+    engine_options = {"dtype": "float32", "max_model_len": 128, "enforce_eager": True}
+    vllm, vllm_judgement = verdicts_of(
+        trained_judge, batch, engine="vllm", engine_options=engine_options
+    )
+    assert vllm_judgement.answers == hf_judgement.answers  # greedy: the same verdicts
+    assert vllm.rewards.tolist() == hf.rewards.tolist()
