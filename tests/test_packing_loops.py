@@ -212,13 +212,15 @@ def test_packed_critic_values_and_gradients_equal_padded(fast_tiny_model_dir: Pa
     rollout.returns = torch.rand(rollout.action_mask.shape) * rollout.action_mask
     scale = LossScale(int(rollout.action_mask.sum()), len(rollout))
     results = []
-    for packing in (False, True):
+    # padded, packed, and the value pass cut by a token budget (20: rows of up to 25
+    # tokens go alone, the short ones together)
+    for options in ({}, {"packing": True}, {"packing": True, "max_tokens_per_micro_batch": 20}):
         torch.manual_seed(0)  # the same value head
         critic = build_critic(
             _ValueRegression(),
             strategy,
             actor,
-            trainer=TrainerConfig(packing=packing),
+            trainer=TrainerConfig(**options),
             total_steps=1,
             actor_path=str(fast_tiny_model_dir),
         )
@@ -227,11 +229,12 @@ def test_packed_critic_values_and_gradients_equal_padded(fast_tiny_model_dir: Pa
         critic.train_micro_batch(rollout, scale, step=1, sync_gradients=True)
         grads = {n: p.grad.clone() for n, p in critic.trained.named_parameters()}
         results.append((rollout.values, grads))
-    (padded, padded_grads), (packed, packed_grads) = results
+    (padded, padded_grads), *others = results
     assert padded.abs().sum() > 0
-    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
-    for name, grad in padded_grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    for packed, packed_grads in others:
+        torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+        for name, grad in padded_grads.items():
+            torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
 # ---------------------------------------------------------------------- SFT
@@ -272,18 +275,95 @@ def test_sft_step_is_the_same_packed_and_by_token_budget(
             assert step[key] == pytest.approx(padded[key], rel=1e-5), (name, key)
 
 
+# ---------------------------------------------------------------------- reward models
+def test_packed_classifier_scores_equal_the_padded_pooling(fast_tiny_model_dir: Path) -> None:
+    """Two heads; row 2 ends with the pad id (the classifier pools before it), row 3 is all
+    pad ids (pooled at its first token)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lightrft_core.actors.packing import packed_classifier_scores
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        fast_tiny_model_dir, num_labels=2, attn_implementation="sdpa"
+    )
+    model.config.pad_token_id = pad = 0
+    lengths = [6, 2, 9, 3, 5]
+    ids = torch.randint(1, 256, (5, 9)) * (torch.arange(9) < torch.tensor(lengths)[:, None])
+    ids[2, 7:] = pad
+    ids[3, :3] = pad
+    mask = (torch.arange(9) < torch.tensor(lengths)[:, None]).long()
+    padded = model(input_ids=ids, attention_mask=mask).logits  # [5, 2]
+    padded.square().sum().backward()
+    padded_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    packed = packed_classifier_scores(model, model, ids, mask)
+    packed.square().sum().backward()
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.installed_plugins
+def test_rm_step_is_the_same_packed_and_by_token_budget(
+    fast_tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One ``lightrft rm`` step with two heads: the same loss, accuracies and gradient
+    norm padded, packed, and packed in micro-batches of at most 40 tokens."""
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    rows = [
+        {
+            "prompt": f"say {'a' * (i % 5)}:",
+            "chosen": "a" * (1 + 3 * i % 11),
+            "rejected": "b" * (1 + 5 * i % 7),
+            "better": int(i % 3 == 0),
+        }
+        for i in range(8)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heads = [
+        {"name": "helpful", "preferred_key": "better"},
+        {"name": "other", "lower_is_better": True},
+    ]
+    manager = get_plugin_manager()
+
+    def first_step(name: str, *extra: str) -> dict[str, float]:
+        overrides = [
+            f"run.output_dir={tmp_path / name}",
+            f"model.path={fast_tiny_model_dir}",
+            f"data.train_path={data}",
+            "data.apply_chat_template=false",
+            f"rm.heads={json.dumps(heads)}",
+            "sft.batch_size=8",
+            "sft.micro_batch_size=8",
+            "sft.max_steps=1",
+            "logging.tensorboard=false",
+            *extra,
+        ]
+        cfg = load_config(None, overrides, manager=manager)
+        return run_reward_model_training(cfg, manager).history[-1]
+
+    padded = first_step("padded")
+    assert padded["grad_norm"] > 0
+    for name, extra in {
+        "packed": ("trainer.packing=true",),
+        "budget": ("trainer.packing=true", "trainer.max_tokens_per_micro_batch=40"),
+    }.items():
+        step = first_step(name, *extra)
+        for key in ("rm/loss", "rm/accuracy/other", "rm/margin/helpful", "grad_norm"):
+            assert step[key] == pytest.approx(padded[key], rel=1e-5, abs=1e-7), (name, key)
+
+
 # ---------------------------------------------------------------------- refusals
-def test_packing_refuses_media_actors_and_reward_model_training(tmp_path: Path) -> None:
+def test_packing_refuses_audio_actors() -> None:
     from types import SimpleNamespace
 
     from lightrft_core.interfaces import ActorModality
     from lightrft_core.trainer.micro_batches import check_packing
-    from lightrft_core.trainer.reward_model import run_reward_model_training
 
     vision = SimpleNamespace(name="qwen_vl", modality=ActorModality.VISION_LANGUAGE)
     check_packing(False, vision)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="actor 'qwen_vl' is vision-language"):
         check_packing(True, vision)  # type: ignore[arg-type]
-    cfg = load_config(None, [f"data.train_path={tmp_path / 'pairs.jsonl'}", "trainer.packing=true"])
-    with pytest.raises(ValueError, match="lightrft rm does not pack rows"):
-        run_reward_model_training(cfg)

@@ -208,3 +208,39 @@ def packed_actor_forward(
     width = sequences.shape[1] - 1
     entropy = None if out.entropy is None else unpack_to_padded(out.entropy, packed.spans, width)
     return ActorOutput(unpack_to_padded(out.log_probs, packed.spans, width), entropy)
+
+
+def packed_classifier_scores(
+    prepared: torch.nn.Module,
+    classifier: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    one_row: bool = False,
+) -> torch.Tensor:
+    """A transformers sequence classifier's scores ``[B, H]`` of right-padded rows, computed
+    on packed rows. ``prepared`` is the strategy's module around ``classifier`` (called, so
+    sharded weights are gathered as in any forward); the score layer (``classifier.score``)
+    applies to every position and its output is read, as the classifier pools, at each
+    sequence's last token that is not ``config.pad_token_id`` (its first token when every
+    token is)."""
+    pad_token_id = classifier.config.pad_token_id
+    if pad_token_id is None:
+        raise ValueError("a packed sequence classifier needs config.pad_token_id (its pooling)")
+    packed = pack_padded_rows(input_ids, attention_mask, one_row=one_row, pad_token_id=pad_token_id)
+    inputs = packed_model_inputs(classifier.config._attn_implementation, packed, classifier.dtype)
+    captured: list[torch.Tensor] = []
+    hook = classifier.score.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        prepared(**inputs)
+    finally:
+        hook.remove()
+    per_token = captured[0]  # [R, L, H]
+    rows, cols = [], []
+    for span in packed.spans:
+        tokens = packed.sequences[span.row, span.start : span.start + span.length]
+        kept = (tokens != pad_token_id).nonzero()
+        rows.append(span.row)
+        cols.append(span.start + (int(kept[-1]) if len(kept) else 0))
+    device = per_token.device
+    return per_token[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]

@@ -28,6 +28,7 @@ from ..interfaces import Actor, Algorithm, CriticSpec, LossScale, StrategyBase, 
 from ..models.critic import CriticModel, ValueHead, hidden_size_of, trunk_options_of
 from .distributed import model_init_context
 from .experience import RolloutBatch
+from .micro_batches import agree_over_ranks, plan_micro_batches
 
 #: The critic's folder inside a step's checkpoint folder.
 CRITIC_DIR = "critic"
@@ -61,7 +62,7 @@ def build_critic(
     spec = algorithm.critic_spec()
     shared = spec.layout == "shared"
     with model_init_context(strategy):  # fsdp meta_init: structure only on ranks > 0
-        critic = _critic_model(spec, actor.hf_model(), actor_path, algorithm.name)
+        critic = _critic_model(spec, actor, actor_path, algorithm.name)
     trained: torch.nn.Module = critic.value_head if shared else critic
     optimizer = strategy.create_optimizer(
         trained, lr=trainer.critic_learning_rate, weight_decay=trainer.weight_decay
@@ -84,33 +85,39 @@ def build_critic(
         scheduler=scheduler,
         max_grad_norm=trainer.max_grad_norm,
         packing=trainer.packing,
+        max_tokens_per_micro_batch=trainer.max_tokens_per_micro_batch,
     )
 
 
 def _critic_model(
-    spec: CriticSpec, actor_model: Any, actor_path: str | None, algorithm: str
+    spec: CriticSpec, actor: Actor, actor_path: str | None, algorithm: str
 ) -> CriticModel:
-    """A new head on the actor's trunk (shared: the model without its output head, with
-    its vision tower if it has one), or a trunk loaded as the actor's model was, from the
-    spec's path or the actor's checkpoint (separate)."""
+    """A new head on the actor's trunk (shared: ``Actor.trunk``, the model without its
+    output head, with its media encoders if it has any), or a trunk of the actor's
+    architecture (``Actor.load_trunk``) loaded as the actor's model was, from the spec's
+    path or the actor's checkpoint (separate)."""
     if spec.layout == "shared":
-        trunk = actor_model.base_model
-        return CriticModel(trunk, ValueHead(hidden_size_of(trunk), init_std=spec.head_init_std))
+        trunk = actor.trunk()
+        head = ValueHead(hidden_size_of(trunk), init_std=spec.head_init_std)
+        return CriticModel(trunk, head, actor_class=type(actor))
     path = spec.path or actor_path
     if path is None:
         raise ValueError(
             f"algorithm {algorithm!r} needs a separate critic but there is no model to start "
             "it from: the actor loads no checkpoint and the algorithm sets no critic path"
         )
-    options = trunk_options_of(actor_model)
-    return CriticModel.from_pretrained(path, options, init_std=spec.head_init_std)
+    options = trunk_options_of(actor.hf_model())
+    return CriticModel.from_pretrained(
+        path, options, init_std=spec.head_init_std, actor_class=type(actor)
+    )
 
 
 class LoopCritic:
     """A prepared critic and its optimizer, as the loop drives it. ``value_model`` maps
     ``(sequences, attention_mask)`` to values ``[B, T-1]``; ``trained`` is the prepared
     module the optimizer steps (the whole critic when separate, the head when shared).
-    ``packing``: read packed rows (``trainer.packing``), values returned padded."""
+    ``packing``: read packed rows (``trainer.packing``), values returned padded;
+    ``max_tokens_per_micro_batch``: the value pass's token budget (``micro_batches.py``)."""
 
     def __init__(
         self,
@@ -125,6 +132,7 @@ class LoopCritic:
         scheduler: Any,
         max_grad_norm: float,
         packing: bool = False,
+        max_tokens_per_micro_batch: int | None = None,
     ) -> None:
         self.algorithm = algorithm
         self.strategy = strategy
@@ -136,6 +144,7 @@ class LoopCritic:
         self.scheduler = scheduler
         self.max_grad_norm = max_grad_norm
         self.packing = packing
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
 
     @property
     def shared(self) -> bool:
@@ -187,15 +196,24 @@ class LoopCritic:
     @torch.no_grad()
     def values(self, rollout: RolloutBatch, micro_batch_size: int) -> torch.Tensor:
         """The rollout's old values ``[B, T-1]`` (float32, on the rollout's device), 0
-        outside the response tokens; ``micro_batch_size`` rows per forward pass."""
+        outside the response tokens; ``micro_batch_size`` rows per forward pass, or the
+        token budget's micro-batches (``plan_micro_batches``, a collective under
+        ``torchrun``)."""
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         sequences, attention_mask = rollout.sequences, rollout.attention_mask
         b, t = sequences.shape
         out = torch.zeros((b, max(t - 1, 0)), dtype=torch.float32, device=sequences.device)
         positions = torch.arange(t, device=attention_mask.device)
+        plan = plan_micro_batches(
+            attention_mask.sum(-1).cpu(),
+            micro_batch_size=micro_batch_size,
+            max_tokens=self.max_tokens_per_micro_batch,
+            packing=self.packing,
+            agree=agree_over_ranks(self.strategy),
+        )
         with _eval_mode(self.value_model):
-            for rows in torch.arange(b, device=sequences.device).split(micro_batch_size):
+            for rows in (group.to(sequences.device) for group in plan):
                 mask = attention_mask[rows].bool()
                 # up to the last real token of these rows (right padding is cut off)
                 length = int(torch.where(mask, positions + 1, 0).max())

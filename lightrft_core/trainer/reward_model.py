@@ -19,6 +19,14 @@ With ``rm.heads`` (a text model only) the model has one output per named head (s
 labels of the row (``rewards/heads.py``: which response it prefers, a cost head's direction
 and Safe RLHF's safety classification term); the pair's loss is the sum over heads.
 
+With ``trainer.packing`` (a text model) the classifier reads packed rows: its score layer
+applies to every position and each sequence's score is read where the classifier pools
+(``actors/packing.py``, ``packed_classifier_scores``), every head at once; the scores,
+loss and gradients are the padded run's. ``trainer.max_tokens_per_micro_batch`` cuts a
+rank's pairs by tokens (both sides of a pair: their tokens packed, twice the longer side
+padded; ``micro_batches.py``); held-out pairs are scored ``sft.micro_batch_size`` at a time.
+A model that reads media refuses both keys.
+
 The optimisation options are the ``sft`` section's (``batch_size``
 counts pairs). Under ``torchrun`` every rank draws the same batches and trains on its
 contiguous share; the loss divides by the pairs of every rank, so a step does not depend on
@@ -41,6 +49,7 @@ from typing import Any
 
 import torch
 
+from ..actors.packing import packed_classifier_scores, uses_flash_attention
 from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..models.critic import CriticModel
@@ -62,6 +71,7 @@ from .bootstrap import (
     start_run,
 )
 from .distributed import model_init_context, no_sync
+from .micro_batches import agree_over_ranks, plan_micro_batches
 from .supervised import prepare_supervised
 
 
@@ -84,12 +94,6 @@ def run_reward_model_training(
     d, s = cfg.data, cfg.sft
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
-    if cfg.trainer.packing or cfg.trainer.max_tokens_per_micro_batch is not None:
-        raise ValueError(
-            "lightrft rm does not pack rows or cut micro-batches by tokens yet (a sequence "
-            "classifier scores one sequence per row); unset trainer.packing and "
-            "trainer.max_tokens_per_micro_batch (sft.micro_batch_size sets its micro-batches)"
-        )
     manager = manager or get_plugin_manager()
     start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
@@ -109,6 +113,13 @@ def _train_reward_model(
     strategy, path = start.strategy, model_path(cfg, manager)
     actor_class = manager.get_actor(cfg.model.name)
     with_media = reads_images(actor_class)
+    packing, max_tokens = cfg.trainer.packing, cfg.trainer.max_tokens_per_micro_batch
+    if with_media and (packing or max_tokens is not None):
+        raise ValueError(
+            f"lightrft rm with a model that reads media (model.name={cfg.model.name!r}) does "
+            "not pack rows or cut micro-batches by tokens; unset trainer.packing and "
+            "trainer.max_tokens_per_micro_batch"
+        )
     processor = _processor_for_images(start, cfg.model.name) if with_media else None
     heads = parse_heads(cfg.rm.heads)
     if with_media and len(heads) > 1:
@@ -118,7 +129,7 @@ def _train_reward_model(
         )
     with model_init_context(strategy):
         if with_media:
-            model: torch.nn.Module = CriticModel.from_pretrained(path)
+            model: torch.nn.Module = CriticModel.from_pretrained(path, actor_class=actor_class)
         else:
             classifier = load_sequence_classifier(
                 path,
@@ -153,7 +164,28 @@ def _train_reward_model(
             batch = encode_with_media(processor, actor_class, texts, images, audios)
             return trunk_scores(model, actor_class, batch.to(strategy.device))[:, None]
         encoded = encode_texts(tokenizer, texts, s.max_length).to(strategy.device)
+        if packing:
+            classifier = strategy.unwrap(model)
+            return packed_classifier_scores(
+                model,
+                classifier,
+                encoded["input_ids"],
+                encoded["attention_mask"],
+                one_row=uses_flash_attention(classifier),
+            )
         return head_scores_of(model, encoded)
+
+    def pair_tokens(rows: torch.Tensor) -> torch.Tensor:
+        """What scoring each pair of ``rows`` computes (``plan_micro_batches``): both
+        sides' tokens packed, twice its longer side padded."""
+        pairs = [train[int(i)] for i in rows]
+        ids = tokenizer(
+            [p.chosen for p in pairs] + [p.rejected for p in pairs],
+            truncation=s.max_length is not None,
+            max_length=s.max_length,
+        )["input_ids"]
+        sides = torch.tensor([len(i) for i in ids]).view(2, len(pairs))
+        return sides.sum(0) if packing else 2 * sides.max(0).values
 
     def margins(pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, margin)``, ``[n, H]`` (``rewards/heads.py``), both sides in one
@@ -180,7 +212,15 @@ def _train_reward_model(
             if share == 0:
                 continue
             started = time.perf_counter()
-            mine = batch_rows[rank * share : (rank + 1) * share].split(s.micro_batch_size)
+            rows_of_rank = batch_rows[rank * share : (rank + 1) * share]
+            plan = plan_micro_batches(
+                pair_tokens(rows_of_rank) if max_tokens is not None else torch.ones(share),
+                micro_batch_size=s.micro_batch_size,
+                max_tokens=max_tokens,
+                packing=packing,
+                agree=agree_over_ranks(strategy),
+            )
+            mine = [rows_of_rank[positions] for positions in plan]
             # loss, then each head's correct pairs and margin (sums on this rank)
             sums = torch.zeros(1 + 2 * len(heads), dtype=torch.float64)
             for index, rows in enumerate(mine):
