@@ -30,6 +30,7 @@ from lightrft_core.rewards.verdicts import (
     win_rates,
     yes_probability,
 )
+from lightrft_core.testing import RewardConformance
 
 SCORE = re.compile(DEFAULT_SCORE_PATTERN)
 
@@ -226,6 +227,21 @@ def test_yes_probability_does_not_depend_on_batching(fast_tiny_model_dir) -> Non
     alone = reward(1).score(batch).rewards  # no padding
     assert torch.allclose(together, alone, atol=1e-5)
     assert ((together > 0) & (together < 1)).all()
+
+
+class TestJudgeRewardConformance(RewardConformance):
+    reward_cls = JudgeReward
+
+    @pytest.fixture(autouse=True)
+    def _path(self, fast_tiny_model_dir) -> None:
+        self.path = fast_tiny_model_dir
+
+    def make_reward(self) -> JudgeReward:  # yes-probability: a finite score for any text
+        config = JudgeReward.Config(
+            path=str(self.path), parser="yes_probability", yes_token="y", no_token="n",
+            template="{question} {response}",
+        )  # fmt: skip
+        return JudgeReward(config)
 
 
 # ---------------------------------------------------------------------- the recipe
