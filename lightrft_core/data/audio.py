@@ -8,6 +8,9 @@ the feature extractor's rate (1-D, or ``[samples, channels]`` as ``soundfile`` r
 Several channels are averaged; other rates are resampled with ``soxr``. Files are decoded
 with ``soundfile``; both libraries are imported when the first audio is read
 (``pip install 'lightrft-core[audio]'``).
+
+A feature extractor that reads one fixed window (Whisper's: ``chunk_length`` seconds) would
+cut a longer clip without a word; such a clip is refused instead (``AudioOptions.window``).
 """
 
 from __future__ import annotations
@@ -33,16 +36,19 @@ class AudioSupportMissing(ValueError):
 
 @dataclass(frozen=True)
 class AudioOptions:
-    """How a run reads audio: ``sampling_rate`` of the model's feature extractor and the
-    longest audio accepted, ``max_seconds`` (``None``: no limit)."""
+    """How a run reads audio: ``sampling_rate`` of the model's feature extractor, the
+    longest audio accepted, ``max_seconds`` (``None``: no limit), and the feature
+    extractor's fixed window, ``window`` samples at ``sampling_rate`` (``None``: it reads
+    any length)."""
 
     sampling_rate: int
     max_seconds: float | None = None
+    window: int | None = None
 
 
-def processor_sampling_rate(processor: Any) -> int | None:
-    """The sampling rate of ``processor``'s audio feature extractor (a transformers
-    ``ProcessorMixin`` declaring one among its parts); ``None`` when it reads no audio."""
+def audio_feature_extractor(processor: Any) -> Any:
+    """``processor``'s audio feature extractor (a transformers ``ProcessorMixin`` declaring
+    one among its parts); ``None`` when it reads no audio."""
     from transformers import ProcessorMixin
     from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 
@@ -51,8 +57,33 @@ def processor_sampling_rate(processor: Any) -> int | None:
     for name in processor.get_attributes():
         part = getattr(processor, name, None)  # a declared part may be left out
         if isinstance(part, SequenceFeatureExtractor):
-            return int(part.sampling_rate)
+            return part
     return None
+
+
+def processor_sampling_rate(processor: Any) -> int | None:
+    """The sampling rate of ``processor``'s audio feature extractor; ``None`` when it reads
+    no audio."""
+    extractor = audio_feature_extractor(processor)
+    return None if extractor is None else int(extractor.sampling_rate)
+
+
+def feature_window(extractor: Any) -> int | None:
+    """The most samples ``extractor`` reads of a clip: a Whisper feature extractor pads and
+    cuts every clip to ``chunk_length`` seconds (``n_samples``); ``None`` for extractors
+    that read any length."""
+    from transformers import WhisperFeatureExtractor
+
+    return int(extractor.n_samples) if isinstance(extractor, WhisperFeatureExtractor) else None
+
+
+def processor_audio_options(processor: Any, max_seconds: float | None) -> AudioOptions | None:
+    """How to read audio for ``processor`` (its feature extractor's rate and window), at most
+    ``max_seconds`` long; ``None`` when it reads no audio."""
+    extractor = audio_feature_extractor(processor)
+    if extractor is None:
+        return None
+    return AudioOptions(int(extractor.sampling_rate), max_seconds, feature_window(extractor))
 
 
 def load_audio(value: Any, options: AudioOptions, *, base_dir: Path | None = None) -> np.ndarray:
@@ -70,7 +101,15 @@ def load_audio(value: Any, options: AudioOptions, *, base_dir: Path | None = Non
             f"the audio is {seconds:.1f} s long, over data.max_audio_seconds="
             f"{options.max_seconds:g}; cut it or raise the limit"
         )
-    return _resampled(samples, rate, options.sampling_rate)
+    resampled = _resampled(samples, rate, options.sampling_rate)
+    if options.window is not None and resampled.shape[0] > options.window:
+        window = options.window / options.sampling_rate
+        raise ValueError(
+            f"the audio is {resampled.shape[0] / options.sampling_rate:.2f} s long, over the "
+            f"{window:g} s window of the processor's feature extractor (its chunk_length), "
+            "which would cut it; cut or split the clip"
+        )
+    return resampled
 
 
 def _decoded(value: Any, rate: int, base_dir: Path | None) -> tuple[np.ndarray, float]:

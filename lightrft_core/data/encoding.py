@@ -21,14 +21,18 @@ from typing import Any
 import torch
 
 from ..interfaces.multimodal import MultiModalInputs
-from .audio import AudioOptions, processor_sampling_rate
+from .audio import processor_audio_options
 from .media import AUDIO_PART, IMAGE_PART, PromptMedia, RowProblem, prompt_media
 from .rows import MAX_PROBLEMS_KEPT, DataError
 
 logger = logging.getLogger("lightrft.data")
 
-#: Processor outputs that are not media: the token ids and their mask.
-TOKEN_OUTPUTS = frozenset({"input_ids", "attention_mask"})
+#: Processor outputs aligned with the tokens, not with the media: the token ids, their mask
+#: and the token types (an actor derives those from the token ids). Every other tensor is
+#: the media's, whatever its shape.
+TOKEN_OUTPUTS = frozenset(
+    {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "special_tokens_mask"}
+)
 
 
 @dataclass
@@ -113,8 +117,9 @@ class PromptEncoder:
         self.input_key = input_key
         self.image_key = image_key
         self.audio_key = audio_key
-        rate = None if processor is None else processor_sampling_rate(processor)
-        self.audio = None if rate is None else AudioOptions(rate, max_audio_seconds)
+        self.audio = (
+            None if processor is None else processor_audio_options(processor, max_audio_seconds)
+        )
         self.system_prompt = system_prompt
         self.apply_chat_template = apply_chat_template
         self.base_dir = base_dir
@@ -203,11 +208,7 @@ class PromptEncoder:
         tensors = {
             key: value
             for key, value in encoded.items()
-            if key not in TOKEN_OUTPUTS
-            and isinstance(value, torch.Tensor)
-            # token-aligned outputs (e.g. token types) follow the sequence, not the images:
-            # an actor derives them from the token ids
-            and value.shape != ids.shape
+            if key not in TOKEN_OUTPUTS and isinstance(value, torch.Tensor)
         }
         multimodal = MultiModalInputs(media.images, tensors, media.audios)
         return EncodedPrompt(text, ids[0].tolist(), multimodal)
