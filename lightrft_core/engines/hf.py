@@ -42,41 +42,16 @@ from ..interfaces import (
     SamplingParams,
     collate_modal_inputs,
 )
+from .kv_cache import preallocated_cache
+from .sampling import exponential_noise, sample_next
 
 #: Token type of each modality in ``mm_token_type_ids`` (transformers' convention), by the
 #: config attribute naming that modality's placeholder id.
 MODALITY_TOKEN_TYPES = {"image_token_id": 1, "video_token_id": 2}
 
-
-def filter_logits(logits: torch.Tensor, *, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k / top-p (nucleus) set to ``-inf``. ``logits``: [B, V]."""
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B, V]
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p (keeps >= 1)
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(
-    logits: torch.Tensor,
-    *,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """One token per row from ``logits`` [B, V] (fp32); returns [B] token ids."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits / temperature, top_k=top_k, top_p=top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+#: Decoding steps between checks for finished rows on an accelerator (each check waits
+#: for the device); on CPU a check costs nothing and happens every step.
+ACCELERATOR_CHECK_EVERY = 8
 
 
 def placeholder_ids(config: Any) -> dict[int, int]:
@@ -112,19 +87,27 @@ def modality_token_types(config: Any, input_ids: torch.Tensor) -> torch.Tensor |
 
 def load_generative_model(path: str) -> torch.nn.Module:
     """The generative model saved in ``path``: a causal LM, or an image-text-to-text model
-    (a vision-language checkpoint) when that is what its config is."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    (a vision-language checkpoint), or another multimodal LM (e.g. audio-text) when that is
+    what its config is."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForMultimodalLM,
+    )
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES,
     )
 
     model_type = AutoConfig.from_pretrained(path).model_type
-    if (
-        model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-        and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    ):
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM.from_pretrained(path)
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return AutoModelForImageTextToText.from_pretrained(path)
+    if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES:
+        return AutoModelForMultimodalLM.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path)
 
 
@@ -185,15 +168,46 @@ class HFEngine(InferenceEngine):
             default=64,
             metadata={"help": "Rows (prompts x n samples) per generation forward pass."},
         )
+        check_every: int | None = field(
+            default=None,
+            metadata={
+                "help": "Decoding steps between checks for finished rows (the loop's only "
+                "host synchronisation); None: every step on CPU, every 8 on accelerators. "
+                "Steps decoded after a batch finished draw random numbers too, so the value "
+                "changes later batches' samples (the same seed still gives the same ones)."
+            },
+        )
+        compact_at: float = field(
+            default=0.25,
+            metadata={
+                "help": "Drop finished rows from the batch at a check once this fraction of "
+                "its rows has finished (> 1: never)."
+            },
+        )
+
+        compile_decode: bool = field(
+            default=False,
+            metadata={
+                "help": "torch.compile the model's forward for the decoding steps (dynamic "
+                "shapes, compiled at the first generate). 2-core CPU, 5m model: steps "
+                "1.2-1.6x faster after a compile of minutes; numbers differ from eager "
+                "by float rounding."
+            },
+        )
 
         def __post_init__(self) -> None:
             if self.max_batch_size < 1:
                 raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+            if self.check_every is not None and self.check_every < 1:
+                raise ValueError(f"check_every must be >= 1, got {self.check_every}")
+            if self.compact_at <= 0:
+                raise ValueError(f"compact_at must be > 0, got {self.compact_at}")
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.model: torch.nn.Module | None = None
         self._shares_model = False
+        self._compiled: tuple[torch.nn.Module, Any] | None = None  # (model, its compiled forward)
         self.eos_token_ids: list[int] = []  # every one of them ends a response
         self.pad_token_id = 0
 
@@ -272,6 +286,11 @@ class HFEngine(InferenceEngine):
     def _device(self) -> torch.device:
         return next(self._require_model().parameters()).device
 
+    def _check_every(self, device: torch.device) -> int:
+        if self.config.check_every is not None:
+            return self.config.check_every
+        return 1 if device.type == "cpu" else ACCELERATOR_CHECK_EVERY
+
     def _generate_batch(
         self,
         model: torch.nn.Module,
@@ -279,83 +298,116 @@ class HFEngine(InferenceEngine):
         params: SamplingParams,
         generator: torch.Generator | None,
     ) -> list[GenerationOutput]:
-        device, batch = self._device(), len(rows)
+        device, batch, steps = self._device(), len(rows), params.max_new_tokens
         width = max(len(prompt) for _, prompt, _ in rows)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
+        mask = torch.zeros((batch, width + steps), dtype=torch.long)
         for row, (_, prompt, _) in enumerate(rows):  # left padding
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)  # [B, P]
-        prefill = prefill_inputs(model, input_ids, mask, [item for _, _, item in rows])
-        positions = prefill.positions  # [B, P] or [K, B, P]
+            mask[row, width - len(prompt) :] = 1  # and every response position
+        input_ids, mask = input_ids.to(device), mask.to(device)  # [B, P], [B, P+T]
+        prefill = prefill_inputs(model, input_ids, mask[:, :width], [item for *_, item in rows])
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
         # a response never holds a media placeholder: the model would look for its media
         never = never_sampled_ids(model.config)
         banned = torch.tensor(never, dtype=torch.long, device=device)  # [N], empty for text LMs
 
-        tokens: list[torch.Tensor] = []  # each [B]
-        log_probs: list[torch.Tensor] = []  # each [B]
-        done = torch.zeros(batch, dtype=torch.bool, device=device)  # row already stopped
-        stopped_at = torch.full((batch,), -1, dtype=torch.long, device=device)
-        past, step_ids, step_pos = None, input_ids, positions
-        for step in range(params.max_new_tokens):
-            out = model(
+        # results, by original row; ``alive``: the original rows still in the batch (None
+        # until finished rows leave it, once ``compact_at`` of it has finished)
+        tokens = torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=device)
+        log_probs = torch.zeros((batch, steps), device=device) if params.return_log_probs else None
+        alive: torch.Tensor | None = None  # [b]
+        done = torch.zeros(batch, dtype=torch.bool, device=device)  # [b] row has stopped
+        cache = preallocated_cache(model.config, width + steps)
+        forward, decode_forward = model, self._decode_forward(model)
+        step_ids, step_pos = input_ids, prefill.positions  # [B, P], [B, P] or [K, B, P]
+        last_pos = prefill.positions[..., -1:]  # [b, 1] or [K, b, 1]
+        check_every = self._check_every(device)
+        for step in range(steps):
+            out = forward(
                 input_ids=step_ids,
-                attention_mask=mask,
+                attention_mask=mask[:, : width + step],
                 position_ids=step_pos,
-                past_key_values=past,
+                past_key_values=cache,
                 use_cache=True,
-                **(prefill.media if past is None else {}),  # the media go in with the prompt
+                **(prefill.media if step == 0 else {}),  # the media go in with the prompt
             )
-            logits = out.logits[:, -1, :].float()  # [B, V]
+            if step == 0 and cache.get_seq_length() != width:
+                raise RuntimeError(f"{type(model).__name__} did not fill the KV cache it was given")
+            logits = out.logits[:, -1, :].float()  # [b, V]
             temperature = params.temperature
             if step == 0 and params.first_token_temperature is not None:
                 temperature = params.first_token_temperature
+            noise = None
+            if temperature > 0:  # drawn for every row of the batch: the stream stays the same
+                noise = exponential_noise(
+                    (batch, logits.shape[-1]), device=device, generator=generator
+                )
+                noise = noise if alive is None else noise[alive]
             next_ids = sample_next(
                 logits.index_fill(-1, banned, float("-inf")) if never else logits,
                 temperature=temperature,
                 top_k=params.top_k,
                 top_p=params.top_p,
-                generator=generator,
-            )  # [B]
-            next_ids = next_ids.masked_fill(done, self.pad_token_id)
-            tokens.append(next_ids)
-            if params.return_log_probs:
-                raw = torch.log_softmax(logits, dim=-1)  # temperature 1, untruncated
-                log_probs.append(raw.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1))
-            hit = ~done & torch.isin(next_ids, stop)
-            stopped_at = torch.where(hit, step, stopped_at)
-            done |= hit
-            if bool(done.all()):
+                noise=noise,
+            )  # [b]; a stopped row goes on sampling (cut off below), alone in its row
+            rows_now = slice(None) if alive is None else alive
+            tokens[rows_now, step] = next_ids
+            if log_probs is not None:  # temperature 1, untruncated
+                raw = torch.log_softmax(logits, dim=-1)
+                log_probs[rows_now, step] = raw.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
+            done |= torch.isin(next_ids, stop)
+            if step + 1 == steps:
                 break
-            # next step: feed the new token (or, if the cache was dropped, everything)
-            past = getattr(out, "past_key_values", None)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)  # [B, P+t+1]
-            next_pos = positions[..., -1:] + 1  # [B, 1] or [K, B, 1]
-            positions = torch.cat([positions, next_pos], dim=-1)
-            input_ids = torch.cat([input_ids, next_ids.unsqueeze(-1)], dim=-1)
-            if past is not None:
-                step_ids, step_pos = next_ids.unsqueeze(-1), next_pos  # [B, 1]
-            else:
-                step_ids, step_pos = input_ids, positions
+            if (step + 1) % check_every == 0:  # the loop's only host synchronisation
+                finished = int(done.sum())
+                if finished == len(done):
+                    break
+                if finished and finished >= self.config.compact_at * len(done):
+                    keep = (~done).nonzero().squeeze(-1)
+                    cache.batch_select_indices(keep)
+                    mask, last_pos, next_ids = mask[keep], last_pos[..., keep, :], next_ids[keep]
+                    alive, done = keep if alive is None else alive[keep], done[keep]
+            forward = decode_forward
+            last_pos = last_pos + 1
+            step_ids, step_pos = next_ids.unsqueeze(-1), last_pos  # [b, 1]
+        return self._outputs(rows, tokens, log_probs, stop)
 
-        all_tokens = torch.stack(tokens, dim=-1).tolist()  # [B, T]
-        all_log_probs = torch.stack(log_probs, dim=-1).tolist() if log_probs else None
-        outputs = []
-        for row, (index, _, _) in enumerate(rows):
-            end = int(stopped_at[row])
-            length = end + 1 if end >= 0 else len(all_tokens[row])
-            outputs.append(
-                GenerationOutput(
-                    prompt_index=index,
-                    token_ids=all_tokens[row][:length],
-                    log_probs=all_log_probs[row][:length] if all_log_probs else [],
-                    finish_reason="stop" if end >= 0 else "length",
-                )
+    def _outputs(
+        self,
+        rows: list[tuple[int, list[int], MultiModalInputs | None]],
+        tokens: torch.Tensor,
+        log_probs: torch.Tensor | None,
+        stop: torch.Tensor,
+    ) -> list[GenerationOutput]:
+        """Each row's response: its ``tokens`` [B, T] up to and with the first stop id, else
+        all of them (later positions hold a stopped row's ignored samples, or padding)."""
+        is_stop = torch.isin(tokens, stop)  # [B, T]
+        stopped = is_stop.any(dim=-1).tolist()
+        lengths = torch.where(
+            is_stop.any(dim=-1), is_stop.int().argmax(dim=-1) + 1, tokens.shape[1]
+        ).tolist()
+        all_tokens = tokens.tolist()
+        all_log_probs = log_probs.tolist() if log_probs is not None else None
+        return [
+            GenerationOutput(
+                prompt_index=index,
+                token_ids=all_tokens[row][: lengths[row]],
+                log_probs=all_log_probs[row][: lengths[row]] if all_log_probs else [],
+                finish_reason="stop" if stopped[row] else "length",
             )
-        return outputs
+            for row, (index, _, _) in enumerate(rows)
+        ]
+
+    def _decode_forward(self, model: torch.nn.Module) -> Any:
+        """The callable of the decoding steps: the model, or (``compile_decode``) its
+        forward compiled once with dynamic shapes, kept while the engine has that model."""
+        if not self.config.compile_decode:
+            return model
+        if self._compiled is None or self._compiled[0] is not model:
+            self._compiled = (model, torch.compile(model.forward, dynamic=True))
+        return self._compiled[1]
 
     # ------------------------------------------------------------------ weights
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
