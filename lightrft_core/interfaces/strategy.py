@@ -80,12 +80,21 @@ class StrategyBase(Component):
         lr: float,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
+        implementation: str = "auto",
     ) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters (no weight decay on biases and norms).
+        """AdamW over the trainable parameters (no weight decay on biases and norms), with
+        the kernel ``implementation`` picks for this strategy's device (``optim.adamw_flags``).
         Called once before ``prepare``; strategies with their own optimizers override it."""
         from ..optim import adamw
 
-        return adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
+        return adamw(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            implementation=implementation,
+            device=self.device,
+        )
 
     def create_scheduler(
         self, optimizer: torch.optim.Optimizer, *, name: str, warmup_steps: int, total_steps: int

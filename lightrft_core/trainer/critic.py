@@ -65,7 +65,10 @@ def build_critic(
         critic = _critic_model(spec, actor, actor_path, algorithm.name)
     trained: torch.nn.Module = critic.value_head if shared else critic
     optimizer = strategy.create_optimizer(
-        trained, lr=trainer.critic_learning_rate, weight_decay=trainer.weight_decay
+        trained,
+        lr=trainer.critic_learning_rate,
+        weight_decay=trainer.weight_decay,
+        implementation=trainer.adamw_implementation,
     )
     scheduler = strategy.create_scheduler(
         optimizer,

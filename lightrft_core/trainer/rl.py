@@ -148,7 +148,10 @@ class RLTrainer:
         )
         self.cost_multiplier = CostMultiplier.from_config(cfg.reward)  # Safe RLHF's λ
         optimizer = s.create_optimizer(
-            self.c.actor, lr=t.learning_rate, weight_decay=t.weight_decay
+            self.c.actor,
+            lr=t.learning_rate,
+            weight_decay=t.weight_decay,
+            implementation=t.adamw_implementation,
         )
         scheduler = s.create_scheduler(
             optimizer,

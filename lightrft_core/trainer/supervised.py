@@ -22,7 +22,12 @@ def prepare_supervised(
     total = s.epochs * math.ceil(num_samples / s.batch_size)
     if s.max_steps:
         total = min(total, s.max_steps)
-    optimizer = strategy.create_optimizer(model, lr=s.learning_rate, weight_decay=s.weight_decay)
+    optimizer = strategy.create_optimizer(
+        model,
+        lr=s.learning_rate,
+        weight_decay=s.weight_decay,
+        implementation=s.adamw_implementation,
+    )
     scheduler = strategy.create_scheduler(
         optimizer, name=s.lr_scheduler, warmup_steps=s.warmup_steps, total_steps=total
     )

@@ -106,11 +106,20 @@ class DeepSpeedStrategy(StrategyBase):
         lr: float,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
+        implementation: str = "auto",
     ) -> torch.optim.Optimizer:
-        """AdamW over the trainable parameters (no decay on biases and norms): torch's, or
+        """AdamW over the trainable parameters (no decay on biases and norms): torch's (its
+        kernel per ``implementation``; the fused one serves the CPU when offloaded too), or
         DeepSpeed's CPU Adam in AdamW mode with ``optimizer: cpu_adam``."""
         if self.config.optimizer == "adamw":
-            return adamw(model, lr=lr, weight_decay=weight_decay, betas=betas)
+            return adamw(
+                model,
+                lr=lr,
+                weight_decay=weight_decay,
+                betas=betas,
+                implementation=implementation,
+                device=self.device,
+            )
         self._require_setup()
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
