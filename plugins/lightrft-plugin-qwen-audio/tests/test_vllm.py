@@ -10,14 +10,19 @@ saves the weights as ``model.language_model.*``, ``model.audio_tower.*``, ``lm_h
 vLLM's ``Qwen2AudioForConditionalGeneration`` still expects transformers 4's names
 (``language_model.model.*``, ``audio_tower.*``, ``language_model.lm_head.*``) and has no name
 mapper for the new ones (its Qwen2-VL has one). This is vLLM's model code, not the CPU
-build, so a GPU install of the same vLLM fails the same way. The test starts the engine in a
-fresh process as a run would (``vllm_audio_start.py``) and is an expected failure with
-one of these errors; when it starts passing, drop the xfail.
+build, so a GPU install of the same vLLM fails the same way.
+
+Starting vLLM costs about a minute on a CPU, so the test first looks for both blockers in
+the sources (``known_blockers``, no import of vLLM) and is an expected failure naming them
+while either is there. Once neither is found, it starts the engine in a fresh process as a
+run would (``vllm_audio_start.py``; also with ``LIGHTRFT_VLLM_AUDIO_START=1``), still an
+expected failure on the errors above; when it passes, drop the xfail.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +42,34 @@ NO_TOKENIZER_ERROR = "Qwen2AudioMultiModalProcessor requires a tokenizer"
 WEIGHT_NAMES_ERROR = "There is no module or parameter named 'model' in Qwen2Model"
 
 
+def known_blockers() -> list[str]:
+    """The blockers of the module docstring still in the sources: the vllm plugin's engine
+    never mentions audio (point 1), vLLM's Qwen2-Audio has no ``hf_to_vllm_mapper`` (point
+    2). A check that misses a fix only costs the full start."""
+    import lightrft_plugin_vllm.engine
+
+    blockers = []
+    if "audio" not in Path(lightrft_plugin_vllm.engine.__file__).read_text(encoding="utf-8"):
+        blockers.append(
+            "the vllm engine sends no audio as multimodal data and starts vLLM without the "
+            f"tokenizer its Qwen2-Audio processor needs ({NO_TOKENIZER_ERROR})"
+        )
+    spec = importlib.util.find_spec("vllm")  # finds the package without importing it
+    assert spec is not None and spec.submodule_search_locations
+    model_code = Path(spec.submodule_search_locations[0], "model_executor/models/qwen2_audio.py")
+    if "hf_to_vllm_mapper" not in model_code.read_text(encoding="utf-8"):
+        blockers.append(
+            "vLLM's Qwen2-Audio expects transformers 4 weight names and maps none of "
+            "transformers 5's model.language_model.*"
+        )
+    return blockers
+
+
 @pytest.mark.slow
 def test_vllm_engine_generates_with_audio(tiny_qwen_audio_dir: Path) -> None:
+    blockers = known_blockers()
+    if blockers and os.environ.get("LIGHTRFT_VLLM_AUDIO_START") != "1":
+        pytest.xfail("; ".join(blockers))
     proc = subprocess.run(
         [sys.executable, str(HERE / "vllm_audio_start.py"), str(tiny_qwen_audio_dir)],
         capture_output=True,
