@@ -35,7 +35,9 @@ class AudioDemoPlan:
     algorithm: str = "grpo"
     task: BeepTask = field(default_factory=BeepTask)
     seed: int = 0
-    sft_examples: int = 1_024
+    sft_examples: int = 2_048
+    #: SFT rows with a clip and its true count (the rest: the answer's form only; task.py).
+    sft_heard: int = 256
     rl_prompts: int = 1_600
     held_out: int = 256
     rl_overrides: Sequence[str] = ()
@@ -108,6 +110,7 @@ def prepare(plan: AudioDemoPlan) -> None:
         rl=plan.rl_prompts,
         held_out=plan.held_out,
         seed=plan.seed,
+        heard=plan.sft_heard,
     )
 
 

@@ -8,10 +8,11 @@ seed, written as 16-bit WAV files with the standard library; no download.
 
 Splits: RL prompts (``train.jsonl``), held-out prompts (``eval.jsonl``, clips never heard
 in training) and the same held-out prompts with a silent clip (``eval_silent.jsonl``, the
-control). The SFT warm-up (``sft.jsonl``) teaches only the answer's form: the question
-with no clip, answered with a random count -- so after it the model answers with a number
-but has never linked a sound to a count; RL from the verifiable reward (the exact count)
-has to teach it to listen.
+control). The SFT warm-up (``sft.jsonl``) is partial on purpose: most rows teach only the
+answer's form (the question with no clip, answered with a random count), and a few
+(``heard``) carry a clip of their own with its true count -- too few to learn counting, enough
+to start linking a sound to a number. RL from the verifiable reward (the exact count) has
+to finish teaching the model to listen.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 SAMPLING_RATE = 16_000
-QUESTION = "How many beeps are in the clip? Answer with one digit."
+QUESTION = "How many beeps?"
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,13 @@ def write_task_data(
     rl: int,
     held_out: int,
     seed: int,
+    heard: int = 0,
 ) -> dict[str, Path]:
-    """Clips under ``directory/audio`` and the four JSONL files (module docstring); audio
-    paths in the rows are relative to ``directory``."""
+    """Clips under ``directory/audio`` and the four JSONL files (module docstring): ``sft``
+    SFT rows of which ``heard`` (the first ones) have a clip; audio paths in the rows are
+    relative to ``directory``."""
+    if not 0 <= heard <= sft:
+        raise ValueError(f"heard must be in [0, sft={sft}], got {heard}")
     directory = Path(directory)
     clips = directory / "audio"
     clips.mkdir(parents=True, exist_ok=True)
@@ -116,11 +121,16 @@ def write_task_data(
     train, held = recordings("train", rl), recordings("eval", held_out)
     write_wav(clips / "silent.wav", np.zeros(round(task.seconds * SAMPLING_RATE)))
     silent = [_row("audio/silent.wav", r["answer"]) for r in held]
-    answers = task.answers
-    sft_rows = [
-        {"prompt": QUESTION, "response": answers[int(rng.integers(len(answers)))]}
-        for _ in range(sft)
+    demonstrations = [
+        {"prompt": QUESTION, "audios": r["audios"], "response": r["answer"]}
+        for r in recordings("sft", heard)
     ]
+    answers = task.answers
+    demonstrations += [
+        {"prompt": QUESTION, "response": answers[int(rng.integers(len(answers)))]}
+        for _ in range(sft - heard)
+    ]
+    sft_rows = [demonstrations[i] for i in rng.permutation(sft)]
     return {
         "sft": _write_jsonl(directory / "sft.jsonl", sft_rows),
         "train": _write_jsonl(directory / "train.jsonl", train),
