@@ -422,8 +422,8 @@ def test_rewards_that_read_text_only_refuse_image_prompts(tmp_path: Path, proces
             load_run_data(cfg, processor.tokenizer, reward, processor=processor)
         assert str(info.value) == (
             f"{cfg.data.train_path}: 1 prompt(s) carry images, but reward {reward.name!r} "
-            "scores text only and would not see them; use a rule or remote reward for image "
-            "prompts, or text-only data"
+            "scores text only and would not see them; use a rule or remote reward for prompts "
+            "with images, or text-only data"
         )
     data = load_run_data(cfg, processor.tokenizer, ConstantReward(), processor=processor)
     assert [item.multimodal is None for item in data.sampler.dataset] == [True, False]

@@ -105,6 +105,11 @@ class ActorLanguage(Actor):
         """The transformers model (the one inside the peft wrapper when LoRA is on)."""
         return self.model.get_base_model() if self._has_lora else self.model
 
+    def trunk(self) -> torch.nn.Module:
+        """The decoder without its head (LoRA adapters included), e.g. ``Qwen2Model``."""
+        trunk: torch.nn.Module = self.base_model.base_model
+        return trunk
+
     @property
     def _has_lora(self) -> bool:
         return type(self.model).__module__.startswith("peft.")

@@ -81,6 +81,10 @@ class Actor(torch.nn.Module, Component):
     kind: ClassVar[str] = "actor"
     #: The modality this actor accepts; the trainer passes only the matching extra inputs.
     modality: ClassVar[ActorModality] = ActorModality.LANGUAGE_ONLY
+    #: Whether ``forward`` reads packed rows (``position_ids``) with media: the media in the
+    #: order their sequences appear in the rows, row by row (``trainer.packing``). A
+    #: text-only actor always reads packed rows.
+    packs_media: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         torch.nn.Module.__init__(self)
@@ -149,16 +153,50 @@ class Actor(torch.nn.Module, Component):
         **modal_inputs: Any,
     ) -> dict[str, Any]:
         """The keyword inputs with which ``trunk`` -- a network of this actor's architecture
-        without the output head (``hf_model().base_model``, or the loop critic's own trunk)
-        -- reads right-padded rows: token ids (or embeddings), mask, positions, and the rows'
-        media (``modal_inputs``, from ``get_supported_parameters``) in the form the model
-        wants. The critic calls it inside its forward, so it sees what the policy sees. The
-        default is a text model's: ``input_ids``, ``attention_mask`` and positions counting
-        the real tokens from 0; an actor whose model needs more (3-D rotary positions of
-        images, a vision pass on every rank) overrides it. A class method: it reads only
-        ``trunk`` (and its config), so a scalar reward model of this architecture uses it
-        without building the actor."""
+        without the output head (``trunk()``, or what ``load_trunk`` loads for a separate
+        critic or a reward model) -- reads right-padded rows: token ids (or embeddings),
+        mask, positions, and the rows' media (``modal_inputs``, from
+        ``get_supported_parameters``) in the form the model wants. The critic calls it
+        inside its forward, so it sees what the policy sees. The default is a text model's:
+        ``input_ids``, ``attention_mask`` and positions counting the real tokens from 0; an
+        actor whose model needs more (3-D rotary positions of images, a vision pass on every
+        rank) overrides it. A class method: it reads only ``trunk`` (and its config), so a
+        scalar reward model of this architecture uses it without building the actor."""
         return {**text_trunk_inputs(sequences, attention_mask), **modal_inputs}
+
+    @classmethod
+    def trunk_hidden_states(cls, trunk: torch.nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The last hidden states ``[B, T, H]`` of ``trunk`` reading ``inputs`` (what
+        ``trunk_inputs`` built): what a critic's value head and a scalar reward model's score
+        head read. The default calls ``trunk(**inputs)`` and takes its ``last_hidden_state``;
+        an actor whose trunk keeps its decoder one level down (a model with its head, whose
+        encoders live beside the decoder) overrides it."""
+        hidden: torch.Tensor = trunk(**inputs, use_cache=False).last_hidden_state
+        return hidden
+
+    def trunk(self) -> torch.nn.Module:
+        """The trunk of this actor's model, LoRA adapters included: the network without the
+        output head that ``trunk_inputs`` feeds and ``trunk_hidden_states`` reads -- what a
+        ``shared`` critic puts its value head on. The default is ``hf_model().base_model``
+        (transformers' model without its head); an actor whose model is wrapped (peft) or
+        whose trunk is another part overrides it."""
+        model: Any = self.hf_model()
+        trunk: torch.nn.Module = model.base_model
+        return trunk
+
+    @classmethod
+    def load_trunk(cls, path: str, **options: Any) -> torch.nn.Module:
+        """A trunk of this actor's architecture (what ``trunk`` returns) loaded from the
+        folder ``path`` with every weight of it: the actor's checkpoint (the model with its
+        head) or a folder a trunk was saved to (a critic or a scalar reward model,
+        ``save_pretrained``). ``options``: ``from_pretrained`` keywords (``dtype``,
+        ``attn_implementation``, ``trust_remote_code``). A separate critic and a reward model
+        of this architecture load their trunk with it. The default is
+        ``AutoModel.from_pretrained`` (a causal LM folder's head is left out); an actor whose
+        checkpoint ``AutoModel`` cannot read overrides it."""
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(path, **options)  # type: ignore[no-any-return]
 
     @abstractmethod
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:

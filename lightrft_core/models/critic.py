@@ -12,6 +12,11 @@ A critic folder (``save_pretrained``) holds the trunk as a transformers base mod
 ``config.json`` and weights, reloadable with ``AutoModel``), ``value_head.safetensors`` and
 ``critic.json`` (the head's shape). ``CriticModel.from_pretrained`` loads such a folder, or a
 causal LM folder (the actor's checkpoint: the trunk is taken, a new head is made).
+
+The trunk is the one of an actor class's architecture: the actor class says how to load it
+(``Actor.load_trunk``), how rows are fed to it (``Actor.trunk_inputs``) and how its hidden
+states are read (``Actor.trunk_hidden_states``); the base ``Actor``'s defaults are a text
+model's (``AutoModel``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..interfaces.actor import text_trunk_inputs
+from ..interfaces.actor import Actor, text_trunk_inputs
 
 HEAD_FILE = "value_head.safetensors"
 CRITIC_FILE = "critic.json"
@@ -127,11 +132,19 @@ def trunk_options_of(hf_model: Any) -> TrunkOptions:
 class CriticModel(torch.nn.Module):
     """``trunk`` (a transformers decoder) + ``value_head``: ``forward -> values [B, T-1]``.
 
-    The trunk may be the actor's own (the ``shared`` layout): ``trunk_gradients=False`` in
-    ``forward`` then keeps the value loss from reaching it.
+    The trunk may be the actor's own (the ``shared`` layout, ``Actor.trunk``):
+    ``trunk_gradients=False`` in ``forward`` then keeps the value loss from reaching it.
+    ``actor_class``: the architecture whose trunk this is; its ``trunk_hidden_states``
+    reads the trunk (the base ``Actor``: a text model's ``last_hidden_state``).
     """
 
-    def __init__(self, trunk: Any, value_head: ValueHead | None = None) -> None:
+    def __init__(
+        self,
+        trunk: Any,
+        value_head: ValueHead | None = None,
+        *,
+        actor_class: type[Actor] = Actor,
+    ) -> None:
         super().__init__()
         hidden = hidden_size_of(trunk)
         head = value_head if value_head is not None else ValueHead(hidden)
@@ -141,6 +154,7 @@ class CriticModel(torch.nn.Module):
             )
         self.trunk: Any = trunk  # a transformers base model
         self.value_head = head
+        self.actor_class = actor_class
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -165,7 +179,7 @@ class CriticModel(torch.nn.Module):
                 if trunk_inputs is not None
                 else text_trunk_inputs(sequences, attention_mask)
             )
-            hidden = self.trunk(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+            hidden = self.actor_class.trunk_hidden_states(self.trunk, inputs)  # [B, T, H]
         if last_token:
             last = (mask.sum(-1) - 1).clamp(min=0)  # [B]
             return self.value_head(hidden[torch.arange(len(last), device=last.device), last])
@@ -193,10 +207,8 @@ class CriticModel(torch.nn.Module):
     @classmethod
     def _from_config(cls, config: Any, dtype: torch.dtype | None = None) -> CriticModel:
         """An untrained critic of the same shape (the constructor strategies use to rebuild a
-        plain copy from gathered weights)."""
-        from transformers import AutoModel
-
-        return cls(AutoModel.from_config(config, dtype=dtype))
+        plain copy from gathered weights, to save it)."""
+        return cls(trunk_class_of(config)._from_config(config, dtype=dtype))
 
     def save_pretrained(
         self, path: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None, **_: Any
@@ -214,26 +226,40 @@ class CriticModel(torch.nn.Module):
         options: TrunkOptions | None = None,
         *,
         init_std: float = 0.0,
+        actor_class: type[Actor] = Actor,
     ) -> CriticModel:
         """Load a critic folder, or a causal LM folder (its trunk, with a new head of
-        ``init_std``). ``options`` apply to the trunk; the head stays float32."""
-        from transformers import AutoModel
-
+        ``init_std``), the trunk as ``actor_class`` loads one (``Actor.load_trunk``: every
+        weight of it). ``options`` apply to the trunk; the head stays float32."""
         options = options or TrunkOptions()
         kwargs: dict[str, Any] = {"trust_remote_code": options.trust_remote_code}
         if options.dtype is not None:
             kwargs["dtype"] = options.dtype
         if options.attn_implementation is not None:
             kwargs["attn_implementation"] = options.attn_implementation
-        trunk = AutoModel.from_pretrained(path, **kwargs)
+        trunk = actor_class.load_trunk(str(path), **kwargs)
         if is_critic_folder(path):
             head = ValueHead.from_pretrained(path)
         else:
             head = ValueHead(hidden_size_of(trunk), init_std=init_std)
-        model = cls(trunk, head)
+        model = cls(trunk, head, actor_class=actor_class)
         if options.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return model
+
+
+def trunk_class_of(config: Any) -> Any:
+    """The transformers class of a trunk with ``config``: its model type's base model
+    (``AutoModel``), or, for a trunk that is a model with its head (a type ``AutoModel``
+    does not map), the class its folder names (``config.architectures``)."""
+    import transformers
+    from transformers import MODEL_MAPPING
+
+    if type(config) in MODEL_MAPPING:
+        return MODEL_MAPPING[type(config)]
+    if not config.architectures:
+        raise ValueError(f"no transformers class for a trunk of model type {config.model_type!r}")
+    return getattr(transformers, config.architectures[0])
 
 
 def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

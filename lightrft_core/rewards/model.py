@@ -196,7 +196,8 @@ class ScalarRewardModel(RewardModel):
                 f"reward.path={cfg.path!r} holds no processor, which reward.actor={actor!r} "
                 "needs to encode the prompts' images (a `lightrft rm` export has one)"
             )
-        model = load_trunk_reward_model(cfg.path, TrunkOptions(dtype=DTYPES[cfg.dtype]))
+        options = TrunkOptions(dtype=DTYPES[cfg.dtype])
+        model = load_trunk_reward_model(cfg.path, self.actor_class, options)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.heads, self.head_index = ["score"], self._head_index(["score"])
         # the instance reads images exactly when its architecture takes them

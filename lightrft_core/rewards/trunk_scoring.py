@@ -1,13 +1,14 @@
-"""A scalar reward model that reads images: a model's trunk (``AutoModel``: for a
-vision-language model, its vision tower and decoder) plus a linear score head read at each
-row's last real token -- a ``CriticModel`` (``models/critic.py``) scored with
+"""A scalar reward model that reads media: a model's trunk (``Actor.load_trunk``: for a
+vision-language or audio-language model, its encoders and decoder) plus a linear score head
+read at each row's last real token -- a ``CriticModel`` (``models/critic.py``) scored with
 ``last_token=True``, saved and loaded as a critic folder.
 
 The rows are encoded by the model's processor (``Actor.load_processor``): the text
-``prompt + response`` (the prompt formatted with one placeholder per image) and the row's
-images, padded on the right. The trunk reads them as the actor class prepares them
-(``Actor.trunk_inputs``: positions, media). The same encoding serves training (``lightrft
-rm``) and scoring (``reward.name: model`` with ``reward.actor``).
+``prompt + response`` (the prompt formatted with one placeholder per image and clip) and the
+row's images and audio clips, padded on the right. The trunk reads them as the actor class
+prepares them (``Actor.trunk_inputs``: positions, media; ``Actor.trunk_hidden_states``). The
+same encoding serves training (``lightrft rm``) and scoring (``reward.name: model`` with
+``reward.actor``).
 """
 
 from __future__ import annotations
@@ -95,11 +96,15 @@ def trunk_scores(
     return model(batch.input_ids, batch.attention_mask, trunk_inputs=trunk_inputs, last_token=True)
 
 
-def load_trunk_reward_model(path: str, options: TrunkOptions | None = None) -> CriticModel:
-    """The reward model ``lightrft rm`` exported to ``path`` (a trunk with a score head)."""
+def load_trunk_reward_model(
+    path: str, actor_class: type[Actor], options: TrunkOptions | None = None
+) -> CriticModel:
+    """The reward model ``lightrft rm`` exported to ``path`` (a trunk of ``actor_class``'s
+    architecture with a score head)."""
     if not is_critic_folder(path):
         raise ValueError(
-            f"{path} holds no score head: a reward model that reads images is the folder "
-            "`lightrft rm` exports with a vision-language model.name (docs/multimodal.md)"
+            f"{path} holds no score head: a reward model that reads media is the folder "
+            "`lightrft rm` exports with a vision- or audio-language model.name "
+            "(docs/multimodal.md)"
         )
-    return CriticModel.from_pretrained(path, options)
+    return CriticModel.from_pretrained(path, options, actor_class=actor_class)

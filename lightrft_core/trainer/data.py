@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import LightRFTConfig
 from ..data.prompts import PromptDataset, PromptItem, PromptSampler
 from ..data.rows import DataError
-from ..interfaces import RewardInput, RewardModel
+from ..interfaces import MultiModalInputs, RewardInput, RewardModel
 from ..rewards.safe import SafeScore, score_safely
 from .reward_failures import RewardFailureWatch
 
@@ -39,14 +40,26 @@ def _dataset(
     dataset = PromptDataset.from_source(
         path, tokenizer, cfg.data, require_label=reward.requires_label, processor=processor
     )
-    with_images = sum(item.multimodal is not None for item in dataset)
-    if with_images and not reward.accepts_image_prompts:
+    with_media = sum(item.multimodal is not None for item in dataset)
+    if with_media and not reward.accepts_image_prompts:
+        media = media_kinds(item.multimodal for item in dataset)
         raise DataError(
-            f"{path}: {with_images} prompt(s) carry images, but reward {reward.name!r} scores "
-            "text only and would not see them; use a rule or remote reward for image "
-            "prompts, or text-only data"
+            f"{path}: {with_media} prompt(s) carry {media}, but reward {reward.name!r} scores "
+            f"text only and would not see them; use a rule or remote reward for prompts with "
+            f"{media}, or text-only data"
         )
     return dataset
+
+
+def media_kinds(media: Iterable[MultiModalInputs | None]) -> str:
+    """What rows' media are, for messages: ``images``, ``audio`` or ``images and audio``."""
+    kinds: set[str] = set()
+    for item in media:
+        if item is not None:
+            kinds.update(
+                kind for kind, held in (("images", item.images), ("audio", item.audios)) if held
+            )
+    return " and ".join(sorted(kinds, key=["images", "audio"].index)) or "media"
 
 
 def load_run_data(

@@ -32,6 +32,7 @@ from .bootstrap import (
     start_run,
     unwrapped_actor,
 )
+from .data import media_kinds
 from .distributed import model_init_context, no_sync
 from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
 from .supervised import prepare_supervised
@@ -152,14 +153,16 @@ def _train_sft(
 
 
 def check_actor_takes_media(actor: Actor, dataset: SFTDataset) -> None:
-    """Rows with images need an actor that declares their inputs; one error if it does not."""
+    """Rows with media need an actor that declares their inputs; one error if it does not."""
     keys = {k for item in dataset if item.multimodal is not None for k in item.multimodal.tensors}
     missing = keys - actor.get_supported_parameters()
     if missing:
+        media = media_kinds(item.multimodal for item in dataset)
         raise ValueError(
-            f"the SFT rows carry images but actor {type(actor).__name__} "
-            f"({actor.modality.value}) does not take {sorted(missing)}; use a vision-language "
-            "actor for a vision-language model, or remove the images from the data"
+            f"the SFT rows carry {media} but actor {type(actor).__name__} "
+            f"({actor.modality.value}) does not take {sorted(missing)}; use an actor that "
+            f"reads {media} (vision-language for images, audio-language for audio, omni for "
+            f"both), or remove the {media} from the data"
         )
 
 

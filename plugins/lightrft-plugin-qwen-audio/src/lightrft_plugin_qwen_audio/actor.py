@@ -128,6 +128,26 @@ class QwenAudioActor(Actor):
         """The transformers model (the one inside the peft wrapper when LoRA is on)."""
         return self.model.get_base_model() if self._has_lora else self.model
 
+    def trunk(self) -> torch.nn.Module:
+        """The ``Qwen2AudioModel`` inside (audio encoder, projector, decoder; no head)."""
+        return self.base_model.model
+
+    @classmethod
+    def load_trunk(cls, path: str, **options: Any) -> torch.nn.Module:
+        """The ``Qwen2AudioModel`` of ``path``: the ``.model`` of a full Qwen2-Audio folder
+        (``AutoModel`` would load none of its decoder weights: their names are laid out for
+        the model with its head), or a saved trunk as it is. Its position table is frozen,
+        as in the actor."""
+        from transformers import AutoConfig, AutoModel, Qwen2AudioForConditionalGeneration
+
+        full = Qwen2AudioForConditionalGeneration.__name__
+        if full in (AutoConfig.from_pretrained(path).architectures or []):
+            trunk = Qwen2AudioForConditionalGeneration.from_pretrained(path, **options).model
+        else:
+            trunk = AutoModel.from_pretrained(path, **options)
+        trunk.audio_tower.embed_positions.requires_grad_(False)
+        return trunk
+
     @property
     def _has_lora(self) -> bool:
         return type(self.model).__module__.startswith("peft.")

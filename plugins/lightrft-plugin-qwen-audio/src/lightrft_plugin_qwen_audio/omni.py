@@ -24,7 +24,7 @@ chunk (``lightrft_core.actors.logprobs``). Videos are not supported yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +144,25 @@ class QwenOmniActor(Actor):
         """The transformers thinker (the one inside the peft wrapper when LoRA is on)."""
         return self.model.get_base_model() if self._has_lora else self.model
 
+    def trunk(self) -> torch.nn.Module:
+        """The thinker itself: its encoders sit beside its decoder (``thinker.model``), so
+        the trunk is the whole thinker, read through ``trunk_hidden_states`` (its output
+        head unused)."""
+        return self.base_model
+
+    @classmethod
+    def load_trunk(cls, path: str, **options: Any) -> torch.nn.Module:
+        """The thinker of ``path`` (a thinker folder: the actor's or a critic's)."""
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, **options)
+
+    @classmethod
+    def trunk_hidden_states(cls, trunk: torch.nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """The last hidden states ``[B, T, H]`` of the thinker's decoder
+        (``trunk.model``) reading ``inputs`` (``trunk_inputs``'s)."""
+        return trunk.model(**inputs, use_cache=False).last_hidden_state
+
     @property
     def _has_lora(self) -> bool:
         return type(self.model).__module__.startswith("peft.")
@@ -211,7 +230,7 @@ class QwenOmniActor(Actor):
         thinker = self.base_model
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
         inputs = self.trunk_inputs(thinker, sequences, attention_mask, **modal_inputs)
-        states = thinker.model(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
+        states = self.trunk_hidden_states(thinker, inputs)  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
         log_probs, entropy = chunked_token_log_probs(
             states[:, :-1][valid],  # [N, H]

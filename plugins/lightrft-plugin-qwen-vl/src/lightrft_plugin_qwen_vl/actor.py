@@ -114,6 +114,10 @@ class QwenVLActor(Actor):
         """The transformers model (the one inside the peft wrapper when LoRA is on)."""
         return self.model.get_base_model() if self._has_lora else self.model
 
+    def trunk(self) -> torch.nn.Module:
+        """The ``*Model`` inside (vision tower and decoder, no head)."""
+        return self.base_model.model
+
     @property
     def _has_lora(self) -> bool:
         return type(self.model).__module__.startswith("peft.")
