@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from lightrft_core.engines import HFEngine
+from lightrft_core.engines.kv_cache import PreallocatedLayer
+from lightrft_core.engines.sampling import exponential_noise, filter_logits, sample_next
 from lightrft_core.interfaces import InferenceEngine, SamplingParams
 from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
 from lightrft_core.testing import EngineConformance
@@ -300,3 +302,114 @@ def test_own_copy_follows_update_weights(tmp_path: Any) -> None:
         engine.update_weights([("base_model.model.lm_head.weight", torch.zeros(1))])
     with pytest.raises(ValueError, match="shape"):
         engine.update_weights([("model.norm.weight", torch.zeros(3))])
+
+
+# ---------------------------------------------------------------------- fast loop
+def test_sample_next_draws_what_multinomial_draws() -> None:
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
+    logits[:, :5] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    expected_gen, gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for _ in range(5):
+        expected = torch.multinomial(probs, 1, generator=expected_gen).squeeze(-1)
+        noise = exponential_noise((6, 50), device=torch.device("cpu"), generator=gen)
+        got = sample_next(logits, temperature=1.0, top_k=-1, top_p=1.0, noise=noise)
+        assert got.tolist() == expected.tolist()
+
+
+def test_top_p_applies_to_what_top_k_left() -> None:
+    # probs 0.4 0.3 0.2 0.06 0.04; top-3 renormalised: 4/9 3/9 2/9, mass ranked above each
+    # token 0, 4/9 = 0.444, 7/9 = 0.778: top_p 0.8 keeps all three, 0.7 the first two
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04]]).log()
+    inf = float("-inf")
+    kept = filter_logits(logits, top_k=3, top_p=0.8)
+    assert torch.isinf(kept).tolist() == [[False, False, False, True, True]]
+    kept = filter_logits(logits, top_k=3, top_p=0.7)
+    assert kept[0, 2] == inf and torch.equal(kept[0, :2], logits[0, :2])
+    # without top-k, 0.7 keeps 0.4 and 0.3 too (mass above the third: 0.7), 0.75 three
+    assert torch.isinf(filter_logits(logits, top_k=-1, top_p=0.75)).sum() == 2
+
+
+def _forward_batch_sizes(model: Any) -> tuple[list[int], Any]:
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    return sizes, hook
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_samples(model: Any) -> None:
+    params = SamplingParams(n=4, max_new_tokens=12, seed=2, stop_token_ids=list(range(90, 140)))
+    kept = shared_engine(model, compact_at=2.0)  # never drops rows
+    dropping = shared_engine(model, compact_at=0.01)  # drops at the first finished row
+    sizes, hook = _forward_batch_sizes(model)
+    expected = kept.generate(PROMPTS, params)
+    full_sizes = list(sizes)
+    sizes.clear()
+    got = dropping.generate(PROMPTS, params)
+    hook.remove()
+    assert set(full_sizes) == {12}
+    assert sizes[0] == 12 and sizes[-1] < 12 and sizes == sorted(sizes, reverse=True)
+    assert len({len(o.token_ids) for o in got}) > 2  # rows stopped at different steps
+    assert [o.token_ids for o in got] == [o.token_ids for o in expected]
+    assert [o.finish_reason for o in got] == [o.finish_reason for o in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
+    assert_log_probs_match(model, PROMPTS, got)
+
+
+def test_checking_every_few_steps_keeps_a_batch_s_samples(model: Any) -> None:
+    params = SamplingParams(n=2, max_new_tokens=10, seed=5, stop_token_ids=list(range(90, 140)))
+    every_step = shared_engine(model, check_every=1).generate(PROMPTS, params)
+    sizes, hook = _forward_batch_sizes(model)
+    every_4 = shared_engine(model, check_every=4).generate(PROMPTS, params)
+    hook.remove()
+    assert [o.token_ids for o in every_4] == [o.token_ids for o in every_step]
+    assert [o.finish_reason for o in every_4] == [o.finish_reason for o in every_step]
+    drops = [i for i in range(1, len(sizes)) if sizes[i] < sizes[i - 1]]
+    assert drops and all(i % 4 == 0 for i in drops)  # the batch shrinks only at checks
+    with pytest.raises(ValueError, match="check_every"):
+        HFEngine.Config(check_every=0)
+
+
+def test_compile_decode_compiles_the_decoding_forward_once(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[Any] = []
+
+    def fake_compile(fn: Any, **options: Any) -> Any:  # the wiring, not the compiler
+        compiled.append(options)
+        widths: list[int] = []
+
+        def run(**kwargs: Any) -> Any:
+            widths.append(kwargs["input_ids"].shape[1])
+            return fn(**kwargs)
+
+        run.widths = widths  # type: ignore[attr-defined]
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    engine = shared_engine(model, compile_decode=True)
+    engine.eos_token_ids = []
+    params = SamplingParams(n=2, max_new_tokens=4, seed=0)
+    got = engine.generate(PROMPTS, params)
+    engine.generate(PROMPTS, params)
+    assert compiled == [{"dynamic": True}]
+    assert engine._compiled is not None
+    assert engine._compiled[1].widths == [1, 1, 1] * 2  # decoding steps only
+    eager = shared_engine(model)
+    eager.eos_token_ids = []
+    assert [o.token_ids for o in got] == [o.token_ids for o in eager.generate(PROMPTS, params)]
+
+
+def test_preallocated_cache_refuses_more_positions_than_it_has_room_for() -> None:
+    layer = PreallocatedLayer(capacity=3)
+    keys = torch.ones(2, 1, 2, 4)
+    out, _ = layer.update(keys, keys * 2)
+    assert out.shape == (2, 1, 2, 4) and layer.get_seq_length() == 2
+    layer.batch_select_indices(torch.tensor([1]))
+    out, values = layer.update(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+    assert out[0, 0, :, 0].tolist() == [1, 1, 0] and values[0, 0, :, 0].tolist() == [2, 2, 0]
+    with pytest.raises(RuntimeError, match="room for 3"):
+        layer.update(keys[:1, :, :1], keys[:1, :, :1])
