@@ -1,9 +1,12 @@
 """``HFEngine``: rollouts from a Hugging Face causal LM with a hand-written sampling loop.
 
-The loop left-pads prompts, prefills once and then decodes one token per step with the KV
-cache. It samples with temperature (0 = greedy), top-k, top-p and FIRE (a separate
-temperature for the first response token), stops a row on EOS or any stop token (kept in
-the output), and reports behaviour log-probs.
+The loop left-pads prompts, prefills once and then decodes one token per step with a KV
+cache allocated once per batch (``kv_cache.py``). It samples with temperature (0 =
+greedy), top-k, top-p and FIRE (a separate temperature for the first response token) in a
+few tensor ops (``sampling.py``), stops a row on EOS or any stop token (kept in the
+output), and reports behaviour log-probs. The host checks for finished rows once per
+``check_every`` steps, and rows that finished leave the batch (``compact_at``); the random
+stream is that of ``torch.multinomial`` on the whole batch either way.
 
 Log-prob convention: ``log_probs`` holds the log-prob of each sampled token under the
 model's **raw** distribution -- temperature 1, before top-k/top-p truncation -- i.e. the
