@@ -1,7 +1,8 @@
 """Sample packing and token-budget micro-batches in the loops (``trainer.packing``,
 ``trainer.max_tokens_per_micro_batch``): the plan of micro-batches, worked out by hand; and
 on a tiny model in fp32, packed rows and any cut of the batch give the padded run's
-log-probs, values, losses and gradients (RL with GRPO, the critic, SFT, reward models)."""
+log-probs, values, losses and gradients (RL with GRPO, the critic, SFT, reward models).
+Rows with media: ``test_packing_multimodal.py``."""
 
 from __future__ import annotations
 
@@ -354,16 +355,3 @@ def test_rm_step_is_the_same_packed_and_by_token_budget(
         step = first_step(name, *extra)
         for key in ("rm/loss", "rm/accuracy/other", "rm/margin/helpful", "grad_norm"):
             assert step[key] == pytest.approx(padded[key], rel=1e-5, abs=1e-7), (name, key)
-
-
-# ---------------------------------------------------------------------- refusals
-def test_packing_refuses_audio_actors() -> None:
-    from types import SimpleNamespace
-
-    from lightrft_core.interfaces import ActorModality
-    from lightrft_core.trainer.micro_batches import check_packing
-
-    vision = SimpleNamespace(name="qwen_vl", modality=ActorModality.VISION_LANGUAGE)
-    check_packing(False, vision)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="actor 'qwen_vl' is vision-language"):
-        check_packing(True, vision)  # type: ignore[arg-type]

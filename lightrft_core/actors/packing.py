@@ -42,11 +42,13 @@ def pack_sequences(
     max_tokens_per_row: int | None = None,
     *,
     pad_token_id: int = 0,
+    next_fit: bool = False,
 ) -> PackedBatch:
     """Pack 1-D token tensors into rows of at most ``max_tokens_per_row`` tokens.
 
-    First-fit in input order (a sequence goes into the first row with room); ``None`` puts
-    everything in one row. Rows are right-padded to the longest row.
+    First-fit in input order (a sequence goes into the first row with room), or with
+    ``next_fit`` into the last row or a new one (the sequences then appear row by row in
+    input order); ``None`` puts everything in one row. Rows are right-padded to the longest.
     """
     if not sequences:
         raise ValueError("pack_sequences needs at least one sequence")
@@ -61,7 +63,8 @@ def pack_sequences(
     row_used: list[int] = []
     spans: list[PackedSpan] = []
     for n in lengths:
-        row = next((r for r, used in enumerate(row_used) if used + n <= capacity), None)
+        open_rows = range(max(len(row_used) - 1, 0) if next_fit else 0, len(row_used))
+        row = next((r for r in open_rows if row_used[r] + n <= capacity), None)
         if row is None:
             row = len(row_used)
             row_used.append(0)
@@ -120,17 +123,23 @@ def pack_padded_rows(
     attention_mask: torch.Tensor,
     *,
     one_row: bool = False,
+    keep_order: bool = False,
     pad_token_id: int = 0,
 ) -> PackedBatch:
     """Pack the real tokens of right-padded rows ``[B, T]``: longest first, first fit, into
     rows as wide as the longest sequence, or all into ``one_row`` (flash-attention's
-    variable-length path needs no padding at all). ``spans`` follow the input rows."""
+    variable-length path needs no padding at all). ``keep_order``: in input order, next
+    fit, so the sequences appear row by row in input order (media collated by rows stay in
+    step). ``spans`` follow the input rows."""
     lengths = attention_mask.sum(-1).tolist()  # [B]
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = list(range(len(lengths)))
+    if not keep_order:
+        order.sort(key=lambda i: -lengths[i])
     packed = pack_sequences(
         [sequences[i, : lengths[i]] for i in order],
         None if one_row else max(lengths),
         pad_token_id=pad_token_id,
+        next_fit=keep_order,
     )
     spans: list[PackedSpan | None] = [None] * len(order)
     for i, span in zip(order, packed.spans, strict=True):
@@ -194,16 +203,21 @@ def packed_actor_forward(
     *,
     one_row: bool = False,
     return_entropy: bool = False,
+    **modal_inputs: Any,
 ) -> ActorOutput:
-    """``actor(sequences, attention_mask)`` computed on packed rows (``pack_padded_rows``),
+    """``actor(sequences, attention_mask, **modal_inputs)`` computed on packed rows
+    (``pack_padded_rows``; in input order when there are media, collated by rows),
     returned in the right-padded layout ``[B, T-1]`` the caller gave: the same log-probs
     and entropies, less padding to compute."""
-    packed = pack_padded_rows(sequences, attention_mask, one_row=one_row)
+    packed = pack_padded_rows(
+        sequences, attention_mask, one_row=one_row, keep_order=bool(modal_inputs)
+    )
     out = actor(
         packed.sequences,
         packed.attention_mask,
         position_ids=packed.position_ids,
         return_entropy=return_entropy,
+        **modal_inputs,
     )
     width = sequences.shape[1] - 1
     entropy = None if out.entropy is None else unpack_to_padded(out.entropy, packed.spans, width)

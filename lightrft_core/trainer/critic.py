@@ -24,7 +24,15 @@ from ..actors.packing import (
     uses_flash_attention,
 )
 from ..config.schema import TrainerConfig
-from ..interfaces import Actor, Algorithm, CriticSpec, LossScale, StrategyBase, ValueLossInput
+from ..interfaces import (
+    Actor,
+    ActorModality,
+    Algorithm,
+    CriticSpec,
+    LossScale,
+    StrategyBase,
+    ValueLossInput,
+)
 from ..models.critic import CriticModel, ValueHead, hidden_size_of, trunk_options_of
 from .distributed import model_init_context
 from .experience import RolloutBatch
@@ -87,7 +95,7 @@ def build_critic(
         optimizer=prepared_optimizer if prepared_optimizer is not None else optimizer,
         scheduler=scheduler,
         max_grad_norm=trainer.max_grad_norm,
-        packing=trainer.packing,
+        packing=trainer.packing and actor.modality == ActorModality.LANGUAGE_ONLY,
         max_tokens_per_micro_batch=trainer.max_tokens_per_micro_batch,
     )
 
@@ -119,7 +127,8 @@ class LoopCritic:
     """A prepared critic and its optimizer, as the loop drives it. ``value_model`` maps
     ``(sequences, attention_mask)`` to values ``[B, T-1]``; ``trained`` is the prepared
     module the optimizer steps (the whole critic when separate, the head when shared).
-    ``packing``: read packed rows (``trainer.packing``), values returned padded;
+    ``packing``: read packed rows (``trainer.packing``, a text-only actor: the critic of a
+    media actor reads padded rows), values returned padded;
     ``max_tokens_per_micro_batch``: the value pass's token budget (``micro_batches.py``)."""
 
     def __init__(

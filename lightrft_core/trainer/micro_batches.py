@@ -12,7 +12,8 @@ Which rows form a micro-batch does not change the loss: its scale is the optimiz
 (``LossScale``), so the gradient is the same however the batch is cut.
 
 ``actor_forward`` runs one micro-batch through the actor, packed when ``trainer.packing``
-is on (``lightrft_core/actors/packing.py``).
+is on (``lightrft_core/actors/packing.py``); rows with media are packed in their order, the
+media passed as collated (``Actor.packs_media``).
 """
 
 from __future__ import annotations
@@ -71,12 +72,12 @@ def agree_over_ranks(strategy: StrategyBase) -> AgreeFn | None:
 
 
 def check_packing(packing: bool, actor: Actor) -> None:
-    """Packing reads sequences from token ids and positions alone: text-only actors."""
-    if packing and actor.modality != ActorModality.LANGUAGE_ONLY:
+    """Packing needs an actor that reads packed rows: a text-only one, or one that
+    declares ``Actor.packs_media`` (e.g. ``qwen_vl``: 3-D positions per sequence)."""
+    if packing and actor.modality != ActorModality.LANGUAGE_ONLY and not actor.packs_media:
         raise ValueError(
-            f"trainer.packing is on, but actor {actor.name!r} is {actor.modality.value}: "
-            "packing rows with media (e.g. Qwen2-VL's 3-D positions per sequence) is not "
-            "supported yet; set trainer.packing=false"
+            f"trainer.packing is on, but actor {actor.name!r} ({actor.modality.value}) does "
+            "not read packed rows with media (Actor.packs_media); set trainer.packing=false"
         )
 
 
@@ -94,14 +95,14 @@ def actor_forward(
     ``packing`` on packed rows (one row for flash-attention), returned padded."""
     if not packing:
         return prepared(sequences, attention_mask, return_entropy=return_entropy, **modal_inputs)
-    if modal_inputs:
-        raise ValueError(f"packed rows take no media, got {sorted(modal_inputs)}")
+    check_packing(True, actor)
     return packed_actor_forward(
         prepared,
         sequences,
         attention_mask,
         one_row=uses_flash_attention(actor.hf_model()),
         return_entropy=return_entropy,
+        **modal_inputs,
     )
 
 

@@ -191,10 +191,19 @@ def test_a_critic_trunk_reads_the_clips(tiny_qwen_audio_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- errors
-def test_packed_rows_are_refused(actor: QwenAudioActor, tiny_qwen_audio_dir: Path) -> None:
+def test_one_sequence_read_as_a_packed_row_scores_the_same(
+    actor: QwenAudioActor, tiny_qwen_audio_dir: Path
+) -> None:
+    """Packed rows (``position_ids``); several per row: tests/test_packing_multimodal.py."""
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(1, 2)])
-    with pytest.raises(ValueError, match="packed rows"):
-        actor(batch.sequences, batch.attention_mask, position_ids=batch.attention_mask)
+    positions = torch.arange(batch.sequences.shape[1]).unsqueeze(0)
+    with torch.no_grad():
+        padded = actor(batch.sequences, batch.attention_mask, **batch.audios()).log_probs
+        packed = actor(
+            batch.sequences, batch.attention_mask, position_ids=positions, **batch.audios()
+        ).log_probs
+    assert padded.abs().sum() > 0
+    assert torch.allclose(packed, padded, atol=1e-5)
 
 
 def test_clips_must_match_the_placeholders(

@@ -188,12 +188,18 @@ def test_synced_weights_merge_lora_and_reproduce_the_log_probs(family_dir: Path)
 
 
 # ---------------------------------------------------------------- errors and registration
-def test_packed_rows_are_refused(tiny_qwen_vl_dir: Path) -> None:
-    actor = make_actor(tiny_qwen_vl_dir)
+def test_one_sequence_read_as_a_packed_row_scores_the_same(tiny_qwen_vl_dir: Path) -> None:
+    """Packed rows (``position_ids``); several per row: tests/test_packing_multimodal.py."""
+    actor = make_actor(tiny_qwen_vl_dir).eval()
     batch = make_vl_batch(tiny_qwen_vl_dir, [VLRow(1, 2)])
     positions = torch.arange(batch.sequences.shape[1]).unsqueeze(0)
-    with pytest.raises(ValueError, match="packed rows"):
-        actor(batch.sequences, batch.attention_mask, position_ids=positions, **batch.images())
+    with torch.no_grad():
+        padded = actor(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        packed = actor(
+            batch.sequences, batch.attention_mask, position_ids=positions, **batch.images()
+        ).log_probs
+    assert padded.abs().sum() > 0
+    assert torch.allclose(packed, padded, atol=1e-5)
 
 
 def test_image_inputs_must_match_the_placeholders(tiny_qwen_vl_dir: Path) -> None:

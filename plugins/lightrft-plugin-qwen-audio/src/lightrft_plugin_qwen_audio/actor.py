@@ -7,6 +7,8 @@ in order; text-only rows add nothing). The actor merges the clips' features into
 embeddings itself (``audio.py``: placeholder counts checked, the encoder run on every
 forward), the decoder reads them with plain 1-D positions, and log-probs come from the last
 hidden state, the output head applied chunk by chunk (``lightrft_core.actors.logprobs``).
+Packed rows (``position_ids`` given; the clips in the order their sequences appear, row by
+row) keep attention inside each sequence (``lightrft_core/actors/packing.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from lightrft_core.actors.logprobs import chunked_token_log_probs
 from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.packing import packed_causal_mask
 from lightrft_core.actors.weights import merged_weights
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 from lightrft_core.interfaces.actor import text_trunk_inputs
@@ -36,6 +39,7 @@ class QwenAudioActor(Actor):
 
     name = "qwen_audio"
     modality = ActorModality.AUDIO_LANGUAGE
+    packs_media = True
 
     @dataclass
     class Config(PretrainedActorOptions):
@@ -194,18 +198,20 @@ class QwenAudioActor(Actor):
         **modal_inputs: Any,
     ) -> ActorOutput:
         """Per-token log-probs ``[B, T-1]`` fp32 of right-padded rows (0 at padding);
-        ``modal_inputs``: the rows' clips, collated (module docstring)."""
-        if position_ids is not None:
-            raise ValueError(
-                "actor 'qwen_audio' does not support packed rows (position_ids); turn sample "
-                "packing off"
-            )
+        ``modal_inputs``: the rows' clips, collated (module docstring). With
+        ``position_ids`` (packed rows), positions whose next token starts a new sequence
+        are 0 too."""
         base = self.base_model
         inner = base.model  # audio encoder + language model, without the output head
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
-        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
+        inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
+        if position_ids is not None:
+            positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
+            valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
+            inputs = _packed(inner, inputs, mask, positions)
+        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H] (or one row)
+        states = states.reshape(*sequences.shape, -1)
         log_probs, entropy = chunked_token_log_probs(
             states[:, :-1][valid],  # [N, H]
             sequences[:, 1:][valid],  # [N]
@@ -251,3 +257,22 @@ class QwenAudioActor(Actor):
         """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
         tensors not listed); sharded weights gathered one by one on every rank."""
         yield from merged_weights(self.base_model)
+
+
+def _packed(
+    trunk: Any, inputs: dict[str, Any], mask: torch.Tensor, positions: torch.Tensor
+) -> dict[str, Any]:
+    """``trunk_inputs`` of packed rows read as packed: the 1-D ``positions`` restarting per
+    sequence and attention inside each (flash-attention: the rows as one row, no mask)."""
+    impl = trunk.config._attn_implementation or ""
+    if impl.startswith("flash_attention"):
+        embeddings = inputs["inputs_embeds"]
+        return {
+            **inputs,
+            "inputs_embeds": embeddings.reshape(1, -1, embeddings.shape[-1]),
+            "attention_mask": None,
+            "position_ids": positions.reshape(1, -1),
+        }
+    dtype = torch.bool if impl == "sdpa" else inputs["inputs_embeds"].dtype
+    mask_4d = packed_causal_mask(positions, mask.long(), dtype=dtype)
+    return {**inputs, "attention_mask": mask_4d, "position_ids": positions}

@@ -6,6 +6,12 @@ processor's ids) plus the images of all its rows collated along dim 0 (``pixel_v
 nothing). The model's own ``get_rope_index`` turns the ids, grids and attention mask into the
 3-D rotary positions; log-probs come from the last hidden state, the output head applied chunk
 by chunk (``lightrft_core.actors.logprobs``), so the ``[B, T, V]`` logits never exist at once.
+
+Sample packing (``position_ids`` given: several sequences per row, positions restarting at
+0): the images come in the order their sequences appear in the rows (row by row, left to
+right); each sequence gets the 3-D positions ``get_rope_index`` gives it alone, and
+attention stays inside it (flash-attention: the rows as one, no mask; otherwise a
+block-diagonal mask, ``lightrft_core/actors/packing.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import torch
 
 from lightrft_core.actors.logprobs import chunked_token_log_probs
 from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.packing import packed_causal_mask
 from lightrft_core.actors.weights import merged_weights
 from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
 
@@ -35,6 +42,7 @@ class QwenVLActor(Actor):
 
     name = "qwen_vl"
     modality = ActorModality.VISION_LANGUAGE
+    packs_media = True
 
     @dataclass
     class Config(PretrainedActorOptions):
@@ -164,18 +172,21 @@ class QwenVLActor(Actor):
         **modal_inputs: Any,
     ) -> ActorOutput:
         """Per-token log-probs ``[B, T-1]`` fp32 of right-padded rows (0 at padding);
-        ``modal_inputs``: the rows' images, collated (module docstring)."""
-        if position_ids is not None:
-            raise ValueError(
-                "actor 'qwen_vl' does not support packed rows (position_ids): its 3-D rotary "
-                "positions come from the image grids; turn sample packing off"
-            )
+        ``modal_inputs``: the rows' images, collated (module docstring). With
+        ``position_ids`` (packed rows), positions whose next token starts a new sequence
+        are 0 too."""
         base = self.base_model
         inner = base.model  # vision tower + language model, without the output head
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
-        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
+        if position_ids is None:
+            inputs = self.trunk_inputs(inner, sequences, attention_mask, **modal_inputs)
+        else:
+            positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
+            valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
+            inputs = self.packed_trunk_inputs(inner, sequences, mask, positions, **modal_inputs)
+        states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H] (or one row)
+        states = states.reshape(*sequences.shape, -1)
         log_probs, entropy = chunked_token_log_probs(
             states[:, :-1][valid],  # [N, H]
             sequences[:, 1:][valid],  # [N]
@@ -203,20 +214,12 @@ class QwenVLActor(Actor):
         positions on all three axes). Without images, the vision tower still runs on a
         blank image whose output is added times zero (vision.py: every rank runs the same
         modules under sharded strategies)."""
-        unknown = sorted(set(modal_inputs) - IMAGE_INPUTS)
-        if unknown:
-            raise ValueError(
-                f"actor 'qwen_vl' takes {sorted(IMAGE_INPUTS)} as extra inputs, got {unknown}"
-            )
         config = trunk.config
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
         images = _check_images(config, sequences, mask, modal_inputs)
-        token_types = torch.zeros_like(sequences, dtype=torch.int32)  # [B, T]
-        token_types[sequences == config.image_token_id] = IMAGE
-        token_types[sequences == config.video_token_id] = VIDEO
         positions, _ = trunk.get_rope_index(  # [3, B, T]
             sequences,
-            token_types,
+            _token_types(config, sequences),
             image_grid_thw=images.get("image_grid_thw"),
             attention_mask=mask.long(),
         )
@@ -228,6 +231,40 @@ class QwenVLActor(Actor):
         }
         return inputs if images else with_idle_vision_pass(trunk, inputs)
 
+    @classmethod
+    def packed_trunk_inputs(
+        cls,
+        trunk: Any,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        **modal_inputs: Any,
+    ) -> dict[str, Any]:
+        """``trunk_inputs`` for packed rows (module docstring): the positions ``[4, R, L]``
+        are the 1-D ``position_ids`` (from which transformers reads the sequence starts)
+        then each sequence's own 3-D positions; flash-attention reads the rows as one."""
+        config = trunk.config
+        mask = attention_mask.bool()  # [R, L]
+        images = _check_images(config, sequences, mask, modal_inputs)
+        rope = _packed_rope_index(trunk, sequences, mask, position_ids, images)  # [3, R, L]
+        positions = torch.cat([position_ids[None], rope])  # [4, R, L]
+        impl = config._attn_implementation or ""
+        if impl.startswith("flash_attention"):
+            inputs: dict[str, Any] = {
+                "input_ids": sequences.reshape(1, -1),
+                "attention_mask": None,
+                "position_ids": positions.reshape(4, 1, -1),
+            }
+        else:
+            dtype = torch.bool if impl == "sdpa" else trunk.dtype
+            inputs = {
+                "input_ids": sequences,
+                "attention_mask": packed_causal_mask(position_ids, mask.long(), dtype=dtype),
+                "position_ids": positions,
+            }
+        inputs.update(images)
+        return inputs if images else with_idle_vision_pass(trunk, inputs)
+
     # ---------------------------------------------------------------- weight sync
     def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
@@ -235,11 +272,57 @@ class QwenVLActor(Actor):
         yield from merged_weights(self.base_model)
 
 
+def _token_types(config: Any, sequences: torch.Tensor) -> torch.Tensor:
+    """``get_rope_index``'s ``mm_token_type_ids`` ``[B, T]``: text 0, image and video tokens."""
+    token_types = torch.zeros_like(sequences, dtype=torch.int32)
+    token_types[sequences == config.image_token_id] = IMAGE
+    token_types[sequences == config.video_token_id] = VIDEO
+    return token_types
+
+
+def _packed_rope_index(
+    trunk: Any,
+    sequences: torch.Tensor,
+    mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    images: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The 3-D rotary positions ``[3, R, L]`` of packed rows: ``get_rope_index`` on the
+    sequences as rows of their own, in the order they appear (the images' order); 0 on
+    padding."""
+    segments = []  # (row, start, length)
+    for row in range(sequences.shape[0]):
+        starts = ((position_ids[row] == 0) & mask[row]).nonzero().flatten().tolist()
+        ends = [*starts[1:], int(mask[row].sum())]
+        segments += [(row, start, end - start) for start, end in zip(starts, ends, strict=True)]
+    width = max(length for _, _, length in segments)
+    ids = sequences.new_zeros((len(segments), width))
+    own_mask = torch.zeros_like(ids)
+    for index, (row, start, length) in enumerate(segments):
+        ids[index, :length] = sequences[row, start : start + length]
+        own_mask[index, :length] = 1
+    own, _ = trunk.get_rope_index(  # [3, S, width]
+        ids,
+        _token_types(trunk.config, ids),
+        image_grid_thw=images.get("image_grid_thw"),
+        attention_mask=own_mask,
+    )
+    out = position_ids.new_zeros((3, *sequences.shape))
+    for index, (row, start, length) in enumerate(segments):
+        out[:, row, start : start + length] = own[:, index, :length]
+    return out
+
+
 def _check_images(
     config: Any, sequences: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     """The image inputs, after checking that they come as a pair and that the rows' image
     placeholders are exactly as many as the grids' merged patches."""
+    unknown = sorted(set(inputs) - IMAGE_INPUTS)
+    if unknown:
+        raise ValueError(
+            f"actor 'qwen_vl' takes {sorted(IMAGE_INPUTS)} as extra inputs, got {unknown}"
+        )
     if not inputs:
         return {}
     if set(inputs) != IMAGE_INPUTS:
