@@ -169,7 +169,9 @@ def test_synced_weights_merge_lora(tiny_qwen_audio_dir: Path) -> None:
 
 # ---------------------------------------------------------------- critic / reward trunk
 def test_a_critic_trunk_reads_the_clips(tiny_qwen_audio_dir: Path) -> None:
-    critic = CriticModel.from_pretrained(tiny_qwen_audio_dir, init_std=0.1).eval()
+    critic = CriticModel.from_pretrained(
+        tiny_qwen_audio_dir, init_std=0.1, actor_class=QwenAudioActor
+    ).eval()
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(1, 3), AudioRow(0, 5)])
     audio = batch.audios()
     silent = {**audio, "input_features": torch.zeros_like(audio["input_features"])}
