@@ -155,8 +155,9 @@ class TrainerConfig:
         metadata={
             "help": "Pack several sequences into each row of a forward pass (positions restart "
             "per sequence, attention stays inside it) instead of padding every row to the "
-            "longest: the same log-probs, losses and gradients, less padding computed. RL and "
-            "SFT loops, text-only actors."
+            "longest: the same log-probs, losses and gradients, less padding computed. RL, SFT "
+            "and reward-model loops; text-only actors and those that read packed media rows "
+            "(qwen_vl, qwen_audio)."
         },
     )
     max_tokens_per_micro_batch: int | None = field(
