@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..actors.options import forward_attention
 from ..actors.packing import packed_actor_forward, uses_flash_attention
 from ..interfaces import Actor, ActorModality, ActorOutput, StrategyBase
 
@@ -92,18 +93,22 @@ def actor_forward(
     **modal_inputs: Any,
 ) -> ActorOutput:
     """``prepared`` (the strategy's module around ``actor``) on right-padded rows; with
-    ``packing`` on packed rows (one row for flash-attention), returned padded."""
-    if not packing:
-        return prepared(sequences, attention_mask, return_entropy=return_entropy, **modal_inputs)
-    check_packing(True, actor)
-    return packed_actor_forward(
-        prepared,
-        sequences,
-        attention_mask,
-        one_row=uses_flash_attention(actor.hf_model()),
-        return_entropy=return_entropy,
-        **modal_inputs,
-    )
+    ``packing`` on packed rows (one row for flash-attention), returned padded. The SDPA
+    kernels are ``forward_attention``'s (the math one for 16-bit on the CPU)."""
+    with forward_attention(sequences.device, next(actor.parameters()).dtype):
+        if not packing:
+            return prepared(
+                sequences, attention_mask, return_entropy=return_entropy, **modal_inputs
+            )
+        check_packing(True, actor)
+        return packed_actor_forward(
+            prepared,
+            sequences,
+            attention_mask,
+            one_row=uses_flash_attention(actor.hf_model()),
+            return_entropy=return_entropy,
+            **modal_inputs,
+        )
 
 
 def micro_batch_tokens(group: list[int], sizes: list[int], packing: bool) -> int:
