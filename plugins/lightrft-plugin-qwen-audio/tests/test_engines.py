@@ -51,18 +51,14 @@ def actor_log_probs(actor: QwenAudioActor, prompt: list[int], media: Any, respon
     return out[len(prompt) - 1 :]
 
 
-@pytest.mark.parametrize("shared", [True, False], ids=["shared_module", "own_copy"])
 def test_hf_engine_generates_with_audio(
     setting: tuple[QwenAudioActor, list[list[int]], list[Any]],
-    tiny_qwen_audio_dir: Path,
-    shared: bool,
 ) -> None:
+    """On the actor's own module: every prompt's log-probs equal the actor's, and the clip is
+    heard (a silent clip gives other log-probs)."""
     actor, prompts, media = setting
     engine = HFEngine(HFEngine.Config())
-    if shared:
-        engine.setup(model=actor.hf_model())
-    else:
-        engine.setup(model_path=str(tiny_qwen_audio_dir))
+    engine.setup(model=actor.hf_model())
     params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3)
     outputs = engine.generate(prompts, params, multimodal=media)
     assert [o.prompt_index for o in outputs] == [0, 1, 2]
@@ -70,7 +66,6 @@ def test_hf_engine_generates_with_audio(
         i = out.prompt_index
         expected = actor_log_probs(actor, prompts[i], media[i], out.token_ids)
         assert torch.allclose(torch.tensor(out.log_probs), expected, atol=1e-4), i
-    # the clip is heard: the same prompt with a silent clip gives other log-probs
     silent_tensors = {**media[0].tensors}
     silent_tensors["input_features"] = torch.zeros_like(silent_tensors["input_features"])
     silent = MultiModalInputs(tensors=silent_tensors, audios=media[0].audios)
@@ -78,3 +73,16 @@ def test_hf_engine_generates_with_audio(
     heard = engine.generate(prompts[:1], greedy, multimodal=media[:1])[0]
     unheard = engine.generate(prompts[:1], greedy, multimodal=[silent])[0]
     assert heard.log_probs != unheard.log_probs
+
+
+def test_hf_engine_loads_a_qwen2_audio_folder(
+    setting: tuple[QwenAudioActor, list[list[int]], list[Any]], tiny_qwen_audio_dir: Path
+) -> None:
+    """Its own copy from the folder: the prompt with two clips gives the actor's log-probs."""
+    actor, prompts, media = setting
+    engine = HFEngine(HFEngine.Config())
+    engine.setup(model_path=str(tiny_qwen_audio_dir))
+    params = SamplingParams(temperature=1.0, max_new_tokens=4, seed=3)
+    out = engine.generate(prompts[2:], params, multimodal=media[2:])[0]
+    expected = actor_log_probs(actor, prompts[2], media[2], out.token_ids)
+    assert torch.allclose(torch.tensor(out.log_probs), expected, atol=1e-4)

@@ -113,10 +113,15 @@ def test_the_processor_expands_images_and_clips(processor: Any) -> None:
 
 
 # ---------------------------------------------------------------- log-probs
+#: Mixed rows: text, image+audio (two clips), image only, audio only, dark image+clip.
 BATCHES = {
-    "image_and_audio": [["image", "audio", "bright?"], ["dark", "short", "and?"]],
-    "mixed_rows": [["x"], ["audio", "a", "image", "short"], ["image", "y"], ["short", "z"]],
-    "audio_only": [["audio", "a"], ["short", "b"]],
+    "mixed_rows": [
+        ["x"],
+        ["audio", "a", "image", "short"],
+        ["image", "y"],
+        ["short", "z"],
+        ["dark", "short", "and?"],
+    ],
     "text_only": [["hello"], ["hi"]],
 }
 
@@ -225,11 +230,15 @@ def test_the_plugin_registers_the_actor() -> None:
 def test_hf_engine_generates_with_images_and_clips(
     actor: QwenOmniActor, processor: Any, tiny_qwen_omni_dir: Path, shared: bool
 ) -> None:
+    """On the actor's module: a prompt with media, a text prompt and one with two images and
+    a clip; an engine loading the folder itself: the last prompt."""
     prompts = [
         encode(processor, ["image", "audio", "bright?"]),
         encode(processor, ["no media"]),
         encode(processor, ["short", "two", "dark", "image"]),
     ]
+    if not shared:
+        prompts = prompts[2:]
     ids = [p for p, _ in prompts]
     media = [m for _, m in prompts]
     engine = HFEngine(HFEngine.Config())
@@ -240,7 +249,7 @@ def test_hf_engine_generates_with_images_and_clips(
     outputs = engine.generate(
         ids, SamplingParams(temperature=1.0, max_new_tokens=5, seed=3), multimodal=media
     )
-    assert [o.prompt_index for o in outputs] == [0, 1, 2]
+    assert [o.prompt_index for o in outputs] == list(range(len(prompts)))
     for out in outputs:
         i = out.prompt_index
         sequence = torch.tensor([ids[i] + out.token_ids])
@@ -298,7 +307,7 @@ def test_a_few_grpo_steps_on_image_and_audio_prompts_raise_the_reward(
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
     pm.register(lightrft_plugin_qwen_audio.plugin, name="qwen-audio")
     pm.register(_RewardPlugin(), name="ascii_share")
-    prompts = write_omni_prompts(tmp_path, 4)
+    prompts = write_omni_prompts(tmp_path, 2)
     config = load_config(
         None,
         [
@@ -311,14 +320,15 @@ def test_a_few_grpo_steps_on_image_and_audio_prompts_raise_the_reward(
             "engine.n_samples_per_prompt=8",
             "engine.max_new_tokens=4",
             "reward.name=ascii_share",
-            "trainer.prompts_per_step=4",
-            "trainer.max_steps=6",
-            "trainer.learning_rate=3e-2",
+            "trainer.prompts_per_step=2",
+            "trainer.max_steps=5",
+            "trainer.learning_rate=5e-2",
             "trainer.micro_batch_size=32",
             "logging.tensorboard=false",
         ],
         manager=pm,
     )
     trainer = RLTrainer(config, pm)
-    rewards = [trainer.step(step)["reward/mean"] for step in range(1, 7)]
-    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.15, rewards
+    rewards = [trainer.step(step)["reward/mean"] for step in range(1, 6)]
+    # here: 0.48, 0.41, 0.54, 0.73, 0.91 (random tokens: about half ASCII)
+    assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.2, rewards
