@@ -101,19 +101,24 @@ def build_rollout(
     has any."""
     rows = [list(prompt_ids[o.prompt_index]) + list(o.token_ids) for o in outputs]
     width = max(len(r) for r in rows)
-    b = len(rows)
-    sequences = torch.full((b, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((b, width), dtype=torch.long)
-    action_mask = torch.zeros((b, width - 1), dtype=torch.bool)
-    engine_log_probs = torch.zeros((b, width - 1), dtype=torch.float32)
-    for i, (row, out) in enumerate(zip(rows, outputs, strict=True)):
-        start = len(prompt_ids[out.prompt_index]) - 1
-        n = len(out.token_ids)
-        sequences[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-        action_mask[i, start : start + n] = True
-        if out.log_probs:
-            engine_log_probs[i, start : start + n] = torch.tensor(out.log_probs)
+    # one tensor per field from padded Python lists: no per-row tensor ops
+    starts = [len(prompt_ids[o.prompt_index]) - 1 for o in outputs]
+    sequences = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows])
+    attention_mask = (torch.arange(width) < lengths[:, None]).long()
+    first = torch.tensor(starts)[:, None]
+    ends = first + torch.tensor([len(o.token_ids) for o in outputs])[:, None]
+    positions = torch.arange(width - 1)
+    action_mask = (positions >= first) & (positions < ends)
+    engine_log_probs = torch.tensor(
+        [
+            [0.0] * start
+            + list(o.log_probs or [0.0] * len(o.token_ids))
+            + [0.0] * (width - 1 - start - len(o.token_ids))
+            for start, o in zip(starts, outputs, strict=True)
+        ],
+        dtype=torch.float32,
+    )
     return RolloutBatch(
         sequences=sequences,
         attention_mask=attention_mask,
