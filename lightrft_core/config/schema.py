@@ -104,8 +104,9 @@ class DataConfig:
         default=30.0,
         metadata={
             "help": "Rows whose audio is longer than this many seconds are malformed (an "
-            "error, or skipped with skip_malformed); Whisper-style feature extractors read at "
-            "most 30 s."
+            "error, or skipped with skip_malformed); so are clips longer than the window of a "
+            "Whisper feature extractor (chunk_length: 30 s for Qwen2-Audio), which would cut "
+            "them."
         },
     )
     system_prompt: str | None = field(
