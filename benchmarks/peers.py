@@ -515,8 +515,8 @@ temperature 1, no top-p/top-k, AdamW lr 1e-6 constant, no weight decay, gradient
 no chat template, reward 1 when the response's last integer equals the answer (TRL: a
 function in benchmarks/peers/trl_grpo.py; LightRFT: reward.name=math), torch and
 transformers of the same versions. TRL defaults changed: gradient_checkpointing (True) and
-bf16 (True) as the table says, lr_scheduler_type linear -> constant; TRL's optimizer is
-its default adamw_torch_fused."""
+bf16 (True) as the table says, lr_scheduler_type linear -> constant; fused AdamW on both
+(TRL's default adamw_torch_fused, LightRFT's trainer.adamw_implementation=auto)."""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -14,14 +15,15 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 
 def adamw_flags(
-    params: list[torch.Tensor], implementation: str, device: torch.device | None = None
+    params: Sequence[torch.Tensor], implementation: str, device: torch.device | None = None
 ) -> dict[str, bool | None]:
     """``torch.optim.AdamW``'s ``fused`` and ``foreach`` arguments for ``implementation``;
     ``device``: where the optimizer will step (null: where ``params`` are now).
 
     ``auto``: the fused kernel (one pass over all tensors; on the CPU several times faster
     than torch's default per-tensor loop) when every parameter is an fp32 tensor stepped on
-    the CPU or a CUDA device, else torch's own default (foreach on CUDA, the loop elsewhere).
+    the CPU or a CUDA device, else torch's own default (both None: foreach on CUDA, the
+    loop elsewhere).
     ``fused``, ``foreach``, ``for-loop``: that kernel. The kernels agree to the last bits
     of a float, not bit for bit."""
     if implementation not in ADAMW_IMPLEMENTATIONS:
@@ -33,7 +35,7 @@ def adamw_flags(
         devices = {device.type} if device is not None else {p.device.type for p in params}
         fp32 = all(p.dtype == torch.float32 for p in params)
         supported = bool(params) and fp32 and devices <= set(FUSED_DEVICES)
-        return {"fused": True, "foreach": None} if supported else {}
+        return {"fused": True if supported else None, "foreach": None}
     return {
         "fused": {"fused": True, "foreach": None},
         "foreach": {"fused": None, "foreach": True},
@@ -53,7 +55,8 @@ def adamw(
     """AdamW on the trainable parameters; biases and 1-D weights (norms) get no decay.
     ``implementation`` and ``device``: the kernel (``adamw_flags``); it also holds after
     ``load_state_dict`` of a checkpoint written with another one."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
@@ -62,7 +65,13 @@ def adamw(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, **flags)
+    optimizer = torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=lr,
+        betas=betas,
+        fused=flags["fused"],
+        foreach=flags["foreach"],
+    )
     optimizer.register_load_state_dict_post_hook(_keep_implementation)
     return optimizer
 
