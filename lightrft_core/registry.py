@@ -54,6 +54,7 @@ FIRST_PARTY_COMPONENTS: dict[tuple[str, str], str] = {
     ("engine", "sglang"): "lightrft-plugin-sglang",
     ("actor", "qwen_vl"): "lightrft-plugin-qwen-vl",
     ("actor", "qwen_audio"): "lightrft-plugin-qwen-audio",
+    ("actor", "qwen_omni"): "lightrft-plugin-qwen-audio",
     ("patch", "qwen2_audio_position_embedding"): "lightrft-plugin-qwen-audio",
     ("patch", "ulysses_attention"): "lightrft-plugin-patches",
     ("tracker", "wandb"): "lightrft-plugin-wandb",
