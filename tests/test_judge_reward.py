@@ -166,11 +166,9 @@ def test_parse_failures_are_counted_and_get_the_failure_reward(fast_tiny_model_d
     safe = score_safely(reward, batch, failure_reward=-1.0)
     assert safe.failures == 2
     assert safe.output.rewards.tolist() == pytest.approx([0.8, -1.0, 0.3, -1.0])
-    # the judge's raw text of each sample is kept
-    assert reward.last_judgement is not None
-    assert [reward.last_judgement.sample_text(i) for i in range(4)] == [
-        "Score: 8/10", "no idea", "Score: 3", "Score: 11",
-    ]  # fmt: skip
+    # the judge's raw text of each sample is kept, the unreadable ones included
+    expected = {"verdict": ["Score: 8/10", "no idea", "Score: 3", "Score: 11"]}
+    assert out.texts == expected and safe.output.texts == expected
 
 
 def test_pairwise_win_rates_against_the_first(fast_tiny_model_dir) -> None:
@@ -187,6 +185,8 @@ def test_pairwise_win_rates_against_the_first(fast_tiny_model_dir) -> None:
     assert math.isnan(out.rewards[5])
     shown = [bytes(ids).decode() for ids in reward.engine.prompts]  # type: ignore[attr-defined]
     assert shown == ["b|a", "c|a", "e|d", "f|d"]
+    # each sample's text: the answers of its judgements, one per line
+    assert out.texts["verdict"] == ["yes\nno", "yes", "no", "no\ngarbled", "no", "garbled"]
 
 
 def test_a_judge_that_reads_the_reference_requires_a_label(fast_tiny_model_dir) -> None:
@@ -227,6 +227,7 @@ def test_yes_probability_does_not_depend_on_batching(fast_tiny_model_dir) -> Non
     alone = reward(1).score(batch).rewards  # no padding
     assert torch.allclose(together, alone, atol=1e-5)
     assert ((together > 0) & (together < 1)).all()
+    assert reward(2).score(batch).texts == {}  # nothing generated, no text
 
 
 class TestJudgeRewardConformance(RewardConformance):
@@ -330,8 +331,7 @@ def verdicts_of(judge_dir: Path, batch: RewardInput, **options: Any) -> Any:
         parser="verdict", yes_words=["y"], no_words=["n"], max_new_tokens=2,
         **judge_options(judge_dir), **options,
     )  # fmt: skip
-    reward = JudgeReward(config)
-    return reward.score(batch), reward.last_judgement
+    return JudgeReward(config).score(batch)
 
 
 @pytest.mark.slow
@@ -345,7 +345,7 @@ def test_a_judge_trained_with_sft_drives_grpo(fast_tiny_model_dir, trained_judge
     p_yes = JudgeReward(JudgeReward.Config(parser="yes_probability", **options)).score(batch)
     assert ((p_yes.rewards > 0.5).float() == accepted).float().mean() > 0.9
     # generating, the same judge says y or n, read by the verdict parser
-    verdicts, _ = verdicts_of(trained_judge, batch)
+    verdicts = verdicts_of(trained_judge, batch)
     assert verdicts.sub_scores["judge_parsed"].mean() == 1.0
     assert (verdicts.rewards == accepted).float().mean() > 0.9
 
@@ -386,10 +386,8 @@ def test_a_vllm_judge_gives_the_verdicts_of_the_hf_one(trained_judge) -> None:
     get_plugin_manager().register(lightrft_plugin_vllm.plugin, name="vllm")
     batch, _ = held_out()
     batch = RewardInput(prompts=batch.prompts[:16], responses=batch.responses[:16])
-    hf, hf_judgement = verdicts_of(trained_judge, batch)
+    hf = verdicts_of(trained_judge, batch)
     engine_options = {"dtype": "float32", "max_model_len": 128, "enforce_eager": True}
-    vllm, vllm_judgement = verdicts_of(
-        trained_judge, batch, engine="vllm", engine_options=engine_options
-    )
-    assert vllm_judgement.answers == hf_judgement.answers  # greedy: the same verdicts
+    vllm = verdicts_of(trained_judge, batch, engine="vllm", engine_options=engine_options)
+    assert vllm.texts == hf.texts  # greedy: the same verdicts
     assert vllm.rewards.tolist() == hf.rewards.tolist()

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from ..errors import fail
 
-#: Characters of a prompt or response shown without ``--full``.
+#: Characters of a prompt, response or reward text shown without ``--full``.
 SHOWN_CHARS = 200
 #: Columns shown after the numbers every row has (sub-scores come from the reward model).
 _NUMBER_COLUMNS = ("reward", "advantage", "response_length", "logprob_mismatch")
@@ -34,8 +34,9 @@ def rollouts(
     prompts: bool = typer.Option(True, "--prompts/--no-prompts", help="Show the prompt column."),
 ) -> None:
     """Print a run's saved rollouts (prompt, response, rewards, advantage, length, log-prob
-    mismatch) of one step as a table: the latest step unless --step; --worst/--best K pick by
-    reward; --filter keeps matching rows."""
+    mismatch, the reward's texts such as a judge's verdict) of one step as a table: the
+    latest step unless --step; --worst/--best K pick by reward; --filter keeps matching
+    rows."""
     from lightrft_core.trainer.rollouts import parse_filter, read_rollouts, select_rows
 
     try:
@@ -53,18 +54,23 @@ def rollouts(
 
 
 def _table(rows: list[dict[str, Any]], *, title: str, full: bool, prompts: bool) -> Table:
-    """One line per sample: ``rank:group.sample``, the numbers, prompt and response."""
+    """One line per sample: ``rank:group.sample``, the numbers, prompt, response and the
+    reward's texts (``text/<name>``)."""
     table = Table(title=Text(title), show_lines=True)
     scores = [c for c in rows[0] if c.startswith("reward/")]
     numbers = ["reward", *scores, *_NUMBER_COLUMNS[1:]]
+    reward_texts = [c for c in rows[0] if c.startswith("text/")]
     table.add_column("#", justify="right", no_wrap=True)
     for column in numbers:
         table.add_column(Text(_HEADERS.get(column, column)), justify="right")
     if prompts:
         table.add_column("prompt", ratio=1)
     table.add_column("response", ratio=2)
+    for column in reward_texts:
+        table.add_column(Text(column), ratio=1)
     for row in rows:
         texts = [row["prompt"], row["response"]] if prompts else [row["response"]]
+        texts += [row[c] for c in reward_texts]
         table.add_row(
             f"{row['rank']}:{row['group']}.{row['sample']}",
             *(_number(row.get(c)) for c in numbers),
@@ -79,8 +85,11 @@ def _number(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def _text(value: str, full: bool) -> Text:
-    """User text as it is (a ``Text``: never read as markup), cut to ``SHOWN_CHARS``."""
+def _text(value: str | None, full: bool) -> Text:
+    """User text as it is (a ``Text``: never read as markup), cut to ``SHOWN_CHARS``; null
+    as ``-``."""
+    if value is None:
+        return Text("-")
     if full or len(value) <= SHOWN_CHARS:
         return Text(value)
     return Text(value[:SHOWN_CHARS] + f"… (+{len(value) - SHOWN_CHARS} chars, --full)")

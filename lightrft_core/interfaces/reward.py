@@ -58,10 +58,14 @@ class RewardOutput:
 
     ``sub_scores``: named ``[B]`` float32 tensors logged as ``reward/<name>`` (e.g. the parts
     of a weighted combination, or ``accuracy``).
+
+    ``texts``: named per-sample text, one string per sample (e.g. a judge's verdict as it
+    wrote it), saved with the rollouts as ``text/<name>`` columns; not logged as metrics.
     """
 
     rewards: torch.Tensor
     sub_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
 
 
 class RewardModel(Component):

@@ -34,7 +34,8 @@ class CombinedReward(RewardModel):
     """``reward = sum_i weight_i * reward_i``.
 
     Sub-scores: each part's (unweighted) reward under its name -- ``name_<index>`` when a
-    name repeats -- and ``accuracy`` from the first part that reports one.
+    name repeats -- and ``accuracy`` from the first part that reports one. Texts: every
+    part's, as ``<part name>/<text name>`` (e.g. ``judge/verdict``).
     """
 
     name = "combined"
@@ -87,6 +88,7 @@ class CombinedReward(RewardModel):
     def score(self, batch: RewardInput) -> RewardOutput:
         total = torch.zeros(len(batch), dtype=torch.float32)
         sub_scores: dict[str, torch.Tensor] = {}
+        texts: dict[str, list[str]] = {}
         for key, weight, part in self.parts:
             out = part.score(batch)
             rewards = out.rewards.detach().float().reshape(-1)
@@ -98,7 +100,8 @@ class CombinedReward(RewardModel):
             sub_scores[key] = rewards.clone()
             if "accuracy" in out.sub_scores and "accuracy" not in sub_scores:
                 sub_scores["accuracy"] = out.sub_scores["accuracy"].detach().float()
-        return RewardOutput(rewards=total, sub_scores=sub_scores)
+            texts.update({f"{key}/{name}": list(values) for name, values in out.texts.items()})
+        return RewardOutput(rewards=total, sub_scores=sub_scores, texts=texts)
 
 
 def build_part(index: int, entry: Mapping[str, Any], resolve: Resolver | None) -> RewardModel:

@@ -18,8 +18,10 @@ loop's failure handling (``safe.py``) replaces by ``reward.failure_reward`` and 
 Pairwise mode (``pairwise: first | round_robin``) judges two responses of the same group
 (the samples of one prompt) at a time; a response's score is its win rate.
 
-The reward is ``scale * score + shift``. The judge is frozen, in eval mode. Its text of the
-last batch is kept in ``last_judgement`` (``RewardOutput`` has no per-sample text field).
+The reward is ``scale * score + shift``. The judge is frozen, in eval mode. Each sample's
+generated verdict (pairwise: the texts of its judgements, one per line) is the text
+``verdict`` of the output, saved with the rollouts as ``text/verdict`` (none with
+``yes_probability``, which generates nothing).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def reference_text(label: Any) -> str:
 
 @dataclass
 class Judgement:
-    """The last batch as the judge saw it: each judge prompt's text, the judge's answer
+    """A batch as the judge saw it: each judge prompt's text, the judge's answer
     (empty with ``yes_probability``) and its score (``None``: unread); and each sample's
     judge-prompt indices (one, or its matches in pairwise mode)."""
 
@@ -287,7 +289,6 @@ class JudgeReward(RewardModel):
         )
         self.requires_label = "{reference}" in self.template  # type: ignore[misc]
         self.device = _pick_device(cfg.device)
-        self.last_judgement: Judgement | None = None
         self._parse_failure_logged = False
         processor, tokenizer = self._load_processing(cfg)
         self.tokenizer = tokenizer
@@ -369,13 +370,17 @@ class JudgeReward(RewardModel):
         judgement = self.judge(batch)
         scores = self._sample_scores(judgement, batch)
         parsed = torch.isfinite(scores).float()
+        texts = {}
+        if self.config.parser != "yes_probability":  # which generates no text
+            texts["verdict"] = [judgement.sample_text(i) for i in range(len(batch))]
         return RewardOutput(
             rewards=self.config.scale * scores + self.config.shift,
             sub_scores={"judge_score": scores.nan_to_num(0.0), "judge_parsed": parsed},
+            texts=texts,
         )
 
     def judge(self, batch: RewardInput) -> Judgement:
-        """Fill, encode and answer the judge prompts of ``batch``; kept as ``last_judgement``."""
+        """Fill, encode and answer the judge prompts of ``batch``."""
         texts, media, of_sample = self._judge_prompts(batch)
         encoded = [self._encode(text, images) for text, images in zip(texts, media, strict=True)]
         if self.config.parser == "yes_probability":
@@ -385,9 +390,7 @@ class JudgeReward(RewardModel):
             answers = self._generate(encoded)
             scores = [self.parse(answer) for answer in answers]
             self._log_parse_failure(answers, scores)
-        judgement = Judgement([e.text for e in encoded], answers, scores, of_sample)
-        self.last_judgement = judgement
-        return judgement
+        return Judgement([e.text for e in encoded], answers, scores, of_sample)
 
     def _question(self, batch: RewardInput, index: int) -> str:
         key = self.config.question_key

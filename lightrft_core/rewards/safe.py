@@ -6,6 +6,9 @@
 * a reward that raises ``BatchFailure`` (a missing endpoint, a service that is down) fails
   the whole batch at once: no sample is scored again on its own;
 * a sample whose reward raises or is NaN/inf gets ``failure_reward`` (its sub-scores 0);
+  its texts (``RewardOutput.texts``) stay aligned: a sample that raised gets ``""``, a
+  NaN/inf one keeps its text (a judge's unreadable verdict); a batch that fails as a whole
+  has no texts;
 * with ``timeout_s``, the reward runs in a daemon thread and a batch without an answer after
   ``timeout_s`` seconds fails as a whole (logged each time). Python cannot stop a thread: the
   call goes on in the background, its result is dropped, and it does not keep the process
@@ -145,7 +148,16 @@ def _checked(output: RewardOutput, size: int) -> RewardOutput:
                 "expected one per sample"
             )
         subs[name] = scores
-    return RewardOutput(rewards=rewards, sub_scores=subs)
+    texts = {}
+    for name, values in output.texts.items():
+        values = list(values)
+        if len(values) != size or not all(isinstance(v, str) for v in values):
+            raise ValueError(
+                f"returned text {name!r} as {len(values)} values for {size} samples; "
+                "expected one string per sample"
+            )
+        texts[name] = values
+    return RewardOutput(rewards=rewards, sub_scores=subs, texts=texts)
 
 
 @dataclass
@@ -169,6 +181,7 @@ def _score_one_by_one(reward: RewardModel, batch: RewardInput, failure_reward: f
     failed = torch.zeros(n, dtype=torch.bool)
     errors: dict[str, str] = {}
     subs: dict[str, torch.Tensor] = {}
+    texts: dict[str, list[str]] = {}
     for i in range(n):
         one = RewardInput(
             prompts=[batch.prompts[i]],
@@ -187,7 +200,9 @@ def _score_one_by_one(reward: RewardModel, batch: RewardInput, failure_reward: f
         rewards[i] = out.rewards[0]
         for name, scores in out.sub_scores.items():
             subs.setdefault(name, torch.zeros(n, dtype=torch.float32))[i] = scores[0]
-    return _Scored(RewardOutput(rewards=rewards, sub_scores=subs), failed, errors)
+        for name, values in out.texts.items():
+            texts.setdefault(name, [""] * n)[i] = values[0]
+    return _Scored(RewardOutput(rewards=rewards, sub_scores=subs, texts=texts), failed, errors)
 
 
 def _score(reward: RewardModel, batch: RewardInput, failure_reward: float) -> _Scored:
@@ -274,5 +289,7 @@ def score_safely(
         for name, s in output.sub_scores.items()
     }
     return SafeScore(
-        RewardOutput(rewards=rewards, sub_scores=subs), failures=int(bad.sum()), errors=errors
+        RewardOutput(rewards=rewards, sub_scores=subs, texts=output.texts),
+        failures=int(bad.sum()),
+        errors=errors,
     )

@@ -53,8 +53,8 @@ class CostMultiplier:
         )
 
     def penalised(self, output: RewardOutput) -> RewardOutput:
-        """``output`` with rewards ``r − λ·c``; the sub-scores (the cost among them) as they
-        were, and the unpenalised reward as ``reward_unpenalised``."""
+        """``output`` with rewards ``r − λ·c``; the sub-scores (the cost among them) and texts
+        as they were, and the unpenalised reward as ``reward_unpenalised``."""
         cost = output.sub_scores.get(self.cost_key)
         if cost is None:
             raise ValueError(
@@ -65,7 +65,7 @@ class CostMultiplier:
             )
         rewards = output.rewards - self.value * cost.to(output.rewards.dtype)
         sub_scores = {**output.sub_scores, "reward_unpenalised": output.rewards.clone()}
-        return RewardOutput(rewards=rewards, sub_scores=sub_scores)
+        return RewardOutput(rewards=rewards, sub_scores=sub_scores, texts=output.texts)
 
     def update(self, mean_cost: float) -> None:
         """One dual-ascent step on the step's mean cost."""

@@ -31,13 +31,15 @@ from .distributed import reduce_values
 class ScoredRound:
     """One rollout round on this rank: ``items[g]`` is the prompt of group ``g`` and
     ``outputs[g * n : (g + 1) * n]`` its samples; ``rewards`` ``[B]`` as the reward model
-    returned them (failures replaced), ``sub_scores`` ``{name: [B]}``."""
+    returned them (failures replaced), ``sub_scores`` ``{name: [B]}``, ``texts``
+    ``{name: [B strings]}`` (``RewardOutput.texts``, saved with the rollouts)."""
 
     items: list[Any]
     outputs: list[GenerationOutput]
     rewards: torch.Tensor
     sub_scores: dict[str, torch.Tensor]
     failures: int = 0
+    texts: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.items and len(self.outputs) % len(self.items):

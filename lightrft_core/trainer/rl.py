@@ -387,7 +387,9 @@ class RLTrainer:
             out = scored.output
             if self.cost_multiplier is not None:  # r − λ·c (Safe RLHF)
                 out = self.cost_multiplier.penalised(out)
-            return ScoredRound(items, outputs, out.rewards, dict(out.sub_scores), scored.failures)
+            return ScoredRound(
+                items, outputs, out.rewards, dict(out.sub_scores), scored.failures, dict(out.texts)
+            )
 
         return collect_groups(c.algorithm, c.strategy, quota, run_round)
 

@@ -5,8 +5,10 @@ A row (docs/training.md, "Saved rollouts", has the schema): ``step``, ``rank``, 
 ``sample``, ``prompt``, ``response``, ``label``, ``reward``, ``reward/<name>`` per sub-score,
 ``advantage`` (mean over the response's tokens), ``response_length``, ``truncated`` and
 ``logprob_mismatch`` (mean |trainer - engine| log-prob over the response's tokens, null when
-either is missing). The rows of every data-parallel rank are gathered; rank 0 writes the
-file, atomically (a temporary file renamed over the final name).
+either is missing), then ``text/<name>`` per text of the reward (``RewardOutput.texts``, e.g.
+a judge's verdict; null for a sample whose round has none). The rows of every data-parallel
+rank are gathered; rank 0 writes the file, atomically (a temporary file renamed over the
+final name).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ Row = dict[str, Any]
 #: Columns of every row, in order (sub-scores ``reward/<name>`` follow ``reward``).
 INT_COLUMNS = ("step", "rank", "group", "sample")
 TEXT_COLUMNS = ("prompt", "response", "label")
+#: Prefix of the reward's text columns (``text/verdict``), after the fixed columns.
+TEXT_PREFIX = "text/"
+
+
+def is_text(column: str) -> bool:
+    return column in TEXT_COLUMNS or column.startswith(TEXT_PREFIX)
 
 
 def rollout_path(run_dir: str | Path, step: int) -> Path:
@@ -64,6 +72,7 @@ def step_rows(
         mismatch = _response_means(
             (rollout.trainer_log_probs - rollout.engine_log_probs).abs(), mask
         )
+    text_names = sorted({name for r in collected.rounds for name in r.texts})
     rows: list[Row] = []
     for index, output in enumerate(outputs):
         round_index, group = collected.chosen[output.prompt_index]
@@ -88,6 +97,9 @@ def step_rows(
         row["truncated"] = output.finish_reason == "length"
         both = mismatch is not None and bool(output.log_probs)
         row["logprob_mismatch"] = _number(mismatch[index]) if both else None  # type: ignore[index]
+        for name in text_names:
+            texts = scored.texts.get(name)
+            row[TEXT_PREFIX + name] = None if texts is None else texts[position]
         rows.append(row)
     return rows
 
@@ -107,29 +119,49 @@ def _number(value: torch.Tensor | float) -> float | None:
 
 
 def gather_rows(strategy: StrategyBase, rows: Sequence[Row]) -> list[Row]:
-    """Every rank's ``rows`` in rank order (each rank passes the same columns: the reward
-    model's sub-scores are the same on every rank). Collective: numbers in one gather,
-    the text of each text column as UTF-8 bytes in one gather each."""
+    """Every rank's ``rows`` in rank order (each rank passes the same number columns: the
+    reward model's sub-scores are the same on every rank; a reward text column that a rank
+    lacks, e.g. after a batch that failed as a whole, is null in its rows). Collective: the
+    reward text column names in two gathers, the numbers (the texts' byte lengths among
+    them) in one, the UTF-8 bytes of each text column in one gather each."""
     if strategy.world_size == 1:
         return list(rows)
-    columns = list(rows[0])
-    numbers = [c for c in columns if c not in TEXT_COLUMNS]
+    names = _gather_strings(strategy, [c for c in rows[0] if c.startswith(TEXT_PREFIX)])
+    columns = [c for c in rows[0] if not c.startswith(TEXT_PREFIX)] + sorted(set(names))
+    numbers = [c for c in columns if not is_text(c)]
     local = {c: torch.tensor([_as_float(r[c]) for r in rows], dtype=torch.float64) for c in numbers}
-    encoded = {c: [None if r[c] is None else r[c].encode() for r in rows] for c in TEXT_COLUMNS}
-    for c in TEXT_COLUMNS:
-        local[f"bytes/{c}"] = torch.tensor([-1.0 if b is None else len(b) for b in encoded[c]])
+    encoded = {c: _utf8([r.get(c) for r in rows]) for c in columns if is_text(c)}
+    for c, values in encoded.items():
+        local[f"bytes/{c}"] = torch.tensor([-1.0 if b is None else len(b) for b in values])
     every = gather_columns(strategy, local)
-    texts: dict[str, list[str | None]] = {}
-    for c in TEXT_COLUMNS:
-        joined = bytearray(b"".join(b for b in encoded[c] if b is not None))
-        local_bytes = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0)
-        data = strategy.all_gather(local_bytes.to(torch.uint8))
-        texts[c] = _split(data.cpu().numpy().tobytes(), every[f"bytes/{c}"].tolist())
+    texts = {
+        c: _split(_gather_bytes(strategy, values), every[f"bytes/{c}"].tolist())
+        for c, values in encoded.items()
+    }
     kinds = {c: type(rows[0][c]) for c in numbers}
     return [
-        {c: texts[c][i] if c in TEXT_COLUMNS else _typed(every[c][i], kinds[c]) for c in columns}
+        {c: texts[c][i] if is_text(c) else _typed(every[c][i], kinds[c]) for c in columns}
         for i in range(len(every[numbers[0]]))
     ]
+
+
+def _utf8(strings: Sequence[str | None]) -> list[bytes | None]:
+    return [None if s is None else s.encode() for s in strings]
+
+
+def _gather_bytes(strategy: StrategyBase, values: Sequence[bytes | None]) -> bytes:
+    """Every rank's ``values`` concatenated, in rank order. One gather."""
+    joined = bytearray(b"".join(b for b in values if b is not None))
+    local = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0)
+    return strategy.all_gather(local.to(torch.uint8)).cpu().numpy().tobytes()
+
+
+def _gather_strings(strategy: StrategyBase, strings: Sequence[str]) -> list[str]:
+    """Every rank's ``strings`` in rank order. Two gathers: the UTF-8 lengths, the bytes."""
+    encoded = [s.encode() for s in strings]
+    lengths = strategy.all_gather(torch.tensor([len(b) for b in encoded], dtype=torch.int64))
+    data = _gather_bytes(strategy, encoded)
+    return [text or "" for text in _split(data, lengths.tolist())]  # no length is -1 (null)
 
 
 def _as_float(value: Any) -> float:
@@ -181,7 +213,7 @@ def _schema(row: Row) -> Any:
     def kind(column: str) -> Any:
         if column in INT_COLUMNS or column == "response_length":
             return pa.int64()
-        if column in TEXT_COLUMNS:
+        if is_text(column):
             return pa.string()
         return pa.bool_() if column == "truncated" else pa.float64()
 
@@ -275,8 +307,10 @@ def parse_filter(text: str, columns: Sequence[str]) -> RowFilter:
         raise ValueError(f"bad filter {text!r}: no column {name!r}; columns: {', '.join(columns)}")
     op = "==" if op == "=" else op
     if op in ("~", "!~"):
-        if column not in TEXT_COLUMNS:
-            raise ValueError(f"bad filter {text!r}: {op} matches text (prompt, response, label)")
+        if not is_text(column):
+            raise ValueError(
+                f"bad filter {text!r}: {op} matches text (prompt, response, label, text/...)"
+            )
         try:
             pattern = re.compile(operand)
         except re.error as exc:
@@ -284,7 +318,7 @@ def parse_filter(text: str, columns: Sequence[str]) -> RowFilter:
         found = op == "~"
         return RowFilter(text, column, lambda v: (pattern.search(v) is not None) == found)
     compare = _COMPARE[op]
-    if column in TEXT_COLUMNS:
+    if is_text(column):
         if op not in ("==", "!="):
             raise ValueError(f"bad filter {text!r}: compare text with == != ~ !~")
         return RowFilter(text, column, lambda v: compare(v, operand))
