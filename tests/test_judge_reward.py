@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from lightrft_core import hookimpl
 from lightrft_core.interfaces import RewardInput
 from lightrft_core.rewards.judge import JudgeReward, fill_template, reference_text
 from lightrft_core.rewards.safe import score_safely
@@ -134,15 +135,19 @@ def test_template_filling() -> None:
 # ---------------------------------------------------------------------- the reward
 class ScriptedEngine:
     """Answers the judge prompts with scripted texts, in order and round again (stands for
-    the judge's engine in the pairwise and failure tests)."""
+    the judge's engine in the pairwise and failure tests); raises for a call with a prompt
+    that holds ``fail_on``."""
 
-    def __init__(self, answers: list[str]) -> None:
+    def __init__(self, answers: list[str], fail_on: str | None = None) -> None:
         self.answers = answers
+        self.fail_on = fail_on
         self.prompts: list[list[int]] = []
 
     def generate(self, prompt_token_ids: Any, params: Any, multimodal: Any = None) -> list[Any]:
         from lightrft_core.interfaces import GenerationOutput
 
+        if self.fail_on and any(self.fail_on in bytes(ids).decode() for ids in prompt_token_ids):
+            raise RuntimeError(f"the judge broke on {self.fail_on!r}")
         outputs = []
         for index, ids in enumerate(prompt_token_ids):
             self.prompts.append(list(ids))
@@ -243,6 +248,146 @@ class TestJudgeRewardConformance(RewardConformance):
             template="{question} {response}",
         )  # fmt: skip
         return JudgeReward(config)
+
+
+# ---------------------------------------------------------------------- the judge's text
+def test_score_safely_keeps_the_texts_aligned_when_a_sample_fails(fast_tiny_model_dir) -> None:
+    reward = scripted(fast_tiny_model_dir, ["yes", "no"], template="{question} {response}",
+                      apply_chat_template=False)  # fmt: skip
+    reward.engine.fail_on = "boom"  # type: ignore[attr-defined]
+    batch = RewardInput(prompts=["q"] * 3, responses=["a", "boom", "c"])
+    safe = score_safely(reward, batch, failure_reward=-1.0)
+    # the batch raised; retried one sample at a time, only "boom" fails
+    assert safe.failures == 1 and "RuntimeError" in safe.errors
+    assert safe.output.rewards.tolist() == [1.0, -1.0, 0.0]
+    assert safe.output.texts == {"verdict": ["yes", "", "no"]}
+
+
+class ScriptedJudge(JudgeReward):
+    """A judge whose engine answers ``Score: 7/10``, then ``Score: 2/10``, in turn."""
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.engine = ScriptedEngine(["Score: 7/10", "Score: 2/10"])  # type: ignore[assignment]
+
+
+def test_combined_prefixes_each_parts_texts_with_its_name(fast_tiny_model_dir) -> None:
+    from lightrft_core.rewards.combined import CombinedReward
+    from lightrft_core.testing.training import LetterReward
+
+    judge = {"name": "judge", "path": str(fast_tiny_model_dir), "parser": "score",
+             "template": "{question} {response}", "max_new_tokens": 2}  # fmt: skip
+    parts = [{**judge, "weight": 0.5}, {**judge, "weight": 1.0}, {"name": "letter"}]
+    combined = CombinedReward(
+        CombinedReward.Config(rewards=parts),
+        resolve={"judge": ScriptedJudge, "letter": LetterReward},
+    )
+    out = combined.score(RewardInput(prompts=["q", "q"], responses=["a", "b"]))
+    # 0.5 * 0.7 + 0.7 + 1 (all "a"); 0.5 * 0.2 + 0.2 + 0 (no "a")
+    assert out.rewards.tolist() == pytest.approx([2.05, 0.3])
+    verdicts = ["Score: 7/10", "Score: 2/10"]
+    assert out.texts == {"judge_0/verdict": verdicts, "judge_1/verdict": verdicts}
+
+
+class EchoEngine:
+    """Answers each judge prompt with the prompt itself and `` -> yes`` (byte tokenizer)."""
+
+    def generate(self, prompt_token_ids: Any, params: Any, multimodal: Any = None) -> list[Any]:
+        from lightrft_core.interfaces import GenerationOutput
+
+        return [
+            GenerationOutput(i, [*ids, *b" -> yes"], finish_reason="stop")
+            for i, ids in enumerate(prompt_token_ids)
+        ]
+
+
+class EchoJudge(JudgeReward):
+    """A judge (the tiny model's tokenizer and template) whose engine echoes its prompts."""
+
+    name = "echo_judge"
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.engine = EchoEngine()  # type: ignore[assignment]
+
+
+class EchoJudgePlugin:
+    @hookimpl
+    def lightrft_register_reward_models(self, register: Any) -> None:
+        register(EchoJudge)
+
+
+def test_the_judges_text_is_saved_with_the_rollouts(fast_tiny_model_dir, tmp_path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from lightrft_cli.main import app
+    from lightrft_core.config import load_config
+    from lightrft_core.testing.training import write_letter_prompts
+    from lightrft_core.trainer.rl import RLTrainer
+    from lightrft_core.trainer.rollouts import rollout_path
+
+    pm = plugins()
+    pm.register(EchoJudgePlugin(), name="echo_judge")
+    overrides = [
+        f"run.output_dir={tmp_path / 'run'}",
+        f"data.train_path={write_letter_prompts(tmp_path / 'prompts.jsonl')}",
+        "data.apply_chat_template=false",
+        f"model.path={fast_tiny_model_dir}",
+        "engine.n_samples_per_prompt=2",
+        "engine.max_new_tokens=3",
+        "reward.name=echo_judge",
+        f"reward.path={fast_tiny_model_dir}",
+        "reward.template={question}|{response}",
+        "reward.apply_chat_template=false",
+        "trainer.max_steps=1",
+        "trainer.prompts_per_step=2",
+        "logging.tensorboard=false",
+        "logging.save_rollouts_every=1",
+    ]
+    trainer = RLTrainer(load_config(None, overrides, manager=pm), pm)
+    tables: list[list[dict[str, Any]]] = []
+    trainer.metrics.log_samples = lambda step, table: tables.append(list(table))  # type: ignore[method-assign]
+    trainer.train()
+    frame = pd.read_parquet(rollout_path(tmp_path / "run", 1))
+    assert len(frame) == 4 and list(frame.columns)[-1] == "text/verdict"
+    # each row holds its own sample's verdict: the judge prompt it echoed
+    for row in frame.itertuples():
+        assert row[-1] == f"{row.prompt}|{row.response} -> yes"
+    assert (frame["reward"] == 1.0).all() and (frame["reward/judge_parsed"] == 1.0).all()
+    assert tables[0] == frame.to_dict("records")  # the trackers' samples table too
+    shown = CliRunner().invoke(app, ["rollouts", str(tmp_path / "run")], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and "text/verdict" in shown.output and "-> yes" in shown.output
+
+
+@pytest.mark.installed_plugins  # the qwen_vl actor, whose processor encodes the images
+def test_a_vision_language_judge_scores_image_prompts(tiny_qwen_vl_dir) -> None:
+    from PIL import Image
+
+    from lightrft_core.interfaces import MultiModalInputs
+
+    config = JudgeReward.Config(
+        path=str(tiny_qwen_vl_dir), actor="qwen_vl", question_key="question",
+        parser="yes_probability", yes_token="y", no_token="n",
+        template="{question} {response} ok?",
+    )  # fmt: skip
+    reward = JudgeReward(config)
+    assert reward.accepts_image_prompts
+    red, blue = (
+        MultiModalInputs([Image.new("RGB", (28, 28), rgb)])
+        for rgb in ((220, 30, 30), (30, 30, 220))
+    )
+    batch = RewardInput(
+        prompts=["(the policy's prompt)"] * 3,
+        responses=["red"] * 3,
+        metadata=[{"question": "colour?"}] * 3,
+        multimodal=[red, blue, None],
+    )
+    safe = score_safely(reward, batch, failure_reward=-1.0)
+    rewards = safe.output.rewards
+    assert safe.failures == 0 and ((rewards > 0) & (rewards < 1)).all()
+    # the judge sees the picture: the same text scores differently with another one
+    assert abs(float(rewards[0] - rewards[1])) > 1e-6
 
 
 # ---------------------------------------------------------------------- the recipe

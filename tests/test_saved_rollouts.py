@@ -180,12 +180,17 @@ def rows_with(responses: list[str], rewards: list[float]) -> list[dict]:
 
 def test_the_table_escapes_markup_and_truncates_long_responses(tmp_path) -> None:
     long = "x" * 500 + "TAIL"
-    write_rollouts(rollout_path(tmp_path, 7), rows_with(["[red]bold[/red] [/]", long], [0, 1]))
-    result = runner.invoke(app, ["rollouts", str(tmp_path)], env={"COLUMNS": "400"})
+    rows = rows_with(["[red]bold[/red] [/]", long], [0, 1])
+    rows[0]["text/verdict"], rows[1]["text/verdict"] = "[b]yes[/b]", "y" * 500 + "VERDICT_END"
+    write_rollouts(rollout_path(tmp_path, 7), rows)
+    assert str(pq.read_schema(rollout_path(tmp_path, 7)).field("text/verdict").type) == "string"
+    result = runner.invoke(app, ["rollouts", str(tmp_path)], env={"COLUMNS": "600"})
     assert result.exit_code == 0, result.output
     assert "[red]bold[/red] [/]" in result.output and "TAIL" not in result.output
-    full = runner.invoke(app, ["rollouts", str(tmp_path), "--full"], env={"COLUMNS": "1000"})
-    assert full.exit_code == 0 and "TAIL" in full.output
+    assert "text/verdict" in result.output and "[b]yes[/b]" in result.output
+    assert "VERDICT_END" not in result.output
+    full = runner.invoke(app, ["rollouts", str(tmp_path), "--full"], env={"COLUMNS": "1500"})
+    assert full.exit_code == 0 and "TAIL" in full.output and "VERDICT_END" in full.output
 
 
 def test_a_run_without_saved_rollouts_is_one_clear_error(tmp_path) -> None:
@@ -234,6 +239,17 @@ COLUMNS = list(rows_with(["a"], [0.0])[0])
 def test_filters_keep_the_rows_they_describe(text, kept) -> None:
     rows = rows_with(["aa", "b", "ccc", "[x]"], [0.0, 0.25, 0.75, 1.0])
     assert [r["response"] for r in select_rows(rows, [parse_filter(text, COLUMNS)])] == kept
+
+
+def test_filters_match_the_rewards_texts() -> None:
+    rows = rows_with(["aa", "b", "ccc"], [0.0, 0.25, 0.75])
+    for row, verdict in zip(rows, ["yes", "no idea", None], strict=True):
+        row["text/verdict"] = verdict
+    columns = list(rows[0])
+    picked = select_rows(rows, [parse_filter("text/verdict~^no", columns)])
+    assert [r["response"] for r in picked] == ["b"]  # a null text matches nothing
+    picked = select_rows(rows, [parse_filter("text/verdict!=yes", columns)])
+    assert [r["response"] for r in picked] == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -285,3 +301,19 @@ def test_the_rows_of_every_rank_are_gathered_in_rank_order() -> None:
     assert results[0] == expected and results[1] == expected
     assert isinstance(results[0][0]["response_length"], int) and results[0][0]["label"] is None
     assert math.isclose(results[0][2]["logprob_mismatch"], 0.125)
+
+
+def test_a_reward_text_that_one_rank_lacks_is_null_in_its_rows() -> None:
+    # rank 1's batch failed as a whole: its rows have no verdict (nor a note)
+    group = ThreadGroup(2)
+    local = [rows_with(["a", "b"], [0.0, 1.0]), rows_with(["c"], [0.5])]
+    for row, verdict in zip(local[0], ["yes ✓", ""], strict=True):
+        row["text/verdict"], row["text/note"] = verdict, "n"
+    results = group.run(
+        [lambda _, r=r: gather_rows(TwoRanks(group, r), local[r]) for r in range(2)]
+    )
+    assert results[0] == results[1]
+    assert [(r["response"], r["text/note"], r["text/verdict"]) for r in results[0]] == [
+        ("a", "n", "yes ✓"), ("b", "n", ""), ("c", None, None),
+    ]  # fmt: skip
+    assert list(results[0][0])[-2:] == ["text/note", "text/verdict"]
