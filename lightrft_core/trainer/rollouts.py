@@ -1,7 +1,7 @@
 """Saved rollouts (``logging.save_rollouts_every``): the samples a step trained on, one row
 each, in ``RUN/rollouts/step_000012.parquet``; and the reading side of ``lightrft rollouts``.
 
-A row (docs/training.md, "Saved rollouts", has the schema): ``step``, ``rank``, ``group``,
+A row (docs/rollouts.md, "Schema"): ``step``, ``rank``, ``group``,
 ``sample``, ``prompt``, ``response``, ``label``, ``reward``, ``reward/<name>`` per sub-score,
 ``advantage`` (mean over the response's tokens), ``response_length``, ``truncated`` and
 ``logprob_mismatch`` (mean |trainer - engine| log-prob over the response's tokens, null when
