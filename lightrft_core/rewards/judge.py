@@ -370,7 +370,7 @@ class JudgeReward(RewardModel):
         judgement = self.judge(batch)
         scores = self._sample_scores(judgement, batch)
         parsed = torch.isfinite(scores).float()
-        texts = {}
+        texts: dict[str, list[str]] = {}
         if self.config.parser != "yes_probability":  # which generates no text
             texts["verdict"] = [judgement.sample_text(i) for i in range(len(batch))]
         return RewardOutput(
