@@ -9,17 +9,16 @@ by flash-attention's variable-length path or by a block-diagonal 4-D mask (``pac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..interfaces import Actor, ActorModality, ActorOutput
-from .logprobs import chunked_token_log_probs
-from .options import PretrainedActorOptions, dtype_name, load_pretrained
+from ..interfaces import ActorModality, ActorOutput
+from .options import PretrainedActorOptions, load_pretrained
 from .packing import packed_causal_mask
-from .weights import merged_weights
+from .pretrained import PretrainedActor
 
 logger = logging.getLogger("lightrft.actor")
 
@@ -59,7 +58,7 @@ def output_logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.T
     return logits
 
 
-class ActorLanguage(Actor):
+class ActorLanguage(PretrainedActor):
     """Wraps a transformers causal LM (from a folder or an existing model object)."""
 
     name = "language"
@@ -81,63 +80,17 @@ class ActorLanguage(Actor):
         if cfg.gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, config: Any = None) -> ActorLanguage:
-        """Wrap an existing causal LM; cast to ``config.dtype`` (kept without ``config``).
-
-        With LoRA on, the adapters are injected into ``model`` itself (peft works in place).
-        """
-        if config is None:
-            config = cls.Config(dtype=dtype_name(model.dtype))
-        return cls(config, model=model)
-
     # ---------------------------------------------------------------- model parts
-    @classmethod
-    def hf_path(cls, config: Any) -> str | None:
-        return config.path
-
-    def hf_model(self) -> torch.nn.Module:
-        """The transformers model, inside its peft wrapper when LoRA is on."""
-        return self.model
-
-    @property
-    def base_model(self) -> Any:
-        """The transformers model (the one inside the peft wrapper when LoRA is on)."""
-        return self.model.get_base_model() if self._has_lora else self.model
-
     def trunk(self) -> torch.nn.Module:
         """The decoder without its head (LoRA adapters included), e.g. ``Qwen2Model``."""
         trunk: torch.nn.Module = self.base_model.base_model
         return trunk
 
-    @property
-    def _has_lora(self) -> bool:
-        return type(self.model).__module__.startswith("peft.")
-
     def _add_lora(self, model: torch.nn.Module) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = self.config
-        targets = cfg.lora_target_modules or find_lora_target_modules(model)
+        targets = self.config.lora_target_modules or find_lora_target_modules(model)
         if not targets:
             raise ValueError("no linear layer found for LoRA; set actor.lora_target_modules")
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(targets),
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, lora)
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Checkpoint every decoder layer (non-reentrant); turns the KV cache off."""
-        base = self.base_model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
+        return self._with_lora(model, list(targets), task_type="CAUSAL_LM")
 
     # ---------------------------------------------------------------- forward
     def forward(
@@ -166,18 +119,8 @@ class ActorLanguage(Actor):
             positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
             valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
             states, logit_fn = self._packed_states(base, sequences, mask, positions)
-        log_probs, entropy = chunked_token_log_probs(
-            states[:, :-1][valid],  # [N, H or V]
-            sequences[:, 1:][valid],  # [N]
-            logit_fn,
-            chunk_size=self.config.logprob_chunk_size,
-            return_entropy=return_entropy,
-        )
-        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
-        return ActorOutput(
-            log_probs=zeros.masked_scatter(valid, log_probs),
-            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
-        )
+        # states [B, T, H] read by the head, or logits [B, T, V] (logit_fn None)
+        return self._scored(states, sequences, valid, logit_fn, return_entropy=return_entropy)
 
     @staticmethod
     def _states(base: Any, tokens: torch.Tensor, mask: Any, positions: torch.Tensor) -> Any:
@@ -207,9 +150,3 @@ class ActorLanguage(Actor):
         return self._states(
             base, tokens, packed_causal_mask(positions, mask, dtype=dtype), positions
         )
-
-    # ---------------------------------------------------------------- weight sync
-    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under Hugging Face names (LoRA merged in), for an inference engine
-        (``lightrft_core/actors/weights.py``; a collective on sharded weights)."""
-        yield from merged_weights(self.base_model)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from lightrft_core.actors.media import blank_grid_image
 from lightrft_plugin_qwen_vl.actor import QwenVLActor
 from lightrft_plugin_qwen_vl.testing import VLRow, make_vl_batch
-from lightrft_plugin_qwen_vl.vision import blank_image
 
 
 def make_actor(path: Path, **options: object) -> QwenVLActor:
@@ -20,7 +20,7 @@ def make_actor(path: Path, **options: object) -> QwenVLActor:
 
 def test_the_blank_image_is_one_merged_token(tiny_qwen_vl_dir: Path) -> None:
     config = make_actor(tiny_qwen_vl_dir).base_model.config.vision_config
-    blank = blank_image(config, torch.device("cpu"))
+    blank = blank_grid_image(config, torch.device("cpu"))
     # merge 2: a 2x2 grid of patches; each patch 3 channels x 2 frames x 14 x 14 pixels
     assert blank["image_grid_thw"].tolist() == [[1, 2, 2]]
     assert blank["pixel_values"].shape == (4, 3 * 2 * 14 * 14)

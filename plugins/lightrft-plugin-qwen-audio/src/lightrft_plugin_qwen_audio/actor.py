@@ -13,28 +13,30 @@ row) keep attention inside each sequence (``lightrft_core/actors/packing.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lightrft_core.actors.logprobs import chunked_token_log_probs
-from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.encoders import freeze_under, lora_linear_names
+from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
 from lightrft_core.actors.packing import packed_causal_mask
-from lightrft_core.actors.weights import merged_weights
-from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
+from lightrft_core.actors.pretrained import PretrainedActor
+from lightrft_core.interfaces import ActorModality, ActorOutput
 from lightrft_core.interfaces.actor import text_trunk_inputs
 
 from .audio import embeddings_with_audio
-from .lora import is_audio_name, lora_target_names
 from .position_embedding import AudioPositionEmbeddingPatch
 
 #: The extra inputs ``forward`` takes.
 AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
+#: Name prefixes of the audio encoder's parameters in ``Qwen2AudioForConditionalGeneration``:
+#: the Whisper-style tower (convolutions, positions, layers) and the projector into the text
+#: width. LoRA leaves them out unless asked for.
+AUDIO_PREFIXES = ("model.audio_tower.", "model.multi_modal_projector.")
 
 
-class QwenAudioActor(Actor):
+class QwenAudioActor(PretrainedActor):
     """Wraps a transformers ``Qwen2AudioForConditionalGeneration``."""
 
     name = "qwen_audio"
@@ -93,28 +95,17 @@ class QwenAudioActor(Actor):
         # transformers builds the encoder's position table frozen; from_pretrained loses that
         model.model.audio_tower.embed_positions.requires_grad_(False)
         if cfg.lora_rank > 0:
-            model = self._add_lora(model)
+            exclude = () if cfg.lora_audio_encoder else AUDIO_PREFIXES
+            model = self._with_lora(
+                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
+            )
         self.model = model
         if cfg.freeze_audio_encoder:
-            for name, parameter in self.base_model.named_parameters():
-                if is_audio_name(name):
-                    parameter.requires_grad_(False)
+            freeze_under(self.base_model, AUDIO_PREFIXES)
         if cfg.gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, config: Any = None) -> QwenAudioActor:
-        """Wrap an existing Qwen2-Audio model; cast to ``config.dtype`` (kept without
-        ``config``). With LoRA on, the adapters are injected into ``model`` itself."""
-        if config is None:
-            config = cls.Config(dtype=dtype_name(model.dtype))
-        return cls(config, model=model)
-
     # ---------------------------------------------------------------- model parts
-    @classmethod
-    def hf_path(cls, config: Any) -> str | None:
-        return config.path
-
     @classmethod
     def load_processor(cls, path: str) -> Any:
         """The folder's ``Qwen2AudioProcessor`` (tokenizer, Whisper feature extractor, chat
@@ -122,15 +113,6 @@ class QwenAudioActor(Actor):
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(path)
-
-    def hf_model(self) -> torch.nn.Module:
-        """The transformers model, inside its peft wrapper when LoRA is on."""
-        return self.model
-
-    @property
-    def base_model(self) -> Any:
-        """The transformers model (the one inside the peft wrapper when LoRA is on)."""
-        return self.model.get_base_model() if self._has_lora else self.model
 
     def trunk(self) -> torch.nn.Module:
         """The ``Qwen2AudioModel`` inside (audio encoder, projector, decoder; no head)."""
@@ -151,38 +133,6 @@ class QwenAudioActor(Actor):
             trunk = AutoModel.from_pretrained(path, **options)
         trunk.audio_tower.embed_positions.requires_grad_(False)
         return trunk
-
-    @property
-    def _has_lora(self) -> bool:
-        return type(self.model).__module__.startswith("peft.")
-
-    def _add_lora(self, model: torch.nn.Module) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = self.config
-        targets = lora_target_names(
-            model, cfg.lora_target_modules, include_audio=cfg.lora_audio_encoder
-        )
-        if not targets:
-            raise ValueError(
-                f"no linear layer matches lora_target_modules={cfg.lora_target_modules!r}"
-            )
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=targets,
-        )
-        return get_peft_model(model, lora)
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Checkpoint every decoder and audio encoder layer (non-reentrant); no KV cache."""
-        base = self.base_model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
 
     def get_supported_parameters(self) -> frozenset[str]:
         return AUDIO_INPUTS
@@ -212,17 +162,8 @@ class QwenAudioActor(Actor):
             inputs = _packed(inner, inputs, mask, positions)
         states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H] (or one row)
         states = states.reshape(*sequences.shape, -1)
-        log_probs, entropy = chunked_token_log_probs(
-            states[:, :-1][valid],  # [N, H]
-            sequences[:, 1:][valid],  # [N]
-            base.get_output_embeddings(),
-            chunk_size=self.config.logprob_chunk_size,
-            return_entropy=return_entropy,
-        )
-        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
-        return ActorOutput(
-            log_probs=zeros.masked_scatter(valid, log_probs),
-            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
+        return self._scored(
+            states, sequences, valid, base.get_output_embeddings(), return_entropy=return_entropy
         )
 
     @classmethod
@@ -251,12 +192,6 @@ class QwenAudioActor(Actor):
         ids = inputs.pop("input_ids")
         embeddings = embeddings_with_audio(trunk, ids, inputs["attention_mask"], modal_inputs)
         return {**inputs, "input_ids": None, "inputs_embeds": embeddings}
-
-    # ---------------------------------------------------------------- weight sync
-    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
-        tensors not listed); sharded weights gathered one by one on every rank."""
-        yield from merged_weights(self.base_model)
 
 
 def _packed(

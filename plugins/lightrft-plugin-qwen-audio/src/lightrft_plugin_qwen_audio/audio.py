@@ -6,10 +6,8 @@ and features; the actor builds the merged embeddings here instead, so that:
 - a clip's features go to exactly the rows' ``<|AUDIO|>`` placeholders (checked, with an
   error naming both counts), whatever the rows' padding;
 - a forward without audio still runs the audio encoder, on one silent clip whose features
-  are added times zero (``x + 0.0 == x``): sharded strategies gather each encoder layer with
-  a collective as it runs and reduce gradients in backward order, so every rank must run the
-  same modules in the same order, text-only micro-batch or not (as the Qwen-VL actor does
-  for its vision tower).
+  are added times zero (``lightrft_core/actors/media.py``: every rank of a sharded strategy
+  must run the same modules in the same order, text-only micro-batch or not).
 
 The encoder reads ``input_features [n, mels, frames]`` (frames fixed by the model: twice its
 ``max_source_positions``) and ``feature_attention_mask [n, frames]`` (1 on the clip's frames);
@@ -21,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from lightrft_core.actors.media import features_at_placeholders, silent_clip, with_idle_pass
 
 
 def audio_features(
@@ -48,22 +48,6 @@ def audio_features(
     return projected[keep]
 
 
-def silent_clip(audio_config: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    """One all-zero clip of the full window, every frame marked real."""
-    frames = 2 * audio_config.max_source_positions
-    return {
-        "input_features": torch.zeros(1, audio_config.num_mel_bins, frames, device=device),
-        "feature_attention_mask": torch.ones(1, frames, dtype=torch.long, device=device),
-    }
-
-
-def idle_audio_pass(model: Any, device: torch.device) -> torch.Tensor:
-    """A zero scalar computed through every parameter of ``model``'s audio encoder and
-    projector, on a silent clip."""
-    clip = silent_clip(model.config.audio_config, device)
-    return audio_features(model, **clip).float().sum() * 0.0
-
-
 def embeddings_with_audio(
     model: Any, input_ids: torch.Tensor, mask: torch.Tensor, audio: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -71,17 +55,17 @@ def embeddings_with_audio(
     ``<|AUDIO|>`` placeholders (``mask``: real tokens), or plus the idle audio pass when
     ``audio`` is empty."""
     embeddings = model.get_input_embeddings()(input_ids)  # [B, T, H]
-    if not audio:
-        zero = idle_audio_pass(model, input_ids.device)
-        return embeddings + zero.to(embeddings.dtype)
+    if not audio:  # the idle pass: a silent clip of the full window
+        encoder = model.config.audio_config
+        clip = silent_clip(encoder.num_mel_bins, 2 * encoder.max_source_positions, input_ids.device)
+        return with_idle_pass(embeddings, [audio_features(model, **clip)])
     features = audio_features(model, audio["input_features"], audio["feature_attention_mask"])
-    slots = (input_ids == model.config.audio_token_id) & mask.bool()  # [B, T]
-    placeholders = int(slots.sum())
-    if placeholders != len(features):
-        raise ValueError(
-            f"the rows hold {placeholders} audio placeholder tokens but the "
-            f"{len(audio['input_features'])} clip(s) make {len(features)} audio tokens "
-            f"(feature_attention_mask frames {audio['feature_attention_mask'].sum(-1).tolist()})"
-            ": the ids must be the processor's ids for these clips"
-        )
-    return embeddings.masked_scatter(slots[..., None], features.to(embeddings.dtype))
+    frames = audio["feature_attention_mask"]
+    return features_at_placeholders(
+        embeddings,
+        (input_ids == model.config.audio_token_id) & mask.bool(),  # [B, T]
+        features,
+        what="audio",
+        source=f"the {len(audio['input_features'])} clip(s)",
+        note=lambda: f" (feature_attention_mask frames {frames.sum(-1).tolist()})",
+    )

@@ -24,16 +24,22 @@ chunk (``lightrft_core.actors.logprobs``). Videos are not supported yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lightrft_core.actors.logprobs import chunked_token_log_probs
-from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
-from lightrft_core.actors.weights import merged_weights
-from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
+from lightrft_core.actors.encoders import freeze_under, lora_linear_names
+from lightrft_core.actors.media import (
+    blank_grid_image,
+    features_at_placeholders,
+    silent_clip,
+    with_idle_pass,
+)
+from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
+from lightrft_core.actors.pretrained import PretrainedActor
+from lightrft_core.interfaces import ActorModality, ActorOutput
 
 IMAGE_INPUTS = frozenset({"pixel_values", "image_grid_thw"})
 AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
@@ -41,16 +47,11 @@ AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
 OMNI_INPUTS = IMAGE_INPUTS | AUDIO_INPUTS
 
 #: Name prefixes of the media encoders' parameters in the thinker.
-VISION_PREFIX = "visual."
-AUDIO_PREFIX = "audio_tower."
+VISION_PREFIXES = ("visual.",)
+AUDIO_PREFIXES = ("audio_tower.",)
 
 
-def is_encoder_name(name: str, prefix: str) -> bool:
-    """Whether a module or parameter name of the thinker belongs to the encoder ``prefix``."""
-    return f"{name}.".startswith(prefix)
-
-
-class QwenOmniActor(Actor):
+class QwenOmniActor(PretrainedActor):
     """Wraps a transformers ``Qwen2_5OmniThinkerForConditionalGeneration``."""
 
     name = "qwen_omni"
@@ -98,35 +99,19 @@ class QwenOmniActor(Actor):
             Qwen2_5OmniThinkerForConditionalGeneration, cfg, actor=self.name, model=model
         )
         if cfg.lora_rank > 0:
-            model = self._add_lora(model)
-        self.model = model
-        frozen = [
-            prefix
-            for prefix, frozen in (
-                (VISION_PREFIX, cfg.freeze_vision_encoder),
-                (AUDIO_PREFIX, cfg.freeze_audio_encoder),
+            exclude = () if cfg.lora_encoders else VISION_PREFIXES + AUDIO_PREFIXES
+            model = self._with_lora(
+                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
             )
-            if frozen
-        ]
-        for name, parameter in self.base_model.named_parameters():
-            if any(is_encoder_name(name, prefix) for prefix in frozen):
-                parameter.requires_grad_(False)
+        self.model = model
+        if cfg.freeze_vision_encoder:
+            freeze_under(self.base_model, VISION_PREFIXES)
+        if cfg.freeze_audio_encoder:
+            freeze_under(self.base_model, AUDIO_PREFIXES)
         if cfg.gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, config: Any = None) -> QwenOmniActor:
-        """Wrap an existing thinker; cast to ``config.dtype`` (kept without ``config``).
-        With LoRA on, the adapters are injected into ``model`` itself."""
-        if config is None:
-            config = cls.Config(dtype=dtype_name(model.dtype))
-        return cls(config, model=model)
-
     # ---------------------------------------------------------------- model parts
-    @classmethod
-    def hf_path(cls, config: Any) -> str | None:
-        return config.path
-
     @classmethod
     def load_processor(cls, path: str) -> Any:
         """The folder's ``Qwen2_5OmniProcessor``; without torchvision, built without its
@@ -134,15 +119,6 @@ class QwenOmniActor(Actor):
         from .omni_processing import load_omni_processor
 
         return load_omni_processor(path)
-
-    def hf_model(self) -> torch.nn.Module:
-        """The transformers thinker, inside its peft wrapper when LoRA is on."""
-        return self.model
-
-    @property
-    def base_model(self) -> Any:
-        """The transformers thinker (the one inside the peft wrapper when LoRA is on)."""
-        return self.model.get_base_model() if self._has_lora else self.model
 
     def trunk(self) -> torch.nn.Module:
         """The thinker itself: its encoders sit beside its decoder (``thinker.model``), so
@@ -162,50 +138,6 @@ class QwenOmniActor(Actor):
         """The last hidden states ``[B, T, H]`` of the thinker's decoder
         (``trunk.model``) reading ``inputs`` (``trunk_inputs``'s)."""
         return trunk.model(**inputs, use_cache=False).last_hidden_state
-
-    @property
-    def _has_lora(self) -> bool:
-        return type(self.model).__module__.startswith("peft.")
-
-    def _add_lora(self, model: torch.nn.Module) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = self.config
-        head = model.get_output_embeddings()
-        targets = sorted(
-            name
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-            and module is not head
-            and (
-                cfg.lora_encoders
-                or not any(is_encoder_name(name, p) for p in (VISION_PREFIX, AUDIO_PREFIX))
-            )
-            and (
-                cfg.lora_target_modules is None
-                or name.rsplit(".", 1)[-1] in cfg.lora_target_modules
-            )
-        )
-        if not targets:
-            raise ValueError(
-                f"no linear layer matches lora_target_modules={cfg.lora_target_modules!r}"
-            )
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=targets,
-        )
-        return get_peft_model(model, lora)
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Checkpoint every decoder and encoder layer (non-reentrant); no KV cache."""
-        base = self.base_model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
 
     def get_supported_parameters(self) -> frozenset[str]:
         return OMNI_INPUTS
@@ -232,18 +164,8 @@ class QwenOmniActor(Actor):
         inputs = self.trunk_inputs(thinker, sequences, attention_mask, **modal_inputs)
         states = self.trunk_hidden_states(thinker, inputs)  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
-        log_probs, entropy = chunked_token_log_probs(
-            states[:, :-1][valid],  # [N, H]
-            sequences[:, 1:][valid],  # [N]
-            thinker.get_output_embeddings(),
-            chunk_size=self.config.logprob_chunk_size,
-            return_entropy=return_entropy,
-        )
-        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
-        return ActorOutput(
-            log_probs=zeros.masked_scatter(valid, log_probs),
-            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
-        )
+        head = thinker.get_output_embeddings()
+        return self._scored(states, sequences, valid, head, return_entropy=return_entropy)
 
     @classmethod
     def trunk_inputs(
@@ -275,12 +197,6 @@ class QwenOmniActor(Actor):
         )
         return {"inputs_embeds": embeddings, "attention_mask": mask, "position_ids": positions}
 
-    # ---------------------------------------------------------------- weight sync
-    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under the thinker's ``state_dict`` names, LoRA merged in (adapter
-        tensors not listed); sharded weights gathered one by one on every rank."""
-        yield from merged_weights(self.base_model)
-
 
 def _pair(inputs: dict[str, Any], keys: frozenset[str]) -> dict[str, torch.Tensor]:
     """The inputs of one medium (both keys, or neither)."""
@@ -288,26 +204,6 @@ def _pair(inputs: dict[str, Any], keys: frozenset[str]) -> dict[str, torch.Tenso
     if given and set(given) != keys:
         raise ValueError(f"actor 'qwen_omni' needs {sorted(keys)} together, got {sorted(given)}")
     return given
-
-
-def _scatter(
-    what: str,
-    token_id: int,
-    sequences: torch.Tensor,
-    mask: torch.Tensor,
-    embeddings: torch.Tensor,
-    features: torch.Tensor,
-) -> torch.Tensor:
-    """``embeddings`` with ``features`` [N, H] at the rows' ``token_id`` placeholders,
-    which must be exactly N."""
-    slots = (sequences == token_id) & mask.bool()  # [B, T]
-    placeholders = int(slots.sum())
-    if placeholders != len(features):
-        raise ValueError(
-            f"the rows hold {placeholders} {what} placeholder tokens but the {what} inputs make "
-            f"{len(features)} {what} tokens: the ids must be the processor's ids for this media"
-        )
-    return embeddings.masked_scatter(slots[..., None], features.to(embeddings.dtype))
 
 
 def _with_images(
@@ -320,15 +216,17 @@ def _with_images(
     """The images' features at the ``<|IMAGE|>`` placeholders; without images, plus the
     vision encoder's output on a blank image times zero."""
     if not images:
-        blank = _blank_image(thinker.config.vision_config, sequences.device)
+        blank = blank_grid_image(thinker.config.vision_config, sequences.device)
         features = thinker.get_image_features(**blank, return_dict=True).pooler_output
-        zero = sum(t.float().sum() for t in features) * 0.0
-        return embeddings + zero.to(embeddings.dtype)
+        return with_idle_pass(embeddings, features)
     out = thinker.get_image_features(
         images["pixel_values"], images["image_grid_thw"], return_dict=True
     )
+    slots = (sequences == thinker.config.image_token_id) & mask.bool()  # [B, T]
     features = torch.cat(out.pooler_output)  # [image tokens, H]
-    return _scatter("image", thinker.config.image_token_id, sequences, mask, embeddings, features)
+    return features_at_placeholders(
+        embeddings, slots, features, what="image", source="the image inputs"
+    )
 
 
 def _with_audio(
@@ -340,34 +238,18 @@ def _with_audio(
 ) -> torch.Tensor:
     """The clips' features at the ``<|AUDIO|>`` placeholders; without clips, plus the audio
     encoder's output on a silent clip times zero."""
-    clips = audio or _silent_clip(thinker.config.audio_config, sequences.device)
+    encoder = thinker.config.audio_config
+    # without clips: one all-zero clip of one encoder chunk (2 * n_window frames)
+    clips = audio or silent_clip(encoder.num_mel_bins, 2 * encoder.n_window, sequences.device)
     features = thinker.get_audio_features(
         clips["input_features"], clips["feature_attention_mask"], return_dict=True
     ).last_hidden_state  # [audio tokens, H]
     if not audio:
-        return embeddings + (features.float().sum() * 0.0).to(embeddings.dtype)
-    return _scatter("audio", thinker.config.audio_token_id, sequences, mask, embeddings, features)
-
-
-def _blank_image(vision_config: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    """The smallest image the vision encoder takes: one merged token's patches, all zero."""
-    m = vision_config.spatial_merge_size
-    width = (
-        vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
+        return with_idle_pass(embeddings, [features])
+    slots = (sequences == thinker.config.audio_token_id) & mask.bool()  # [B, T]
+    return features_at_placeholders(
+        embeddings, slots, features, what="audio", source="the audio inputs"
     )
-    return {
-        "pixel_values": torch.zeros(m * m, width, device=device),
-        "image_grid_thw": torch.tensor([[1, m, m]], device=device),
-    }
-
-
-def _silent_clip(audio_config: Any, device: torch.device) -> dict[str, torch.Tensor]:
-    """One all-zero clip of one encoder chunk (``2 * n_window`` frames), every frame real."""
-    frames = 2 * audio_config.n_window
-    return {
-        "input_features": torch.zeros(1, audio_config.num_mel_bins, frames, device=device),
-        "feature_attention_mask": torch.ones(1, frames, dtype=torch.long, device=device),
-    }
 
 
 def _media_structure_ids(config: Any, sequences: torch.Tensor) -> torch.Tensor:

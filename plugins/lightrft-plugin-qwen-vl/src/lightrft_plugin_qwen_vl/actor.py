@@ -16,28 +16,31 @@ block-diagonal mask, ``lightrft_core/actors/packing.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from lightrft_core.actors.logprobs import chunked_token_log_probs
-from lightrft_core.actors.options import PretrainedActorOptions, dtype_name, load_pretrained
+from lightrft_core.actors.encoders import freeze_under, lora_linear_names
+from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
 from lightrft_core.actors.packing import packed_causal_mask
-from lightrft_core.actors.weights import merged_weights
-from lightrft_core.interfaces import Actor, ActorModality, ActorOutput
+from lightrft_core.actors.pretrained import PretrainedActor
+from lightrft_core.interfaces import ActorModality, ActorOutput
 
-from .lora import is_vision_name, lora_target_names
 from .vision import with_idle_vision_pass
 
 #: The extra inputs ``forward`` takes: images only (videos are not supported yet).
 IMAGE_INPUTS = frozenset({"pixel_values", "image_grid_thw"})
 #: ``mm_token_type_ids`` values of image and video tokens (text is 0) for ``get_rope_index``.
 IMAGE, VIDEO = 1, 2
+#: The name prefix of every vision tower parameter (patch embedding, blocks, merger) in the
+#: ``*ForConditionalGeneration`` models of Qwen2-VL, Qwen2.5-VL and Qwen3-VL. LoRA leaves the
+#: tower out unless asked for: the vision MLP of Qwen2.5-VL shares its short names
+#: (``gate_proj`` ...) with the decoder's.
+VISION_PREFIXES = ("model.visual.",)
 
 
-class QwenVLActor(Actor):
+class QwenVLActor(PretrainedActor):
     """Wraps a transformers Qwen-VL ``*ForConditionalGeneration`` model."""
 
     name = "qwen_vl"
@@ -83,28 +86,17 @@ class QwenVLActor(Actor):
 
         model = load_pretrained(AutoModelForImageTextToText, cfg, actor=self.name, model=model)
         if cfg.lora_rank > 0:
-            model = self._add_lora(model)
+            exclude = () if cfg.lora_vision_tower else VISION_PREFIXES
+            model = self._with_lora(
+                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
+            )
         self.model = model
         if cfg.freeze_vision_tower:
-            for name, parameter in self.base_model.named_parameters():
-                if is_vision_name(name):
-                    parameter.requires_grad_(False)
+            freeze_under(self.base_model, VISION_PREFIXES)
         if cfg.gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
-    @classmethod
-    def from_model(cls, model: torch.nn.Module, config: Any = None) -> QwenVLActor:
-        """Wrap an existing Qwen-VL model; cast to ``config.dtype`` (kept without ``config``).
-        With LoRA on, the adapters are injected into ``model`` itself (peft works in place)."""
-        if config is None:
-            config = cls.Config(dtype=dtype_name(model.dtype))
-        return cls(config, model=model)
-
     # ---------------------------------------------------------------- model parts
-    @classmethod
-    def hf_path(cls, config: Any) -> str | None:
-        return config.path
-
     @classmethod
     def load_processor(cls, path: str) -> Any:
         """The folder's processor; without torchvision, built without its video processor
@@ -113,50 +105,9 @@ class QwenVLActor(Actor):
 
         return load_processor(path)
 
-    def hf_model(self) -> torch.nn.Module:
-        """The transformers model, inside its peft wrapper when LoRA is on."""
-        return self.model
-
-    @property
-    def base_model(self) -> Any:
-        """The transformers model (the one inside the peft wrapper when LoRA is on)."""
-        return self.model.get_base_model() if self._has_lora else self.model
-
     def trunk(self) -> torch.nn.Module:
         """The ``*Model`` inside (vision tower and decoder, no head)."""
         return self.base_model.model
-
-    @property
-    def _has_lora(self) -> bool:
-        return type(self.model).__module__.startswith("peft.")
-
-    def _add_lora(self, model: torch.nn.Module) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = self.config
-        targets = lora_target_names(
-            model, cfg.lora_target_modules, include_vision=cfg.lora_vision_tower
-        )
-        if not targets:
-            raise ValueError(
-                f"no linear layer matches lora_target_modules={cfg.lora_target_modules!r}"
-            )
-        lora = LoraConfig(
-            r=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=targets,
-        )
-        return get_peft_model(model, lora)
-
-    def gradient_checkpointing_enable(self) -> None:
-        """Checkpoint every decoder and vision block (non-reentrant); the KV cache off."""
-        base = self.base_model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
 
     def get_supported_parameters(self) -> frozenset[str]:
         return IMAGE_INPUTS
@@ -187,17 +138,8 @@ class QwenVLActor(Actor):
             inputs = self.packed_trunk_inputs(inner, sequences, mask, positions, **modal_inputs)
         states = inner(**inputs, use_cache=False).last_hidden_state  # [B, T, H] (or one row)
         states = states.reshape(*sequences.shape, -1)
-        log_probs, entropy = chunked_token_log_probs(
-            states[:, :-1][valid],  # [N, H]
-            sequences[:, 1:][valid],  # [N]
-            base.get_output_embeddings(),
-            chunk_size=self.config.logprob_chunk_size,
-            return_entropy=return_entropy,
-        )
-        zeros = torch.zeros(valid.shape, dtype=torch.float32, device=sequences.device)
-        return ActorOutput(
-            log_probs=zeros.masked_scatter(valid, log_probs),
-            entropy=zeros.masked_scatter(valid, entropy) if entropy is not None else None,
+        return self._scored(
+            states, sequences, valid, base.get_output_embeddings(), return_entropy=return_entropy
         )
 
     @classmethod
@@ -264,12 +206,6 @@ class QwenVLActor(Actor):
             }
         inputs.update(images)
         return inputs if images else with_idle_vision_pass(trunk, inputs)
-
-    # ---------------------------------------------------------------- weight sync
-    def named_weights_for_sync(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under the HF model's ``state_dict`` names, LoRA merged in (adapter
-        tensors not listed); sharded weights gathered one by one on every rank."""
-        yield from merged_weights(self.base_model)
 
 
 def _token_types(config: Any, sequences: torch.Tensor) -> torch.Tensor:
