@@ -50,6 +50,13 @@ class StrategyBase(Component):
         """Number of data-parallel processes (1 on one process)."""
 
     @property
+    def sequence_parallel_size(self) -> int:
+        """Ranks that split each sequence between them (Ulysses); 1, the default, when every
+        rank holds whole sequences. A loop that does not split sequences refuses a strategy
+        where this is above 1 (``start_run``)."""
+        return 1
+
+    @property
     def is_rank_0(self) -> bool:
         """True on the process that writes logs, plots and exports."""
         return self.rank == 0

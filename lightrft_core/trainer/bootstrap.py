@@ -86,13 +86,32 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
+def refuse_sequence_parallel(strategy: StrategyBase, loop: str) -> None:
+    """Stop a loop that gives each rank whole sequences when ``strategy`` splits them: it
+    would train plain data parallelism with the sequence-parallel groups unused."""
+    size = strategy.sequence_parallel_size
+    if size > 1:
+        raise ValueError(
+            f"strategy.sequence_parallel_size is {size}, but {loop} does not split sequences "
+            "over ranks (no training loop does yet; only the actor-level forward of "
+            "lightrft-plugin-patches, docs/training.md): set strategy.sequence_parallel_size: 1"
+        )
+
+
 def start_run(
-    cfg: LightRFTConfig, manager: PluginManager, *, global_batches: Mapping[str, int | None]
+    cfg: LightRFTConfig,
+    manager: PluginManager,
+    *,
+    loop: str,
+    global_batches: Mapping[str, int | None],
 ) -> RunStart:
-    """Build and set up the strategy, seed every generator with ``run.seed``, check that
-    each of ``global_batches`` (config key -> size) divides over the ranks, and load the
-    tokenizer and the processor (``Actor.load_processor``)."""
+    """Build and set up the strategy (refused when it splits sequences,
+    ``refuse_sequence_parallel``; ``loop``: the command, for the message), seed every
+    generator with ``run.seed``, check that each of ``global_batches`` (config key -> size)
+    divides over the ranks, and load the tokenizer and the processor
+    (``Actor.load_processor``)."""
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
+    refuse_sequence_parallel(strategy, loop)
     strategy.setup_distributed()
     start = RunStart(strategy, None, Path(cfg.run.output_dir), lock=hold_folder(strategy, cfg))
     with released_on_error(start):

@@ -95,7 +95,9 @@ def run_reward_model_training(
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
     manager = manager or get_plugin_manager()
-    start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
+    start = start_run(
+        cfg, manager, loop="lightrft rm", global_batches={"sft.batch_size": s.batch_size}
+    )
     with released_on_error(start):  # finish_run releases the run folder after a clean run
         return _train_reward_model(cfg, manager, start, d.train_path, console, progress)
 

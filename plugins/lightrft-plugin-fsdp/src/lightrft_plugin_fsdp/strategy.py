@@ -181,6 +181,10 @@ class FSDPStrategy(StrategyBase):
         return distributed.world_size()
 
     @property
+    def sequence_parallel_size(self) -> int:
+        return self.config.sequence_parallel_size
+
+    @property
     def sequence_parallel_group(self) -> Any:
         """The process group of the ranks that split this rank's sequences (``None`` when
         ``sequence_parallel_size`` is 1)."""
@@ -189,12 +193,12 @@ class FSDPStrategy(StrategyBase):
     @property
     def data_parallel_rank(self) -> int:
         """Which share of the rows this rank's sequence-parallel group takes."""
-        return self.rank // self.config.sequence_parallel_size
+        return self.rank // self.sequence_parallel_size
 
     @property
     def data_parallel_size(self) -> int:
         """How many groups share the rows: ``world_size / sequence_parallel_size``."""
-        return self.world_size // self.config.sequence_parallel_size
+        return self.world_size // self.sequence_parallel_size
 
     @property
     def device(self) -> torch.device:
