@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import local_file
+
 AUDIO_KINDS = (
     "a local file path (wav, flac, ogg), the bytes of such a file, a datasets Audio value "
     "or a numpy array"
@@ -135,18 +137,7 @@ def _decoded(value: Any, rate: int, base_dir: Path | None) -> tuple[np.ndarray, 
 
 
 def _read_file(name: str, base_dir: Path | None) -> tuple[np.ndarray, float]:
-    if name.startswith(("http://", "https://")):
-        raise ValueError(
-            f"cannot read {name!r}: URLs are not fetched; download the audio and give its path"
-        )
-    path = Path(name.removeprefix("file://")).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    where = "" if str(path) == name else f" (looked at {path})"
-    if not path.exists():
-        raise ValueError(f"cannot read {name!r}: no such file{where}")
-    if path.is_dir():
-        raise ValueError(f"cannot read {name!r}: a folder, not an audio file{where}")
+    path, where = local_file(name, base_dir, "audio")
     return _read(path, f"cannot read {name!r}", where)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .audio import AudioOptions, AudioSupportMissing, load_audio
+from .files import local_file
 
 #: The part types a message's content may hold; image and audio parts are media.
 TEXT_PART, IMAGE_PART, AUDIO_PART = "text", "image", "audio"
@@ -59,18 +60,7 @@ def load_image(value: Any, *, base_dir: Path | None = None) -> Image.Image:
 
 
 def _read_file(name: str, base_dir: Path | None) -> Image.Image:
-    if name.startswith(("http://", "https://")):
-        raise ValueError(
-            f"cannot read {name!r}: URLs are not fetched; download the image and give its path"
-        )
-    path = Path(name.removeprefix("file://")).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    where = "" if str(path) == name else f" (looked at {path})"
-    if not path.exists():
-        raise ValueError(f"cannot read {name!r}: no such file{where}")
-    if path.is_dir():
-        raise ValueError(f"cannot read {name!r}: a folder, not an image file{where}")
+    path, where = local_file(name, base_dir, "image")
     return _decoded(lambda: Image.open(path), f"cannot read {name!r}", where)
 
 

@@ -4,10 +4,15 @@ Used by the demo and the tests: no download, deterministic from a seed. The toke
 byte-level BPE with no merges -- token id = byte value (0..255) -- plus ``<|endoftext|>``,
 ``<|im_start|>`` and ``<|im_end|>`` and a ChatML chat template; it round-trips any text
 exactly and loads under the Qwen2 and Llama tokenizer classes alike.
+
+The plugins' tiny media models build on it: the byte tokenizer with their media tokens and a
+ChatML template whose content parts render as placeholders (``chatml_media_template``), a
+small text decoder (``tiny_text_config``), and the folder written by ``save_tiny``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,54 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+#: The text decoder of the tiny media models: hidden 64, one head of 64 (vLLM needs
+#: head_dim >= 64), 2 layers.
+TINY_DECODER: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 2048,
+}
+
+
+def chatml_media_template(parts: Mapping[str, str]) -> str:
+    """ChatML whose message content is a string or a list of parts: a ``{"type": T}`` part
+    renders as ``parts[T]`` (media placeholders, which the processor expands), a
+    ``{"type": "text"}`` part as its text. The generation prompt is
+    ``<|im_start|>assistant\n``."""
+    branches = "".join(
+        f"{{% {'if' if i == 0 else 'elif'} part['type'] == '{kind}' %}}{{{{ '{text}' }}}}"
+        for i, (kind, text) in enumerate(parts.items())
+    )
+    return (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        f"{branches}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def tiny_text_config(tokenizer: Any, **fields: Any) -> dict[str, Any]:
+    """The text config of a tiny media model: ``TINY_DECODER`` over ``tokenizer``'s
+    vocabulary (no BOS; EOS ``<|im_end|>``, its pad token), then ``fields``."""
+    return {
+        **TINY_DECODER,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+        **fields,
+    }
 
 
 @dataclass(frozen=True)
@@ -51,8 +104,11 @@ def _byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def build_byte_tokenizer() -> Any:
-    """A ``PreTrainedTokenizerFast``: ids 0..255 are bytes, then the special tokens."""
+def build_byte_tokenizer(
+    extra_tokens: Sequence[str] = (), chat_template: str = CHATML_TEMPLATE
+) -> Any:
+    """A ``PreTrainedTokenizerFast``: ids 0..255 are bytes, then the special tokens, then
+    ``extra_tokens`` (special, e.g. media placeholders), with ``chat_template``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,7 +124,9 @@ def build_byte_tokenizer() -> Any:
         pad_token="<|endoftext|>",
         additional_special_tokens=list(SPECIAL_TOKENS[1:]),
     )
-    tokenizer.chat_template = CHATML_TEMPLATE
+    if extra_tokens:
+        tokenizer.add_tokens(list(extra_tokens), special_tokens=True)
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
@@ -102,8 +160,15 @@ def build_tiny_checkpoint(
     path = Path(path)
     tokenizer = build_byte_tokenizer()
     model = build_tiny_model(size, vocab_size=len(tokenizer), seed=seed, **overrides)
+    return save_tiny(path, model, tokenizer, tokenizer)
+
+
+def save_tiny(path: str | Path, model: Any, files: Any, tokenizer: Any) -> Path:
+    """Write ``model`` and its tokenizer or processor ``files`` to the folder ``path`` (the
+    model generating until ``tokenizer``'s EOS, padding with its pad token); returns it."""
+    path = Path(path)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    files.save_pretrained(path)
     return path

@@ -12,13 +12,12 @@ processor's settings), so it still loads with ``AutoProcessor`` where torchvisio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from transformers import Qwen2_5OmniProcessor
 
-PROCESSOR_CONFIG = "processor_config.json"
+from lightrft_core.models.processors import add_video_processor_config
 
 
 class WithoutVideo(Qwen2_5OmniProcessor):
@@ -59,18 +58,6 @@ class WithoutVideo(Qwen2_5OmniProcessor):
 
 
 WithoutVideo.__name__ = WithoutVideo.__qualname__ = Qwen2_5OmniProcessor.__name__
-
-
-def add_video_processor_config(folder: Path) -> None:
-    """Give ``processor_config.json`` a ``video_processor`` entry when it has none: the
-    image processor's settings (``AutoVideoProcessor`` takes the class from the model type)."""
-    config_file = folder / PROCESSOR_CONFIG
-    config = json.loads(config_file.read_text())
-    if "video_processor" in config or "image_processor" not in config:
-        return
-    image = config["image_processor"]
-    config["video_processor"] = {k: v for k, v in image.items() if k != "image_processor_type"}
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_omni_processor(path: str | Path) -> Any:

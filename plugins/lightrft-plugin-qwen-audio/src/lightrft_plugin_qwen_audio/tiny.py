@@ -23,24 +23,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.models.tiny import (
+    build_byte_tokenizer,
+    chatml_media_template,
+    save_tiny,
+    tiny_text_config,
+)
 
 AUDIO_TOKENS = ("<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>")
 
 #: ChatML; a message's content is a string or a list of ``{"type": "text"|"audio"}`` parts.
 #: The generation prompt is ``<|im_start|>assistant\n``.
-AUDIO_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' %}{{ '<|audio_bos|><|AUDIO|><|audio_eos|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+AUDIO_CHAT_TEMPLATE = chatml_media_template({"audio": "<|audio_bos|><|AUDIO|><|audio_eos|>"})
 
 SAMPLING_RATE = 16_000
 HOP_LENGTH = 160  # 10 ms frames
@@ -51,15 +45,6 @@ N_MELS = 32
 FRAMES = CHUNK_SECONDS * SAMPLING_RATE // HOP_LENGTH
 SOURCE_POSITIONS = FRAMES // 2
 
-TEXT_HIDDEN = 64
-_TEXT = {
-    "hidden_size": TEXT_HIDDEN,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 1,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 2048,
-}
 _AUDIO = {
     "num_mel_bins": N_MELS,
     "encoder_layers": 2,
@@ -79,10 +64,7 @@ def audio_token_count(frames: int) -> int:
 def build_audio_tokenizer() -> Any:
     """The core's byte tokenizer with the three audio tokens (ids 259..261) and the audio
     chat template."""
-    tokenizer = build_byte_tokenizer()
-    tokenizer.add_tokens(list(AUDIO_TOKENS), special_tokens=True)
-    tokenizer.chat_template = AUDIO_CHAT_TEMPLATE
-    return tokenizer
+    return build_byte_tokenizer(AUDIO_TOKENS, AUDIO_CHAT_TEMPLATE)
 
 
 def build_tiny_processor() -> Any:
@@ -105,15 +87,7 @@ def build_tiny_processor() -> Any:
 def _config(tokenizer: Any) -> Any:
     from transformers import Qwen2AudioConfig
 
-    text = {
-        **_TEXT,
-        "model_type": "qwen2",
-        "vocab_size": len(tokenizer),
-        "bos_token_id": None,
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        "pad_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": False,
-    }
+    text = tiny_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False)
     return Qwen2AudioConfig(
         audio_config=dict(_AUDIO),
         text_config=text,
@@ -134,11 +108,6 @@ def build_tiny_qwen2_audio_model(*, seed: int = 0) -> Any:
 
 def build_tiny_qwen2_audio(path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight Qwen2-Audio and its processor to ``path``; returns it."""
-    path = Path(path)
     processor = build_tiny_processor()
     model = build_tiny_qwen2_audio_model(seed=seed)
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, processor.tokenizer)

@@ -27,7 +27,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.models.tiny import (
+    TINY_DECODER,
+    build_byte_tokenizer,
+    chatml_media_template,
+    save_tiny,
+    tiny_text_config,
+)
 
 from .tiny import build_tiny_processor as build_tiny_audio_processor
 
@@ -44,39 +50,20 @@ OMNI_TOKENS = {
 
 #: ChatML; a message's content is a string or a list of ``{"type": "text"|"image"|"audio"}``
 #: parts. The generation prompt is ``<|im_start|>assistant\n``.
-OMNI_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_bos|><|IMAGE|><|vision_eos|>' }}"
-    "{% elif part['type'] == 'audio' %}{{ '<|audio_bos|><|AUDIO|><|audio_eos|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+OMNI_CHAT_TEMPLATE = chatml_media_template(
+    {
+        "image": "<|vision_bos|><|IMAGE|><|vision_eos|>",
+        "audio": "<|audio_bos|><|AUDIO|><|audio_eos|>",
+    }
 )
 
 #: Image size bounds of the tiny processor, in pixels (after its aspect-preserving resize).
 MIN_PIXELS = 28 * 28
 MAX_PIXELS = 56 * 56
 
-TEXT_HIDDEN = 64
-_TEXT = {
-    "hidden_size": TEXT_HIDDEN,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 1,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 2048,
-    # sections of the rotary half-dimension (head_dim 64 -> 32): time, height, width
-    "rope_parameters": {
-        "rope_type": "default",
-        "rope_theta": 10000.0,
-        "mrope_section": [8, 12, 12],
-    },
-}
+TEXT_HIDDEN = TINY_DECODER["hidden_size"]
+#: Sections of the rotary half-dimension (head_dim 64 -> 32): time, height, width.
+_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12]}
 _VISION = {
     "depth": 2,
     "hidden_size": 32,
@@ -103,8 +90,7 @@ def build_omni_tokenizer() -> Any:
     (``tokenizer.image_token`` ...), and the omni chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    base = build_byte_tokenizer()
-    base.add_tokens(list(OMNI_TOKENS.values()), special_tokens=True)
+    base = build_byte_tokenizer(list(OMNI_TOKENS.values()))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=base.backend_tokenizer,
         bos_token=None,
@@ -144,14 +130,7 @@ def _config(tokenizer: Any) -> Any:
     from transformers import Qwen2_5OmniThinkerConfig
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in OMNI_TOKENS.items()}
-    text = {
-        **_TEXT,
-        "vocab_size": len(tokenizer),
-        "bos_token_id": None,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "tie_word_embeddings": False,
-    }
+    text = tiny_text_config(tokenizer, rope_parameters=dict(_ROPE), tie_word_embeddings=False)
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(_AUDIO),
         vision_config=dict(_VISION),
@@ -184,11 +163,6 @@ def build_tiny_qwen_omni_model(*, seed: int = 0) -> Any:
 def build_tiny_qwen_omni(path: str | Path, *, seed: int = 0) -> Path:
     """Write a tiny random-weight Qwen2.5-Omni thinker and its processor to ``path``;
     returns it."""
-    path = Path(path)
     processor = build_tiny_omni_processor()
     model = build_tiny_qwen_omni_model(seed=seed)
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, processor.tokenizer)

@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-PROCESSOR_CONFIG = "processor_config.json"
+from lightrft_core.models.processors import PROCESSOR_CONFIG, add_video_processor_config
 
 
 @cache
@@ -48,19 +48,6 @@ def image_only_processor_class(processor_class: type) -> type:
     ImageOnly.__name__ = ImageOnly.__qualname__ = processor_class.__name__
     ImageOnly.__doc__ = f"{processor_class.__name__} without a video processor."
     return ImageOnly
-
-
-def add_video_processor_config(folder: Path) -> None:
-    """Give the folder's ``processor_config.json`` a ``video_processor`` entry when it has
-    none: the image processor's settings; ``AutoVideoProcessor`` takes the class from the
-    model type (``config.json``)."""
-    config_file = folder / PROCESSOR_CONFIG
-    config = json.loads(config_file.read_text())
-    if "video_processor" in config or "image_processor" not in config:
-        return
-    image = config["image_processor"]
-    config["video_processor"] = {k: v for k, v in image.items() if k != "image_processor_type"}
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def load_processor(path: str | Path) -> Any:

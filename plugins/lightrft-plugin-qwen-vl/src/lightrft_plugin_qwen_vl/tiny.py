@@ -21,7 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from lightrft_core.models.tiny import build_byte_tokenizer
+from lightrft_core.models.tiny import (
+    TINY_DECODER,
+    build_byte_tokenizer,
+    chatml_media_template,
+    save_tiny,
+    tiny_text_config,
+)
 
 Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -30,33 +36,18 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 
 #: ChatML; a message's content is a string or a list of ``{"type": "text"|"image"|"video"}``
 #: parts. The generation prompt is ``<|im_start|>assistant\n``.
-VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+VL_CHAT_TEMPLATE = chatml_media_template(
+    {
+        "image": "<|vision_start|><|image_pad|><|vision_end|>",
+        "video": "<|vision_start|><|video_pad|><|vision_end|>",
+    }
 )
 
 #: Image size bounds of the tiny processor, in pixels (after its aspect-preserving resize).
 MIN_PIXELS = 28 * 28
 MAX_PIXELS = 56 * 56
 
-TEXT_HIDDEN = 64
-_TEXT = {
-    "hidden_size": TEXT_HIDDEN,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 1,
-    "num_key_value_heads": 1,
-    "max_position_embeddings": 2048,
-}
+TEXT_HIDDEN = TINY_DECODER["hidden_size"]
 #: Sections of the rotary half-dimension (head_dim 64 -> 32) for time, height and width.
 _MROPE_SECTION = [8, 12, 12]
 
@@ -64,10 +55,7 @@ _MROPE_SECTION = [8, 12, 12]
 def build_vl_tokenizer() -> Any:
     """The core's byte tokenizer with the four vision tokens (ids 259..262) and the VL
     chat template."""
-    tokenizer = build_byte_tokenizer()
-    tokenizer.add_tokens(list(VISION_TOKENS), special_tokens=True)
-    tokenizer.chat_template = VL_CHAT_TEMPLATE
-    return tokenizer
+    return build_byte_tokenizer(VISION_TOKENS, VL_CHAT_TEMPLATE)
 
 
 def _token_ids(tokenizer: Any) -> dict[str, int]:
@@ -84,18 +72,8 @@ def _config(family: Family, tokenizer: Any) -> Any:
     """The model config of a family: tiny text and vision parts, the tokenizer's ids."""
     from transformers import AutoConfig
 
-    text = {
-        **_TEXT,
-        "vocab_size": len(tokenizer),
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": list(_MROPE_SECTION),
-        },
-        "bos_token_id": None,
-        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        "pad_token_id": tokenizer.pad_token_id,
-    }
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": list(_MROPE_SECTION)}
+    text = tiny_text_config(tokenizer, rope_parameters=rope)
     if family == "qwen2_vl":
         vision: dict[str, Any] = {
             "depth": 2,
@@ -181,11 +159,6 @@ def build_tiny_qwen_vl_model(family: Family = "qwen2_vl", *, seed: int = 0) -> A
 
 def build_tiny_qwen_vl(path: str | Path, *, family: Family = "qwen2_vl", seed: int = 0) -> Path:
     """Write a tiny random-weight ``family`` model and its processor to ``path``; returns it."""
-    path = Path(path)
     processor = build_tiny_processor(family)
     model = build_tiny_qwen_vl_model(family, seed=seed)
-    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_tiny(path, model, processor, processor.tokenizer)
