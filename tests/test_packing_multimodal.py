@@ -46,7 +46,7 @@ def test_packed_image_rows_equal_the_padded_run(case: str, request: pytest.Fixtu
     torch.manual_seed(0)
     actor = QwenVLActor(QwenVLActor.Config(path=str(path), attn_implementation=attn))
     batch = make_vl_batch(path, ROWS)
-    ids, mask, images = batch.sequences, batch.attention_mask, batch.images()
+    ids, mask, images = batch.sequences, batch.attention_mask, batch.modal_inputs()
     # in input order, next fit into rows of the longest:
     # (1 image, 2 images) | text | (1 image, text)
     packed = pack_padded_rows(ids, mask, keep_order=True)
@@ -88,7 +88,7 @@ def test_packed_audio_rows_equal_the_padded_run(request: pytest.FixtureRequest) 
     ids, mask = batch.sequences, batch.attention_mask
     # next fit: text | (a clip, a clip)
     assert [s.row for s in pack_padded_rows(ids, mask, keep_order=True).spans] == [0, 1, 1]
-    _assert_packed_equals_padded(actor, ids, mask, batch.audios())
+    _assert_packed_equals_padded(actor, ids, mask, batch.modal_inputs())
 
 
 def test_actors_without_packed_media_rows_are_refused() -> None:

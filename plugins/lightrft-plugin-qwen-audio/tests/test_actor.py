@@ -12,9 +12,10 @@ from lightrft_core.interfaces import Actor
 from lightrft_core.models.critic import CriticModel
 from lightrft_core.plugins import PluginManager
 from lightrft_core.testing import ActorConformance
+from lightrft_core.testing.media import MediaBatch
 from lightrft_plugin_qwen_audio.actor import QwenAudioActor
 from lightrft_plugin_qwen_audio.position_embedding import AudioPositionEmbeddingPatch
-from lightrft_plugin_qwen_audio.testing import AudioBatch, AudioRow, make_audio_batch
+from lightrft_plugin_qwen_audio.testing import AudioRow, make_audio_batch
 
 
 def make_actor(path: Path, **options: object) -> QwenAudioActor:
@@ -23,7 +24,7 @@ def make_actor(path: Path, **options: object) -> QwenAudioActor:
     )
 
 
-def naive_log_probs(actor: QwenAudioActor, batch: AudioBatch) -> torch.Tensor:
+def naive_log_probs(actor: QwenAudioActor, batch: MediaBatch) -> torch.Tensor:
     """``log_softmax`` of the full logits of transformers' own forward (its encoder
     unpatched), gathered."""
     model = actor.base_model
@@ -32,7 +33,9 @@ def naive_log_probs(actor: QwenAudioActor, batch: AudioBatch) -> torch.Tensor:
     try:
         with torch.no_grad():
             logits = model(
-                input_ids=batch.sequences, attention_mask=batch.attention_mask, **batch.audios()
+                input_ids=batch.sequences,
+                attention_mask=batch.attention_mask,
+                **batch.modal_inputs(),
             ).logits  # [B, T, V]
     finally:
         patch.apply()
@@ -62,7 +65,9 @@ def test_log_probs_equal_a_naive_forward(
 ) -> None:
     batch = make_audio_batch(tiny_qwen_audio_dir, rows)
     with torch.no_grad():
-        out = actor(batch.sequences, batch.attention_mask, return_entropy=True, **batch.audios())
+        out = actor(
+            batch.sequences, batch.attention_mask, return_entropy=True, **batch.modal_inputs()
+        )
     expected = naive_log_probs(actor, batch)
     assert out.log_probs.shape == expected.shape == (len(rows), batch.sequences.shape[1] - 1)
     assert torch.allclose(out.log_probs, expected, atol=1e-5, rtol=0)
@@ -71,7 +76,7 @@ def test_log_probs_equal_a_naive_forward(
 
 def test_the_clips_change_the_log_probs(actor: QwenAudioActor, tiny_qwen_audio_dir: Path) -> None:
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(1, 4)])
-    audio = batch.audios()
+    audio = batch.modal_inputs()
     silent = {**audio, "input_features": torch.zeros_like(audio["input_features"])}
     with torch.no_grad():
         heard = actor(batch.sequences, batch.attention_mask, **audio).log_probs
@@ -80,7 +85,7 @@ def test_the_clips_change_the_log_probs(actor: QwenAudioActor, tiny_qwen_audio_d
 
 
 def _loss_gradients(
-    actor: QwenAudioActor, batch: AudioBatch, micro_batches: int
+    actor: QwenAudioActor, batch: MediaBatch, micro_batches: int
 ) -> dict[str, torch.Tensor]:
     """Gradients of ``-sum(log_probs * mask) / tokens`` accumulated over micro-batches,
     each scaled by the whole batch's token count."""
@@ -91,7 +96,7 @@ def _loss_gradients(
     size = rows // micro_batches
     for start in range(0, rows, size):
         part = slice(start, start + size)
-        out = actor(batch.sequences[part], batch.attention_mask[part], **batch.audios(part))
+        out = actor(batch.sequences[part], batch.attention_mask[part], **batch.modal_inputs(part))
         (-(out.log_probs * valid[part]).sum() / tokens).backward()
     return {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}
 
@@ -162,8 +167,8 @@ def test_synced_weights_merge_lora(tiny_qwen_audio_dir: Path) -> None:
     plain.load_state_dict(weights)
     merged = QwenAudioActor.from_model(plain.eval())
     with torch.no_grad():
-        expected = actor.eval()(batch.sequences, batch.attention_mask, **batch.audios())
-        got = merged(batch.sequences, batch.attention_mask, **batch.audios())
+        expected = actor.eval()(batch.sequences, batch.attention_mask, **batch.modal_inputs())
+        got = merged(batch.sequences, batch.attention_mask, **batch.modal_inputs())
     assert torch.allclose(got.log_probs, expected.log_probs, atol=1e-5)
 
 
@@ -173,7 +178,7 @@ def test_a_critic_trunk_reads_the_clips(tiny_qwen_audio_dir: Path) -> None:
         tiny_qwen_audio_dir, init_std=0.1, actor_class=QwenAudioActor
     ).eval()
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(1, 3), AudioRow(0, 5)])
-    audio = batch.audios()
+    audio = batch.modal_inputs()
     silent = {**audio, "input_features": torch.zeros_like(audio["input_features"])}
 
     def values(media: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -200,9 +205,9 @@ def test_one_sequence_read_as_a_packed_row_scores_the_same(
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(1, 2)])
     positions = torch.arange(batch.sequences.shape[1]).unsqueeze(0)
     with torch.no_grad():
-        padded = actor(batch.sequences, batch.attention_mask, **batch.audios()).log_probs
+        padded = actor(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs
         packed = actor(
-            batch.sequences, batch.attention_mask, position_ids=positions, **batch.audios()
+            batch.sequences, batch.attention_mask, position_ids=positions, **batch.modal_inputs()
         ).log_probs
     assert padded.abs().sum() > 0
     assert torch.allclose(packed, padded, atol=1e-5)
@@ -212,10 +217,10 @@ def test_clips_must_match_the_placeholders(
     actor: QwenAudioActor, tiny_qwen_audio_dir: Path
 ) -> None:
     batch = make_audio_batch(tiny_qwen_audio_dir, [AudioRow(2, 2)])
-    one_clip = {k: v[:1] for k, v in batch.audios().items()}
+    one_clip = {k: v[:1] for k, v in batch.modal_inputs().items()}
     with pytest.raises(ValueError, match=r"placeholder tokens but the 1 clip\(s\) make"):
         actor(batch.sequences, batch.attention_mask, **one_clip)
-    features_only = {"input_features": batch.audios()["input_features"]}
+    features_only = {"input_features": batch.modal_inputs()["input_features"]}
     with pytest.raises(ValueError, match="together"):
         actor(batch.sequences, batch.attention_mask, **features_only)
     with pytest.raises(ValueError, match="extra inputs"):

@@ -11,15 +11,16 @@ import torch
 from lightrft_core.interfaces import Actor
 from lightrft_core.plugins import PluginManager
 from lightrft_core.testing import ActorConformance
+from lightrft_core.testing.media import MediaBatch
 from lightrft_plugin_qwen_vl.actor import QwenVLActor
-from lightrft_plugin_qwen_vl.testing import VLBatch, VLRow, make_vl_batch
+from lightrft_plugin_qwen_vl.testing import VLRow, make_vl_batch
 
 
 def make_actor(path: Path, **options: object) -> QwenVLActor:
     return QwenVLActor(QwenVLActor.Config(path=str(path), attn_implementation="eager", **options))
 
 
-def naive_log_probs(actor: QwenVLActor, batch: VLBatch) -> torch.Tensor:
+def naive_log_probs(actor: QwenVLActor, batch: MediaBatch) -> torch.Tensor:
     """``log_softmax`` of the full logits of the HF model's own forward, gathered."""
     model = actor.base_model
     ids = batch.sequences
@@ -29,7 +30,7 @@ def naive_log_probs(actor: QwenVLActor, batch: VLBatch) -> torch.Tensor:
             input_ids=ids,
             attention_mask=batch.attention_mask,
             mm_token_type_ids=token_types,
-            **batch.images(),
+            **batch.modal_inputs(),
         ).logits  # [B, T, V]
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     gathered = log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
@@ -50,7 +51,9 @@ def test_log_probs_equal_a_naive_forward(family_dir: Path, rows: list[VLRow]) ->
     actor = make_actor(family_dir, logprob_chunk_size=7).eval()
     batch = make_vl_batch(family_dir, rows)
     with torch.no_grad():
-        out = actor(batch.sequences, batch.attention_mask, return_entropy=True, **batch.images())
+        out = actor(
+            batch.sequences, batch.attention_mask, return_entropy=True, **batch.modal_inputs()
+        )
     expected = naive_log_probs(actor, batch)
     assert out.log_probs.shape == expected.shape == (len(rows), batch.sequences.shape[1] - 1)
     assert torch.allclose(out.log_probs, expected, atol=1e-5, rtol=0)
@@ -61,20 +64,20 @@ def test_a_row_scores_the_same_alone_and_in_a_mixed_batch(tiny_qwen_vl_dir: Path
     actor = make_actor(tiny_qwen_vl_dir).eval()
     batch = make_vl_batch(tiny_qwen_vl_dir, BATCHES["mixed_text_and_image_rows"])
     with torch.no_grad():
-        together = actor(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        together = actor(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs
         for r in range(len(batch.modal)):
             rows = slice(r, r + 1)
             length = int(batch.attention_mask[r].sum())
             alone = actor(
                 batch.sequences[rows, :length],
                 batch.attention_mask[rows, :length],
-                **batch.images(rows),
+                **batch.modal_inputs(rows),
             ).log_probs
             assert torch.allclose(together[r, : length - 1], alone[0], atol=1e-5)
 
 
 def _loss_gradients(
-    actor: QwenVLActor, batch: VLBatch, micro_batches: int
+    actor: QwenVLActor, batch: MediaBatch, micro_batches: int
 ) -> dict[str, torch.Tensor]:
     """Gradients of ``-sum(log_probs * mask) / tokens`` accumulated over micro-batches,
     each scaled by the whole batch's token count."""
@@ -85,7 +88,7 @@ def _loss_gradients(
     size = rows // micro_batches
     for start in range(0, rows, size):
         part = slice(start, start + size)
-        out = actor(batch.sequences[part], batch.attention_mask[part], **batch.images(part))
+        out = actor(batch.sequences[part], batch.attention_mask[part], **batch.modal_inputs(part))
         (-(out.log_probs * valid[part]).sum() / tokens).backward()
     return {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}
 
@@ -120,7 +123,7 @@ def test_freeze_vision_tower_freezes_exactly_the_vision_parameters(family_dir: P
     assert frozen == {n for n in names if n.startswith("model.visual.")}
     assert any("merger" in n for n in frozen)
     batch = make_vl_batch(family_dir, [VLRow(2, 3)])
-    actor(batch.sequences, batch.attention_mask, **batch.images()).log_probs.sum().backward()
+    actor(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs.sum().backward()
     assert all(names[n].grad is None for n in frozen)
     assert all(p.grad is not None for n, p in names.items() if n not in frozen)
 
@@ -178,11 +181,13 @@ def test_synced_weights_merge_lora_and_reproduce_the_log_probs(family_dir: Path)
     config = QwenVLActor.Config(attn_implementation="eager")
     batch = make_vl_batch(family_dir, BATCHES["mixed_text_and_image_rows"])
     with torch.no_grad():
-        expected = actor(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        expected = actor(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs
         base = QwenVLActor.from_model(plain, config).eval()
-        without_adapters = base(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        without_adapters = base(
+            batch.sequences, batch.attention_mask, **batch.modal_inputs()
+        ).log_probs
         plain.load_state_dict(synced)
-        got = base(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        got = base(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs
     assert not torch.allclose(without_adapters, expected, atol=1e-3)  # the adapters matter
     assert torch.allclose(got, expected, atol=1e-5)
 
@@ -194,9 +199,9 @@ def test_one_sequence_read_as_a_packed_row_scores_the_same(tiny_qwen_vl_dir: Pat
     batch = make_vl_batch(tiny_qwen_vl_dir, [VLRow(1, 2)])
     positions = torch.arange(batch.sequences.shape[1]).unsqueeze(0)
     with torch.no_grad():
-        padded = actor(batch.sequences, batch.attention_mask, **batch.images()).log_probs
+        padded = actor(batch.sequences, batch.attention_mask, **batch.modal_inputs()).log_probs
         packed = actor(
-            batch.sequences, batch.attention_mask, position_ids=positions, **batch.images()
+            batch.sequences, batch.attention_mask, position_ids=positions, **batch.modal_inputs()
         ).log_probs
     assert padded.abs().sum() > 0
     assert torch.allclose(packed, padded, atol=1e-5)
@@ -205,7 +210,7 @@ def test_one_sequence_read_as_a_packed_row_scores_the_same(tiny_qwen_vl_dir: Pat
 def test_image_inputs_must_match_the_placeholders(tiny_qwen_vl_dir: Path) -> None:
     actor = make_actor(tiny_qwen_vl_dir)
     batch = make_vl_batch(tiny_qwen_vl_dir, [VLRow(2, 2)])
-    images = batch.images()
+    images = batch.modal_inputs()
     one_image = {
         "pixel_values": images["pixel_values"][: int(images["image_grid_thw"][0].prod())],
         "image_grid_thw": images["image_grid_thw"][:1],

@@ -56,7 +56,7 @@ def test_the_tower_runs_before_the_decoder_layers_with_or_without_images(
     for rows in ([VLRow(1, 3)], [VLRow(0, 3)]):
         batch = make_vl_batch(tiny_qwen_vl_dir, rows)
         order.clear()
-        actor(batch.sequences, batch.attention_mask, **batch.images())
+        actor(batch.sequences, batch.attention_mask, **batch.modal_inputs())
         assert order == ["model.visual.blocks.0", "model.language_model.layers.0"], rows
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from lightrft_core.testing.media import MediaBatch
 
 
 @pytest.fixture(scope="session")
@@ -58,28 +61,14 @@ class AudioRow:
     response: int
 
 
-@dataclass
-class AudioBatch:
-    """Right-padded rows and each row's media (``None`` for a text-only row)."""
-
-    sequences: Any  # [B, T] int64
-    attention_mask: Any  # [B, T]
-    modal: list[Any]  # MultiModalInputs | None per row
-
-    def audios(self, rows: slice = slice(None)) -> dict[str, Any]:
-        """The collated audio inputs of ``rows`` (empty when none has a clip)."""
-        from lightrft_core.interfaces.multimodal import collate_modal_inputs
-
-        return collate_modal_inputs(self.modal[rows])
-
-
-def make_audio_batch(path: str | Path, rows: list[AudioRow], *, seed: int = 0) -> AudioBatch:
+def make_audio_batch(path: str | Path, rows: list[AudioRow], *, seed: int = 0) -> MediaBatch:
     """Rows ``<chat prompt with clips><response>``, right-padded with the pad token, built
     with the folder's processor (``<|AUDIO|>`` placeholders expanded)."""
     import torch
     from transformers import AutoProcessor
 
     from lightrft_core.interfaces.multimodal import MultiModalInputs
+    from lightrft_core.testing.media import padded_media_batch
 
     processor = AutoProcessor.from_pretrained(path)
     rate = processor.feature_extractor.sampling_rate
@@ -99,10 +88,4 @@ def make_audio_batch(path: str | Path, rows: list[AudioRow], *, seed: int = 0) -
         ids.append(torch.cat([out["input_ids"][0], response]))
         tensors = {k: out[k] for k in ("input_features", "feature_attention_mask") if k in out}
         modal.append(MultiModalInputs(tensors=tensors, audios=clips) if clips else None)
-    length = max(len(x) for x in ids)
-    sequences = torch.full((len(ids), length), processor.tokenizer.pad_token_id)
-    mask = torch.zeros_like(sequences)
-    for r, x in enumerate(ids):
-        sequences[r, : len(x)] = x
-        mask[r, : len(x)] = 1
-    return AudioBatch(sequences, mask, modal)
+    return padded_media_batch(ids, modal, processor.tokenizer.pad_token_id)

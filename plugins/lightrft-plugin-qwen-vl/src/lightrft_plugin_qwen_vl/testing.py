@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from lightrft_core.testing.media import MediaBatch
 
 
 @pytest.fixture(scope="session")
@@ -57,28 +60,14 @@ class VLRow:
     response: int
 
 
-@dataclass
-class VLBatch:
-    """Right-padded rows and each row's media (``None`` for a text-only row)."""
-
-    sequences: Any  # [B, T] int64
-    attention_mask: Any  # [B, T]
-    modal: list[Any]  # MultiModalInputs | None per row
-
-    def images(self, rows: slice = slice(None)) -> dict[str, Any]:
-        """The collated image inputs of ``rows`` (empty when none has an image)."""
-        from lightrft_core.interfaces.multimodal import collate_modal_inputs
-
-        return collate_modal_inputs(self.modal[rows])
-
-
-def make_vl_batch(path: str | Path, rows: list[VLRow], *, seed: int = 0) -> VLBatch:
+def make_vl_batch(path: str | Path, rows: list[VLRow], *, seed: int = 0) -> MediaBatch:
     """Rows ``<chat prompt with images><response>``, right-padded with the pad token, built
     with the folder's processor (image placeholders expanded)."""
     import torch
     from PIL import Image
 
     from lightrft_core.interfaces.multimodal import MultiModalInputs
+    from lightrft_core.testing.media import padded_media_batch
 
     from .processing import load_processor
 
@@ -99,10 +88,4 @@ def make_vl_batch(path: str | Path, rows: list[VLRow], *, seed: int = 0) -> VLBa
         ids.append(torch.cat([out["input_ids"][0], response]))
         tensors = {k: out[k] for k in ("pixel_values", "image_grid_thw") if k in out}
         modal.append(MultiModalInputs(images=images, tensors=tensors) if images else None)
-    length = max(len(x) for x in ids)
-    sequences = torch.full((len(ids), length), processor.tokenizer.pad_token_id)
-    mask = torch.zeros_like(sequences)
-    for r, x in enumerate(ids):
-        sequences[r, : len(x)] = x
-        mask[r, : len(x)] = 1
-    return VLBatch(sequences, mask, modal)
+    return padded_media_batch(ids, modal, processor.tokenizer.pad_token_id)
