@@ -9,12 +9,13 @@ weight sync) are the same for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from ..interfaces import Actor, ActorOutput
+from .encoders import freeze_under, lora_linear_names
 from .logprobs import chunked_token_log_probs
 from .options import dtype_name
 from .weights import merged_weights
@@ -69,6 +70,22 @@ class PretrainedActor(Actor):
             **options,
         )
         return get_peft_model(model, lora)
+
+    def _hold(
+        self, model: torch.nn.Module, *, lora_exclude: Sequence[str], frozen: Sequence[str]
+    ) -> None:
+        """Hold ``model`` as ``self.model``: with LoRA on (``lora_rank > 0``), adapters on
+        its linear layers named in ``lora_target_modules`` (every one when null) outside the
+        prefixes ``lora_exclude`` (``encoders.py``); the parameters under the prefixes
+        ``frozen`` not trained; gradient checkpointing on when the options ask."""
+        cfg = self.config
+        if cfg.lora_rank > 0:
+            targets = lora_linear_names(model, cfg.lora_target_modules, exclude=lora_exclude)
+            model = self._with_lora(model, targets)
+        self.model = model
+        freeze_under(self.base_model, frozen)
+        if cfg.gradient_checkpointing:
+            self.gradient_checkpointing_enable()
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint every layer (non-reentrant); turns the KV cache off."""

@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from lightrft_core.actors.encoders import freeze_under, lora_linear_names
 from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
 from lightrft_core.actors.packing import packed_causal_mask
 from lightrft_core.actors.pretrained import PretrainedActor
@@ -94,16 +93,11 @@ class QwenAudioActor(PretrainedActor):
         )
         # transformers builds the encoder's position table frozen; from_pretrained loses that
         model.model.audio_tower.embed_positions.requires_grad_(False)
-        if cfg.lora_rank > 0:
-            exclude = () if cfg.lora_audio_encoder else AUDIO_PREFIXES
-            model = self._with_lora(
-                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
-            )
-        self.model = model
-        if cfg.freeze_audio_encoder:
-            freeze_under(self.base_model, AUDIO_PREFIXES)
-        if cfg.gradient_checkpointing:
-            self.gradient_checkpointing_enable()
+        self._hold(
+            model,
+            lora_exclude=() if cfg.lora_audio_encoder else AUDIO_PREFIXES,
+            frozen=AUDIO_PREFIXES if cfg.freeze_audio_encoder else (),
+        )
 
     # ---------------------------------------------------------------- model parts
     @classmethod

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 
-from lightrft_core.actors.encoders import freeze_under, lora_linear_names
 from lightrft_core.actors.media import (
     blank_grid_image,
     features_at_placeholders,
@@ -98,18 +97,12 @@ class QwenOmniActor(PretrainedActor):
         model = load_pretrained(
             Qwen2_5OmniThinkerForConditionalGeneration, cfg, actor=self.name, model=model
         )
-        if cfg.lora_rank > 0:
-            exclude = () if cfg.lora_encoders else VISION_PREFIXES + AUDIO_PREFIXES
-            model = self._with_lora(
-                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
-            )
-        self.model = model
-        if cfg.freeze_vision_encoder:
-            freeze_under(self.base_model, VISION_PREFIXES)
-        if cfg.freeze_audio_encoder:
-            freeze_under(self.base_model, AUDIO_PREFIXES)
-        if cfg.gradient_checkpointing:
-            self.gradient_checkpointing_enable()
+        self._hold(
+            model,
+            lora_exclude=() if cfg.lora_encoders else VISION_PREFIXES + AUDIO_PREFIXES,
+            frozen=(VISION_PREFIXES if cfg.freeze_vision_encoder else ())
+            + (AUDIO_PREFIXES if cfg.freeze_audio_encoder else ()),
+        )
 
     # ---------------------------------------------------------------- model parts
     @classmethod

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from lightrft_core.actors.encoders import freeze_under, lora_linear_names
 from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
 from lightrft_core.actors.packing import packed_causal_mask
 from lightrft_core.actors.pretrained import PretrainedActor
@@ -85,16 +84,11 @@ class QwenVLActor(PretrainedActor):
         from transformers import AutoModelForImageTextToText
 
         model = load_pretrained(AutoModelForImageTextToText, cfg, actor=self.name, model=model)
-        if cfg.lora_rank > 0:
-            exclude = () if cfg.lora_vision_tower else VISION_PREFIXES
-            model = self._with_lora(
-                model, lora_linear_names(model, cfg.lora_target_modules, exclude=exclude)
-            )
-        self.model = model
-        if cfg.freeze_vision_tower:
-            freeze_under(self.base_model, VISION_PREFIXES)
-        if cfg.gradient_checkpointing:
-            self.gradient_checkpointing_enable()
+        self._hold(
+            model,
+            lora_exclude=() if cfg.lora_vision_tower else VISION_PREFIXES,
+            frozen=VISION_PREFIXES if cfg.freeze_vision_tower else (),
+        )
 
     # ---------------------------------------------------------------- model parts
     @classmethod
