@@ -13,7 +13,7 @@ from lightrft_cli.progress import progress_bars
 from lightrft_core.plugins import get_plugin_manager
 
 from .run import AudioDemoPlan, run_audio_demo
-from .task import QUESTION
+from .task import PITCHES, QUESTION
 
 
 def run_cli(
@@ -34,7 +34,7 @@ def run_cli(
     plan = AudioDemoPlan(output_dir=output, algorithm=algorithm, seed=seed, rl_overrides=overrides)
     with progress_bars(console) as bars:
         result = run_audio_demo(plan, manager=manager, console=console, progress=bars)
-    table = Table(title=f"Demo: {algorithm} on the beep-counting task (held-out clips, greedy)")
+    table = Table(title=f"Demo: {algorithm} on the pitch task (held-out clips, greedy)")
     for column in ("", "accuracy"):
         table.add_column(column)
     table.add_row("after SFT (before RL)", f"{result.accuracy_before:.1%}")
@@ -42,7 +42,7 @@ def run_cli(
     change = result.accuracy_after - result.accuracy_before
     table.add_row("change", f"{change * 100:+.1f} points")
     table.add_row(f"after {algorithm}, silent clips", f"{result.accuracy_silent:.1%}")
-    table.add_row("chance", f"{1 / plan.task.max_beeps:.1%}")
+    table.add_row("chance", f"{1 / len(PITCHES):.1%}")
     console.print(table)
     console.print(f"curves: {result.curves}")
     console.print(f"model (Hugging Face format, with its processor): {result.final_model}")

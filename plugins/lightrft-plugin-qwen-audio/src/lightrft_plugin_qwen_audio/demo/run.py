@@ -1,4 +1,4 @@
-"""``lightrft demo --task audio``: a tiny Qwen2-Audio and the beep-counting task -> SFT
+"""``lightrft demo --task audio``: a tiny Qwen2-Audio and the pitch task -> SFT
 warm-up (the answer's form only) -> GRPO through ``lightrft train``'s code -> held-out
 accuracy, and the same model on silent clips as the control (task.py says why)."""
 
@@ -15,7 +15,7 @@ from lightrft_core.demo.run import DemoResult, demo_config, sft_then_rl
 from lightrft_core.plugins import PluginManager, get_plugin_manager
 
 from ..tiny import build_tiny_qwen2_audio
-from .task import BeepTask, write_task_data
+from .task import PitchTask, write_task_data
 
 #: The configuration files the demo runs (also shipped as examples/demo_audio_*.yaml).
 CONFIG_FILES = {"sft": "audio_sft.yaml", "rl": "audio_grpo.yaml"}
@@ -33,12 +33,10 @@ class AudioDemoPlan:
 
     output_dir: Path
     algorithm: str = "grpo"
-    task: BeepTask = field(default_factory=BeepTask)
+    task: PitchTask = field(default_factory=PitchTask)
     seed: int = 0
     sft_examples: int = 2_048
-    #: SFT rows with a clip and its true count (the rest: the answer's form only; task.py).
-    sft_heard: int = 256
-    rl_prompts: int = 1_600
+    rl_prompts: int = 6_400
     held_out: int = 256
     rl_overrides: Sequence[str] = ()
     sft_overrides: Sequence[str] = ()
@@ -110,7 +108,6 @@ def prepare(plan: AudioDemoPlan) -> None:
         rl=plan.rl_prompts,
         held_out=plan.held_out,
         seed=plan.seed,
-        heard=plan.sft_heard,
     )
 
 

@@ -1,18 +1,19 @@
-"""The audio demo's task: count the beeps in a short clip.
+"""The audio demo's task: say how high the tone in a short clip is.
 
-Each clip is one second of 16 kHz mono audio: one to ``max_beeps`` short tone bursts (one
-pitch per clip, drawn from a range) at random places on a quiet noise floor. The question
-never says the count, so a model can only answer it by listening: with a silent clip every
-answer is a guess (chance is ``1 / max_beeps``). Made with numpy, deterministic from the
-seed, written as 16-bit WAV files with the standard library; no download.
+Each clip is one second of 16 kHz mono audio: a tone in one of four pitch bands an octave
+apart (``PITCHES``: about 300, 600, 1,200 and 2,400 Hz; the exact pitch, its onset, length
+and loudness random) on a quiet noise floor. The bands fall on separate bins of the tiny
+model's 32-bin mel spectrogram. The question never says the band, so a model can only
+answer it by listening: with a silent clip every answer is a guess (chance is
+``1 / len(PITCHES)``). Made with numpy, deterministic from the seed, written as 16-bit WAV
+files with the standard library; no download.
 
 Splits: RL prompts (``train.jsonl``), held-out prompts (``eval.jsonl``, clips never heard
 in training) and the same held-out prompts with a silent clip (``eval_silent.jsonl``, the
-control). The SFT warm-up (``sft.jsonl``) is partial on purpose: most rows teach only the
-answer's form (the question with no clip, answered with a random count), and a few
-(``heard``) carry a clip of their own with its true count -- too few to learn counting, enough
-to start linking a sound to a number. RL from the verifiable reward (the exact count) has
-to finish teaching the model to listen.
+control). The SFT warm-up (``sft.jsonl``) teaches only the answer's form: the question with
+the silent clip, answered with a random band name -- so after it the model answers with a
+band name, also with a clip in the prompt, but has never linked a sound to one; RL from the
+verifiable reward (the exact name) has to teach it to listen.
 """
 
 from __future__ import annotations
@@ -26,47 +27,47 @@ from typing import Any
 import numpy as np
 
 SAMPLING_RATE = 16_000
-QUESTION = "How many beeps?"
+#: Band names and their centre pitch in Hz, an octave apart (the first letters differ).
+PITCHES: dict[str, float] = {"low": 300.0, "mid": 600.0, "high": 1_200.0, "top": 2_400.0}
+QUESTION = "How high is the tone?"
 
 
 @dataclass(frozen=True)
-class BeepTask:
-    """Clips of ``1..max_beeps`` tone bursts; the answer is their count as a digit.
+class PitchTask:
+    """Clips of one tone; the answer is the name of its pitch band.
 
-    The clip is cut into ``slots`` equal slots and each beep starts somewhere in its own
-    slot, so beeps never overlap and are at least ``slot - beep`` seconds apart."""
+    A tone's pitch is its band's centre times a random factor in ``[1 - spread, 1 + spread]``
+    (0.15: bands 1.48x apart at their nearest edges); it lasts ``min_seconds`` to the whole
+    clip and starts anywhere it fits."""
 
-    max_beeps: int = 4
     seconds: float = 1.0
-    slots: int = 6
-    beep_seconds: float = 0.08
-    min_hz: float = 500.0
-    max_hz: float = 1_500.0
+    spread: float = 0.15
+    min_seconds: float = 0.3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_beeps <= min(self.slots, 9):
-            raise ValueError(f"max_beeps must be in [1, min(slots, 9)], got {self.max_beeps}")
-        if self.beep_seconds >= self.seconds / self.slots:
-            raise ValueError("beep_seconds must be shorter than one slot (seconds / slots)")
+        if not 0 <= self.spread < 1 / 3:  # (1 + s) < 2 (1 - s): bands never overlap
+            raise ValueError(f"spread must be in [0, 1/3), got {self.spread}")
+        if not 0 < self.min_seconds <= self.seconds:
+            raise ValueError("min_seconds must be in (0, seconds]")
 
     @property
     def answers(self) -> list[str]:
-        return [str(n) for n in range(1, self.max_beeps + 1)]
+        return list(PITCHES)
 
     def clip(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         """A float32 waveform in [-1, 1] at :data:`SAMPLING_RATE` and its answer."""
-        count = int(rng.integers(1, self.max_beeps + 1))
+        answer = self.answers[int(rng.integers(len(PITCHES)))]
+        hz = PITCHES[answer] * rng.uniform(1 - self.spread, 1 + self.spread)
         length = round(self.seconds * SAMPLING_RATE)
         audio = rng.normal(0.0, rng.uniform(0.002, 0.01), length)
-        slot = length // self.slots
-        beep = round(self.beep_seconds * SAMPLING_RATE)
-        t = np.arange(beep) / SAMPLING_RATE
-        fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.005)  # 5 ms ramps, no clicks
-        tone = np.sin(2 * np.pi * rng.uniform(self.min_hz, self.max_hz) * t) * fade
-        for index in np.sort(rng.choice(self.slots, size=count, replace=False)):
-            start = index * slot + int(rng.integers(0, slot - beep + 1))
-            audio[start : start + beep] += rng.uniform(0.3, 0.6) * tone
-        return np.clip(audio, -1.0, 1.0).astype(np.float32), str(count)
+        tone_length = int(rng.integers(round(self.min_seconds * SAMPLING_RATE), length + 1))
+        start = int(rng.integers(0, length - tone_length + 1))
+        t = np.arange(tone_length) / SAMPLING_RATE
+        fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms ramps, no clicks
+        phase = rng.uniform(0, 2 * np.pi)
+        tone = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * hz * t + phase) * fade
+        audio[start : start + tone_length] += tone
+        return np.clip(audio, -1.0, 1.0).astype(np.float32), answer
 
 
 def write_wav(path: Path, audio: np.ndarray) -> None:
@@ -91,19 +92,15 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def write_task_data(
     directory: str | Path,
-    task: BeepTask,
+    task: PitchTask,
     *,
     sft: int,
     rl: int,
     held_out: int,
     seed: int,
-    heard: int = 0,
 ) -> dict[str, Path]:
-    """Clips under ``directory/audio`` and the four JSONL files (module docstring): ``sft``
-    SFT rows of which ``heard`` (the first ones) have a clip; audio paths in the rows are
-    relative to ``directory``."""
-    if not 0 <= heard <= sft:
-        raise ValueError(f"heard must be in [0, sft={sft}], got {heard}")
+    """Clips under ``directory/audio`` and the four JSONL files (module docstring); audio
+    paths in the rows are relative to ``directory``."""
     directory = Path(directory)
     clips = directory / "audio"
     clips.mkdir(parents=True, exist_ok=True)
@@ -121,16 +118,13 @@ def write_task_data(
     train, held = recordings("train", rl), recordings("eval", held_out)
     write_wav(clips / "silent.wav", np.zeros(round(task.seconds * SAMPLING_RATE)))
     silent = [_row("audio/silent.wav", r["answer"]) for r in held]
-    demonstrations = [
-        {"prompt": QUESTION, "audios": r["audios"], "response": r["answer"]}
-        for r in recordings("sft", heard)
-    ]
     answers = task.answers
-    demonstrations += [
-        {"prompt": QUESTION, "response": answers[int(rng.integers(len(answers)))]}
-        for _ in range(sft - heard)
+    sft_rows = [  # a clip of their own, answered with a name drawn apart from it
+        {**r, "answer": None, "response": answers[int(rng.integers(len(answers)))]}
+        for r in recordings("sft", sft)
     ]
-    sft_rows = [demonstrations[i] for i in rng.permutation(sft)]
+    for r in sft_rows:
+        del r["answer"]
     return {
         "sft": _write_jsonl(directory / "sft.jsonl", sft_rows),
         "train": _write_jsonl(directory / "train.jsonl", train),
