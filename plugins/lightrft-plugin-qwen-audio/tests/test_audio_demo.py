@@ -127,12 +127,11 @@ def manager() -> PluginManager:
 
 
 def _plan(output: Path) -> AudioDemoPlan:
-    """The demo shrunk to seconds: 64 SFT rows (8 with a clip) in batches of 16, one GRPO step
-    of 4 clips x 4 samples, 4 held-out clips."""
+    """The demo shrunk to seconds: 64 SFT rows in batches of 16, two GRPO steps of 4 clips x 4
+    samples, 4 held-out clips."""
     return AudioDemoPlan(
         output_dir=output,
         sft_examples=64,
-        sft_heard=8,
         rl_prompts=8,
         held_out=4,
         sft_overrides=[
@@ -142,8 +141,8 @@ def _plan(output: Path) -> AudioDemoPlan:
             "logging.tensorboard=false",
         ],
         rl_overrides=[
-            "trainer.max_steps=1",
-            "trainer.eval_every=1",
+            "trainer.max_steps=2",
+            "trainer.eval_every=2",
             "trainer.prompts_per_step=4",
             "engine.n_samples_per_prompt=4",
             "logging.tensorboard=false",
