@@ -181,7 +181,7 @@ def test_engine_log_probs_equal_the_actors_before_and_after_an_update(
         actor = trainer._log_probs(trainer.actor, rollout)
         engine = rollout.engine_log_probs * rollout.action_mask
         assert torch.allclose(actor, engine, atol=1e-4), (actor - engine).abs().max()
-        trainer._score_rollout(rollout)
+        trainer._score_rollout(rollout, "pass")
         trainer._advantages(rollout)
         trainer._train(rollout, step)
 
