@@ -522,17 +522,42 @@ def test_a_judge_trained_with_sft_drives_grpo(fast_tiny_model_dir, trained_judge
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4 + 0.25, rewards
 
 
+#: Run in a child process: an in-process vLLM engine keeps its ``torch.distributed`` group
+#: until the interpreter exits, which later tests (that must start without one) would see.
+_VLLM_JUDGE = """
+import json, os, sys
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import lightrft_plugin_vllm.plugin
+from lightrft_core.interfaces import RewardInput
+from lightrft_core.plugins import get_plugin_manager
+import test_judge_reward as t
+
+get_plugin_manager().register(lightrft_plugin_vllm.plugin, name="vllm")
+batch, _ = t.held_out()
+batch = RewardInput(prompts=batch.prompts[:16], responses=batch.responses[:16])
+judge = Path(sys.argv[2])
+hf = t.verdicts_of(judge, batch)
+options = {"dtype": "float32", "max_model_len": 128, "enforce_eager": True}
+vllm = t.verdicts_of(judge, batch, engine="vllm", engine_options=options)
+print(json.dumps({name: {"texts": out.texts, "rewards": out.rewards.tolist()}
+                  for name, out in (("hf", hf), ("vllm", vllm))}))
+"""
+
+
 @pytest.mark.slow
 def test_a_vllm_judge_gives_the_verdicts_of_the_hf_one(trained_judge) -> None:
-    pytest.importorskip("vllm")
-    import lightrft_plugin_vllm.plugin
-    from lightrft_core.plugins import get_plugin_manager
+    import subprocess
+    import sys
 
-    get_plugin_manager().register(lightrft_plugin_vllm.plugin, name="vllm")
-    batch, _ = held_out()
-    batch = RewardInput(prompts=batch.prompts[:16], responses=batch.responses[:16])
-    hf = verdicts_of(trained_judge, batch)
-    engine_options = {"dtype": "float32", "max_model_len": 128, "enforce_eager": True}
-    vllm = verdicts_of(trained_judge, batch, engine="vllm", engine_options=engine_options)
-    assert vllm.texts == hf.texts  # greedy: the same verdicts
-    assert vllm.rewards.tolist() == hf.rewards.tolist()
+    pytest.importorskip("vllm")
+    tests_dir = str(Path(__file__).parent)
+    run = [sys.executable, "-c", _VLLM_JUDGE, tests_dir, str(trained_judge)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["vllm"]["texts"] == out["hf"]["texts"]  # greedy: the same verdicts
+    assert out["vllm"]["rewards"] == out["hf"]["rewards"]
+    assert len(out["hf"]["rewards"]) == 16
