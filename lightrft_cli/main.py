@@ -71,7 +71,9 @@ app.command(
 app.command("generate", help="Answer prompts with a trained model or run folder.")(
     tools_cmd.generate
 )
-app.command("plot", help="Draw a run's reward and accuracy curves to PNG.")(tools_cmd.plot)
+app.command(
+    "plot", help="Draw a run's reward and accuracy curves to PNG, or compare several runs."
+)(tools_cmd.plot)
 app.command("rollouts", help="Print a run's saved rollouts (samples, rewards) as a table.")(
     rollouts_cmd.rollouts
 )

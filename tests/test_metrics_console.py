@@ -64,4 +64,5 @@ def test_plot_compares_runs_on_one_figure(tmp_path: Path) -> None:
     out = runner.invoke(
         app, ["plot", str(tmp_path / "run_a"), str(tmp_path / "empty"), "-o", str(png)]
     )
-    assert out.exit_code == 2 and "empty" in out.output and "nothing" not in out.output
+    assert out.exit_code == 2 and "empty" in out.output
+    assert "no reward or accuracy values to plot" in out.output
