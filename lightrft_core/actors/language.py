@@ -3,7 +3,8 @@
 Log-probs are computed from the decoder's last hidden state, applying the output head
 chunk by chunk (``logprobs.py``), so the ``[B, T, V]`` logits are never materialised.
 Sample packing: when ``position_ids`` are given, attention is confined to each sequence,
-by flash-attention's variable-length path or by a block-diagonal 4-D mask (``packing.py``).
+by flash-attention's variable-length path, SDPA run per sequence (``varlen_attention.py``)
+or a block-diagonal 4-D mask (eager; ``packing.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..interfaces import ActorModality, ActorOutput
 from .options import PretrainedActorOptions, load_pretrained
 from .packing import packed_causal_mask
 from .pretrained import PretrainedActor
+from .varlen_attention import packed_text_inputs
 
 logger = logging.getLogger("lightrft.actor")
 
@@ -114,7 +116,12 @@ class ActorLanguage(PretrainedActor):
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
         if position_ids is None:
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-            states, logit_fn = self._states(base, sequences, mask.long(), positions)
+            inputs = {
+                "input_ids": sequences,
+                "attention_mask": mask.long(),
+                "position_ids": positions,
+            }
+            states, logit_fn = self._states(base, inputs)
         else:
             positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
             valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
@@ -123,9 +130,8 @@ class ActorLanguage(PretrainedActor):
         return self._scored(states, sequences, valid, logit_fn, return_entropy=return_entropy)
 
     @staticmethod
-    def _states(base: Any, tokens: torch.Tensor, mask: Any, positions: torch.Tensor) -> Any:
+    def _states(base: Any, inputs: dict[str, Any]) -> Any:
         """Last hidden states ``[B, T, H]`` and the head, or logits ``[B, T, V]`` and None."""
-        inputs = {"input_ids": tokens, "attention_mask": mask, "position_ids": positions}
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
         if decoder is None or decoder is base or base.get_output_embeddings() is None:
             return base(**inputs, use_cache=False).logits, None  # no separable head
@@ -136,17 +142,22 @@ class ActorLanguage(PretrainedActor):
     ) -> Any:
         """``_states`` for packed rows, attention confined to each sequence.
 
-        Flash-attention finds the sequences from ``position_ids`` only in a single row, so the
-        rows are flattened into one; other kernels get a block-diagonal 4-D mask.
+        Flash-attention finds the sequences from ``position_ids`` only in a single row, and
+        SDPA runs per sequence on a single row (``varlen_attention.py``), so the rows are
+        flattened into one; other kernels get a block-diagonal 4-D mask.
         """
         impl = base.config._attn_implementation or ""
-        if impl.startswith("flash_attention"):
-            rows, length = tokens.shape
-            states, logit_fn = self._states(
-                base, tokens.reshape(1, -1), None, positions.reshape(1, -1)
-            )
-            return states.reshape(rows, length, -1), logit_fn
-        dtype = torch.bool if impl == "sdpa" else base.dtype
-        return self._states(
-            base, tokens, packed_causal_mask(positions, mask, dtype=dtype), positions
-        )
+        if impl == "sdpa":
+            inputs = packed_text_inputs(tokens, mask, positions)
+        elif impl.startswith("flash_attention"):
+            flat_positions = positions.reshape(1, -1)
+            inputs = {"input_ids": tokens.reshape(1, -1), "position_ids": flat_positions}
+            inputs["attention_mask"] = None
+        else:
+            inputs = {
+                "input_ids": tokens,
+                "attention_mask": packed_causal_mask(positions, mask, dtype=base.dtype),
+                "position_ids": positions,
+            }
+        states, logit_fn = self._states(base, inputs)
+        return states.reshape(*tokens.shape, -1), logit_fn

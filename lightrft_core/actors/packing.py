@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..interfaces import ActorOutput
+from .varlen_attention import packed_text_inputs
 
 
 @dataclass(frozen=True)
@@ -167,19 +168,24 @@ def unpack_to_padded(values: torch.Tensor, spans: Sequence[PackedSpan], width: i
 
 def packed_model_inputs(
     attn_implementation: str | None, packed: PackedBatch, dtype: torch.dtype
-) -> dict[str, torch.Tensor | None]:
-    """A transformers model's ``input_ids``, ``attention_mask`` and ``position_ids`` for
-    ``packed`` with attention confined to each sequence. Flash-attention (one row only:
-    transformers reads the sequence starts from ``position_ids`` when there is no mask and
-    the batch has one row) gets no mask; ``sdpa`` a boolean block-diagonal mask; other
+) -> dict[str, Any]:
+    """A transformers text model's inputs (``input_ids``, ``attention_mask``,
+    ``position_ids`` ...) for ``packed`` with attention confined to each sequence.
+    Flash-attention (one row only: transformers reads the sequence starts from
+    ``position_ids`` when there is no mask and the batch has one row) gets no mask; ``sdpa``
+    on one row the variable-length path (``varlen_attention.py``: no mask, one SDPA call per
+    run of equal-length sequences), on several rows a boolean block-diagonal mask; other
     kernels (eager) an additive one of ``dtype``."""
     impl = attn_implementation or ""
-    inputs: dict[str, torch.Tensor | None] = {
+    rows = packed.sequences.shape[0]
+    if impl == "sdpa" and rows == 1:
+        return packed_text_inputs(packed.sequences, packed.attention_mask, packed.position_ids)
+    inputs: dict[str, Any] = {
         "input_ids": packed.sequences,
         "position_ids": packed.position_ids,
     }
     if impl.startswith("flash_attention"):
-        if packed.sequences.shape[0] != 1:
+        if rows != 1:
             raise ValueError("flash-attention reads packed sequences from a single row")
         inputs["attention_mask"] = None
         return inputs
@@ -190,10 +196,14 @@ def packed_model_inputs(
     return inputs
 
 
-def uses_flash_attention(hf_model: Any) -> bool:
-    """Whether a transformers model's attention kernel is flash-attention (packed rows then
-    go into one row)."""
-    return str(hf_model.config._attn_implementation or "").startswith("flash_attention")
+def packs_into_one_row(hf_model: Any, *, text_only: bool = True) -> bool:
+    """Whether packed sequences go into one row (no padding at all) for a transformers model:
+    with flash-attention, and with SDPA for a text-only model (the variable-length path,
+    ``varlen_attention.py``). Otherwise (eager, or SDPA on a model with media, whose packed
+    attention is a block-diagonal mask, quadratic in the row width) rows are as wide as the
+    longest sequence."""
+    impl = str(hf_model.config._attn_implementation or "")
+    return impl.startswith("flash_attention") or (impl == "sdpa" and text_only)
 
 
 def packed_actor_forward(

@@ -20,8 +20,8 @@ import torch
 from ..actors.packing import (
     pack_padded_rows,
     packed_model_inputs,
+    packs_into_one_row,
     unpack_to_padded,
-    uses_flash_attention,
 )
 from ..config.schema import TrainerConfig
 from ..interfaces import (
@@ -189,7 +189,7 @@ class LoopCritic:
         self, sequences: torch.Tensor, attention_mask: torch.Tensor, trunk_gradients: bool
     ) -> torch.Tensor:
         """``_values`` of text rows read packed (``actors/packing.py``), returned padded."""
-        one_row = uses_flash_attention(self.actor.hf_model())
+        one_row = packs_into_one_row(self.actor.hf_model())
         packed = pack_padded_rows(sequences, attention_mask, one_row=one_row)
 
         def trunk_inputs(trunk: Any) -> dict[str, Any]:

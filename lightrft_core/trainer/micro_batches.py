@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..actors.options import forward_attention
-from ..actors.packing import packed_actor_forward, uses_flash_attention
+from ..actors.packing import packed_actor_forward, packs_into_one_row
 from ..interfaces import Actor, ActorModality, ActorOutput, StrategyBase
 
 #: The largest count over the ranks (``StrategyBase.all_reduce`` with ``op="max"``).
@@ -93,7 +93,8 @@ def actor_forward(
     **modal_inputs: Any,
 ) -> ActorOutput:
     """``prepared`` (the strategy's module around ``actor``) on right-padded rows; with
-    ``packing`` on packed rows (one row for flash-attention), returned padded. The SDPA
+    ``packing`` on packed rows (one row for flash-attention and for SDPA on a text model,
+    ``packs_into_one_row``), returned padded. The SDPA
     kernels are ``forward_attention``'s (the math one for 16-bit on the CPU)."""
     with forward_attention(sequences.device, next(actor.parameters()).dtype):
         if not packing:
@@ -105,7 +106,9 @@ def actor_forward(
             prepared,
             sequences,
             attention_mask,
-            one_row=uses_flash_attention(actor.hf_model()),
+            one_row=packs_into_one_row(
+                actor.hf_model(), text_only=actor.modality == ActorModality.LANGUAGE_ONLY
+            ),
             return_entropy=return_entropy,
             **modal_inputs,
         )

@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from ..actors.packing import packed_classifier_scores, uses_flash_attention
+from ..actors.packing import packed_classifier_scores, packs_into_one_row
 from ..config import LightRFTConfig
 from ..data.preferences import PreferenceDataset, PreferencePair
 from ..models.critic import CriticModel
@@ -173,7 +173,7 @@ def _train_reward_model(
                 classifier,
                 encoded["input_ids"],
                 encoded["attention_mask"],
-                one_row=uses_flash_attention(classifier),
+                one_row=packs_into_one_row(classifier),
             )
         return head_scores_of(model, encoded)
 

@@ -1,0 +1,174 @@
+"""Variable-length SDPA attention for packed rows, for devices without flash-attention.
+
+Packed sequences lie back to back in one row; flash-attention's variable-length kernel keeps
+attention inside each. Without it, a block-diagonal ``[R, 1, L, L]`` mask costs the square of
+the row width and takes SDPA off its fast kernels. Here attention runs instead as
+``scaled_dot_product_attention(is_causal=True)`` on each sequence, no mask at all; sequences of
+equal length that follow each other in the row go through one call as a batch (views, no
+copy): the cost is ``Σ lᵢ²``, as in the padded batch, without its padding.
+
+How it reaches the model: ``install()`` puts ``varlen_sdpa_attention`` in transformers'
+``AttentionInterface`` in place of ``sdpa`` (idempotent, on the first packed forward, never at
+import). It runs the original ``sdpa`` function unless the forward carries the keyword
+``packed_segments`` (a ``SegmentRuns``), which transformers' text models (Llama, Qwen2, ...)
+hand down unchanged from the model's forward to every attention call (gradient checkpointing
+included). A packed forward gives the model one row, a 2-D attention mask of ones (so that
+transformers builds no 4-D mask) and ``packed_segments``; ``packed_text_inputs`` builds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: The model-forward keyword that carries a packed row's ``SegmentRuns`` to the attention.
+SEGMENTS_KWARG = "packed_segments"
+
+_original_sdpa: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class SegmentRuns:
+    """The sequences of one packed row as runs ``(start, count, length)``: ``count``
+    consecutive sequences of ``length`` tokens each from column ``start``; the runs cover
+    the row's ``width`` columns in order."""
+
+    runs: tuple[tuple[int, int, int], ...]
+    width: int
+
+
+def segment_runs(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> SegmentRuns:
+    """The sequences of packed rows ``[R, L]`` read as one row of ``R * L`` columns: a
+    sequence starts where ``position_ids`` is 0 on a real token, and each row's padding
+    (``attention_mask == 0``, at its end) is a segment of its own (it sees only padding)."""
+    real = attention_mask.reshape(-1).bool()
+    first_of_row = torch.zeros_like(position_ids, dtype=torch.bool)
+    first_of_row[:, 0] = True
+    first_of_row = first_of_row.reshape(-1)
+    after_real = torch.cat([real.new_zeros(1), real[:-1]])
+    starts = first_of_row | (real & (position_ids.reshape(-1) == 0)) | (~real & after_real)
+    bounds = [*starts.nonzero().flatten().tolist(), real.numel()]
+    lengths = [end - start for start, end in pairwise(bounds)]
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for length in lengths:
+        if runs and runs[-1][2] == length:
+            run_start, count, _ = runs[-1]
+            runs[-1] = (run_start, count + 1, length)
+        else:
+            runs.append((start, 1, length))
+        start += length
+    return SegmentRuns(tuple(runs), start)
+
+
+def segment_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: SegmentRuns,
+    *,
+    causal: bool = True,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+) -> torch.Tensor:
+    """Attention of one packed row inside each of its sequences.
+
+    ``query [1, H, N, D]``, ``key``/``value [1, Hkv, N, D]`` (``H`` a multiple of ``Hkv``:
+    grouped-query attention); returns ``[1, N, H, Dv]``, the layout transformers' attention
+    functions return."""
+    if query.shape[0] != 1 or query.shape[2] != segments.width:
+        raise ValueError(
+            f"packed attention reads one row of {segments.width} tokens, got query "
+            f"{tuple(query.shape)}"
+        )
+    heads, gqa = query.shape[1], query.shape[1] != key.shape[1]
+    outputs = []
+    for start, count, length in segments.runs:
+        cols = slice(start, start + count * length)
+        q, k, v = (
+            t[0, :, cols].unflatten(1, (count, length)).transpose(0, 1)  # [count, h, len, d]
+            for t in (query, key, value)
+        )
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=causal and length > 1,
+            enable_gqa=gqa,
+        )  # [count, H, length, Dv]
+        outputs.append(out.transpose(1, 2).reshape(count * length, heads, -1))
+    return torch.cat(outputs).unsqueeze(0)
+
+
+def varlen_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention function, per sequence when the forward carries
+    ``packed_segments`` (the mask is then ignored: it is the plain causal one or none)."""
+    segments: SegmentRuns | None = kwargs.pop(SEGMENTS_KWARG, None)
+    if _original_sdpa is None:
+        raise RuntimeError("varlen_sdpa_attention runs only once install() has been called")
+    if segments is None:
+        return _original_sdpa(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    if kwargs.get("sliding_window") is not None:
+        raise ValueError("packed SDPA attention does not support sliding-window layers")
+    causal = module.is_causal if is_causal is None else is_causal
+    out = segment_attention(
+        query, key, value, segments, causal=causal, dropout=dropout, scaling=scaling
+    )
+    return out, None
+
+
+def install() -> None:
+    """Make ``varlen_sdpa_attention`` transformers' ``sdpa`` attention function (idempotent);
+    forwards without ``packed_segments`` run the function it replaces."""
+    global _original_sdpa
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    current = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if current is varlen_sdpa_attention:
+        return
+    _original_sdpa = current
+    AttentionInterface.register("sdpa", varlen_sdpa_attention)
+
+
+def packed_text_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+) -> dict[str, Any]:
+    """A transformers text model's inputs for packed rows ``[R, L]`` on SDPA: the rows as one,
+    a 2-D mask of ones (transformers then builds no 4-D mask), the position ids and the
+    ``packed_segments`` that confine attention to each sequence (``install()`` done)."""
+    install()
+    segments = segment_runs(position_ids, attention_mask)
+    return {
+        "input_ids": input_ids.reshape(1, -1),
+        "attention_mask": torch.ones_like(input_ids).reshape(1, -1),
+        "position_ids": position_ids.reshape(1, -1),
+        SEGMENTS_KWARG: segments,
+    }
