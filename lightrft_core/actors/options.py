@@ -137,6 +137,29 @@ def forward_attention(device: torch.device, weights: torch.dtype) -> AbstractCon
     return sdpa_kernel([SDPBackend.MATH])
 
 
+#: Whether torch may use each SDPA kernel now (what ``sdpa_kernel`` sets).
+_SDPA_ALLOWED = {
+    SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled,
+    SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled,
+    SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+    SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled,
+}
+
+
+def checkpoint_contexts() -> tuple[AbstractContextManager[Any], AbstractContextManager[Any]]:
+    """``torch.utils.checkpoint``'s ``context_fn``: a layer recomputed in backward gets the SDPA
+    kernels its forward was given (``forward_attention`` holds only around the forward; with
+    another kernel the recomputation saves other tensors and the checkpoint fails)."""
+    allowed = [backend for backend, enabled in _SDPA_ALLOWED.items() if enabled()]
+    if len(allowed) == len(_SDPA_ALLOWED):
+        return nullcontext(), nullcontext()
+    return nullcontext(), sdpa_kernel(allowed)
+
+
+#: ``gradient_checkpointing_kwargs`` of every model the actors checkpoint.
+CHECKPOINT_KWARGS: dict[str, Any] = {"use_reentrant": False, "context_fn": checkpoint_contexts}
+
+
 def apply_patches(names: list[str]) -> None:
     """Apply the registered model patches ``names`` (each ``apply()`` is idempotent)."""
     from ..plugins import get_patch

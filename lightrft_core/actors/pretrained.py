@@ -17,7 +17,7 @@ import torch
 from ..interfaces import Actor, ActorOutput
 from .encoders import freeze_under, lora_linear_names
 from .logprobs import chunked_token_log_probs
-from .options import dtype_name
+from .options import CHECKPOINT_KWARGS, dtype_name
 from .weights import merged_weights
 
 A = TypeVar("A", bound="PretrainedActor")
@@ -90,7 +90,7 @@ class PretrainedActor(Actor):
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint every layer (non-reentrant); turns the KV cache off."""
         base = self.base_model
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINT_KWARGS)
         base.config.use_cache = False
 
     def gradient_checkpointing_disable(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..actors.options import CHECKPOINT_KWARGS
 from ..interfaces.actor import Actor, text_trunk_inputs
 
 HEAD_FILE = "value_head.safetensors"
@@ -189,9 +190,7 @@ class CriticModel(torch.nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Checkpoint every trunk layer (non-reentrant); turns the KV cache off."""
-        self.trunk.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        self.trunk.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINT_KWARGS)
         self.trunk.config.use_cache = False
 
     # ---------------------------------------------------------------- transformers-like API
