@@ -58,6 +58,8 @@ MAX_OPERANDS = 28
 CASES = ("a-fp32", "a-bf16", "b-defaults", "b-best")
 DEFAULT_LIGHTRFT_BEST = ("trainer.packing=true", "trainer.max_tokens_per_micro_batch=8192")
 DEFAULT_TRL_BEST = ("gradient_checkpointing=false",)
+#: Per-step phases reported for both sides (seconds).
+PHASES = ("generate", "score", "train")
 
 
 # ---------------------------------------------------------------------- options
@@ -227,6 +229,7 @@ def prepare_b(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
             "sft.learning_rate=2.0e-3",
             "sft.warmup_steps=4",
             "sft.max_length=384",
+            "trainer.packing=true",  # the same gradients as padding, half the tokens
             "logging.tensorboard=false",
             "logging.progress_bar=false",
             "logging.log_every=10",
@@ -387,6 +390,9 @@ def run_lightrft(case: Case, out: Path, args: argparse.Namespace) -> dict[str, A
     steps = [
         {
             "seconds": r["time/step"],
+            "generate": r["time/generate"],
+            "score": r["time/reward"] + r["time/logprobs"],
+            "train": r["time/train"],
             "generated_tokens": r["response_length"] * r["samples"],
             "truncated": r["response_truncated"],
             "reward": r["reward/mean"],
@@ -437,11 +443,14 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
             out = args.work_dir / "runs" / f"{case.name}-{side}-{repeat}"
             result = runner(case, out, args)
             result["median_s"] = median_of(result, "seconds")
+            result["phases"] = {phase: median_of(result, phase) for phase in PHASES}
             result["generated_per_step"] = median_of(result, "generated_tokens")
             runs[side].append(result)
+            phases = " / ".join(f"{result['phases'][phase]:.3f}" for phase in PHASES)
             print(
                 f"  {case.name} {side:8s} run {repeat + 1}/{case.repeats}: "
-                f"{result['median_s']:.3f} s/step (median of {len(result['steps'])}), "
+                f"{result['median_s']:.3f} s/step (median of {len(result['steps'])}; "
+                f"{' / '.join(PHASES)} {phases}), "
                 f"{result['generated_per_step']:.0f} generated tok/step, "
                 f"process {time.perf_counter() - started:.0f} s",
                 flush=True,
@@ -459,6 +468,12 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         "lightrft_s": lrft_s,
         "speedup": trl_s / lrft_s,
         "pair_speedups": pairs,
+        "phases": {
+            side: {
+                phase: statistics.median(r["phases"][phase] for r in side_runs) for phase in PHASES
+            }
+            for side, side_runs in runs.items()
+        },
         "trl_generated": trl_tokens,
         "lightrft_generated": lrft_tokens,
         # per generated token: the sides' samples differ, so their lengths do by chance
@@ -505,6 +520,19 @@ def results_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def phases_table(results: list[dict[str, Any]]) -> str:
+    """Seconds per phase of each side (the median over the runs of each run's median)."""
+    lines = [
+        "| case | side | step s | generate s | score s | train s |",
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for r in results:
+        for side, label, step in (("trl", "TRL", "trl_s"), ("lightrft", "LightRFT", "lightrft_s")):
+            phases = " | ".join(f"{r['phases'][side][phase]:.3f}" for phase in PHASES)
+            lines.append(f"| {r['case']} | {label} | {r[step]:.3f} | {phases} |")
+    return "\n".join(lines)
+
+
 COMMON_SETTINGS = """\
 Same on both sides: GRPO, one rollout = one optimizer step trained once (TRL
 num_iterations=1, steps_per_generation = gradient_accumulation_steps, so neither side
@@ -536,10 +564,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{case.name}: {case.repeats} x (TRL, LightRFT)", flush=True)
         results.append(run_case(case, args))
     print("\n" + results_table(results))
+    print("\n" + phases_table(results))
     print(
         "\nspeed-up: median TRL s/step / median LightRFT s/step over the runs (each run: the "
         "median of its measured steps); per pair: the same ratio for each TRL/LightRFT pair; "
-        "tok/s ratio: LightRFT's generated tokens per second of step over TRL's."
+        "tok/s ratio: LightRFT's generated tokens per second of step over TRL's. Phases: "
+        "generate = sampling (TRL GRPOTrainer._generate, LightRFT time/generate); score = "
+        "rewards, advantages and log-prob passes (TRL: the rest of "
+        "_generate_and_score_completions; LightRFT time/reward + time/logprobs); train = "
+        "TRL the step's remainder, LightRFT time/train (loss, backward, optimizer)."
     )
     if args.output_json:
         payload = {"versions": versions, "args": vars(args), "results": results}

@@ -4,8 +4,10 @@ Runs in the peer virtual environment that ``benchmarks/peers.py`` creates (TRL, 
 torch and transformers as ``.venv``, no LightRFT). Reads a JSON spec (``spec`` below), trains
 ``warmup + steps`` optimizer steps and writes one JSON file: per step the seconds from
 ``on_step_begin`` to ``on_step_end`` (generation, reward, loss, backward and optimizer step
-all happen between the two) and the tokens generated (``completions/mean_length`` x rows;
-TRL counts the EOS token).
+all happen between the two), the tokens generated (``completions/mean_length`` x rows;
+TRL counts the EOS token) and two phases: ``generate`` (``GRPOTrainer._generate``: sampling
+and decoding) and ``rollout`` (``_generate_and_score_completions``: generation, rewards,
+advantages and any log-prob pass); the rest of the step is the training.
 
     build/peers-venv/bin/python benchmarks/peers/trl_grpo.py SPEC.json RESULT.json
 """
@@ -16,6 +18,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +41,35 @@ def last_number_reward(completions: list[str], answer: list[str], **_: Any) -> l
 
 
 class StepTimer(TrainerCallback):
-    """Seconds per optimizer step and the logged metrics of each step."""
+    """Seconds per optimizer step, of its phases, and the logged metrics of each step."""
 
     def __init__(self) -> None:
         self.started = 0.0
         self.seconds: list[float] = []
+        self.phases: list[dict[str, float]] = []
+        self.current: dict[str, float] = {}
         self.logs: dict[int, dict[str, float]] = {}
 
+    def timed(self, phase: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        """``method`` adding its seconds to ``phase`` of the current step."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.current[phase] = self.current.get(phase, 0.0) + elapsed
+
+        return run
+
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.current = {}
         self.started = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.seconds.append(time.perf_counter() - self.started)
+        self.phases.append(self.current)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs and "completions/mean_length" in logs:
@@ -115,15 +135,25 @@ def main(spec_path: str, result_path: str) -> None:
         train_dataset=data,
         callbacks=[timer],
     )
+    # instance attributes shadow the methods: the trainer calls the timed ones
+    trainer._generate = timer.timed("generate", trainer._generate)
+    trainer._generate_and_score_completions = timer.timed(
+        "rollout", trainer._generate_and_score_completions
+    )
     trainer.train()
     rows = spec["prompts_per_step"] * spec["samples"]
     steps = []
-    for index, seconds in enumerate(timer.seconds, start=1):
+    timed = zip(timer.seconds, timer.phases, strict=True)
+    for index, (seconds, phases) in enumerate(timed, start=1):
         logs = timer.logs.get(index, {})
+        rollout = phases.get("rollout", 0.0)
         steps.append(
             {
                 "step": index,
                 "seconds": seconds,
+                "generate": phases.get("generate", 0.0),
+                "score": rollout - phases.get("generate", 0.0),
+                "train": seconds - rollout,
                 "generated_tokens": logs.get("completions/mean_length", float("nan")) * rows,
                 "reward": logs.get("reward", float("nan")),
             }
