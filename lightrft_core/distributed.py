@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import torch
 import torch.distributed as dist
@@ -77,9 +77,9 @@ def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def world_size() -> int:
-    """The number of ranks in the group (1 without one)."""
-    return dist.get_world_size() if dist.is_initialized() else 1
+def world_size(group: Any = None) -> int:
+    """The number of ranks in ``group`` (``None``: every rank; 1 without a process group)."""
+    return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
 def barrier() -> None:
@@ -112,34 +112,38 @@ def one_rank_gather(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().reshape(-1).clone() if tensor.ndim == 0 else tensor.detach().clone()
 
 
-def all_reduce(value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
-    """Reduce ``value`` over every rank with ``op``; a new tensor on ``value``'s device
-    (a Python number: on the CPU). Collective."""
+def all_reduce(
+    value: torch.Tensor | float, op: ReduceOp = "mean", *, group: Any = None
+) -> torch.Tensor:
+    """Reduce ``value`` over the ranks of ``group`` (``None``: every rank) with ``op``; a
+    new tensor on ``value``'s device (a Python number: on the CPU). Collective."""
     result = one_rank_reduce(value, op)
-    if world_size() == 1:
+    if world_size(group) == 1:
         return result
     moved = result.to(_comm_device())
-    dist.all_reduce(moved, op=getattr(dist.ReduceOp, _TORCH_OPS[op]))
+    dist.all_reduce(moved, op=getattr(dist.ReduceOp, _TORCH_OPS[op]), group=group)
     if op == "mean":
-        moved /= world_size()
+        moved /= world_size(group)
     return moved.to(result.device)
 
 
-def all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``tensor`` concatenated along dim 0 in rank order; ranks may hold
-    different lengths in dim 0 (the other dims must agree). Collective."""
+def all_gather(tensor: torch.Tensor, *, group: Any = None) -> torch.Tensor:
+    """Every rank's ``tensor`` (the ranks of ``group``; ``None``: every rank) concatenated
+    along dim 0 in rank order; ranks may hold different lengths in dim 0 (the other dims
+    must agree). Collective."""
     local = one_rank_gather(tensor)
-    if world_size() == 1:
+    size = world_size(group)
+    if size == 1:
         return local
     device = _comm_device()
     length = torch.tensor([local.shape[0]], device=device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size())]
-    dist.all_gather(lengths, length)
+    lengths = [torch.zeros_like(length) for _ in range(size)]
+    dist.all_gather(lengths, length, group=group)
     longest = max(int(n) for n in lengths)
     padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=device)
     padded[: local.shape[0]] = local.to(device)
-    parts = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(parts, padded)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded, group=group)
     gathered = torch.cat([part[: int(n)] for part, n in zip(parts, lengths, strict=True)])
     return gathered.to(tensor.device)
 

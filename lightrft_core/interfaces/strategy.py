@@ -47,14 +47,38 @@ class StrategyBase(Component):
     @property
     @abstractmethod
     def world_size(self) -> int:
-        """Number of data-parallel processes (1 on one process)."""
+        """Number of processes (1 on one process)."""
 
     @property
     def sequence_parallel_size(self) -> int:
         """Ranks that split each sequence between them (Ulysses); 1, the default, when every
-        rank holds whole sequences. A loop that does not split sequences refuses a strategy
-        where this is above 1 (``start_run``)."""
+        rank holds whole sequences. Only ``lightrft train`` splits them; the other loops refuse
+        a strategy where this is above 1 (``start_run``)."""
         return 1
+
+    @property
+    def sequence_parallel_group(self) -> Any:
+        """The ``torch.distributed`` group of the ranks that split this rank's sequences;
+        ``None`` when ``sequence_parallel_size`` is 1."""
+        return None
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which share of the rows this rank holds (the ranks of one sequence-parallel
+        group hold the same rows): ``rank`` by default."""
+        return self.rank
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many shares the rows are cut into: ``world_size / sequence_parallel_size``;
+        ``world_size`` by default."""
+        return self.world_size
+
+    @property
+    def data_parallel_group(self) -> Any:
+        """The ``torch.distributed`` group of the ranks that hold different rows and the
+        same place in their sequence-parallel groups; ``None`` (every rank) by default."""
+        return None
 
     @property
     def is_rank_0(self) -> bool:

@@ -93,8 +93,8 @@ def refuse_sequence_parallel(strategy: StrategyBase, loop: str) -> None:
     if size > 1:
         raise ValueError(
             f"strategy.sequence_parallel_size is {size}, but {loop} does not split sequences "
-            "over ranks (no training loop does yet; only the actor-level forward of "
-            "lightrft-plugin-patches, docs/training.md): set strategy.sequence_parallel_size: 1"
+            "over ranks (only lightrft train does, docs/training.md): set "
+            "strategy.sequence_parallel_size: 1"
         )
 
 
@@ -104,19 +104,22 @@ def start_run(
     *,
     loop: str,
     global_batches: Mapping[str, int | None],
+    splits_sequences: bool = False,
 ) -> RunStart:
-    """Build and set up the strategy (refused when it splits sequences,
-    ``refuse_sequence_parallel``; ``loop``: the command, for the message), seed every
+    """Build and set up the strategy (refused when it splits sequences and the loop does
+    not, ``refuse_sequence_parallel``; ``loop``: the command, for the message), seed every
     generator with ``run.seed``, check that each of ``global_batches`` (config key -> size)
-    divides over the ranks, and load the tokenizer and the processor
+    divides over the data-parallel ranks, and load the tokenizer and the processor
     (``Actor.load_processor``)."""
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
-    refuse_sequence_parallel(strategy, loop)
+    if not splits_sequences:
+        refuse_sequence_parallel(strategy, loop)
     strategy.setup_distributed()
     start = RunStart(strategy, None, Path(cfg.run.output_dir), lock=hold_folder(strategy, cfg))
     with released_on_error(start):
         seed_everything(cfg.run.seed)
-        check_divisible(strategy.world_size, dict(global_batches))
+        ranks = "ranks" if strategy.sequence_parallel_size == 1 else "sequence-parallel groups"
+        check_divisible(strategy.data_parallel_size, dict(global_batches), ranks=ranks)
         path = model_path(cfg, manager)
         start.processor = manager.get_actor(cfg.model.name).load_processor(path)
         start.tokenizer = load_tokenizer(path)

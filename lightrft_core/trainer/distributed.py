@@ -4,6 +4,13 @@ Every rank runs the same program on its share of the data (SPMD). Sizes that def
 optimization (``prompts_per_step``, ``optimizer_batch_size``, the loss scale) are global;
 metrics are reduced over ranks so that rank 0 logs the numbers of the whole batch.
 
+Sequence parallelism (``strategy.sequence_parallel_size`` P > 1): the P ranks of a group
+hold the same rows and split each sequence in the actor's forward. The loop hands what
+concerns rows (the data share, the sampling seed, sizes and counts, reductions and gathers
+of per-sample values) ``data_ranks(strategy)``: the strategy as one rank per group sees it,
+so every group is counted once; gradients, checkpoints and the loss scale's ``world_size``
+stay over every rank.
+
 Strategy contexts: ``StrategyBase`` has ``model_init_context()``, ``no_sync(model)`` and
 ``generation_context(model)``, no-ops by default (``local``); ``fsdp`` and ``deepspeed``
 override them (see docs/distributed.md). The functions below are the loop's names for them.
@@ -11,13 +18,17 @@ override them (see docs/distributed.md). The functions below are the loop's name
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from .. import distributed
 from ..config.errors import ConfigError, ConfigIssue
 from ..interfaces import StrategyBase
+from ..interfaces.strategy import ReduceOp
 
 
 # ---------------------------------------------------------------------- strategy contexts
@@ -38,14 +49,179 @@ def generation_context(strategy: StrategyBase, model: torch.nn.Module) -> Abstra
     return strategy.generation_context(model)
 
 
+# ---------------------------------------------------------------------- sequence parallelism
+class DataRanks(StrategyBase):
+    """``strategy`` as the rows see it when its sequence-parallel groups hold the same rows:
+    ``rank`` and ``world_size`` are the data-parallel ones, ``all_reduce`` and
+    ``all_gather`` run over the ranks at this rank's place in every group (so each group
+    counts once); ``is_rank_0`` and the rest are the strategy's own."""
+
+    def __init__(self, strategy: StrategyBase) -> None:
+        super().__init__(strategy.config)
+        self.strategy = strategy
+
+    @property
+    def rank(self) -> int:
+        return self.strategy.data_parallel_rank
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.data_parallel_size
+
+    @property
+    def is_rank_0(self) -> bool:
+        return self.strategy.is_rank_0
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device
+
+    def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
+        return distributed.all_reduce(value, op, group=self.strategy.data_parallel_group)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_gather(tensor, group=self.strategy.data_parallel_group)
+
+    def barrier(self) -> None:
+        self.strategy.barrier()
+
+    # the rest is the strategy's own
+    def setup_distributed(self) -> None:
+        self.strategy.setup_distributed()
+
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
+        return self.strategy.prepare(model, optimizer, scheduler)
+
+    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
+        self.strategy.backward(loss, model)
+
+    def optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> float:
+        return self.strategy.optimizer_step(
+            model, optimizer, scheduler, max_grad_norm=max_grad_norm
+        )
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        return self.strategy.autocast()
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.strategy.unwrap(model)
+
+    def weights_for_sync(self, actor: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.strategy.weights_for_sync(actor)
+
+    def save_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        client_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.strategy.save_checkpoint(
+            path, model=model, optimizer=optimizer, scheduler=scheduler, client_state=client_state
+        )
+
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict[str, Any]:
+        return self.strategy.load_checkpoint(
+            path, model=model, optimizer=optimizer, scheduler=scheduler
+        )
+
+    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
+        self.strategy.export_hf(model, path, tokenizer)
+
+
+def data_ranks(strategy: StrategyBase) -> StrategyBase:
+    """What the loop hands the code that shares, counts, reduces or gathers rows:
+    ``strategy`` itself, or its ``DataRanks`` when it splits sequences."""
+    return strategy if strategy.sequence_parallel_size == 1 else DataRanks(strategy)
+
+
+def check_group_agrees(strategy: StrategyBase, values: Mapping[str, torch.Tensor]) -> None:
+    """Refuse rows that differ between the ranks of a sequence-parallel group (they must
+    hold the same rollout: the same prompts, seeds and weights): each of ``values`` (e.g.
+    the rollout's tokens and rewards) compared over the group by its size and its sum
+    weighted by position. Two collectives; nothing without sequence parallelism."""
+    if strategy.sequence_parallel_size == 1:
+        return
+    keys = sorted(values)
+    prints = []
+    for key in keys:
+        flat = values[key].detach().reshape(-1).cpu().double()
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+        prints += [float(flat.numel()), float((flat * weights).sum())]
+    local = torch.tensor(prints, dtype=torch.float64)
+    group = strategy.sequence_parallel_group
+    high = distributed.all_reduce(local, "max", group=group)
+    low = distributed.all_reduce(local, "min", group=group)
+    differ = [
+        k
+        for i, k in enumerate(keys)
+        if not torch.equal(high[2 * i : 2 * i + 2], low[2 * i : 2 * i + 2])
+    ]
+    if differ:
+        raise RuntimeError(
+            f"the ranks of a sequence-parallel group hold different rollouts ({', '.join(differ)}"
+            " differ): their generation must be deterministic given the prompts and the seed"
+        )
+
+
+def check_splittable(
+    strategy: StrategyBase, *, packing: bool, critic: bool, media: bool, engine: str
+) -> None:
+    """Refuse, with one line, what sequence parallelism does not take yet: packed rows, a
+    critic, media inputs, and engines other than ``hf`` (whose rollouts are not shown
+    identical over a group). Nothing when the strategy does not split sequences."""
+    size = strategy.sequence_parallel_size
+    if size == 1:
+        return
+    refused = [
+        what
+        for what, used in (
+            ("trainer.packing", packing),
+            ("a critic (algorithm with values)", critic),
+            ("media inputs", media),
+            (f"engine {engine!r} (only 'hf')", engine != "hf"),
+        )
+        if used
+    ]
+    if refused:
+        raise ValueError(
+            f"strategy.sequence_parallel_size is {size}, but sequence parallelism does not "
+            f"take {', '.join(refused)} yet: set strategy.sequence_parallel_size: 1"
+        )
+
+
 # ---------------------------------------------------------------------- global sizes
-def check_divisible(world_size: int, sizes: Mapping[str, int | None]) -> None:
-    """Refuse global sizes (``{"trainer.prompts_per_step": 6}``) that ranks cannot share."""
+def check_divisible(
+    world_size: int, sizes: Mapping[str, int | None], *, ranks: str = "ranks"
+) -> None:
+    """Refuse global sizes (``{"trainer.prompts_per_step": 6}``) that the ``world_size``
+    data-parallel ``ranks`` (``ranks``: what they are called) cannot share."""
     issues = [
         ConfigIssue(
             key,
             f"{value} is a global size (over all ranks); it must be divisible by the "
-            f"{world_size} ranks of this job so that each rank takes an equal share",
+            f"{world_size} {ranks} of this job so that each takes an equal share",
         )
         for key, value in sizes.items()
         if value is not None and value % world_size

@@ -45,6 +45,9 @@ from .controls import LoopControls, rollout_kl
 from .critic import build_critic
 from .data import RunData, load_run_data
 from .distributed import (
+    check_group_agrees,
+    check_splittable,
+    data_ranks,
     generation_context,
     no_sync,
     reduce_means,
@@ -61,7 +64,7 @@ from .experience import (
 )
 from .metrics import PhaseTimer
 from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
-from .multimodal import check_media_support, check_prompt_ids, generate_kwargs
+from .multimodal import check_media_support, check_prompt_ids, generate_kwargs, has_media
 from .profiling import RangedPhaseTimer, StepProfiler
 from .resume import (
     RunIdentity,
@@ -112,6 +115,7 @@ class RLTrainer:
                 "trainer.prompts_per_step": t.prompts_per_step,
                 "trainer.optimizer_batch_size": t.optimizer_batch_size,
             },
+            splits_sequences=True,
         )
         with released_on_error(self.run):
             self._set_up(manager, console)
@@ -121,13 +125,22 @@ class RLTrainer:
         cfg, t = self.cfg, self.cfg.trainer
         self.c: Components = build_components(cfg, manager, self.run)
         s = self.c.strategy
+        # for sharing, counting and gathering rows: one rank per sequence-parallel group
+        self.row_ranks = row_ranks = data_ranks(s)
         self.data: RunData = load_run_data(
             cfg,
             self.c.tokenizer,
             self.c.reward,
-            rank=s.rank,
-            world_size=s.world_size,
+            rank=row_ranks.rank,
+            world_size=row_ranks.world_size,
             processor=self.run.processor,
+        )
+        check_splittable(
+            s,
+            packing=t.packing,
+            critic=self.c.algorithm.needs_critic(),
+            media=has_media([*self.data.sampler.dataset, *self.data.eval_items]),
+            engine=cfg.engine.name,
         )
         rollout_size = t.prompts_per_step * cfg.engine.n_samples_per_prompt
         self.updates_per_step = t.epochs * math.ceil(
@@ -137,8 +150,8 @@ class RLTrainer:
             AlgorithmContext(
                 max_new_tokens=cfg.engine.max_new_tokens,
                 group_size=cfg.engine.n_samples_per_prompt,
-                world_size=s.world_size,
-                all_reduce=s.all_reduce if s.world_size > 1 else None,
+                world_size=row_ranks.world_size,
+                all_reduce=row_ranks.all_reduce if row_ranks.world_size > 1 else None,
             )
         )
         self.controls = LoopControls(
@@ -323,6 +336,9 @@ class RLTrainer:
         started = time.perf_counter()
         collected = self._collect(step, timer)  # generate + reward rounds, dynamic sampling
         rollout = self._build_rollout(collected)
+        check_group_agrees(
+            self.c.strategy, {"tokens": rollout.sequences, "rewards": rollout.rewards}
+        )
         source = old_log_probs_source(
             self.cfg.trainer.old_logprobs,
             updates_per_step=self.updates_per_step,
@@ -346,7 +362,7 @@ class RLTrainer:
                 step,
                 collected,
                 rollout,
-                strategy=self.c.strategy,
+                strategy=self.row_ranks,
                 tokenizer=self.c.tokenizer,
                 log_samples=self.metrics.log_samples,
             )
@@ -362,7 +378,7 @@ class RLTrainer:
         """This step's rollout rounds (``dynamic_sampling.py``): ``prompts_per_step /
         world_size`` groups on this rank."""
         c = self.c
-        quota = self.cfg.trainer.prompts_per_step // c.strategy.world_size
+        quota = self.cfg.trainer.prompts_per_step // self.row_ranks.world_size
 
         def run_round(prompts: int, round_index: int) -> ScoredRound:
             items = draw_prompts(self.data.sampler, prompts)
@@ -392,7 +408,7 @@ class RLTrainer:
                 items, outputs, out.rewards, dict(out.sub_scores), scored.failures, dict(out.texts)
             )
 
-        return collect_groups(c.algorithm, c.strategy, quota, run_round)
+        return collect_groups(c.algorithm, self.row_ranks, quota, run_round)
 
     def _build_rollout(self, collected: CollectedGroups) -> RolloutBatch:
         prompt_ids, outputs, rewards = collected.trained_batch()
@@ -424,7 +440,7 @@ class RLTrainer:
             stop_token_ids=[*self.data.stop_ids, *e.stop_token_ids],
             seed=self.cfg.run.seed * 1_000_003
             + step
-            + 1_000_000_007 * self.c.strategy.rank
+            + 1_000_000_007 * self.row_ranks.rank
             + 100_003 * round_index,
             first_token_temperature=e.first_token_temperature,
         )
@@ -446,10 +462,9 @@ class RLTrainer:
     def _advantages(self, rollout: RolloutBatch) -> AdvantageOutput:
         """The algorithm's advantages (and the critic's returns) of the whole rollout, from
         the rewards as ``trainer.reward_normalize``/``reward_clip`` shape them."""
-        s = self.c.strategy
         out = self.c.algorithm.compute_advantages(
             AdvantageInput(
-                rewards=self.controls.rewards_for_algorithm(rollout.rewards, s),
+                rewards=self.controls.rewards_for_algorithm(rollout.rewards, self.row_ranks),
                 action_mask=rollout.action_mask,
                 group_size=rollout.group_size,
                 old_log_probs=rollout.old_log_probs,
@@ -468,10 +483,10 @@ class RLTrainer:
         metrics = self.controls.metrics()
         if rollout.ref_log_probs is not None and rollout.old_log_probs is not None:
             measured = rollout_kl(
-                self.c.strategy, rollout.old_log_probs, rollout.ref_log_probs, rollout.action_mask
+                self.row_ranks, rollout.old_log_probs, rollout.ref_log_probs, rollout.action_mask
             )
             metrics["rollout_kl"] = measured
-            samples = len(rollout) * self.c.strategy.world_size
+            samples = len(rollout) * self.row_ranks.world_size
             self.controls.update_kl(measured, samples)
         return metrics
 
@@ -487,7 +502,7 @@ class RLTrainer:
     ) -> dict[str, float]:
         """Rewards and lengths, dynamic sampling, the algorithm's advantage metrics and the
         critic's view of the rollout, over every rank."""
-        metrics = rollout_metrics(self.c.strategy, collected, rollout)
+        metrics = rollout_metrics(self.row_ranks, collected, rollout)
         metrics.update(collected.metrics)
         metrics.update(self._sample_means(advantages.metrics, len(rollout), "advantage/"))
         if self.critic is not None:
@@ -506,7 +521,7 @@ class RLTrainer:
     ) -> dict[str, float]:
         """Per-rank means over ``samples`` samples -> means over every rank's samples."""
         sums = {f"{prefix}{k}": v * samples for k, v in means.items()}
-        return reduce_means(self.c.strategy, sums, samples)
+        return reduce_means(self.row_ranks, sums, samples)
 
     def _modal_inputs(self, model: torch.nn.Module, mb: RolloutBatch) -> dict[str, Any]:
         """The micro-batch's media as ``model`` (the prepared actor or reference) declares
@@ -571,7 +586,8 @@ class RLTrainer:
         if updates_policy and self.updates_per_step == 1 and rollout.trainer_log_probs is None:
             recorded = torch.zeros_like(rollout.engine_log_probs)
         generator = torch.Generator().manual_seed(self.cfg.run.seed * 7_919 + step)
-        batch_size = (t.optimizer_batch_size or len(rollout) * s.world_size) // s.world_size
+        shares = self.row_ranks.world_size
+        batch_size = (t.optimizer_batch_size or len(rollout) * shares) // shares
         sums: dict[str, float] = {}
         tokens_seen = 0.0
         grad_norms: list[float] = []
@@ -623,10 +639,11 @@ class RLTrainer:
         return metrics
 
     def _loss_scale(self, rollout: RolloutBatch, chunk: torch.Tensor) -> LossScale:
-        """Token and sequence counts of the optimizer batch summed over every rank."""
+        """Token and sequence counts of the optimizer batch summed over every share of the
+        rows; ``world_size`` over every rank (gradients are averaged over all)."""
         s = self.c.strategy
         local = torch.tensor([float(rollout.action_mask[chunk].sum()), float(len(chunk))])
-        tokens, sequences = (int(v) for v in s.all_reduce(local, op="sum"))
+        tokens, sequences = (int(v) for v in self.row_ranks.all_reduce(local, op="sum"))
         return LossScale(
             num_tokens=max(1, tokens), num_sequences=sequences, world_size=s.world_size
         )
@@ -676,7 +693,7 @@ class RLTrainer:
         them; collective (every rank calls it)."""
         s = self.c.strategy
         with self._autocast(), generation_context(s, self.actor):
-            return evaluate(self.c.engine, self.c.tokenizer, self.data, self.cfg, s)
+            return evaluate(self.c.engine, self.c.tokenizer, self.data, self.cfg, self.row_ranks)
 
     def save(self, step: int) -> None:
         """The actor's checkpoint (with the loop's state in its client state), then the

@@ -1,19 +1,32 @@
 """Ulysses sequence parallelism on 2 ranks (one ``torchrun`` launch, gloo on the CPU):
 log-probs and gradients equal the unsplit model's, for Llama (eager kernel) and Qwen2
-(sdpa), and under the fsdp strategy with ``sequence_parallel_size=2``. The checks
-run in ``ulysses_worker.py``."""
+(sdpa), and under the fsdp strategy with ``sequence_parallel_size=2``; and two GRPO steps
+of the RL loop (``lightrft train``) with both ranks splitting every sequence equal the
+same run on one process with the ``local`` strategy. The checks run in
+``ulysses_worker.py``."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from safetensors.torch import load_file
+
+from lightrft_core.config import load_config
+from lightrft_core.models.tiny import build_tiny_checkpoint
+from lightrft_core.plugins import PluginManager
+from lightrft_core.testing.training import LetterPlugin, write_letter_prompts
+from lightrft_core.trainer.rl import RLTrainer
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
+#: Quantities that are not numbers of the run (times, speeds).
+UNTIMED = ("time/", "tokens_per_s", "timestamp")
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +40,62 @@ def _load_helpers() -> Any:
     return module
 
 
+def rl_overrides(root: Path, out: Path) -> list[str]:
+    """Two GRPO steps (2 prompts x 4 samples, a reference model for the KL term) of a tiny
+    Qwen2 with 4 query and 2 key/value heads, fp32, a learning rate that moves the weights."""
+    model = root / "model"
+    if not model.exists():
+        build_tiny_checkpoint(
+            model,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    prompts = root / "prompts.jsonl"
+    if not prompts.exists():
+        write_letter_prompts(prompts, count=8)
+    return [
+        f"run.output_dir={out}",
+        f"data.train_path={prompts}",
+        "data.apply_chat_template=false",
+        f"model.path={model}",
+        "reward.name=letter",
+        "reward.letter=\ufffd",  # the untrained model's bytes often decode to it: rewards vary
+        "engine.n_samples_per_prompt=4",
+        "engine.max_new_tokens=12",
+        "trainer.prompts_per_step=2",
+        "trainer.micro_batch_size=4",
+        "trainer.max_steps=2",
+        "trainer.learning_rate=1e-3",
+        "algorithm.kl_coef=0.01",
+        "logging.save_rollouts_every=1",
+        "logging.tensorboard=false",
+    ]
+
+
+def whole_run(overrides: list[str]) -> None:
+    """The same run on one process, every sequence whole (``local``)."""
+    import lightrft_plugin_grpo.plugin
+
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    pm.register(LetterPlugin(), name="letter")
+    RLTrainer(load_config(None, overrides, manager=pm), pm).train()
+
+
+def step_metrics(run: Path) -> list[dict[str, float]]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if isinstance(v, float | int) and not k.startswith(UNTIMED)}
+        for r in records
+    ]
+
+
 def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    (tmp_path / "rl.json").write_text(json.dumps(rl_overrides(tmp_path, split)))
     _load_helpers().torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
     results = json.loads((tmp_path / "result.json").read_text())
     assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp"}
@@ -35,3 +103,28 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
         assert diffs["log_probs"] < 1e-5, case
         assert diffs["gradients"] < 1e-5, case
     assert results["fsdp"]["data_parallel_size"] == 1
+
+    # the RL loop split over both ranks = the one-rank run
+    assert json.loads((tmp_path / "rl_result.json").read_text()) == {
+        "actor": True,
+        "reference": True,
+    }
+    whole_run(rl_overrides(tmp_path, whole))
+    expected, got = step_metrics(whole), step_metrics(split)
+    assert [r["step"] for r in got] == [1, 2]
+    for want, have in zip(expected, got, strict=True):
+        assert set(have) == set(want)
+        for key, value in want.items():
+            assert math.isclose(have[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, have, want)
+    assert expected[0]["loss"] != 0.0 and expected[0]["rollout_kl"] == 0.0
+    assert expected[1]["rollout_kl"] != 0.0  # the reference's log-probs: split on both ranks
+    for step in (1, 2):  # the same samples (the group's rows written once), the same log-probs
+        name = f"rollouts/step_{step:06d}.parquet"
+        want, have = pd.read_parquet(whole / name), pd.read_parquet(split / name)
+        assert have["response"].tolist() == want["response"].tolist()
+        assert have["logprob_mismatch"].sub(want["logprob_mismatch"]).abs().max() < 1e-6
+    initial = load_file(tmp_path / "model" / "model.safetensors")
+    want = load_file(whole / "final" / "model.safetensors")
+    have = load_file(split / "final" / "model.safetensors")
+    assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-3  # trained
+    assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5

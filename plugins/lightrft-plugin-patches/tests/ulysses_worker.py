@@ -2,7 +2,9 @@
 ``test_ulysses_distributed.py``: Ulysses sequence parallelism over both ranks against the
 unsplit model, for Llama (eager kernel) and Qwen2 (sdpa), and under the fsdp strategy
 (``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
-for each case the largest difference of log-probs and of gradients."""
+for each case the largest difference of log-probs and of gradients. Then the RL loop
+(``RLTrainer``) with the overrides of ``OUT/rl.json`` under fsdp with both ranks splitting
+every sequence; the test compares its run folder with a one-rank run's."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import torch
 import torch.distributed as dist
 
 from lightrft_core.actors.language import ActorLanguage
-from lightrft_plugin_patches.sequence_parallel import enable_sequence_parallel
+from lightrft_plugin_patches.sequence_parallel import (
+    enable_sequence_parallel,
+    sequence_parallel_forward,
+)
 
 ROWS, LENGTH, VOCAB = 3, 11, 64  # 11 positions: the slices are padded to 2 x 6
 
@@ -97,8 +102,7 @@ def fsdp_case() -> dict[str, float]:
     actor = ActorLanguage.from_model(model)
     optimizer = torch.optim.SGD(actor.parameters(), lr=0.0)
     strategy.prepare(actor, optimizer)
-    sequences, mask, weights = batch()
-    enable_sequence_parallel(actor, strategy.sequence_parallel_group)
+    sequences, mask, weights = batch()  # prepare made the forward split the sequences
     out = actor(sequences, mask)
     strategy.backward((weights * out.log_probs).sum() * strategy.world_size, actor)
     grads = {
@@ -112,6 +116,31 @@ def fsdp_case() -> dict[str, float]:
     }
 
 
+def rl_run(overrides: list[str]) -> dict[str, bool]:
+    """``lightrft train``'s loop (GRPO, the letter reward) with both ranks splitting every
+    sequence: data-parallel size 1. Returns whether the actor and the reference forwards
+    were the split one."""
+    import lightrft_plugin_fsdp.plugin
+    import lightrft_plugin_grpo.plugin
+    from lightrft_core.config import load_config
+    from lightrft_core.plugins import PluginManager
+    from lightrft_core.testing.training import LetterPlugin
+    from lightrft_core.trainer.rl import RLTrainer
+
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
+    pm.register(LetterPlugin(), name="letter")
+    split = ["strategy.name=fsdp", "strategy.backend=gloo", "strategy.sequence_parallel_size=2"]
+    trainer = RLTrainer(load_config(None, [*overrides, *split], manager=pm), pm)
+    trainer.train()
+
+    def splits(model: Any) -> bool:
+        return vars(model)["forward"].func is sequence_parallel_forward
+
+    return {"actor": splits(trainer.actor), "reference": splits(trainer.reference)}
+
+
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     results = {
@@ -119,8 +148,10 @@ def main(out: Path) -> None:
         for family, attention in (("llama", "eager"), ("qwen2", "sdpa"))
     }
     results["fsdp"] = fsdp_case()
+    split = rl_run(json.loads((out / "rl.json").read_text(encoding="utf-8")))
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        (out / "rl_result.json").write_text(json.dumps(split), encoding="utf-8")
     dist.barrier()
     dist.destroy_process_group()
 

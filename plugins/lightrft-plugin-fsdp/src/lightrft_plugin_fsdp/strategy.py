@@ -15,8 +15,10 @@ has them (see ``docs/distributed.md``):
   with the training module (the ``hf`` engine) -- no collective runs inside.
 
 With ``sequence_parallel_size`` P > 1 it also makes groups of P consecutive ranks that split
-each sequence (Ulysses, ``lightrft-plugin-patches``): ``sequence_parallel_group``, and the
-share of the rows a group takes, ``data_parallel_rank`` of ``data_parallel_size``.
+each sequence (Ulysses, ``lightrft-plugin-patches``): ``sequence_parallel_group``, the
+share of the rows a group takes, ``data_parallel_rank`` of ``data_parallel_size``, and the
+``data_parallel_group`` of the ranks at the same place in every group; ``prepare`` makes a
+``language`` actor's forward split its sequences over the group.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from lightrft_core import distributed
-from lightrft_core.interfaces import StrategyBase
+from lightrft_core.interfaces import Actor, StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
 
 from . import checkpointing, sharding
@@ -40,8 +42,9 @@ from . import checkpointing, sharding
 logger = logging.getLogger("lightrft.fsdp")
 
 
-def sequence_parallel_group(size: int) -> Any:
-    """This rank's group of ``size`` consecutive ranks (every rank creates every group)."""
+def sequence_parallel_groups(size: int) -> tuple[Any, Any]:
+    """This rank's group of ``size`` consecutive ranks, and its data-parallel group: the
+    ranks at the same place in every such group (every rank creates every group)."""
     import torch.distributed as dist
 
     world, rank = distributed.world_size(), distributed.rank()
@@ -49,8 +52,29 @@ def sequence_parallel_group(size: int) -> Any:
         raise ValueError(
             f"strategy.sequence_parallel_size={size} does not divide the {world} ranks"
         )
-    groups = [dist.new_group(list(range(start, start + size))) for start in range(0, world, size)]
-    return groups[rank // size]
+    splits = [dist.new_group(list(range(start, start + size))) for start in range(0, world, size)]
+    shares = [dist.new_group(list(range(place, world, size))) for place in range(size)]
+    return splits[rank // size], shares[rank % size]
+
+
+def split_sequences(actor: torch.nn.Module, group: Any) -> None:
+    """Make ``actor``'s forward split every sequence over ``group``
+    (``lightrft_plugin_patches.sequence_parallel``); only a ``language`` actor can."""
+    from lightrft_core.actors.language import ActorLanguage
+
+    if not isinstance(actor, ActorLanguage):
+        raise ValueError(
+            f"strategy.sequence_parallel_size > 1 splits the sequences of the language actor "
+            f"only, not of {type(actor).__name__}"
+        )
+    try:
+        from lightrft_plugin_patches.sequence_parallel import enable_sequence_parallel
+    except ImportError as err:
+        raise ImportError(
+            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
+            "(pip install lightrft-plugin-patches)"
+        ) from err
+    enable_sequence_parallel(actor, group)
 
 
 class FSDPStrategy(StrategyBase):
@@ -154,6 +178,7 @@ class FSDPStrategy(StrategyBase):
         self._device: torch.device | None = None
         self._mesh: Any = None
         self._sequence_parallel_group: Any = None
+        self._data_parallel_group: Any = None
         self._reshard: dict[Any, bool] = {}  # FSDP unit -> its reshard_after_forward
         self._roots: list[torch.nn.Module] = []
 
@@ -168,7 +193,7 @@ class FSDPStrategy(StrategyBase):
         distributed.init_process_group(backend, timeout_s=self.config.timeout_s)
         self._mesh = init_device_mesh(self._device.type, (distributed.world_size(),))
         if self.config.sequence_parallel_size > 1:
-            self._sequence_parallel_group = sequence_parallel_group(
+            self._sequence_parallel_group, self._data_parallel_group = sequence_parallel_groups(
                 self.config.sequence_parallel_size
             )
 
@@ -199,6 +224,12 @@ class FSDPStrategy(StrategyBase):
     def data_parallel_size(self) -> int:
         """How many groups share the rows: ``world_size / sequence_parallel_size``."""
         return self.world_size // self.sequence_parallel_size
+
+    @property
+    def data_parallel_group(self) -> Any:
+        """The ranks at this rank's place in every sequence-parallel group (``None``, every
+        rank, when ``sequence_parallel_size`` is 1)."""
+        return self._data_parallel_group
 
     @property
     def device(self) -> torch.device:
@@ -234,7 +265,9 @@ class FSDPStrategy(StrategyBase):
         """Shard ``model``: each decoder layer a unit, ``model`` the root. The optimizer
         (created on the unsharded model) is rebound in place to the sharded parameters. A
         model without optimizer (reference, reward) is prepared for inference: frozen, in
-        eval mode, its root freed after every forward, optionally kept on the CPU."""
+        eval mode, its root freed after every forward, optionally kept on the CPU. With
+        ``sequence_parallel_size`` > 1 an ``Actor``'s forward splits its sequences
+        (``split_sequences``)."""
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
         cfg = self.config
@@ -280,6 +313,8 @@ class FSDPStrategy(StrategyBase):
             )
         sharding.initialize_root(model)
         self._roots.append(model)
+        if self.sequence_parallel_size > 1 and isinstance(model, Actor):
+            split_sequences(model, self.sequence_parallel_group)
         if training:
             sharding.rebind_optimizer(optimizer, model, names)
         else:
