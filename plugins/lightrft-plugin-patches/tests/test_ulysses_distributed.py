@@ -41,15 +41,16 @@ def _load_helpers() -> Any:
 
 
 def rl_overrides(root: Path, out: Path) -> list[str]:
-    """Two GRPO steps (2 prompts x 4 samples, a reference model for the KL term) of a tiny
-    Qwen2 with 4 query and 2 key/value heads, fp32, a learning rate that moves the weights."""
+    """Two GRPO steps (2 prompts x 4 samples, a reference model for the KL term) of a
+    one-layer Qwen2 with 4 query and 2 key/value heads, fp32, a learning rate that moves the
+    weights."""
     model = root / "model"
     if not model.exists():
         build_tiny_checkpoint(
             model,
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=2,
+            num_hidden_layers=1,
             num_attention_heads=4,
             num_key_value_heads=2,
         )
@@ -64,7 +65,7 @@ def rl_overrides(root: Path, out: Path) -> list[str]:
         "reward.name=letter",
         "reward.letter=\ufffd",  # the untrained model's bytes often decode to it: rewards vary
         "engine.n_samples_per_prompt=4",
-        "engine.max_new_tokens=12",
+        "engine.max_new_tokens=8",
         "trainer.prompts_per_step=2",
         "trainer.micro_batch_size=4",
         "trainer.max_steps=2",
