@@ -7,15 +7,17 @@ prompts of ``--prompt-min``..``--prompt-max`` tokens, responses drawn from a log
 The same rollout (old log-probs from one no-grad pass, random advantages) trains under
 each setting -- ``trainer._train``: forward, GRPO loss, backward and the AdamW step for
 every micro-batch -- and the script prints per setting the seconds per train phase (median
-of ``--repeats`` after one warm-up), train tokens/s (real prompt + response tokens, no
-padding), the tokens computed (padding included), the number of forward passes and the
-peak CUDA memory, then the ratios to the padded run.
+of ``--repeats`` after one warm-up; wall clock and the process's CPU time), train tokens/s
+(real prompt + response tokens, no padding), the tokens computed (padding included), the
+number of forward passes and the peak CUDA memory, then the ratios to the padded run.
 
 Settings:
 
 * ``padded``: ``--micro-batch-size`` rows per pass, each padded to its longest row;
-* ``packed``: the same rows per pass, packed into rows as wide as the longest (flash-
-  attention: one row) -- ``trainer.packing=true``;
+* ``packed``: the same rows per pass, packed -- ``trainer.packing=true``: all in one row,
+  no padding, with flash-attention (its variable-length kernel) and with SDPA (one SDPA call
+  per run of equal-length sequences, ``lightrft_core/actors/varlen_attention.py``); with
+  eager attention into rows as wide as the longest and a block-diagonal mask;
 * ``budget``: packed, micro-batches by ``--max-tokens`` tokens (default: the rollout's mean
   tokens per row x ``--micro-batch-size``), longest first, balanced --
   ``trainer.max_tokens_per_micro_batch``.
@@ -154,14 +156,15 @@ def sync() -> None:
 
 def computed_tokens(trainer: Any, rollout: Any) -> tuple[int, int]:
     """Tokens one train phase computes (padding included) and its number of passes."""
-    from lightrft_core.actors.packing import pack_padded_rows
+    from lightrft_core.actors.packing import pack_padded_rows, packs_into_one_row
 
     t = trainer.cfg.trainer
+    one_row = packs_into_one_row(trainer.actor.hf_model())
     total, passes = 0, 0
     for rows in trainer._micro_batches(rollout, torch.arange(len(rollout))):
         mb = rollout.select(rows)
         if t.packing:
-            packed = pack_padded_rows(mb.sequences, mb.attention_mask)
+            packed = pack_padded_rows(mb.sequences, mb.attention_mask, one_row=one_row)
             total += packed.sequences.numel()
         else:
             total += mb.sequences.numel()
@@ -177,12 +180,13 @@ def measure(trainer: Any, rollout: Any, setting: str, args: argparse.Namespace) 
     sync()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    seconds = []
+    seconds, cpu_seconds = [], []
     for repeat in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer._train(rollout, 2 + repeat)
         sync()
         seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
     tokens = int(rollout.attention_mask.sum())
     computed, passes = computed_tokens(trainer, rollout)
     train_s = statistics.median(seconds)
@@ -190,6 +194,7 @@ def measure(trainer: Any, rollout: Any, setting: str, args: argparse.Namespace) 
     return {
         "setting": setting,
         "train_s": train_s,
+        "train_cpu_s": statistics.median(cpu_seconds),
         "train_tokens_per_s": tokens / train_s,
         "tokens": tokens,
         "computed_tokens": computed,
@@ -209,11 +214,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.max_tokens = max(int(mean_tokens * args.micro_batch_size), args.max_len)
         results = [measure(trainer, rollout, setting, args) for setting in SETTINGS]
         impl = trainer.actor.hf_model().config._attn_implementation
+        layout = packed_layout(trainer.actor.hf_model())
     lengths = rollout.action_mask.sum(-1).float()
     return {
         "size": args.size,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "attn_implementation": impl,
+        "packed_layout": layout,
         "rows": args.rows,
         "micro_batch_size": args.micro_batch_size,
         "max_tokens": args.max_tokens,
@@ -226,6 +233,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def packed_layout(hf_model: Any) -> str:
+    """How the ``packed`` and ``budget`` settings lay out a pass, for the report."""
+    from lightrft_core.actors.packing import packs_into_one_row
+
+    impl = hf_model.config._attn_implementation
+    if not packs_into_one_row(hf_model):
+        return "rows as wide as the longest sequence, block-diagonal mask"
+    if impl == "sdpa":
+        return "one row per pass, SDPA per sequence (no mask)"
+    return "one row per pass, flash-attention variable-length kernel"
+
+
 def print_report(report: dict[str, Any]) -> None:
     r = report["response_length"]
     print(
@@ -234,21 +253,24 @@ def print_report(report: dict[str, Any]) -> None:
         f"max {r['max']:.0f} tokens; {report['micro_batch_size']} rows per padded or packed "
         f"pass, budget {report['max_tokens']} tokens =="
     )
+    print(f"packed and budget: {report['packed_layout']}")
     print(
-        f"{'setting':<8} {'train s':>9} {'tokens/s':>10} {'computed':>9} {'passes':>7} "
-        f"{'peak MiB':>9} {'speed-up':>9}"
+        f"{'setting':<8} {'train s':>9} {'cpu s':>9} {'tokens/s':>10} {'computed':>9} "
+        f"{'passes':>7} {'peak MiB':>9} {'speed-up':>9} {'cpu ratio':>9}"
     )
     base = report["results"][0]
     for res in report["results"]:
         peak = "n/a" if res["peak_mib"] is None else f"{res['peak_mib']:.0f}"
         print(
-            f"{res['setting']:<8} {res['train_s']:9.3f} {res['train_tokens_per_s']:10.0f} "
-            f"{res['computed_tokens']:9d} {res['passes']:7d} {peak:>9} "
-            f"{base['train_s'] / res['train_s']:8.2f}x"
+            f"{res['setting']:<8} {res['train_s']:9.3f} {res['train_cpu_s']:9.3f} "
+            f"{res['train_tokens_per_s']:10.0f} {res['computed_tokens']:9d} {res['passes']:7d} "
+            f"{peak:>9} {base['train_s'] / res['train_s']:8.2f}x "
+            f"{base['train_cpu_s'] / res['train_cpu_s']:8.2f}x"
         )
     print(
         f"(real tokens {base['tokens']}; 'computed' counts padding; speed-up = padded train s / "
-        "setting train s, same process)"
+        "setting train s, same process; cpu s: the process's CPU time (all threads), the "
+        "steadier figure on a busy machine)"
     )
 
 

@@ -87,14 +87,13 @@ def segment_attention(
             f"{tuple(query.shape)}"
         )
     heads, gqa = query.shape[1], query.shape[1] != key.shape[1]
+    sizes = [count * length for _, count, length in segments.runs]
+    # split, not slices: its backward is one concatenation, not a zero-filled tensor per run
+    pieces = zip(*(t[0].split(sizes, dim=1) for t in (query, key, value)), strict=True)
     outputs = []
-    for start, count, length in segments.runs:
-        cols = slice(start, start + count * length)
-        q, k, v = (
-            t[0, :, cols].unflatten(1, (count, length)).transpose(0, 1)  # [count, h, len, d]
-            for t in (query, key, value)
-        )
-        out = F.scaled_dot_product_attention(
+    for (_, count, length), (q, k, v) in zip(segments.runs, pieces, strict=True):
+        q, k, v = (t.unflatten(1, (count, length)).transpose(0, 1) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(  # [count, H, length, Dv]
             q,
             k,
             v,
@@ -102,7 +101,7 @@ def segment_attention(
             scale=scaling,
             is_causal=causal and length > 1,
             enable_gqa=gqa,
-        )  # [count, H, length, Dv]
+        )
         outputs.append(out.transpose(1, 2).reshape(count * length, heads, -1))
     return torch.cat(outputs).unsqueeze(0)
 
