@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lightrft_core.demo.controlled import run_controlled_demo
 from lightrft_core.engines.hf import never_sampled_ids
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_qwen_audio.demo.run import (
     CONFIG_FILES,
     AudioDemoPlan,
     config_path,
-    run_audio_demo,
 )
 from lightrft_plugin_qwen_audio.demo.task import (
     PITCHES,
@@ -166,13 +166,13 @@ def test_shrunken_demo_learns_and_same_seed_same_numbers(
     5.57, a random model's, by more than one nat), the run ends with a model, its processor
     and curves, and the same seed gives the same numbers. (Learning to listen takes hundreds
     of GRPO steps, more than a test affords: docs/multimodal.md has the full demo's numbers.)"""
-    first = run_audio_demo(_plan(tmp_path / "a"), manager=manager)
-    second = run_audio_demo(_plan(tmp_path / "b"), manager=manager)
+    first = run_controlled_demo(_plan(tmp_path / "a"), manager=manager)
+    second = run_controlled_demo(_plan(tmp_path / "b"), manager=manager)
     assert _learning_curve(first.history) == _learning_curve(second.history)
-    assert (first.accuracy_before, first.accuracy_after, first.accuracy_silent) == (
+    assert (first.accuracy_before, first.accuracy_after, first.accuracy_control) == (
         second.accuracy_before,
         second.accuracy_after,
-        second.accuracy_silent,
+        second.accuracy_control,
     )
     sft = [json.loads(x)["sft/loss"] for x in (tmp_path / "a/sft/metrics.jsonl").open()]
     assert len(sft) == 16  # 64 rows / 16, four epochs

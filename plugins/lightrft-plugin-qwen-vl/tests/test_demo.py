@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from lightrft_cli.main import app
+from lightrft_core.demo.controlled import run_controlled_demo
 from lightrft_core.plugins import PluginManager
 from lightrft_plugin_qwen_vl.demo.run import (
     CONFIG_FILES,
     VisionDemoPlan,
     config_path,
-    run_vision_demo,
 )
 from lightrft_plugin_qwen_vl.demo.task import COLORS, QUESTION, ColorTask, write_task_data
 
@@ -101,14 +101,14 @@ def _learning_curve(history: list[dict]) -> list[dict]:
 
 
 def test_demo_wiring_and_same_seed_same_numbers(manager: PluginManager, tmp_path: Path) -> None:
-    first = run_vision_demo(
+    first = run_controlled_demo(
         _plan(tmp_path / "a", steps=3, sft=64, rl=64, held_out=16), manager=manager
     )
-    second = run_vision_demo(
+    second = run_controlled_demo(
         _plan(tmp_path / "b", steps=3, sft=64, rl=64, held_out=16), manager=manager
     )
     assert _learning_curve(first.history) == _learning_curve(second.history)
-    assert first.accuracy_blank == second.accuracy_blank
+    assert first.accuracy_control == second.accuracy_control
     assert (first.final_model / "processor_config.json").is_file()  # the export has it
     assert first.curves.is_file()
 
@@ -125,10 +125,10 @@ def test_grpo_learns_to_look(manager: PluginManager, tmp_path: Path) -> None:
     by >= 15 points over the SFT checkpoint (which guesses: chance), and the trained model on
     blank pictures stays near chance -- the task needs the picture. (The full demo: 200
     steps, 256 pictures, 25% -> 99%; docs/multimodal.md.)"""
-    result = run_vision_demo(
+    result = run_controlled_demo(
         _plan(tmp_path, steps=100, sft=1024, rl=1600, held_out=128), manager=manager
     )
     chance = 1 / len(COLORS)
     assert result.accuracy_before < chance + 0.1
     assert result.accuracy_after - result.accuracy_before >= 0.15
-    assert result.accuracy_blank < chance + 0.1
+    assert result.accuracy_control < chance + 0.1

@@ -18,13 +18,14 @@ verifiable reward (the exact name) has to teach it to listen.
 
 from __future__ import annotations
 
-import json
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightrft_core.demo.task import write_jsonl
 
 SAMPLING_RATE = 16_000
 #: Band names and their centre pitch in Hz, an octave apart (the first letters differ).
@@ -83,13 +84,6 @@ def _row(audio_path: str, answer: str) -> dict[str, Any]:
     return {"prompt": QUESTION, "audios": [audio_path], "answer": answer}
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_task_data(
     directory: str | Path,
     task: PitchTask,
@@ -126,8 +120,8 @@ def write_task_data(
     for r in sft_rows:
         del r["answer"]
     return {
-        "sft": _write_jsonl(directory / "sft.jsonl", sft_rows),
-        "train": _write_jsonl(directory / "train.jsonl", train),
-        "eval": _write_jsonl(directory / "eval.jsonl", held),
-        "eval_silent": _write_jsonl(directory / "eval_silent.jsonl", silent),
+        "sft": write_jsonl(directory / "sft.jsonl", sft_rows),
+        "train": write_jsonl(directory / "train.jsonl", train),
+        "eval": write_jsonl(directory / "eval.jsonl", held),
+        "eval_silent": write_jsonl(directory / "eval_silent.jsonl", silent),
     }

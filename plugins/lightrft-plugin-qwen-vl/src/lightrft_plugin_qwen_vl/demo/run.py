@@ -1,21 +1,18 @@
 """``lightrft demo --task vision``: a tiny Qwen2-VL and the colour task -> SFT warm-up (the
 answer's form only) -> GRPO through ``lightrft train``'s code -> held-out accuracy, and the
-same model on blank pictures as the control (task.py says why)."""
+same model on blank pictures as the control (task.py says why). The flow is the core's
+:mod:`lightrft_core.demo.controlled`; this module is the task's part of it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from lightrft_core.config import LightRFTConfig
-from lightrft_core.demo.run import DemoResult, demo_config, sft_then_rl
-from lightrft_core.plugins import PluginManager, get_plugin_manager
+from lightrft_core.demo.controlled import ControlledDemoPlan, ControlledDemoResult
 
-from ..tiny import build_tiny_qwen_vl
-from .task import ColorTask, write_task_data
+from ..tiny import Family, build_tiny_qwen_vl
+from .task import COLORS, QUESTION, ColorTask, write_task_data
 
 #: The configuration files the demo runs (also shipped as examples/demo_vision_*.yaml).
 CONFIG_FILES = {"sft": "vision_sft.yaml", "rl": "vision_grpo.yaml"}
@@ -26,113 +23,34 @@ def config_path(name: str) -> Path:
 
 
 @dataclass
-class VisionDemoPlan:
-    """Where and how the demo runs; the defaults are the documented demo."""
+class VisionDemoPlan(ControlledDemoPlan):
+    """The colour task on a tiny Qwen2-VL; the defaults are the documented demo."""
 
-    output_dir: Path
-    algorithm: str = "grpo"
-    family: str = "qwen2_vl"
+    family: Family = "qwen2_vl"
     task: ColorTask = field(default_factory=ColorTask)
-    seed: int = 0
-    sft_examples: int = 2_048
-    rl_prompts: int = 4_000
-    held_out: int = 256
-    rl_overrides: Sequence[str] = ()
-    sft_overrides: Sequence[str] = ()
 
-    @property
-    def paths(self) -> dict[str, Path]:
-        o = self.output_dir
-        return {
-            "base": o / "base",
-            "data": o / "data",
-            "sft": o / "sft",
-            "rl": o / "rl",
-            "blank": o / "blank",
-        }
+    control = "blank"
+    title = "the colour task (held-out pictures, greedy)"
+    control_inputs = "blank pictures"
 
-    def sft_config(self, manager: PluginManager) -> LightRFTConfig:
+    def config_file(self, stage: str) -> Path:
+        return config_path(stage)
+
+    def prepare(self) -> None:
         p = self.paths
-        return demo_config(
-            config_path("sft"),
-            manager,
-            output_dir=p["sft"],
+        build_tiny_qwen_vl(p["base"], family=self.family, seed=self.seed)
+        write_task_data(
+            p["data"],
+            self.task,
+            sft=self.sft_examples,
+            rl=self.rl_prompts,
+            held_out=self.held_out,
             seed=self.seed,
-            model_path=p["base"],
-            data={"train_path": p["data"] / "sft.jsonl"},
-            overrides=self.sft_overrides,
         )
 
-    def rl_config(self, manager: PluginManager) -> LightRFTConfig:
-        p = self.paths
-        return self._grpo_config(manager, p["rl"], p["sft"] / "final", "train.jsonl", "eval.jsonl")
+    def chance(self) -> float:
+        return 1 / len(COLORS)
 
-    def blank_config(self, manager: PluginManager) -> LightRFTConfig:
-        """The trained model on the held-out questions with blank pictures (evaluated
-        only, never trained)."""
-        p = self.paths
-        blank = "eval_blank.jsonl"
-        return self._grpo_config(manager, p["blank"], p["rl"] / "final", blank, blank)
-
-    def _grpo_config(
-        self, manager: PluginManager, output_dir: Path, model: Path, train: str, held_out: str
-    ) -> LightRFTConfig:
-        data = self.paths["data"]
-        return demo_config(
-            config_path("rl"),
-            manager,
-            output_dir=output_dir,
-            seed=self.seed,
-            model_path=model,
-            data={"train_path": data / train, "eval_path": data / held_out},
-            overrides=[f"algorithm.name={self.algorithm}", *self.rl_overrides],
-        )
-
-
-@dataclass
-class VisionDemoResult(DemoResult):
-    """The demo's result plus the trained model's accuracy on blank pictures."""
-
-    accuracy_blank: float
-
-
-def prepare(plan: VisionDemoPlan) -> None:
-    """Build the tiny model and write the task data (deterministic from ``plan.seed``)."""
-    p = plan.paths
-    build_tiny_qwen_vl(p["base"], family=plan.family, seed=plan.seed)
-    write_task_data(
-        p["data"],
-        plan.task,
-        sft=plan.sft_examples,
-        rl=plan.rl_prompts,
-        held_out=plan.held_out,
-        seed=plan.seed,
-    )
-
-
-def run_vision_demo(
-    plan: VisionDemoPlan,
-    *,
-    manager: PluginManager | None = None,
-    console: Any = None,
-    progress: Any = None,
-) -> VisionDemoResult:
-    """Prepare, SFT, RL (the core demo's ``sft_then_rl``), then the blank-picture control;
-    returns held-out greedy accuracy before RL, after RL, and after RL on blank pictures."""
-    from lightrft_core.trainer.rl import RLTrainer
-
-    manager = manager or get_plugin_manager()
-    rl_cfg = plan.rl_config(manager)  # validate the configurations before any work
-    sft_cfg = plan.sft_config(manager)
-    result = sft_then_rl(
-        sft_cfg,
-        rl_cfg,
-        lambda: prepare(plan),
-        manager=manager,
-        console=console,
-        progress=progress,
-    )
-    control = RLTrainer(plan.blank_config(manager), manager, console=console)
-    blank = control.evaluate()
-    control.metrics.close()
-    return VisionDemoResult(**vars(result), accuracy_blank=blank["eval/accuracy"])
+    def try_it(self, result: ControlledDemoResult) -> str:
+        picture = self.paths["data"] / "images" / "eval_00000.png"
+        return f"try it: lightrft generate {result.rl_dir} --image {picture} --prompt '{QUESTION}'"

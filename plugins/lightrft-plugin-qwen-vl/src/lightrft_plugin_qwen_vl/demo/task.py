@@ -15,11 +15,12 @@ from the verifiable reward (the exact colour) has to teach it to look.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lightrft_core.demo.task import write_jsonl
 
 #: Colour names and their RGB values (far apart, so the task is about looking, not nuance).
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -79,13 +80,6 @@ def _row(image_path: str, answer: str) -> dict[str, Any]:
     return {"prompt": QUESTION, "images": [image_path], "answer": answer}
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def write_task_data(
     directory: str | Path,
     task: ColorTask,
@@ -119,8 +113,8 @@ def write_task_data(
         {"prompt": QUESTION, "response": names[rng.randrange(len(names))]} for _ in range(sft)
     ]
     return {
-        "sft": _write_jsonl(directory / "sft.jsonl", sft_rows),
-        "train": _write_jsonl(directory / "train.jsonl", train),
-        "eval": _write_jsonl(directory / "eval.jsonl", held),
-        "eval_blank": _write_jsonl(directory / "eval_blank.jsonl", blank),
+        "sft": write_jsonl(directory / "sft.jsonl", sft_rows),
+        "train": write_jsonl(directory / "train.jsonl", train),
+        "eval": write_jsonl(directory / "eval.jsonl", held),
+        "eval_blank": write_jsonl(directory / "eval_blank.jsonl", blank),
     }
