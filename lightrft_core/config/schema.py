@@ -151,14 +151,16 @@ class TrainerConfig:
     micro_batch_size: int = field(
         default=4, metadata={"help": "Samples per forward/backward pass on one rank."}
     )
-    packing: bool = field(
-        default=False,
+    packing: bool | Literal["auto"] = field(
+        default="auto",
         metadata={
             "help": "Pack several sequences into each row of a forward pass (positions restart "
             "per sequence, attention stays inside it) instead of padding every row to the "
             "longest: the same log-probs, losses and gradients, less padding computed. RL, SFT "
             "and reward-model loops; text-only actors and those that read packed media rows "
-            "(qwen_vl, qwen_audio)."
+            "(qwen_vl, qwen_audio). 'auto': on for a text-only model on sdpa or "
+            "flash-attention (all sequences of a pass in one row, no mask), off otherwise "
+            "(media, eager attention, sequence parallelism)."
         },
     )
     max_tokens_per_micro_batch: int | None = field(

@@ -63,12 +63,22 @@ def parse_text(text: str, tp: Any) -> Any:
     optional = _is_optional(tp)
     if optional and text in _NONE_WORDS:
         return None
-    if accepts_text(tp):
+    if accepts_text(tp) and not _takes_other_than_text(tp):
         return text
     try:
-        return yaml.safe_load(text)
+        parsed = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # a union of text and other types (``bool | Literal["auto"]``): text unless YAML reads
+    # another type ("true")
+    return text if accepts_text(tp) and isinstance(parsed, str) else parsed
+
+
+def _takes_other_than_text(tp: Any) -> bool:
+    """Whether a union also takes values that are not text (``bool | Literal["auto"]``)."""
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return False
+    return not all(accepts_text(a) for a in typing.get_args(tp) if a is not type(None))
 
 
 def _finite_float(value: Any) -> float:

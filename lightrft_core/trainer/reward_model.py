@@ -116,7 +116,7 @@ def _train_reward_model(
     actor_class = manager.get_actor(cfg.model.name)
     with_media = reads_images(actor_class)
     packing, max_tokens = cfg.trainer.packing, cfg.trainer.max_tokens_per_micro_batch
-    if with_media and (packing or max_tokens is not None):
+    if with_media and (packing is True or max_tokens is not None):
         raise ValueError(
             f"lightrft rm with a model that reads media (model.name={cfg.model.name!r}) does "
             "not pack rows or cut micro-batches by tokens; unset trainer.packing and "
@@ -141,6 +141,10 @@ def _train_reward_model(
             )
             classifier.config.pad_token_id = tokenizer.pad_token_id  # pooling: last non-pad
             model = classifier
+    # trainer.packing 'auto': packed when the classifier reads the packed rows without a mask
+    packing = not with_media and (
+        packing is True or (packing == "auto" and packs_into_one_row(model))
+    )
     label_keys = list(dict.fromkeys(key for head in heads for key in head.row_keys()))
 
     def dataset(source: str, max_length: int | None) -> PreferenceDataset:

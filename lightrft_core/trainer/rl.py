@@ -63,7 +63,7 @@ from .experience import (
     shuffled_chunks,
 )
 from .metrics import PhaseTimer
-from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
+from .micro_batches import actor_forward, agree_over_ranks, plan_micro_batches, resolve_packing
 from .multimodal import check_media_support, check_prompt_ids, generate_kwargs, has_media
 from .profiling import RangedPhaseTimer, StepProfiler
 from .resume import (
@@ -137,7 +137,7 @@ class RLTrainer:
         )
         check_splittable(
             s,
-            packing=t.packing,
+            packing=t.packing is True,
             critic=self.c.algorithm.needs_critic(),
             media=has_media([*self.data.sampler.dataset, *self.data.eval_items]),
             engine=cfg.engine.name,
@@ -181,7 +181,10 @@ class RLTrainer:
             self.c.reference, _, _ = s.prepare(self.c.reference)
         self.c.reward.place(s)  # a reward model sharded or offloaded by the strategy
         policy = unwrapped_actor(s, self.actor)
-        check_packing(t.packing, policy)
+        # 'auto' resolved once: every pass below (and the critic) reads the bool
+        t.packing = resolve_packing(
+            t.packing, policy, splits_sequences=s.sequence_parallel_size > 1
+        )
         check_media_support(
             [*self.data.sampler.dataset, *self.data.eval_items],
             self.c.engine,

@@ -34,7 +34,7 @@ from .bootstrap import (
 )
 from .data import media_kinds
 from .distributed import model_init_context, no_sync
-from .micro_batches import actor_forward, agree_over_ranks, check_packing, plan_micro_batches
+from .micro_batches import actor_forward, agree_over_ranks, plan_micro_batches, resolve_packing
 from .supervised import prepare_supervised
 
 
@@ -85,7 +85,7 @@ def _train_sft(
         processor=start.processor,
     )
     check_actor_takes_media(built, dataset)
-    check_packing(cfg.trainer.packing, built)
+    cfg.trainer.packing = resolve_packing(cfg.trainer.packing, built)  # 'auto' resolved
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))
     policy = unwrapped_actor(strategy, actor)
     metrics = open_run_log(cfg, strategy, manager, console=console)
