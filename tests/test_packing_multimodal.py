@@ -1,20 +1,20 @@
 """Sample packing with images (``trainer.packing`` on a ``qwen_vl`` actor): packed rows in
 the rows' order, each sequence with its own 3-D rotary positions, give the padded run's
 log-probs, entropies and gradients (fp32, tiny Qwen2-VL and Qwen3-VL); so do packed
-Qwen2-Audio rows with clips (1-D positions); the actors that do not read packed media rows
-(``qwen_omni``) are refused at start."""
+Qwen2-Audio rows with clips (1-D positions; Qwen2.5-Omni's thinker: the plugin's
+test_omni.py); an actor that does not read packed media rows is refused at start."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
 
-from lightrft_core.actors.packing import pack_padded_rows, packed_actor_forward
+from lightrft_core.actors.packing import pack_padded_rows
 from lightrft_core.interfaces import ActorModality
-from lightrft_core.trainer.micro_batches import actor_forward, check_packing
+from lightrft_core.testing.packing import assert_packed_equals_padded
+from lightrft_core.trainer.micro_batches import check_packing
 
 pytest.importorskip("lightrft_plugin_qwen_vl")
 
@@ -30,15 +30,6 @@ CASES = {
 }
 
 
-def _run(actor: QwenVLActor, forward: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Log-probs, entropies and the gradients of ``-Σ log-probs + Σ entropy``."""
-    actor.zero_grad()
-    out = forward()
-    (out.entropy.sum() - out.log_probs.sum()).backward()
-    grads = {n: p.grad.clone() for n, p in actor.named_parameters() if p.grad is not None}
-    return out.log_probs.detach(), out.entropy.detach(), grads
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_packed_image_rows_equal_the_padded_run(case: str, request: pytest.FixtureRequest) -> None:
     fixture, attn = CASES[case]
@@ -52,28 +43,7 @@ def test_packed_image_rows_equal_the_padded_run(case: str, request: pytest.Fixtu
     packed = pack_padded_rows(ids, mask, keep_order=True)
     assert [s.row for s in packed.spans] == [0, 0, 1, 2, 2]
 
-    _assert_packed_equals_padded(actor, ids, mask, images)
-
-
-def _assert_packed_equals_padded(actor: Any, ids: Any, mask: Any, media: dict) -> None:
-    """Packed rows (several rows, and one row) against the padded run."""
-    padded = _run(actor, lambda: actor(ids, mask, return_entropy=True, **media))
-    assert padded[0].abs().sum() > 0
-    ways = {
-        "rows": lambda: actor_forward(
-            actor, actor, ids, mask, packing=True, return_entropy=True, **media
-        ),
-        "one_row": lambda: packed_actor_forward(
-            actor, ids, mask, one_row=True, return_entropy=True, **media
-        ),
-    }
-    for way, forward in ways.items():
-        log_probs, entropy, grads = _run(actor, forward)
-        torch.testing.assert_close(log_probs, padded[0], rtol=1e-5, atol=1e-5, msg=way)
-        torch.testing.assert_close(entropy, padded[1], rtol=1e-5, atol=1e-5, msg=way)
-        assert grads.keys() == padded[2].keys()
-        for name, grad in padded[2].items():
-            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_packed_equals_padded(actor, ids, mask, images)
 
 
 def test_packed_audio_rows_equal_the_padded_run(request: pytest.FixtureRequest) -> None:
@@ -88,7 +58,7 @@ def test_packed_audio_rows_equal_the_padded_run(request: pytest.FixtureRequest) 
     ids, mask = batch.sequences, batch.attention_mask
     # next fit: text | (a clip, a clip)
     assert [s.row for s in pack_padded_rows(ids, mask, keep_order=True).spans] == [0, 1, 1]
-    _assert_packed_equals_padded(actor, ids, mask, batch.modal_inputs())
+    assert_packed_equals_padded(actor, ids, mask, batch.modal_inputs())
 
 
 def test_actors_without_packed_media_rows_are_refused() -> None:
@@ -96,7 +66,7 @@ def test_actors_without_packed_media_rows_are_refused() -> None:
         name="qwen_vl", modality=ActorModality.VISION_LANGUAGE, packs_media=True
     )
     check_packing(True, vision)  # type: ignore[arg-type]
-    omni = SimpleNamespace(name="qwen_omni", modality=ActorModality.OMNI, packs_media=False)
+    omni = SimpleNamespace(name="unpacked_omni", modality=ActorModality.OMNI, packs_media=False)
     check_packing(False, omni)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="actor 'qwen_omni' \\(omni\\) does not read packed"):
+    with pytest.raises(ValueError, match="actor 'unpacked_omni' \\(omni\\) does not read packed"):
         check_packing(True, omni)  # type: ignore[arg-type]

@@ -14,6 +14,9 @@ a real all-reduce), ``LetterReward`` and ``LetterPlugin`` (an easy graded task),
 ``write_letter_prompts``, ``build_fast_tiny_model`` and ``short_rl_rewards`` (a short seeded
 run of the core loop with a plugin's algorithm).
 
+Packing (``lightrft_core.testing.packing``): ``assert_packed_equals_padded`` (an actor's
+log-probs, entropies and gradients on packed rows against its padded run).
+
 Fixtures (``lightrft_core.testing.fixtures``, loaded by pytest wherever lightrft-core is
 installed): ``tiny_model_dir``, ``fast_tiny_model_dir``, ``letter_prompts``.
 """

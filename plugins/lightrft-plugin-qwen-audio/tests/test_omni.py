@@ -1,7 +1,7 @@
 """The ``qwen_omni`` actor (Qwen2.5-Omni thinker): the tiny thinker's processor, log-probs
-against transformers' own forward on image+audio prompts, stray media-start tokens in a
-response, the encoders' options, the ``hf`` engine with images and clips, and (slow) a few
-GRPO steps whose reward rises."""
+against transformers' own forward on image+audio prompts, packed rows against padded ones,
+stray media-start tokens in a response, the encoders' options, the ``hf`` engine with
+images and clips, and (slow) a few GRPO steps whose reward rises."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import torch
 from PIL import Image
 
 from lightrft_core import hookimpl
+from lightrft_core.actors.packing import pack_padded_rows
 from lightrft_core.config import load_config
 from lightrft_core.engines.hf import HFEngine
 from lightrft_core.interfaces import ActorModality, MultiModalInputs, SamplingParams
 from lightrft_core.interfaces.multimodal import collate_modal_inputs
 from lightrft_core.plugins import PluginManager
 from lightrft_core.rewards.base import RuleReward
+from lightrft_core.testing.packing import assert_packed_equals_padded
 from lightrft_plugin_qwen_audio.omni import QwenOmniActor
 from lightrft_plugin_qwen_audio.testing import tone
 
@@ -141,6 +143,45 @@ def test_log_probs_equal_a_naive_forward(
     assert out.entropy is not None and (out.entropy >= -1e-5).all()
 
 
+#: Rows that pack with images and clips of several sequences in one row.
+PACKED_ROWS = [
+    ["x"],
+    ["image", "short", "two"],
+    ["audio", "a", "image", "short"],
+    ["short", "z"],
+    ["image", "y"],
+]
+
+
+def test_packed_rows_equal_the_padded_run(tiny_qwen_omni_dir: Path, processor: Any) -> None:
+    """Packed rows: each sequence gets the 3-D positions it has alone (the media in row
+    order), and the padded run's log-probs, entropies and gradients (fp32) come out, in rows
+    as wide as the longest sequence (the trainer's way) and all in one row. (Rotary
+    attention sees only position differences, so the log-probs alone would not notice a
+    sequence's positions shifted by a constant: hence the positions' own check.)"""
+    config = QwenOmniActor.Config(path=str(tiny_qwen_omni_dir), attn_implementation="sdpa")
+    actor = QwenOmniActor(config)
+    sequences, mask, media = batch(processor, PACKED_ROWS)
+    inputs = collate_modal_inputs(media)
+    # in input order, next fit into rows of the longest (70 tokens): (text 25, image+clip
+    # 45) | clip+image+clip 70 | (clip 39, image 29)
+    assert mask.sum(-1).tolist() == [25, 45, 70, 39, 29]
+    packed = pack_padded_rows(sequences, mask, keep_order=True)
+    assert [s.row for s in packed.spans] == [0, 0, 1, 2, 2]
+    # each sequence's positions: 0, 1, ... then the 3-D ones it has alone, as padded
+    thinker = actor.base_model
+    with torch.no_grad():
+        alone = actor.trunk_inputs(thinker, sequences, mask, **inputs)["position_ids"]
+        positions = actor.packed_trunk_inputs(
+            thinker, packed.sequences, packed.attention_mask, packed.position_ids, **inputs
+        )["position_ids"]  # [4, R, L]
+    for index, span in enumerate(packed.spans):
+        own = positions[:, span.row, span.start : span.start + span.length]
+        assert own[0].tolist() == list(range(span.length))
+        assert torch.equal(own[1:], alone[:, index, : span.length])
+    assert_packed_equals_padded(actor, sequences, mask, inputs)
+
+
 def test_the_image_and_the_clip_change_the_log_probs(actor: QwenOmniActor, processor: Any) -> None:
     sequences, mask, media = batch(processor, [["image", "audio", "?"]])
     inputs = collate_modal_inputs(media)
@@ -196,8 +237,6 @@ def test_media_must_match_the_placeholders(actor: QwenOmniActor, processor: Any)
         actor(sequences, mask, **two_clips)
     with pytest.raises(ValueError, match="together"):
         actor(sequences, mask, pixel_values=inputs["pixel_values"])
-    with pytest.raises(ValueError, match="packed rows"):
-        actor(sequences, mask, position_ids=torch.zeros_like(sequences))
 
 
 # ---------------------------------------------------------------- options

@@ -18,6 +18,11 @@ rows add nothing). The actor builds the decoder's input itself:
   tokens in responses taken as text (a sampled ``<|audio_bos|>`` or ``<|vision_bos|>`` opens
   no media: the engine decoded it as text).
 
+Sample packing (``position_ids`` given: several sequences per row, positions restarting at
+0): the images and clips come in the order their sequences appear in the rows (row by row,
+left to right); each sequence gets the 3-D positions ``get_rope_index`` gives it alone, and
+attention stays inside it (``lightrft_core/actors/packed_rope.py``).
+
 Log-probs come from the text model's last hidden state, the output head applied chunk by
 chunk (``lightrft_core.actors.logprobs``). Videos are not supported yet.
 """
@@ -37,6 +42,7 @@ from lightrft_core.actors.media import (
     with_idle_pass,
 )
 from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
+from lightrft_core.actors.packed_rope import packed_mrope_inputs, per_sequence_rope
 from lightrft_core.actors.pretrained import PretrainedActor
 from lightrft_core.interfaces import ActorModality, ActorOutput
 
@@ -55,6 +61,7 @@ class QwenOmniActor(PretrainedActor):
 
     name = "qwen_omni"
     modality = ActorModality.OMNI
+    packs_media = True
 
     @dataclass
     class Config(PretrainedActorOptions):
@@ -146,17 +153,20 @@ class QwenOmniActor(PretrainedActor):
         **modal_inputs: Any,
     ) -> ActorOutput:
         """Per-token log-probs ``[B, T-1]`` fp32 of right-padded rows (0 at padding);
-        ``modal_inputs``: the rows' images and clips, collated (module docstring)."""
-        if position_ids is not None:
-            raise ValueError(
-                "actor 'qwen_omni' does not support packed rows (position_ids): its 3-D rotary "
-                "positions come from the image grids; turn sample packing off"
-            )
+        ``modal_inputs``: the rows' images and clips, collated (module docstring). With
+        ``position_ids`` (packed rows), positions whose next token starts a new sequence
+        are 0 too."""
         thinker = self.base_model
         mask = attention_mask.to(sequences.device).bool()  # [B, T]
-        inputs = self.trunk_inputs(thinker, sequences, attention_mask, **modal_inputs)
-        states = self.trunk_hidden_states(thinker, inputs)  # [B, T, H]
         valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1]: both tokens real
+        if position_ids is None:
+            inputs = self.trunk_inputs(thinker, sequences, attention_mask, **modal_inputs)
+        else:
+            positions = position_ids.to(sequences.device).masked_fill(~mask, 0)  # [B, T]
+            valid &= positions[:, 1:] != 0  # do not score across sequence boundaries
+            inputs = self.packed_trunk_inputs(thinker, sequences, mask, positions, **modal_inputs)
+        states = self.trunk_hidden_states(thinker, inputs)  # [B, T, H] (or one row)
+        states = states.reshape(*sequences.shape, -1)
         head = thinker.get_output_embeddings()
         return self._scored(states, sequences, valid, head, return_entropy=return_entropy)
 
@@ -171,24 +181,84 @@ class QwenOmniActor(PretrainedActor):
         """The inputs of the thinker's (``trunk``'s) text model ``trunk.model`` for
         right-padded rows: the token embeddings with the media merged in (or the idle
         encoder passes), the mask, and the 3-D rotary positions (module docstring)."""
-        unknown = sorted(set(modal_inputs) - OMNI_INPUTS)
-        if unknown:
-            raise ValueError(
-                f"actor 'qwen_omni' takes {sorted(OMNI_INPUTS)} as extra inputs, got {unknown}"
-            )
-        images = _pair(modal_inputs, IMAGE_INPUTS)
-        audio = _pair(modal_inputs, AUDIO_INPUTS)
+        images, audio = _media(modal_inputs)
         mask = attention_mask.to(sequences.device).long()  # [B, T]
-        embeddings = trunk.get_input_embeddings()(sequences)  # [B, T, H]
-        embeddings = _with_images(trunk, sequences, mask, embeddings, images)
-        embeddings = _with_audio(trunk, sequences, mask, embeddings, audio)
-        positions, _ = trunk.get_rope_index(  # [3, B, T]
-            _media_structure_ids(trunk.config, sequences),
-            image_grid_thw=images.get("image_grid_thw"),
-            attention_mask=mask,
-            audio_seqlens=audio["feature_attention_mask"].sum(-1) if audio else None,
+        return {
+            "inputs_embeds": _embeddings(trunk, sequences, mask, images, audio),
+            "attention_mask": mask,
+            "position_ids": _rope_index(trunk, sequences, mask, images, audio),  # [3, B, T]
+        }
+
+    @classmethod
+    def packed_trunk_inputs(
+        cls,
+        trunk: Any,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        **modal_inputs: Any,
+    ) -> dict[str, Any]:
+        """``trunk_inputs`` for packed rows (module docstring): the positions ``[4, R, L]``
+        are the 1-D ``position_ids`` (from which transformers reads the sequence starts)
+        then each sequence's own 3-D positions; flash-attention reads the rows as one."""
+        images, audio = _media(modal_inputs)
+        mask = attention_mask.to(sequences.device).long()  # [R, L]
+        embeddings = _embeddings(trunk, sequences, mask, images, audio)  # [R, L, H]
+        rope = per_sequence_rope(  # [3, R, L]
+            lambda ids, own_mask: _rope_index(trunk, ids, own_mask, images, audio),
+            sequences,
+            mask.bool(),
+            position_ids,
         )
-        return {"inputs_embeds": embeddings, "attention_mask": mask, "position_ids": positions}
+        return packed_mrope_inputs(
+            trunk.config._attn_implementation,
+            ("inputs_embeds", embeddings),
+            mask,
+            position_ids,
+            rope,
+            embeddings.dtype,
+        )
+
+
+def _media(inputs: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The images' and the clips' inputs (each both keys, or neither)."""
+    unknown = sorted(set(inputs) - OMNI_INPUTS)
+    if unknown:
+        raise ValueError(
+            f"actor 'qwen_omni' takes {sorted(OMNI_INPUTS)} as extra inputs, got {unknown}"
+        )
+    return _pair(inputs, IMAGE_INPUTS), _pair(inputs, AUDIO_INPUTS)
+
+
+def _embeddings(
+    trunk: Any,
+    sequences: torch.Tensor,
+    mask: torch.Tensor,
+    images: dict[str, torch.Tensor],
+    audio: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The token embeddings ``[B, T, H]`` with the images' and clips' features merged in."""
+    embeddings = trunk.get_input_embeddings()(sequences)  # [B, T, H]
+    embeddings = _with_images(trunk, sequences, mask, embeddings, images)
+    return _with_audio(trunk, sequences, mask, embeddings, audio)
+
+
+def _rope_index(
+    trunk: Any,
+    sequences: torch.Tensor,
+    mask: torch.Tensor,
+    images: dict[str, torch.Tensor],
+    audio: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The thinker's 3-D rotary positions ``[3, B, T]`` of right-padded rows whose media
+    come in row order."""
+    positions, _ = trunk.get_rope_index(
+        _media_structure_ids(trunk.config, sequences),
+        image_grid_thw=images.get("image_grid_thw"),
+        attention_mask=mask.long(),
+        audio_seqlens=audio["feature_attention_mask"].sum(-1) if audio else None,
+    )
+    return positions
 
 
 def _pair(inputs: dict[str, Any], keys: frozenset[str]) -> dict[str, torch.Tensor]:

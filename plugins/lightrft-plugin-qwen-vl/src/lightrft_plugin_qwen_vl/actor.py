@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
-from lightrft_core.actors.packing import packed_causal_mask
+from lightrft_core.actors.packed_rope import packed_mrope_inputs, per_sequence_rope
 from lightrft_core.actors.pretrained import PretrainedActor
 from lightrft_core.interfaces import ActorModality, ActorOutput
 
@@ -182,22 +182,25 @@ class QwenVLActor(PretrainedActor):
         config = trunk.config
         mask = attention_mask.bool()  # [R, L]
         images = _check_images(config, sequences, mask, modal_inputs)
-        rope = _packed_rope_index(trunk, sequences, mask, position_ids, images)  # [3, R, L]
-        positions = torch.cat([position_ids[None], rope])  # [4, R, L]
-        impl = config._attn_implementation or ""
-        if impl.startswith("flash_attention"):
-            inputs: dict[str, Any] = {
-                "input_ids": sequences.reshape(1, -1),
-                "attention_mask": None,
-                "position_ids": positions.reshape(4, 1, -1),
-            }
-        else:
-            dtype = torch.bool if impl == "sdpa" else trunk.dtype
-            inputs = {
-                "input_ids": sequences,
-                "attention_mask": packed_causal_mask(position_ids, mask.long(), dtype=dtype),
-                "position_ids": positions,
-            }
+        rope = per_sequence_rope(  # [3, R, L]
+            lambda ids, own_mask: trunk.get_rope_index(
+                ids,
+                _token_types(config, ids),
+                image_grid_thw=images.get("image_grid_thw"),
+                attention_mask=own_mask,
+            )[0],
+            sequences,
+            mask,
+            position_ids,
+        )
+        inputs = packed_mrope_inputs(
+            config._attn_implementation,
+            ("input_ids", sequences),
+            mask,
+            position_ids,
+            rope,
+            trunk.dtype,
+        )
         inputs.update(images)
         return inputs if images else with_idle_vision_pass(trunk, inputs)
 
@@ -208,39 +211,6 @@ def _token_types(config: Any, sequences: torch.Tensor) -> torch.Tensor:
     token_types[sequences == config.image_token_id] = IMAGE
     token_types[sequences == config.video_token_id] = VIDEO
     return token_types
-
-
-def _packed_rope_index(
-    trunk: Any,
-    sequences: torch.Tensor,
-    mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    images: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    """The 3-D rotary positions ``[3, R, L]`` of packed rows: ``get_rope_index`` on the
-    sequences as rows of their own, in the order they appear (the images' order); 0 on
-    padding."""
-    segments = []  # (row, start, length)
-    for row in range(sequences.shape[0]):
-        starts = ((position_ids[row] == 0) & mask[row]).nonzero().flatten().tolist()
-        ends = [*starts[1:], int(mask[row].sum())]
-        segments += [(row, start, end - start) for start, end in zip(starts, ends, strict=True)]
-    width = max(length for _, _, length in segments)
-    ids = sequences.new_zeros((len(segments), width))
-    own_mask = torch.zeros_like(ids)
-    for index, (row, start, length) in enumerate(segments):
-        ids[index, :length] = sequences[row, start : start + length]
-        own_mask[index, :length] = 1
-    own, _ = trunk.get_rope_index(  # [3, S, width]
-        ids,
-        _token_types(trunk.config, ids),
-        image_grid_thw=images.get("image_grid_thw"),
-        attention_mask=own_mask,
-    )
-    out = position_ids.new_zeros((3, *sequences.shape))
-    for index, (row, start, length) in enumerate(segments):
-        out[:, row, start : start + length] = own[:, index, :length]
-    return out
 
 
 def _check_images(
