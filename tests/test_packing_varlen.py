@@ -4,7 +4,9 @@ against the padded batch."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import torch
@@ -14,7 +16,10 @@ from lightrft_core.actors import ActorLanguage, packed_causal_mask, varlen_atten
 from lightrft_core.actors.options import forward_attention
 from lightrft_core.actors.packing import pack_padded_rows, packed_actor_forward, packed_model_inputs
 from lightrft_core.actors.varlen_attention import SegmentRuns, segment_attention, segment_runs
+from lightrft_core.config import ConfigError, load_config
+from lightrft_core.interfaces import Actor, ActorModality
 from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
+from lightrft_core.trainer.micro_batches import resolve_packing
 
 VOCAB = len(build_byte_tokenizer())
 #: A 2-layer Qwen2 of width 64: 4 query heads, 2 key/value heads (grouped-query attention).
@@ -144,3 +149,26 @@ def test_packed_model_inputs_on_sdpa_one_row_carry_the_segments() -> None:
     assert inputs["packed_segments"].width == 33
     several = packed_model_inputs("sdpa", pack_padded_rows(tokens, mask), torch.float32)
     assert several["attention_mask"].shape == (3, 1, 12, 12)  # rows of 12: the mask path
+
+
+# ---------------------------------------------------------------------- trainer.packing
+def test_packing_auto_packs_a_text_model_on_sdpa_only(actor: ActorLanguage) -> None:
+    eager = ActorLanguage.from_model(
+        build_tiny_model("5m", vocab_size=VOCAB, **SMALL),
+        ActorLanguage.Config(attn_implementation="eager"),
+    )
+    media = cast(Actor, SimpleNamespace(modality=ActorModality.VISION_LANGUAGE))
+    assert resolve_packing("auto", actor) is True
+    assert resolve_packing("auto", actor, splits_sequences=True) is False
+    assert resolve_packing("auto", eager) is False
+    assert resolve_packing("auto", media) is False
+    assert resolve_packing(False, actor) is False
+    assert resolve_packing(True, eager) is True
+
+
+def test_packing_option_reads_auto_true_and_false() -> None:
+    assert load_config(None, []).trainer.packing == "auto"
+    assert load_config(None, ["trainer.packing=true"]).trainer.packing is True
+    assert load_config(None, ["trainer.packing=false"]).trainer.packing is False
+    with pytest.raises(ConfigError, match=re.escape("bool | one of 'auto', got 'maybe'")):
+        load_config(None, ["trainer.packing=maybe"])
