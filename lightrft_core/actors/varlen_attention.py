@@ -136,7 +136,7 @@ def varlen_sdpa_attention(
         )
     if kwargs.get("sliding_window") is not None:
         raise ValueError("packed SDPA attention does not support sliding-window layers")
-    causal = module.is_causal if is_causal is None else is_causal
+    causal = bool(module.is_causal) if is_causal is None else is_causal
     out = segment_attention(
         query, key, value, segments, causal=causal, dropout=dropout, scaling=scaling
     )

@@ -95,7 +95,7 @@ def build_critic(
         optimizer=prepared_optimizer if prepared_optimizer is not None else optimizer,
         scheduler=scheduler,
         max_grad_norm=trainer.max_grad_norm,
-        packing=trainer.packing and actor.modality == ActorModality.LANGUAGE_ONLY,
+        packing=trainer.packing is True and actor.modality == ActorModality.LANGUAGE_ONLY,
         max_tokens_per_micro_batch=trainer.max_tokens_per_micro_batch,
     )
 

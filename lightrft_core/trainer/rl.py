@@ -555,7 +555,7 @@ class RLTrainer:
             rollout.attention_mask[rows].sum(-1),
             micro_batch_size=t.micro_batch_size,
             max_tokens=t.max_tokens_per_micro_batch,
-            packing=t.packing,
+            packing=t.packing is True,  # resolved in __init__
             agree=agree_over_ranks(self.c.strategy),
         )
         return [rows[positions] for positions in plan]
@@ -570,7 +570,7 @@ class RLTrainer:
             unwrapped_actor(self.c.strategy, model),
             mb.sequences,
             mb.attention_mask,
-            packing=self.cfg.trainer.packing,
+            packing=self.cfg.trainer.packing is True,  # resolved in __init__
             return_entropy=return_entropy,
             **self._modal_inputs(model, mb),
         )
