@@ -10,7 +10,6 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from lightrft_core.plugins import get_plugin_manager
 
@@ -78,6 +77,7 @@ def demo(
             escape(f"error: --task {task!r} is not a demo task; choose one of: {choices}")
         )
         raise typer.Exit(2)
+    from lightrft_core.demo.report import accuracy_table
     from lightrft_core.demo.run import DemoPlan, run_demo
 
     plan = DemoPlan(
@@ -93,14 +93,8 @@ def demo(
         for spec in plugin:
             manager.load_plugin(spec)
         result = run_demo(plan, manager=manager, console=console, progress=bars)
-    table = Table(title=f"Demo: {algorithm} on the arithmetic task (held-out, greedy)")
-    for column in ("", "accuracy"):
-        table.add_column(column)
-    table.add_row("after SFT (before RL)", f"{result.accuracy_before:.1%}")
-    table.add_row(f"after {algorithm}", f"{result.accuracy_after:.1%}")
-    change = result.accuracy_after - result.accuracy_before
-    table.add_row("change", f"{change * 100:+.1f} points")
-    console.print(table)
+    title = f"Demo: {algorithm} on the arithmetic task (held-out, greedy)"
+    console.print(accuracy_table(title, algorithm, result))
     console.print(escape(f"curves: {result.curves}"))
     console.print(escape(f"model (Hugging Face format): {result.final_model}"))
     console.print(escape(f"try it: lightrft generate {result.rl_dir} --prompt '3+4-2='"))

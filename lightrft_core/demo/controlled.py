@@ -4,13 +4,13 @@ the input taken away (a blank picture, a silent clip), evaluated only. A task th
 input learns above chance; its control stays near chance.
 
 A plugin's demo subclasses :class:`ControlledDemoPlan` with its task: the configuration
-files, ``prepare`` (model and data, including ``eval_<control>.jsonl``) and the report's
-words."""
+files, ``prepare`` (model and data, including ``eval_<control>.jsonl``), its defaults and
+the report's words."""
 
 from __future__ import annotations
 
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +18,13 @@ from typing import Any, ClassVar
 
 from ..config import LightRFTConfig
 from ..plugins import PluginManager, get_plugin_manager
-from .run import DemoResult, demo_config, sft_then_rl
+from .run import DemoResult, StagedDemoPlan, sft_then_rl
 
 
 @dataclass
-class ControlledDemoPlan(ABC):
-    """Where and how the demo runs; a subclass sets its task's defaults."""
-
-    output_dir: Path
-    algorithm: str = "grpo"
-    seed: int = 0
-    sft_examples: int = 2_048
-    rl_prompts: int = 4_000
-    held_out: int = 256
-    rl_overrides: Sequence[str] = ()
-    sft_overrides: Sequence[str] = ()
+class ControlledDemoPlan(StagedDemoPlan):
+    """A demo's stages plus the control; a subclass sets its task, its defaults and the
+    report's words."""
 
     #: The control's name: its run folder and data file (``eval_<control>.jsonl``).
     control: ClassVar[str]
@@ -40,14 +32,6 @@ class ControlledDemoPlan(ABC):
     title: ClassVar[str]
     #: The report's words for the control's inputs ("blank pictures").
     control_inputs: ClassVar[str]
-
-    @abstractmethod
-    def config_file(self, stage: str) -> Path:
-        """The configuration file of ``stage`` (``sft`` or ``rl``)."""
-
-    @abstractmethod
-    def prepare(self) -> None:
-        """Build the tiny model and write the task data (deterministic from ``seed``)."""
 
     @abstractmethod
     def chance(self) -> float:
@@ -59,25 +43,7 @@ class ControlledDemoPlan(ABC):
 
     @property
     def paths(self) -> dict[str, Path]:
-        o = self.output_dir
-        names = ("base", "data", "sft", "rl", self.control)
-        return {name: o / name for name in names}
-
-    def sft_config(self, manager: PluginManager) -> LightRFTConfig:
-        p = self.paths
-        return demo_config(
-            self.config_file("sft"),
-            manager,
-            output_dir=p["sft"],
-            seed=self.seed,
-            model_path=p["base"],
-            data={"train_path": p["data"] / "sft.jsonl"},
-            overrides=self.sft_overrides,
-        )
-
-    def rl_config(self, manager: PluginManager) -> LightRFTConfig:
-        p = self.paths
-        return self._rl_config(manager, p["rl"], p["sft"] / "final", "train.jsonl", "eval.jsonl")
+        return {**super().paths, self.control: self.output_dir / self.control}
 
     def control_config(self, manager: PluginManager) -> LightRFTConfig:
         """The trained model on the held-out questions without their input (evaluated
@@ -85,20 +51,6 @@ class ControlledDemoPlan(ABC):
         p = self.paths
         held_out = f"eval_{self.control}.jsonl"
         return self._rl_config(manager, p[self.control], p["rl"] / "final", held_out, held_out)
-
-    def _rl_config(
-        self, manager: PluginManager, output_dir: Path, model: Path, train: str, held_out: str
-    ) -> LightRFTConfig:
-        data = self.paths["data"]
-        return demo_config(
-            self.config_file("rl"),
-            manager,
-            output_dir=output_dir,
-            seed=self.seed,
-            model_path=model,
-            data={"train_path": data / train, "eval_path": data / held_out},
-            overrides=[f"algorithm.name={self.algorithm}", *self.rl_overrides],
-        )
 
 
 @dataclass
@@ -138,7 +90,8 @@ def run_and_report(
     with ``progress`` bars, print held-out accuracy after SFT, after RL and on the control,
     and where to find the curves and the model."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from .report import accuracy_table
 
     started = time.perf_counter()
     manager = get_plugin_manager()
@@ -146,13 +99,7 @@ def run_and_report(
         manager.load_plugin(spec)
     result = run_controlled_demo(plan, manager=manager, console=console, progress=progress)
     algorithm = plan.algorithm
-    table = Table(title=f"Demo: {algorithm} on {plan.title}")
-    for column in ("", "accuracy"):
-        table.add_column(column)
-    table.add_row("after SFT (before RL)", f"{result.accuracy_before:.1%}")
-    table.add_row(f"after {algorithm}", f"{result.accuracy_after:.1%}")
-    change = result.accuracy_after - result.accuracy_before
-    table.add_row("change", f"{change * 100:+.1f} points")
+    table = accuracy_table(f"Demo: {algorithm} on {plan.title}", algorithm, result)
     table.add_row(f"after {algorithm}, {plan.control_inputs}", f"{result.accuracy_control:.1%}")
     table.add_row("chance", f"{plan.chance():.1%}")
     console.print(table)

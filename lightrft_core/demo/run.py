@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,19 +23,26 @@ def config_path(name: str) -> Path:
 
 
 @dataclass
-class DemoPlan:
+class StagedDemoPlan(ABC):
+    """Where and how a demo runs its stages (the SFT warm-up, then RL); a demo's plan
+    subclasses it with its task and its defaults."""
+
     output_dir: Path
     algorithm: str = "grpo"
-    model_size: str = "5m"
-    task: ArithmeticTask = field(default_factory=ArithmeticTask)
     seed: int = 0
-    sft_examples: int = 8_000
-    rl_prompts: int = 20_000
+    sft_examples: int = 2_048
+    rl_prompts: int = 4_000
     held_out: int = 256
-    #: Share of SFT demonstrations that only estimate the answer (``~10``); see task.py.
-    sft_estimate_fraction: float = 0.3
     rl_overrides: Sequence[str] = ()
     sft_overrides: Sequence[str] = ()
+
+    @abstractmethod
+    def config_file(self, stage: str) -> Path:
+        """The configuration file of ``stage`` (``sft`` or ``rl``)."""
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Build the tiny model and write the task data (deterministic from ``seed``)."""
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -44,7 +52,7 @@ class DemoPlan:
     def sft_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
         return demo_config(
-            config_path("sft"),
+            self.config_file("sft"),
             manager,
             output_dir=p["sft"],
             seed=self.seed,
@@ -55,15 +63,41 @@ class DemoPlan:
 
     def rl_config(self, manager: PluginManager) -> LightRFTConfig:
         p = self.paths
+        return self._rl_config(manager, p["rl"], p["sft"] / "final", "train.jsonl", "eval.jsonl")
+
+    def _rl_config(
+        self, manager: PluginManager, output_dir: Path, model: Path, train: str, held_out: str
+    ) -> LightRFTConfig:
+        """The RL configuration writing to ``output_dir``, starting from ``model``, with the
+        data files ``train`` and ``held_out`` of the data folder."""
+        data = self.paths["data"]
         return demo_config(
-            config_path("rl"),
+            self.config_file("rl"),
             manager,
-            output_dir=p["rl"],
+            output_dir=output_dir,
             seed=self.seed,
-            model_path=p["sft"] / "final",
-            data={"train_path": p["data"] / "train.jsonl", "eval_path": p["data"] / "eval.jsonl"},
+            model_path=model,
+            data={"train_path": data / train, "eval_path": data / held_out},
             overrides=[f"algorithm.name={self.algorithm}", *self.rl_overrides],
         )
+
+
+@dataclass
+class DemoPlan(StagedDemoPlan):
+    """The arithmetic demo (``lightrft demo``); the defaults are the documented demo."""
+
+    model_size: str = "5m"
+    task: ArithmeticTask = field(default_factory=ArithmeticTask)
+    sft_examples: int = 8_000
+    rl_prompts: int = 20_000
+    #: Share of SFT demonstrations that only estimate the answer (``~10``); see task.py.
+    sft_estimate_fraction: float = 0.3
+
+    def config_file(self, stage: str) -> Path:
+        return config_path(stage)
+
+    def prepare(self) -> None:
+        prepare(self)
 
 
 @dataclass
@@ -163,7 +197,7 @@ def run_demo(
     return sft_then_rl(
         sft_cfg,
         rl_cfg,
-        lambda: prepare(plan),
+        plan.prepare,
         manager=manager,
         console=console,
         progress=progress,

@@ -198,9 +198,8 @@ class QwenOmniActor(PretrainedActor):
         position_ids: torch.Tensor,
         **modal_inputs: Any,
     ) -> dict[str, Any]:
-        """``trunk_inputs`` for packed rows (module docstring): the positions ``[4, R, L]``
-        are the 1-D ``position_ids`` (from which transformers reads the sequence starts)
-        then each sequence's own 3-D positions; flash-attention reads the rows as one."""
+        """``trunk_inputs`` for packed rows: the same embeddings, each sequence's own 3-D
+        positions after the 1-D ones, attention inside each (``packed_mrope_inputs``)."""
         images, audio = _media(modal_inputs)
         mask = attention_mask.to(sequences.device).long()  # [R, L]
         embeddings = _embeddings(trunk, sequences, mask, images, audio)  # [R, L, H]

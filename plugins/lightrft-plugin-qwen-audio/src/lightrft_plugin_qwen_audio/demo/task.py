@@ -11,9 +11,9 @@ files with the standard library; no download.
 Splits: RL prompts (``train.jsonl``), held-out prompts (``eval.jsonl``, clips never heard
 in training) and the same held-out prompts with a silent clip (``eval_silent.jsonl``, the
 control). The SFT warm-up (``sft.jsonl``) teaches only the answer's form: the question with
-the silent clip, answered with a random band name -- so after it the model answers with a
-band name, also with a clip in the prompt, but has never linked a sound to one; RL from the
-verifiable reward (the exact name) has to teach it to listen.
+a clip of its own, answered with a band name drawn apart from the clip -- so after it the
+model answers with a band name, also with a clip in the prompt, but has never linked a sound
+to one; RL from the verifiable reward (the exact name) has to teach it to listen.
 """
 
 from __future__ import annotations
