@@ -413,3 +413,28 @@ def test_preallocated_cache_refuses_more_positions_than_it_has_room_for() -> Non
     assert out[0, 0, :, 0].tolist() == [1, 1, 0] and values[0, 0, :, 0].tolist() == [2, 2, 0]
     with pytest.raises(RuntimeError, match="room for 3"):
         layer.update(keys[:1, :, :1], keys[:1, :, :1])
+
+
+def test_dropping_rows_moves_the_kept_ones_to_the_front_in_place() -> None:
+    layer = PreallocatedLayer(capacity=4)
+    keys = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()  # row r holds r
+    layer.update(keys, keys + 10)
+    pointer = layer.key_buffer.data_ptr()
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert layer.key_buffer.data_ptr() == pointer  # the same storage, no copy of it
+    assert layer.keys[:, 0, :, 0].tolist() == [[2, 2], [0, 0]]
+    assert layer.values[:, 0, :, 0].tolist() == [[12, 12], [10, 10]]
+    out, _ = layer.update(torch.full((2, 1, 1, 2), 7.0), torch.zeros(2, 1, 1, 2))
+    assert out[:, 0, :, 0].tolist() == [[2, 2, 7], [0, 0, 7]]
+
+
+def test_every_forward_returns_the_last_position_s_logits_only(model: Any) -> None:
+    widths: list[int] = []
+    hook = model.register_forward_hook(lambda _m, _a, out: widths.append(out.logits.shape[1]))
+    engine = shared_engine(model)
+    engine.eos_token_ids = []
+    try:
+        engine.generate(PROMPTS, SamplingParams(max_new_tokens=3, seed=0))
+    finally:
+        hook.remove()
+    assert widths == [1, 1, 1]  # the prefill too: no [B, P, V] logits

@@ -1,12 +1,14 @@
 """``HFEngine``: rollouts from a Hugging Face causal LM with a hand-written sampling loop.
 
 The loop left-pads prompts, prefills once and then decodes one token per step with a KV
-cache allocated once per batch (``kv_cache.py``). It samples with temperature (0 =
-greedy), top-k, top-p and FIRE (a separate temperature for the first response token) in a
-few tensor ops (``sampling.py``), stops a row on EOS or any stop token (kept in the
-output), and reports behaviour log-probs. The host checks for finished rows once per
-``check_every`` steps, and rows that finished leave the batch (``compact_at``); the random
-stream is that of ``torch.multinomial`` on the whole batch either way.
+cache allocated once per batch (``kv_cache.py``); every forward returns the last
+position's logits only (``logits_to_keep``, where the model takes it). It samples with
+temperature (0 = greedy), top-k, top-p and FIRE (a separate temperature for the first
+response token) in a few tensor ops (``sampling.py``), stops a row on EOS or any stop
+token (kept in the output), and reports behaviour log-probs. The host checks for finished
+rows once per ``check_every`` steps, and rows that finished leave the batch
+(``compact_at``); the random stream is that of ``torch.multinomial`` on the whole batch
+either way.
 
 Log-prob convention: ``log_probs`` holds the log-prob of each sampled token under the
 model's **raw** distribution -- temperature 1, before top-k/top-p truncation -- i.e. the
@@ -323,6 +325,9 @@ class HFEngine(InferenceEngine):
         alive: torch.Tensor | None = None  # [b]
         done = torch.zeros(batch, dtype=torch.bool, device=device)  # [b] row has stopped
         cache = preallocated_cache(model.config, width + steps)
+        # logits of the last position only (as ``model.generate`` asks): a prefill's
+        # [B, P, V] would not fit for large vocabularies
+        last_only = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
         forward, decode_forward = model, self._decode_forward(model)
         step_ids, step_pos = input_ids, prefill.positions  # [B, P], [B, P] or [K, B, P]
         last_pos = prefill.positions[..., -1:]  # [b, 1] or [K, b, 1]
@@ -334,6 +339,7 @@ class HFEngine(InferenceEngine):
                 position_ids=step_pos,
                 past_key_values=cache,
                 use_cache=True,
+                **last_only,
                 **(prefill.media if step == 0 else {}),  # the media go in with the prompt
             )
             if step == 0 and cache.get_seq_length() != width:

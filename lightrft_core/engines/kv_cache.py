@@ -3,8 +3,9 @@
 transformers' ``DynamicLayer`` concatenates every step (``torch.cat`` of the whole cache,
 per layer, per token). ``PreallocatedLayer`` allocates ``[B, H, capacity, D]`` at the
 prefill and writes each step's keys and values in place; attention reads the filled part
-as a view. Layers of other kinds (sliding windows, linear attention) stay as transformers
-builds them.
+as a view. Dropping finished rows moves the kept rows' filled part to the front rows of the
+same buffers (no new allocation). Layers of other kinds (sliding windows, linear
+attention) stay as transformers builds them.
 """
 
 from __future__ import annotations
@@ -55,13 +56,17 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only the rows ``indices`` (finished rows dropped from the batch)."""
+        """Keep only the rows ``indices`` (finished rows dropped from the batch), in place:
+        the filled positions of the kept rows move to the front rows of the buffers, which
+        then become views of those rows (no new allocation, the empty part is not copied)."""
         if not self.is_initialized:
             return
-        self.key_buffer = self.key_buffer[indices]
-        self.value_buffer = self.value_buffer[indices]
-        self.keys = self.key_buffer[:, :, : self.length]
-        self.values = self.value_buffer[:, :, : self.length]
+        rows, filled = indices.shape[0], slice(0, self.length)
+        for buffer in (self.key_buffer, self.value_buffer):
+            buffer[:rows, :, filled] = buffer[indices, :, filled]
+        self.key_buffer, self.value_buffer = self.key_buffer[:rows], self.value_buffer[:rows]
+        self.keys = self.key_buffer[:, :, filled]
+        self.values = self.value_buffer[:, :, filled]
 
 
 def preallocated_cache(config: Any, capacity: int) -> DynamicCache:
