@@ -13,23 +13,30 @@ Measures, in one process:
    forward + backward of the actor on the same micro-batches (no loss, no optimizer) and
    the optimizer step alone, so that the gap to the peak splits into the model's own
    kernels, the optimizer, and the loop's overhead.
+3. **Profile** (``--profile N``): the ``N`` operators that took the most time in one train
+   phase per precision (``torch.profiler``, self time, share of the phase).
 
 FLOPs of the train phase (forward 1x, backward 2x)::
 
     FLOPs = 6 * N * tokens + 12 * L * d * sum_i(T_i^2)
 
-``N``: parameters (a tied output projection counted once; the input embedding lookup is
-counted although it is no matmul, < 1% here). ``tokens``: sum of the rollout's attention
-mask (prompt + response, no padding). The second term is attention (scores ``Q K^T`` and
+``N``: parameters (a tied output projection counted once, as the output head's matmul; the
+input embedding lookup is no matmul). ``tokens``: sum of the rollout's attention mask
+(prompt + response, no padding). The second term is attention (scores ``Q K^T`` and
 ``P V``: ``2 * 2 * T^2 * d`` per layer and sequence forward, no causal saving counted) with
-``L`` layers, model width ``d`` and ``T_i`` the length of sequence ``i``. Padding computed
-beyond that is waste, not counted; the ``padded`` column shows how much of it there is.
-Achieved FLOP/s = FLOPs / seconds; fraction = achieved / the peak of the same dtype.
+``L`` layers, ``d`` the query width (heads x head size; the hidden size on the tiny models)
+and ``T_i`` the length of sequence ``i``. Padding computed beyond that is waste, not
+counted; the ``padded`` column shows how much of it there is. Achieved FLOP/s = FLOPs /
+seconds; fraction = achieved / the peak of the same dtype, both timed with the same clock.
 
-Under load (other processes on the cores) every figure is unreliable; measure on a quiet
-machine. Run from the repository root::
+Under load (other processes on the cores) wall times are unreliable. ``--clock cpu`` times
+the process's CPU time instead (with ``--threads 1`` that leaves out the time spent waiting
+for a core, though not the cache and memory traffic of the other processes): use it for
+ratios on a shared machine, and the default wall clock on a quiet one. Run from the
+repository root::
 
-    .venv/bin/python benchmarks/train_peak.py                       # 30m, fp32 and bf16
+    .venv/bin/python benchmarks/train_peak.py --threads 1           # 30m, fp32 and bf16
+    .venv/bin/python benchmarks/train_peak.py --threads 1 --clock cpu --profile 15
     .venv/bin/python benchmarks/train_peak.py --size 5m --repeats 1 --quick   # a smoke run
 """
 
@@ -49,6 +56,7 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FORMULA = "FLOPs = 6 * N * tokens + 12 * L * d * sum_i(T_i^2)"
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,13 +68,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=32, help="Response length cap.")
     p.add_argument(
         "--micro-batch-sizes",
-        default="0,32,8",
+        default="0,16",
         help="Comma-separated rows per forward; 0 = the whole rollout.",
     )
-    p.add_argument("--repeats", type=int, default=3, help="Timed train phases per setting.")
+    p.add_argument("--repeats", type=int, default=2, help="Timed train phases per setting.")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n peak matmul.")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch default.")
     p.add_argument("--seed", type=int, default=0, help="Model, data and run seed.")
+    p.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: the process's CPU time (for a shared machine).",
+    )
+    p.add_argument(
+        "--profile", type=int, default=0, help="Print the top N operators of a train phase."
+    )
     p.add_argument(
         "--quick", action="store_true", help="Smaller peak matmul and rollout (a smoke run)."
     )
@@ -74,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.profile < 0:
+        p.error("--profile must be >= 0")
     if args.quick:
         args.peak_size = min(args.peak_size, 512)
         args.prompts_per_step = min(args.prompts_per_step, 4)
@@ -82,26 +101,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------- timing
-def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
+def best_seconds(
+    fn: Callable[[], Any],
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+    *,
+    warm_up: bool = True,
+) -> float:
+    """Best time on ``clock`` of ``repeats`` calls of ``fn``, after one warm-up call."""
+    if warm_up:
+        fn()
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
-def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 5) -> float:
+def matmul_peak(
+    dtype: torch.dtype, n: int, clock: Callable[[], float] = time.perf_counter, repeats: int = 5
+) -> float:
     """Best ``n x n`` matmul throughput in FLOP/s (``2 n^3`` per product)."""
     a = torch.randn(n, n).to(dtype)
     b = torch.randn(n, n).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
-    return 2.0 * n**3 / best_seconds(lambda: torch.matmul(a, b, out=out), repeats)
+    return 2.0 * n**3 / best_seconds(lambda: torch.matmul(a, b, out=out), repeats, clock)
 
 
 # ---------------------------------------------------------------------- FLOPs
+def attention_width(config: Any) -> int:
+    """Width of the queries (heads x head size) of a transformers text config (``head_dim``
+    is a field of some architectures only; the others derive it from the hidden size)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return int(config.num_attention_heads * head_dim)
+
+
 def train_flops(n_params: int, layers: int, width: int, lengths: torch.Tensor) -> float:
     """``6 N tokens + 12 L d sum(T_i^2)`` for sequences of ``lengths`` (module docstring)."""
     lengths = lengths.double()
@@ -170,13 +205,14 @@ def one_rollout(trainer: Any) -> Any:
 
 
 def bare_forward_backward(trainer: Any, rollout: Any, micro_batches: list[torch.Tensor]) -> None:
-    """The actor's forward and backward on ``micro_batches`` (log-prob sum as the loss), then
-    the gradients dropped: the model's own work, without loss, optimizer or loop."""
+    """The actor's forward (the loop's own, attention kernels included) and backward on
+    ``micro_batches`` (log-prob sum as the loss), then the gradients dropped: the model's own
+    work, without loss, optimizer or loop."""
     actor, strategy = trainer.actor, trainer.c.strategy
     for rows in micro_batches:
         mb = rollout.select(rows).to(strategy.device)
         with strategy.autocast():
-            out = actor(mb.sequences, mb.attention_mask, return_entropy=True)
+            out = trainer._forward(actor, mb, return_entropy=True)
         (out.log_probs.float() * mb.action_mask).sum().backward()
     actor.zero_grad(set_to_none=True)
 
@@ -190,19 +226,20 @@ def measure_precision(
     config = unwrapped_actor(trainer.c.strategy, trainer.actor).hf_model().config
     n_params = sum(p.numel() for p in trainer.actor.parameters())
     lengths = rollout.attention_mask.sum(dim=1)
-    flops = train_flops(n_params, config.num_hidden_layers, config.hidden_size, lengths)
+    flops = train_flops(n_params, config.num_hidden_layers, attention_width(config), lengths)
     tokens = int(lengths.sum())
+    clock = CLOCKS[args.clock]
 
     strategy = trainer.c.strategy
     optimizer_step = strategy.optimizer_step
     optimizer_seconds = [0.0]
 
     def timed_optimizer_step(*a: Any, **kw: Any) -> float:
-        start = time.perf_counter()
+        start = clock()
         try:
             return optimizer_step(*a, **kw)
         finally:
-            optimizer_seconds[0] += time.perf_counter() - start
+            optimizer_seconds[0] += clock() - start
 
     strategy.optimizer_step = timed_optimizer_step
     rows_total = len(rollout)
@@ -216,13 +253,15 @@ def measure_precision(
             trainer._train(rollout, 2)  # warm-up
             for _ in range(args.repeats):
                 optimizer_seconds[0] = 0.0
-                start = time.perf_counter()
+                start = clock()
                 trainer._train(rollout, 2)
-                train_s.append(time.perf_counter() - start)
+                train_s.append(clock() - start)
                 opt_s.append(optimizer_seconds[0])
-            bare = best_seconds(
+            bare = best_seconds(  # the train phases above warmed the same shapes up
                 lambda mbs=micro_batches: bare_forward_backward(trainer, rollout, mbs),
                 args.repeats,
+                clock,
+                warm_up=False,
             )
             train = min(train_s)
             optimizer = statistics.median(opt_s)
@@ -248,6 +287,27 @@ def measure_precision(
     return results
 
 
+def profile_train_phase(trainer: Any, rollout: Any, top: int) -> list[dict[str, Any]]:
+    """The ``top`` operators by self time in one train phase (the current micro-batch size),
+    each with its calls, self seconds and share of the profiled phase's self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer._train(rollout, 2)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_s": e.self_cpu_time_total / 1e6,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in events[:top]
+    ]
+
+
 # ---------------------------------------------------------------------- output
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = (
@@ -262,6 +322,27 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"{r['train_fraction']:>8.1%} {r['bare_fwd_bwd_s']:>10.3f} {r['bare_fraction']:>8.1%} "
             f"{r['optimizer_s']:>8.3f} {r['loop_overhead_s']:>7.3f}"
         )
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    """Per precision, the best setting's fraction of the peak and how its time splits."""
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        best = max(
+            (r for r in rows if r["precision"] == precision), key=lambda r: r["train_fraction"]
+        )
+        train = best["train_s"]
+        print(
+            f"{precision}: train phase at {best['train_fraction']:.1%} of the {precision} matmul "
+            f"peak (micro-batch {best['micro_batch_size']}); of its time: model forward + "
+            f"backward {best['bare_fwd_bwd_s'] / train:.0%}, optimizer "
+            f"{best['optimizer_s'] / train:.0%}, loop {best['loop_overhead_s'] / train:.0%}"
+        )
+
+
+def print_profile(precision: str, ops: list[dict[str, Any]]) -> None:
+    print(f"top operators of one {precision} train phase (self time):")
+    for op in ops:
+        print(f"  {op['share']:>6.1%} {op['self_s']:>8.3f} s {op['calls']:>6}x  {op['op']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,8 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    peaks = {p: matmul_peak(DTYPES[p], args.peak_size) for p in precisions}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    clock = CLOCKS[args.clock]
+    peaks = {p: matmul_peak(DTYPES[p], args.peak_size, clock) for p in precisions}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
     for p, value in peaks.items():
         print(
             f"peak {p}: {args.peak_size}x{args.peak_size} matmul, best of 5: "
@@ -295,17 +377,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{FORMULA}; fraction = achieved / peak of the same precision")
     rows: list[dict[str, Any]] = []
+    profiles: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="lightrft-train-peak-") as tmp:
         for precision in precisions:
             trainer = build_trainer(Path(tmp), args, precision)
             rollout = one_rollout(trainer)
             rows.extend(measure_precision(trainer, rollout, args, peaks[precision], precision))
+            if args.profile:
+                profiles[precision] = profile_train_phase(trainer, rollout, args.profile)
+    for precision, ops in profiles.items():
+        print_profile(precision, ops)
     print_rows(rows)
     print(
         "train s: the loop's train phase; fwd+bwd s: the actor's forward + backward alone on "
         "the same micro-batches; optim s: clipping + AdamW; loop s: the rest (loss, metrics, "
         "batch slicing, Python)"
     )
+    print_summary(rows)
     if args.output_json is not None:
         payload = {
             "torch": torch.__version__,
@@ -314,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             "formula": FORMULA,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "results": rows,
+            "profiles": profiles,
         }
         args.output_json.parent.mkdir(parents=True, exist_ok=True)
         args.output_json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,45 @@
+"""``benchmarks/train_peak.py``: its FLOP count checked by hand on the 30m tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from lightrft_core.models.tiny import build_tiny_model
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_peak.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_peak", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_30m_flops_by_hand() -> None:
+    """30m: hidden 512, 8 layers, 8 query heads and 4 KV heads of 64, MLP 1408, vocabulary
+    259, tied embeddings. Per layer: q 512*512+512, k and v 512*256+256 each, o 512*512,
+    MLP 3*512*1408, two norms 2*512 -> 2,951,168; 8 layers 23,609,344; embedding 259*512 =
+    132,608 (also the head); final norm 512 -> N = 23,742,464."""
+    train_peak = load_script()
+    with torch.device("meta"):
+        model = build_tiny_model("30m", vocab_size=259)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 23_742_464
+    assert train_peak.attention_width(model.config) == 512
+    # two sequences of 10 and 20 tokens: 6 * N * 30 + 12 * 8 * 512 * (10^2 + 20^2)
+    # = 4,273,643,520 + 24,576,000
+    flops = train_peak.train_flops(n_params, 8, 512, torch.tensor([10, 20]))
+    assert flops == 4_298_219_520
+
+
+def test_padded_tokens_count_each_micro_batch_at_its_longest_row() -> None:
+    train_peak = load_script()
+    lengths = torch.tensor([3, 7, 5, 2])
+    micro_batches = list(torch.arange(4).split(2))  # rows {0, 1} -> 2 * 7, {2, 3} -> 2 * 5
+    assert train_peak.padded_tokens(lengths, micro_batches) == 24
