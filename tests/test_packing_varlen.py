@@ -130,6 +130,41 @@ def test_packed_sdpa_runs_per_sequence_and_equals_padded(
         torch.testing.assert_close(packed[3][name], grad, rtol=1e-4, atol=1e-6)
 
 
+def test_packed_sdpa_on_llama_equals_padded() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        intermediate_size=128,
+        **{k: v for k, v in SMALL.items() if k != "intermediate_size"},
+    )
+    llama = ActorLanguage.from_model(
+        LlamaForCausalLM(config), ActorLanguage.Config(attn_implementation="sdpa")
+    )
+    padded = _loss_and_grads(llama, packed=False)
+    packed = _loss_and_grads(llama, packed=True)
+    for got, want in zip(packed[:3], padded[:3], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for name, grad in padded[3].items():
+        torch.testing.assert_close(packed[3][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_whose_attention_skips_the_segments_is_refused(
+    actor: ActorLanguage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attention that never reads ``packed_segments`` attends across sequences."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    varlen_attention.install()
+    monkeypatch.setattr(varlen_attention, "_original_sdpa", varlen_attention._original_sdpa)
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", sdpa_attention_forward)
+    monkeypatch.setattr(AttentionInterface, "register", lambda *_: None)  # install() no-op
+    with pytest.raises(RuntimeError, match="did not read the packed sequences"):
+        _loss_and_grads(actor, packed=True)
+
+
 def test_packed_sdpa_under_bf16_autocast_matches_padded(actor: ActorLanguage) -> None:
     """bf16 autocast on the CPU (``forward_attention``: the math kernel): packed and padded
     agree within bf16 rounding, and the backward runs."""

@@ -3,9 +3,9 @@
 Packed sequences lie back to back in one row; flash-attention's variable-length kernel keeps
 attention inside each. Without it, a block-diagonal ``[R, 1, L, L]`` mask costs the square of
 the row width and takes SDPA off its fast kernels. Here attention runs instead as
-``scaled_dot_product_attention(is_causal=True)`` on each sequence, no mask at all; sequences of
-equal length that follow each other in the row go through one call as a batch (views, no
-copy): the cost is ``Σ lᵢ²``, as in the padded batch, without its padding.
+``scaled_dot_product_attention(is_causal=True)`` on each sequence, no mask at all; sequences
+of equal length that follow each other in the row go through one call as a batch. The cost
+is ``Σ lᵢ²``, as in the padded batch, without its padding.
 
 How it reaches the model: ``install()`` puts ``varlen_sdpa_attention`` in transformers'
 ``AttentionInterface`` in place of ``sdpa`` (idempotent, on the first packed forward, never at
@@ -13,13 +13,15 @@ import). It runs the original ``sdpa`` function unless the forward carries the k
 ``packed_segments`` (a ``SegmentRuns``), which transformers' text models (Llama, Qwen2, ...)
 hand down unchanged from the model's forward to every attention call (gradient checkpointing
 included). A packed forward gives the model one row, a 2-D attention mask of ones (so that
-transformers builds no 4-D mask) and ``packed_segments``; ``packed_text_inputs`` builds them.
+transformers builds no 4-D mask) and ``packed_segments``; ``packed_text_inputs`` builds them,
+and after the forward ``SegmentRuns.check_read`` refuses a model whose attention never saw
+them (one that does not hand transformers' keyword arguments down).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -32,14 +34,26 @@ SEGMENTS_KWARG = "packed_segments"
 _original_sdpa: Callable[..., Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class SegmentRuns:
     """The sequences of one packed row as runs ``(start, count, length)``: ``count``
     consecutive sequences of ``length`` tokens each from column ``start``; the runs cover
-    the row's ``width`` columns in order."""
+    the row's ``width`` columns in order. ``read``: set by the attention that used them
+    (``check_read``)."""
 
     runs: tuple[tuple[int, int, int], ...]
     width: int
+    read: bool = field(default=False, compare=False)
+
+    def check_read(self, model: torch.nn.Module) -> None:
+        """Refuse a forward whose attention never read the segments: the model's attention
+        does not take transformers' keyword arguments, so it attended across sequences."""
+        if not self.read:
+            raise RuntimeError(
+                f"{type(model).__name__}'s attention did not read the packed sequences "
+                f"({SEGMENTS_KWARG}): its packed forward is wrong; set trainer.packing=false "
+                "or model.attn_implementation=eager"
+            )
 
 
 def segment_runs(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> SegmentRuns:
@@ -136,6 +150,7 @@ def varlen_sdpa_attention(
         )
     if kwargs.get("sliding_window") is not None:
         raise ValueError("packed SDPA attention does not support sliding-window layers")
+    segments.read = True
     causal = bool(module.is_causal) if is_causal is None else is_causal
     out = segment_attention(
         query, key, value, segments, causal=causal, dropout=dropout, scaling=scaling

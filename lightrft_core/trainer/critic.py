@@ -23,6 +23,7 @@ from ..actors.packing import (
     packs_into_one_row,
     unpack_to_padded,
 )
+from ..actors.varlen_attention import SEGMENTS_KWARG
 from ..config.schema import TrainerConfig
 from ..interfaces import (
     Actor,
@@ -192,8 +193,13 @@ class LoopCritic:
         one_row = packs_into_one_row(self.actor.hf_model())
         packed = pack_padded_rows(sequences, attention_mask, one_row=one_row)
 
+        built: list[dict[str, Any]] = []
+
         def trunk_inputs(trunk: Any) -> dict[str, Any]:
-            return packed_model_inputs(trunk.config._attn_implementation, packed, trunk.dtype)
+            built.append(
+                packed_model_inputs(trunk.config._attn_implementation, packed, trunk.dtype)
+            )
+            return built[-1]
 
         with self.strategy.autocast():
             values = self.value_model(
@@ -202,6 +208,9 @@ class LoopCritic:
                 trunk_inputs=trunk_inputs,
                 trunk_gradients=trunk_gradients,
             )
+        for inputs in built:  # the single-row SDPA path: its attention read the sequences
+            if SEGMENTS_KWARG in inputs:
+                inputs[SEGMENTS_KWARG].check_read(self.actor.hf_model())
         return unpack_to_padded(values, packed.spans, sequences.shape[1] - 1)
 
     # ------------------------------------------------------------------ values
