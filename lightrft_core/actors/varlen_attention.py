@@ -21,7 +21,6 @@ them (one that does not hand transformers' keyword arguments down).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -34,16 +33,30 @@ SEGMENTS_KWARG = "packed_segments"
 _original_sdpa: Callable[..., Any] | None = None
 
 
-@dataclass
 class SegmentRuns:
     """The sequences of one packed row as runs ``(start, count, length)``: ``count``
     consecutive sequences of ``length`` tokens each from column ``start``; the runs cover
     the row's ``width`` columns in order. ``read``: set by the attention that used them
-    (``check_read``)."""
+    (``check_read``). A plain class, not a dataclass: strategies that move a forward's
+    inputs rebuild dataclasses on the way (FSDP's ``_recursive_to``), and the attention must
+    mark this very object."""
 
-    runs: tuple[tuple[int, int, int], ...]
-    width: int
-    read: bool = field(default=False, compare=False)
+    __slots__ = ("read", "runs", "width")
+
+    def __init__(self, runs: tuple[tuple[int, int, int], ...], width: int) -> None:
+        self.runs = runs
+        self.width = width
+        self.read = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SegmentRuns):
+            return NotImplemented
+        return (self.runs, self.width) == (other.runs, other.width)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SegmentRuns(runs={self.runs}, width={self.width})"
 
     def check_read(self, model: torch.nn.Module) -> None:
         """Refuse a forward whose attention never read the segments: the model's attention
