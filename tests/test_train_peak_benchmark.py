@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 from lightrft_core.models.tiny import build_tiny_model
@@ -43,3 +44,27 @@ def test_padded_tokens_count_each_micro_batch_at_its_longest_row() -> None:
     lengths = torch.tensor([3, 7, 5, 2])
     micro_batches = list(torch.arange(4).split(2))  # rows {0, 1} -> 2 * 7, {2, 3} -> 2 * 5
     assert train_peak.padded_tokens(lengths, micro_batches) == 24
+
+
+def test_summary_reports_the_best_setting_per_precision(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train_peak = load_script()
+
+    def row(size: int, fraction: float) -> dict[str, object]:
+        return {
+            "precision": "fp32",
+            "micro_batch_size": size,
+            "train_fraction": fraction,
+            "train_s": 2.0,
+            "bare_fwd_bwd_s": 1.5,
+            "optimizer_s": 0.1,
+            "loop_overhead_s": 0.4,
+        }
+
+    train_peak.print_summary([row(128, 0.5), row(16, 0.6)])
+    out = capsys.readouterr().out
+    assert out.strip() == (
+        "fp32: train phase at 60.0% of the fp32 matmul peak (micro-batch 16); of its time: "
+        "model forward + backward 75%, optimizer 5%, loop 20%"
+    )
