@@ -26,7 +26,9 @@ input embedding lookup is no matmul). ``tokens``: sum of the rollout's attention
 ``P V``: ``2 * 2 * T^2 * d`` per layer and sequence forward, no causal saving counted) with
 ``L`` layers, ``d`` the query width (heads x head size; the hidden size on the tiny models)
 and ``T_i`` the length of sequence ``i``. Padding computed beyond that is waste, not
-counted; the ``padded`` column shows how much of it there is. Achieved FLOP/s = FLOPs /
+counted; the ``computed`` column shows the tokens the passes compute (the real ones with
+``trainer.packing``, on by default for these models; else each micro-batch padded to its
+longest row). Achieved FLOP/s = FLOPs /
 seconds; fraction = achieved / the peak of the same dtype, both timed with the same clock.
 
 Under load (other processes on the cores) wall times are unreliable. ``--clock cpu`` times
@@ -143,8 +145,13 @@ def train_flops(n_params: int, layers: int, width: int, lengths: torch.Tensor) -
     return float(6.0 * n_params * lengths.sum() + 12.0 * layers * width * (lengths**2).sum())
 
 
-def padded_tokens(lengths: torch.Tensor, micro_batches: list[torch.Tensor]) -> int:
-    """Tokens computed when each micro-batch is padded to its longest row."""
+def computed_tokens(
+    lengths: torch.Tensor, micro_batches: list[torch.Tensor], *, packed: bool
+) -> int:
+    """Tokens the forward passes compute: the real ones when each pass is packed into one
+    row, else each micro-batch padded to its longest row."""
+    if packed:
+        return int(lengths.sum())
     return sum(int(lengths[rows].max()) * len(rows) for rows in micro_batches)
 
 
@@ -248,7 +255,7 @@ def measure_precision(
         for size in [int(s) for s in args.micro_batch_sizes.split(",") if s.strip()]:
             size = size or rows_total
             trainer.cfg.trainer.micro_batch_size = size
-            micro_batches = list(torch.arange(rows_total).split(size))
+            micro_batches = trainer._micro_batches(rollout, torch.arange(rows_total))
             train_s, opt_s = [], []
             trainer._train(rollout, 2)  # warm-up
             for _ in range(args.repeats):
@@ -271,7 +278,10 @@ def measure_precision(
                     "micro_batch_size": size,
                     "rows": rows_total,
                     "tokens": tokens,
-                    "padded_tokens": padded_tokens(lengths, micro_batches),
+                    "packing": trainer.cfg.trainer.packing is True,
+                    "computed_tokens": computed_tokens(
+                        lengths, micro_batches, packed=trainer.cfg.trainer.packing is True
+                    ),
                     "flops": flops,
                     "train_s": train,
                     "bare_fwd_bwd_s": bare,
@@ -311,14 +321,16 @@ def profile_train_phase(trainer: Any, rollout: Any, top: int) -> list[dict[str, 
 # ---------------------------------------------------------------------- output
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'prec':<5} {'mb':>4} {'tokens':>7} {'padded':>7} {'train s':>8} {'GFLOP/s':>8} "
-        f"{'of peak':>8} {'fwd+bwd s':>10} {'of peak':>8} {'optim s':>8} {'loop s':>7}"
+        f"{'prec':<5} {'mb':>4} {'packed':>6} {'tokens':>7} {'computed':>8} {'train s':>8} "
+        f"{'GFLOP/s':>8} {'of peak':>8} {'fwd+bwd s':>10} {'of peak':>8} {'optim s':>8} "
+        f"{'loop s':>7}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['precision']:<5} {r['micro_batch_size']:>4} {r['tokens']:>7} "
-            f"{r['padded_tokens']:>7} {r['train_s']:>8.3f} {r['train_flops_per_s'] / 1e9:>8.1f} "
+            f"{r['precision']:<5} {r['micro_batch_size']:>4} "
+            f"{'yes' if r['packing'] else 'no':>6} {r['tokens']:>7} "
+            f"{r['computed_tokens']:>8} {r['train_s']:>8.3f} {r['train_flops_per_s'] / 1e9:>8.1f} "
             f"{r['train_fraction']:>8.1%} {r['bare_fwd_bwd_s']:>10.3f} {r['bare_fraction']:>8.1%} "
             f"{r['optimizer_s']:>8.3f} {r['loop_overhead_s']:>7.3f}"
         )

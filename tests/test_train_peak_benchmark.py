@@ -39,11 +39,12 @@ def test_30m_flops_by_hand() -> None:
     assert flops == 4_298_219_520
 
 
-def test_padded_tokens_count_each_micro_batch_at_its_longest_row() -> None:
+def test_computed_tokens_padded_to_each_micro_batch_longest_row_or_packed() -> None:
     train_peak = load_script()
     lengths = torch.tensor([3, 7, 5, 2])
     micro_batches = list(torch.arange(4).split(2))  # rows {0, 1} -> 2 * 7, {2, 3} -> 2 * 5
-    assert train_peak.padded_tokens(lengths, micro_batches) == 24
+    assert train_peak.computed_tokens(lengths, micro_batches, packed=False) == 24
+    assert train_peak.computed_tokens(lengths, micro_batches, packed=True) == 17
 
 
 def test_summary_reports_the_best_setting_per_precision(
