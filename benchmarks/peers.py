@@ -18,14 +18,18 @@ Workloads:
   ``b-defaults``: each side's own defaults for the speed-only knobs (TRL: micro-batches
   of 8, gradient checkpointing on; LightRFT: micro-batches of 4). ``b-best``: TRL without
   gradient checkpointing and the whole rollout per micro-batch (``--trl-best``); LightRFT
-  with ``--lightrft-best`` overrides (packing, token-budget micro-batches by default).
+  with ``--lightrft-best`` overrides (by default packing, token-budget micro-batches and,
+  where vllm is installed, the vllm engine in fp32; its start-up happens before the first
+  step, outside every step's time).
 
 Time per step is measured inside each process, in steady state (``--warmup`` steps skipped):
 TRL from ``on_step_begin`` to ``on_step_end`` of a callback, LightRFT ``time/step`` of
-``metrics.jsonl``. Tokens generated per step are printed for both sides as a check that
-they did the same work. Run from the repository root::
+``metrics.jsonl``; with the phases generate / score / train of each side. ``--clock cpu``
+(with ``--threads 1``) reads the process's CPU time instead, for a shared machine. Tokens
+generated per step are printed for both sides as a check that they did the same work. Run
+from the repository root::
 
-    .venv/bin/python benchmarks/peers.py                       # everything (~6 min quiet)
+    .venv/bin/python benchmarks/peers.py                       # everything (~10 min quiet)
     .venv/bin/python benchmarks/peers.py --cases a-fp32 --steps-a 3 --repeats-a 1
     .venv/bin/python benchmarks/peers.py --install-dry-run     # what pip would install
 """
@@ -33,9 +37,11 @@ they did the same work. Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,7 +62,10 @@ LEARNING_RATE = 1e-6
 #: up to about 220).
 MAX_OPERANDS = 28
 CASES = ("a-fp32", "a-bf16", "b-defaults", "b-best")
-DEFAULT_LIGHTRFT_BEST = ("trainer.packing=true", "trainer.max_tokens_per_micro_batch=8192")
+#: LightRFT's best speed settings of workload (b): packed rows in token-budget micro-batches
+#: and, where vLLM is installed, the vllm engine in fp32 (the case's precision).
+PACKED_BEST = ("trainer.packing=true", "trainer.max_tokens_per_micro_batch=8192")
+VLLM_BEST = ("engine.name=vllm", "engine.dtype=float32")
 DEFAULT_TRL_BEST = ("gradient_checkpointing=false",)
 #: Per-step phases reported for both sides (seconds).
 PHASES = ("generate", "score", "train")
@@ -84,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         metavar="KEY=VALUE",
         help="LightRFT overrides of case b-best (repeatable; replaces the default "
-        f"{' '.join(DEFAULT_LIGHTRFT_BEST)}), e.g. engine.name=vllm.",
+        f"{' '.join((*PACKED_BEST, *VLLM_BEST))}, without the engine settings where vllm "
+        "is not installed), e.g. engine.name=hf.",
     )
     p.add_argument(
         "--trl-best",
@@ -96,6 +106,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "per_device_train_batch_size is given.",
     )
     p.add_argument("--threads", type=int, default=0, help="OMP threads per run; 0 = default.")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="Step and phase times: wall-clock seconds (a quiet machine), or the process's CPU "
+        "seconds (a shared machine: with --threads 1, about the wall time the process would "
+        "take alone).",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=ROOT / "build" / "peers")
     p.add_argument("--venv", type=Path, default=ROOT / "build" / "peers-venv")
@@ -111,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.cases) - set(CASES))
     if unknown:
         p.error(f"unknown case(s) {unknown}; choose from {CASES}")
+    if args.clock == "cpu" and args.threads != 1:
+        p.error("--clock cpu needs --threads 1 (CPU seconds of several threads add up)")
     for name in ("steps_a", "steps_b", "repeats_a", "repeats_b"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -240,6 +260,14 @@ def prepare_b(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------- cases
+def default_lightrft_best() -> list[str]:
+    """``PACKED_BEST``, with ``VLLM_BEST`` where the ``vllm`` module is installed."""
+    if importlib.util.find_spec("vllm") is None:
+        print("vllm is not installed: b-best runs LightRFT's hf engine", flush=True)
+        return list(PACKED_BEST)
+    return [*PACKED_BEST, *VLLM_BEST]
+
+
 @dataclass
 class Case:
     """One comparison: the shared work and each side's speed-only settings."""
@@ -314,7 +342,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
             checkpointing = trl_values.pop("gradient_checkpointing", False)
             cases.append(
                 Case("b-best", label, model, train, *shape, args.warmup_b, args.steps_b,
-                     args.repeats_b, lightrft=list(args.lightrft_best or DEFAULT_LIGHTRFT_BEST),
+                     args.repeats_b, lightrft=args.lightrft_best or default_lightrft_best(),
                      trl_micro_batch=micro, trl_gradient_checkpointing=checkpointing,
                      trl=trl_values)
             )  # fmt: skip
@@ -326,6 +354,21 @@ def lightrft_exe() -> str:
     return str(Path(sys.executable).parent / "lightrft")
 
 
+#: ``lightrft`` whose timers read the process's CPU time (every timer of the training loop
+#: reads ``time.perf_counter`` when it runs).
+CPU_CLOCK_LIGHTRFT = (
+    "import sys, time; time.perf_counter = time.process_time; "
+    "from lightrft_cli.main import main; sys.argv[0] = 'lightrft'; sys.exit(main())"
+)
+
+
+def lightrft_command(args: argparse.Namespace) -> list[str]:
+    """The ``lightrft`` command, on the clock that ``--clock`` asks for."""
+    if args.clock == "cpu":
+        return [sys.executable, "-c", CPU_CLOCK_LIGHTRFT]
+    return [lightrft_exe()]
+
+
 def run_env(args: argparse.Namespace) -> dict[str, str]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -334,9 +377,18 @@ def run_env(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def run_logged(command: list[str], log: Path, args: argparse.Namespace) -> None:
-    """Run ``command`` with its output in ``log``; on failure show the log's tail."""
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every finished child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_logged(command: list[str], log: Path, args: argparse.Namespace) -> float:
+    """Run ``command`` with its output in ``log``; on failure show the log's tail. Returns
+    the CPU seconds the process used (on a loaded machine, with one thread, about the wall
+    time it would take alone)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    cpu_before = children_cpu_seconds()
     with log.open("w", encoding="utf-8") as out:
         code = subprocess.run(
             command, stdout=out, stderr=subprocess.STDOUT, env=run_env(args), cwd=ROOT
@@ -344,6 +396,7 @@ def run_logged(command: list[str], log: Path, args: argparse.Namespace) -> None:
     if code:
         tail = "\n".join(log.read_text(encoding="utf-8").splitlines()[-30:])
         raise SystemExit(f"failed ({code}): {' '.join(command)}\n--- {log} ---\n{tail}")
+    return children_cpu_seconds() - cpu_before
 
 
 def lightrft_overrides(case: Case, out: Path, seed: int) -> list[str]:
@@ -384,8 +437,8 @@ def lightrft_overrides(case: Case, out: Path, seed: int) -> list[str]:
 
 def run_lightrft(case: Case, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(out, ignore_errors=True)
-    command = [lightrft_exe(), "train", *lightrft_overrides(case, out, args.seed)]
-    run_logged(command, out.with_suffix(".log"), args)
+    command = [*lightrft_command(args), "train", *lightrft_overrides(case, out, args.seed)]
+    cpu_seconds = run_logged(command, out.with_suffix(".log"), args)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [
         {
@@ -399,7 +452,7 @@ def run_lightrft(case: Case, out: Path, args: argparse.Namespace) -> dict[str, A
         }
         for r in records
     ]
-    return {"steps": steps[case.warmup :]}
+    return {"steps": steps[case.warmup :], "cpu_seconds": cpu_seconds}
 
 
 def run_trl(case: Case, out: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -408,6 +461,7 @@ def run_trl(case: Case, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     spec = {
         "output_dir": str(out),
         "device": "cpu",
+        "clock": args.clock,
         "seed": args.seed,
         "warmup": case.warmup,
         "steps": case.steps,
@@ -424,8 +478,9 @@ def run_trl(case: Case, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "spec.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
     command = [str(venv_python(args.venv)), str(TRL_RUNNER), str(out / "spec.json")]
-    run_logged([*command, str(out / "result.json")], out.with_suffix(".log"), args)
+    cpu_seconds = run_logged([*command, str(out / "result.json")], out.with_suffix(".log"), args)
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    result["cpu_seconds"] = cpu_seconds
     result["steps"] = result["steps"][case.warmup :]
     return result
 
@@ -452,7 +507,8 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
                 f"{result['median_s']:.3f} s/step (median of {len(result['steps'])}; "
                 f"{' / '.join(PHASES)} {phases}), "
                 f"{result['generated_per_step']:.0f} generated tok/step, "
-                f"process {time.perf_counter() - started:.0f} s",
+                f"process {time.perf_counter() - started:.0f} s ({result['cpu_seconds']:.0f} "
+                "CPU s)",
                 flush=True,
             )
     trl_s = statistics.median(r["median_s"] for r in runs["trl"])

@@ -7,7 +7,8 @@ torch and transformers as ``.venv``, no LightRFT). Reads a JSON spec (``spec`` b
 all happen between the two), the tokens generated (``completions/mean_length`` x rows;
 TRL counts the EOS token) and two phases: ``generate`` (``GRPOTrainer._generate``: sampling
 and decoding) and ``rollout`` (``_generate_and_score_completions``: generation, rewards,
-advantages and any log-prob pass); the rest of the step is the training.
+advantages and any log-prob pass); the rest of the step is the training. With
+``"clock": "cpu"`` in the spec every time is the process's CPU time instead of wall time.
 
     build/peers-venv/bin/python benchmarks/peers/trl_grpo.py SPEC.json RESULT.json
 """
@@ -124,6 +125,8 @@ def grpo_config(spec: dict[str, Any]) -> GRPOConfig:
 
 def main(spec_path: str, result_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    if spec.get("clock") == "cpu":  # the timers below read the process's CPU time
+        time.perf_counter = time.process_time
     torch.manual_seed(spec["seed"])
     data = load_dataset("json", data_files=spec["train_path"], split="train")
     timer = StepTimer()
