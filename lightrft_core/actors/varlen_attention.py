@@ -16,6 +16,11 @@ included). A packed forward gives the model one row, a 2-D attention mask of one
 transformers builds no 4-D mask) and ``packed_segments``; ``packed_text_inputs`` builds them,
 and after the forward ``SegmentRuns.check_read`` refuses a model whose attention never saw
 them (one that does not hand transformers' keyword arguments down).
+
+Forwards without ``packed_segments`` under a mask with grouped key/value heads, on CPU and
+without gradients (generation: the ``hf`` engine calls ``install()`` in its setup), run
+SDPA on the grouped heads in place of transformers' copy of them (``grouped_attention.py``,
+the same numbers); every other call runs transformers' own function.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .grouped_attention import copies_grouped_kv, grouped_sdpa
 
 #: The model-forward keyword that carries a packed row's ``SegmentRuns`` to the attention.
 SEGMENTS_KWARG = "packed_segments"
@@ -145,11 +152,14 @@ def varlen_sdpa_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' ``sdpa`` attention function, per sequence when the forward carries
-    ``packed_segments`` (the mask is then ignored: it is the plain causal one or none)."""
+    ``packed_segments`` (the mask is then ignored: it is the plain causal one or none), and
+    without copying grouped keys and values where ``copies_grouped_kv`` says so."""
     segments: SegmentRuns | None = kwargs.pop(SEGMENTS_KWARG, None)
     if _original_sdpa is None:
         raise RuntimeError("varlen_sdpa_attention runs only once install() has been called")
     if segments is None:
+        if copies_grouped_kv(query, key, value, attention_mask, kwargs):
+            return grouped_sdpa(query, key, value, attention_mask, dropout, scaling), None
         return _original_sdpa(
             module,
             query,

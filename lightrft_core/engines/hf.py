@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..actors.varlen_attention import install as install_sdpa_attention
 from ..interfaces import (
     GenerationOutput,
     InferenceEngine,
@@ -226,7 +227,10 @@ class HFEngine(InferenceEngine):
         tokenizer: Any = None,
     ) -> None:
         """Share ``model`` (preferred) or load ``model_path``; EOS/pad ids from ``tokenizer``,
-        else from the model's ``generation_config``."""
+        else from the model's ``generation_config``. Installs LightRFT's ``sdpa`` attention
+        function (grouped key/value heads read in place under the batch's padding mask on
+        CPU, the same numbers as transformers' copy of them; ``varlen_attention.py``)."""
+        install_sdpa_attention()
         if model is not None:
             self.model, self._shares_model = model, True
         elif model_path is not None:
