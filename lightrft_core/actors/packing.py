@@ -77,12 +77,28 @@ def pack_sequences(
     tokens = torch.full((rows, width), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros((rows, width), dtype=torch.long, device=device)
     positions = torch.zeros((rows, width), dtype=torch.long, device=device)
-    for seq, span in zip(sequences, spans, strict=True):
-        cols = slice(span.start, span.start + span.length)
-        tokens[span.row, cols] = seq.to(device=device, dtype=torch.long)
-        mask[span.row, cols] = 1
-        positions[span.row, cols] = torch.arange(span.length, device=device)
+    # every token placed at once: one index per token, not a few tensor ops per sequence
+    row_index, col_index, offset = span_token_index(spans, lengths, device)
+    flat = torch.cat([seq.reshape(-1) for seq in sequences]).to(device=device, dtype=torch.long)
+    tokens[row_index, col_index] = flat
+    mask[row_index, col_index] = 1
+    positions[row_index, col_index] = offset
     return PackedBatch(tokens, mask, positions, spans)
+
+
+def span_token_index(
+    spans: Sequence[PackedSpan], counts: Sequence[int], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The packed ``(row, column)`` of the first ``counts[i]`` tokens of each span, spans one
+    after the other, and each token's offset in its span (``[sum(counts)]`` each)."""
+    count = torch.tensor(counts, dtype=torch.long)
+    span_rows = torch.tensor([s.row for s in spans], dtype=torch.long)
+    span_starts = torch.tensor([s.start for s in spans], dtype=torch.long)
+    first = count.cumsum(0) - count  # where each span's tokens begin in the flat order
+    offset = torch.arange(int(count.sum())) - first.repeat_interleave(count)
+    rows = span_rows.repeat_interleave(count)
+    cols = span_starts.repeat_interleave(count) + offset
+    return rows.to(device), cols.to(device), offset.to(device)
 
 
 def unpack_per_token(values: torch.Tensor, spans: Sequence[PackedSpan]) -> list[torch.Tensor]:
@@ -153,17 +169,11 @@ def unpack_to_padded(values: torch.Tensor, spans: Sequence[PackedSpan], width: i
     """Packed per-token outputs ``[R, L-1]`` back in the right-padded layout ``[B, width]``
     (row ``i`` holds its sequence's ``length - 1`` outputs from column 0, zeros after);
     differentiable."""
-    rows, cols, targets, target_cols = [], [], [], []
-    for i, span in enumerate(spans):
-        n = span.length - 1
-        rows.append(torch.full((n,), span.row, dtype=torch.long))
-        cols.append(torch.arange(span.start, span.start + n))
-        targets.append(torch.full((n,), i, dtype=torch.long))
-        target_cols.append(torch.arange(n))
-    device = values.device
+    outputs = [span.length - 1 for span in spans]
+    rows, cols, target_cols = span_token_index(spans, outputs, values.device)
+    targets = torch.arange(len(spans)).repeat_interleave(torch.tensor(outputs, dtype=torch.long))
     out = values.new_zeros((len(spans), width))
-    index = (torch.cat(targets).to(device), torch.cat(target_cols).to(device))
-    return out.index_put(index, values[torch.cat(rows).to(device), torch.cat(cols).to(device)])
+    return out.index_put((targets.to(values.device), target_cols), values[rows, cols])
 
 
 def packed_model_inputs(
