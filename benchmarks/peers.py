@@ -10,8 +10,10 @@ median seconds per step of each side and their ratio.
 Workloads:
 
 - ``a-fp32`` / ``a-bf16``: the 5m tiny model, 16 prompts x 8 samples, 8 new tokens, one
-  optimizer step per rollout, the whole rollout in one micro-batch on both sides, no
-  gradient checkpointing; ``bf16`` = fp32 weights with bf16 autocast on both sides.
+  optimizer step per rollout, the whole rollout in one generation batch and one
+  micro-batch on both sides (TRL: one ``generate`` call of the 128 rows; LightRFT:
+  ``engine.max_batch_size`` and ``trainer.micro_batch_size`` 128), no gradient
+  checkpointing; ``bf16`` = fp32 weights with bf16 autocast on both sides.
 - ``b-defaults`` / ``b-best``: the 30m tiny model after a short SFT on worked additions
   (``7+3-2=`` -> ``7+3=10;10-2=8``: response length grows with the number of operands,
   2..28, so lengths vary up to the 256-token cap), 8 prompts x 4 samples, fp32.
@@ -322,7 +324,7 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
                 Case(
                     f"a-{precision}", "5m", model, train, 16, 8, 8, 32, precision,
                     args.warmup_a, args.steps_a, args.repeats_a,
-                    lightrft=["trainer.micro_batch_size=128"],
+                    lightrft=["trainer.micro_batch_size=128", "engine.max_batch_size=128"],
                     trl_micro_batch=128,
                 )
             )  # fmt: skip
