@@ -20,10 +20,15 @@ up to 256 new tokens, with three stop ids (about 1 in 86 tokens of a random mode
 response lengths vary, so dropping finished rows matters. The tokens of the engine and of
 ``generate()`` are compared (same seed: the same tokens, up to float rounding of the
 forwards). ``--compile`` adds ``compile_decode``: its first (compiling) call, then its
-median time. Run from the repository root::
+median time. ``--kv-copies`` adds the engine under transformers' own ``sdpa`` attention
+function, which copies the grouped key/value heads under the padding mask every layer and
+step (LightRFT's reads them in place on CPU, ``grouped_attention.py``; the tiny models have
+2x grouped heads). ``--clock cpu`` (with ``--threads 1``) reads the process's CPU time, for
+a shared machine. Run from the repository root::
 
     .venv/bin/python benchmarks/sampling_loop.py
     .venv/bin/python benchmarks/sampling_loop.py --sizes 5m --workloads b --compile
+    .venv/bin/python benchmarks/sampling_loop.py --kv-copies --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -31,16 +36,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from lightrft_core.actors import varlen_attention
 from lightrft_core.engines import HFEngine
 from lightrft_core.engines.kv_cache import preallocated_cache
 from lightrft_core.interfaces import GenerationOutput, SamplingParams
 from lightrft_core.models.tiny import build_byte_tokenizer, build_tiny_model
+
+#: The clock of every timing: wall seconds, or the process's CPU seconds (``--clock cpu``).
+now: Callable[[], float] = time.perf_counter
 
 #: Byte ids used as stop tokens in workload ``b`` ("\x01", "\x02", "\x03").
 STOP_IDS = [1, 2, 3]
@@ -106,7 +116,7 @@ def floor_seconds(model: Any, ids: torch.Tensor, mask: torch.Tensor, sizes: list
                 cache.batch_select_indices(torch.arange(rows))
                 full_mask, last = full_mask[:rows], last[:rows]
                 step_ids, step_pos = next_ids[:rows], last
-            started = time.perf_counter()
+            started = now()
             model(
                 input_ids=step_ids,
                 attention_mask=full_mask[:, : width + step],
@@ -115,7 +125,7 @@ def floor_seconds(model: Any, ids: torch.Tensor, mask: torch.Tensor, sizes: list
                 use_cache=True,
                 logits_to_keep=1,
             )
-            seconds += time.perf_counter() - started
+            seconds += now() - started
             last = last + 1
             step_ids, step_pos = next_ids[:rows], last
     return seconds
@@ -157,10 +167,10 @@ class ForwardClock:
         return self
 
     def _start(self) -> None:
-        self._started = time.perf_counter()
+        self._started = now()
 
     def _stop(self) -> None:
-        self.seconds += time.perf_counter() - self._started
+        self.seconds += now() - self._started
 
     def __exit__(self, *exc: object) -> None:
         for hook in self._hooks:
@@ -170,10 +180,29 @@ class ForwardClock:
 def timed(model: Any, call: Callable[[], Any]) -> tuple[float, float]:
     """(wall seconds of ``call``, of which inside ``model``'s forwards)."""
     with ForwardClock(model) as clock:
-        started = time.perf_counter()
+        started = now()
         call()
-        wall = time.perf_counter() - started
+        wall = now() - started
     return wall, clock.seconds
+
+
+@contextmanager
+def transformers_sdpa() -> Iterator[None]:
+    """transformers' own ``sdpa`` attention function for the duration (grouped key/value
+    heads copied under a mask), then LightRFT's again."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("sdpa", sdpa_attention_forward)
+    try:
+        yield
+    finally:
+        varlen_attention.install()
+
+
+def engine_with_copies(engine: HFEngine, prompts: list[list[int]], params: SamplingParams) -> Any:
+    with transformers_sdpa():
+        return engine.generate(prompts, params)
 
 
 def same_tokens(outputs: list[GenerationOutput], generated: torch.Tensor) -> int:
@@ -213,6 +242,11 @@ def run_workload(model: Any, tokenizer: Any, workload: Workload, args: argparse.
     }
     calls["engine"] = lambda: timed(model, lambda: engine.generate(prompts, params))
     calls["generate()"] = lambda: timed(model, lambda: hf_generate(model, ids, mask, params, pad))
+    if args.kv_copies:
+        copied = engine_with_copies(engine, prompts, params)
+        same = [o.token_ids for o in copied] == [o.token_ids for o in outputs]
+        calls[COPIES] = lambda: timed(model, lambda: engine_with_copies(engine, prompts, params))
+        steps[COPIES], floor_of[COPIES] = steps["engine"], floor_of["engine"]
     if args.compile:
         compiled = make_engine(model, tokenizer, compiled=True)
         first, _ = timed(model, lambda: compiled.generate(prompts, params))
@@ -250,6 +284,13 @@ def run_workload(model: Any, tokenizer: Any, workload: Workload, args: argparse.
         f"{wall['engine'] / wall[floor_of['engine']]:.2f}x, generate()/floor "
         f"{wall['generate()'] / wall[floor_of['generate()']]:.2f}x"
     )
+    if args.kv_copies:
+        print(
+            f"    K/V copies: {wall[COPIES]:.3f} s, in forwards {inside[COPIES]:.3f} s; "
+            f"engine {wall['engine']:.3f} s, in forwards {inside['engine']:.3f} s: "
+            f"copies/in place {wall[COPIES] / wall['engine']:.2f}x (in forwards "
+            f"{inside[COPIES] / inside['engine']:.2f}x); same tokens: {same}"
+        )
     if args.compile:
         print(
             f"    compile_decode: first call (compiles) {first:.1f} s, then "
@@ -264,6 +305,10 @@ def pays_after(first: float, eager: float, compiled: float) -> str:
     if saving <= 0:
         return "never (no saving)"
     return f"{(first - compiled) / saving:.0f} rollouts"
+
+
+#: The side of ``--kv-copies``: the engine under transformers' own ``sdpa`` function.
+COPIES = "engine, K/V copies"
 
 
 def make_engine(model: Any, tokenizer: Any, *, compiled: bool) -> HFEngine:
@@ -282,12 +327,29 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--compile", action="store_true", help="also time compile_decode")
+    parser.add_argument(
+        "--kv-copies",
+        action="store_true",
+        help="also time the engine under transformers' sdpa function (grouped K/V copied)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall seconds, or the process's CPU seconds (a shared machine; --threads 1)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (CPU seconds of several threads add up)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global now
+        now = time.process_time
     tokenizer = build_byte_tokenizer()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, temperature "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
+        f"fp32, temperature "
         f"{args.temperature}, top-p {args.top_p}, medians of {args.repeats} alternated runs"
     )
     for size in args.sizes.split(","):
