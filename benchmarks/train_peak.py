@@ -45,12 +45,15 @@ repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +62,21 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FORMULA = "FLOPs = 6 * N * tokens + 12 * L * d * sum_i(T_i^2)"
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+BF16_WEIGHTS = "bf16-weights"
+STRATEGIES = ("local", "fsdp", BF16_WEIGHTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="30m", help="Tiny model size (5m, 30m).")
     p.add_argument("--precisions", default="fp32,bf16", help="Comma-separated: fp32, bf16.")
+    p.add_argument(
+        "--strategies",
+        default="local",
+        help="Comma-separated: local (bf16: fp32 weights + autocast), fsdp (one rank in this "
+        f"process; bf16: FSDP2's bf16 compute weights), {BF16_WEIGHTS} (local with bf16 "
+        "compute weights and fp32 master copies; bf16 only).",
+    )
     p.add_argument("--prompts-per-step", type=int, default=16, help="Prompts in the rollout.")
     p.add_argument("--samples", type=int, default=8, help="Samples per prompt.")
     p.add_argument("--max-new-tokens", type=int, default=32, help="Response length cap.")
@@ -95,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--repeats must be >= 1")
     if args.profile < 0:
         p.error("--profile must be >= 0")
+    args.strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    unknown = [name for name in args.strategies if name not in STRATEGIES]
+    if unknown or not args.strategies:
+        p.error(f"--strategies: choose from {', '.join(STRATEGIES)}")
     if args.quick:
         args.peak_size = min(args.peak_size, 512)
         args.prompts_per_step = min(args.prompts_per_step, 4)
@@ -155,8 +171,101 @@ def computed_tokens(
     return sum(int(lengths[rows].max()) * len(rows) for rows in micro_batches)
 
 
+# ---------------------------------------------------------------------- GEMM ceiling
+@dataclass(frozen=True)
+class Gemm:
+    """``batch`` products ``[m, k] x [k, n]``; ``a_t`` / ``b_t``: that operand is read
+    transposed (stored ``[k, m]`` / ``[n, k]``), as the autograd kernels read it."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    a_t: bool = False
+    b_t: bool = False
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
+
+
+def linear_gemms(in_features: int, out_features: int, tokens: int) -> list[Gemm]:
+    """A Linear over ``tokens`` rows: forward ``X W^T``, backward ``dY W`` and ``dY^T X``."""
+    return [
+        Gemm(1, tokens, in_features, out_features, b_t=True),
+        Gemm(1, tokens, out_features, in_features),
+        Gemm(1, out_features, tokens, in_features, a_t=True),
+    ]
+
+
+def attention_gemms(heads: int, head_dim: int, length: int, sequences: int) -> list[Gemm]:
+    """One layer's attention over ``sequences`` sequences of ``length`` tokens, all heads in
+    one batch: forward ``Q K^T`` and ``P V``; backward ``dO V^T``, ``P^T dO``, ``dS K`` and
+    ``dS^T Q``."""
+    b, t, h = heads * sequences, length, head_dim
+    return [
+        Gemm(b, t, h, t, b_t=True),
+        Gemm(b, t, t, h),
+        Gemm(b, t, h, t, b_t=True),
+        Gemm(b, t, t, h, a_t=True),
+        Gemm(b, t, t, h),
+        Gemm(b, t, t, h, a_t=True),
+    ]
+
+
+def train_gemms(model: torch.nn.Module, config: Any, lengths: torch.Tensor) -> Counter[Gemm]:
+    """Every matrix product of one forward + backward of ``model`` over sequences of
+    ``lengths`` (packed: each Linear sees all tokens at once; attention per sequence), with
+    how often each shape occurs."""
+    tokens = int(lengths.sum())
+    gemms: Counter[Gemm] = Counter()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            gemms.update(linear_gemms(module.in_features, module.out_features, tokens))
+    heads = config.num_attention_heads
+    head_dim = attention_width(config) // heads
+    for length, sequences in Counter(int(t) for t in lengths).items():
+        for gemm in attention_gemms(heads, head_dim, length, sequences):
+            gemms[gemm] += config.num_hidden_layers
+    return gemms
+
+
+def gemm_seconds(
+    gemm: Gemm, dtype: torch.dtype, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Best time of one ``gemm`` on operands of ``dtype`` laid out as it describes."""
+    a = (
+        torch.randn(gemm.batch, gemm.k, gemm.m)
+        if gemm.a_t
+        else torch.randn(gemm.batch, gemm.m, gemm.k)
+    )
+    b = (
+        torch.randn(gemm.batch, gemm.n, gemm.k)
+        if gemm.b_t
+        else torch.randn(gemm.batch, gemm.k, gemm.n)
+    )
+    a, b = a.to(dtype), b.to(dtype)
+    a = a.transpose(1, 2) if gemm.a_t else a
+    b = b.transpose(1, 2) if gemm.b_t else b
+    if gemm.batch == 1:
+        a, b = a[0], b[0]
+    return best_seconds(lambda: torch.matmul(a, b), repeats, clock)
+
+
+def gemm_ceiling(
+    gemms: Counter[Gemm], dtype: torch.dtype, repeats: int, clock: Callable[[], float]
+) -> tuple[float, float]:
+    """FLOPs and seconds of all ``gemms`` alone, each shape timed on its own."""
+    flops = sum(g.flops * count for g, count in gemms.items())
+    seconds = sum(gemm_seconds(g, dtype, repeats, clock) * count for g, count in gemms.items())
+    return float(flops), seconds
+
+
 # ---------------------------------------------------------------------- the trainer
-def build_trainer(root: Path, args: argparse.Namespace, precision: str) -> Any:
+def build_trainer(
+    root: Path, args: argparse.Namespace, precision: str, strategy: str = "local"
+) -> Any:
+    import lightrft_plugin_fsdp.plugin
     import lightrft_plugin_grpo.plugin
     from lightrft_core.config import load_config
     from lightrft_core.demo.task import ArithmeticTask, write_task_data
@@ -172,15 +281,17 @@ def build_trainer(root: Path, args: argparse.Namespace, precision: str) -> Any:
     )
     manager = PluginManager(autoload=False)
     manager.register(lightrft_plugin_grpo.plugin, name="grpo")
+    manager.register(lightrft_plugin_fsdp.plugin, name="fsdp")
     cfg = load_config(
         None,
         [
-            f"run.output_dir={root / ('run-' + precision)}",
+            f"run.output_dir={root / f'run-{strategy}-{precision}'}",
             f"run.seed={args.seed}",
             f"data.train_path={data['train']}",
             "data.apply_chat_template=false",
             "data.max_prompt_length=32",
             f"model.path={model_dir}",
+            f"strategy.name={strategy}",
             f"strategy.precision={precision}",
             f"engine.n_samples_per_prompt={args.samples}",
             f"engine.max_new_tokens={args.max_new_tokens}",
@@ -211,6 +322,33 @@ def one_rollout(trainer: Any) -> Any:
     return kept[0]
 
 
+def compute_in_bf16(trainer: Any) -> None:
+    """Turn a ``local`` bf16 trainer into the third way: the actor's parameters become bf16
+    compute weights (no autocast), their fp32 values are kept as master copies; each
+    optimizer step casts the gradients to fp32, steps the masters (the optimizer's own,
+    fp32 state) and refreshes the bf16 weights from them."""
+    strategy, params = trainer.c.strategy, list(trainer.actor.parameters())
+    masters = [p.data for p in params]
+    for p in params:
+        p.data = p.data.to(torch.bfloat16)
+    strategy.autocast = contextlib.nullcontext
+    optimizer_step = strategy.optimizer_step
+
+    def master_step(*a: Any, **kw: Any) -> float:
+        for p, master in zip(params, masters, strict=True):
+            grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+            p.data = master
+            p.grad = grad
+        try:
+            return optimizer_step(*a, **kw)
+        finally:
+            for p, master in zip(params, masters, strict=True):
+                p.data = master.to(torch.bfloat16)
+
+    strategy.optimizer_step = master_step
+
+
 def bare_forward_backward(trainer: Any, rollout: Any, micro_batches: list[torch.Tensor]) -> None:
     """The actor's forward (the loop's own, attention kernels included) and backward on
     ``micro_batches`` (log-prob sum as the loss), then the gradients dropped: the model's own
@@ -224,14 +362,24 @@ def bare_forward_backward(trainer: Any, rollout: Any, micro_batches: list[torch.
     actor.zero_grad(set_to_none=True)
 
 
-def measure_precision(
-    trainer: Any, rollout: Any, args: argparse.Namespace, peak: float, precision: str
-) -> list[dict[str, Any]]:
-    """The train phase, bare forward+backward and optimizer step per micro-batch size."""
+def actor_model(trainer: Any) -> Any:
+    """The actor's Hugging Face model."""
     from lightrft_core.trainer.bootstrap import unwrapped_actor
 
-    config = unwrapped_actor(trainer.c.strategy, trainer.actor).hf_model().config
-    n_params = sum(p.numel() for p in trainer.actor.parameters())
+    return unwrapped_actor(trainer.c.strategy, trainer.actor).hf_model()
+
+
+def measure_precision(
+    trainer: Any,
+    rollout: Any,
+    args: argparse.Namespace,
+    peak: float,
+    precision: str,
+    strategy_name: str = "local",
+) -> list[dict[str, Any]]:
+    """The train phase, bare forward+backward and optimizer step per micro-batch size."""
+    config = actor_model(trainer).config
+    n_params = sum(p.numel() for p in actor_model(trainer).parameters())
     lengths = rollout.attention_mask.sum(dim=1)
     flops = train_flops(n_params, config.num_hidden_layers, attention_width(config), lengths)
     tokens = int(lengths.sum())
@@ -274,6 +422,7 @@ def measure_precision(
             optimizer = statistics.median(opt_s)
             results.append(
                 {
+                    "strategy": strategy_name,
                     "precision": precision,
                     "micro_batch_size": size,
                     "rows": rows_total,
@@ -295,6 +444,30 @@ def measure_precision(
     finally:
         strategy.optimizer_step = optimizer_step
     return results
+
+
+def measure_ceiling(
+    trainer: Any,
+    rollout: Any,
+    dtype: torch.dtype,
+    peak: float,
+    repeats: int,
+    clock: Callable[[], float],
+) -> dict[str, Any]:
+    """The GEMM ceiling of one forward + backward of the whole rollout (one packed pass)."""
+    model = actor_model(trainer)
+    lengths = rollout.attention_mask.sum(dim=1)
+    gemms = train_gemms(model, model.config, lengths)
+    flops, seconds = gemm_ceiling(gemms, dtype, repeats, clock)
+    return {
+        "tokens": int(lengths.sum()),
+        "shapes": len(gemms),
+        "gemms": sum(gemms.values()),
+        "flops": flops,
+        "seconds": seconds,
+        "flops_per_s": flops / seconds,
+        "fraction": flops / seconds / peak,
+    }
 
 
 def profile_train_phase(trainer: Any, rollout: Any, top: int) -> list[dict[str, Any]]:
@@ -321,14 +494,14 @@ def profile_train_phase(trainer: Any, rollout: Any, top: int) -> list[dict[str, 
 # ---------------------------------------------------------------------- output
 def print_rows(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'prec':<5} {'mb':>4} {'packed':>6} {'tokens':>7} {'computed':>8} {'train s':>8} "
-        f"{'GFLOP/s':>8} {'of peak':>8} {'fwd+bwd s':>10} {'of peak':>8} {'optim s':>8} "
-        f"{'loop s':>7}"
+        f"{'strategy':<12} {'prec':<5} {'mb':>4} {'packed':>6} {'tokens':>7} {'computed':>8} "
+        f"{'train s':>8} {'GFLOP/s':>8} {'of peak':>8} {'fwd+bwd s':>10} {'of peak':>8} "
+        f"{'optim s':>8} {'loop s':>7}"
     )
     print(header)
     for r in rows:
         print(
-            f"{r['precision']:<5} {r['micro_batch_size']:>4} "
+            f"{r['strategy']:<12} {r['precision']:<5} {r['micro_batch_size']:>4} "
             f"{'yes' if r['packing'] else 'no':>6} {r['tokens']:>7} "
             f"{r['computed_tokens']:>8} {r['train_s']:>8.3f} {r['train_flops_per_s'] / 1e9:>8.1f} "
             f"{r['train_fraction']:>8.1%} {r['bare_fwd_bwd_s']:>10.3f} {r['bare_fraction']:>8.1%} "
@@ -337,22 +510,33 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 
 def print_summary(rows: list[dict[str, Any]]) -> None:
-    """Per precision, the best setting's fraction of the peak and how its time splits."""
-    for precision in dict.fromkeys(r["precision"] for r in rows):
+    """Per strategy and precision, the best setting's fraction of the peak and how its time
+    splits."""
+    for strategy, precision in dict.fromkeys((r["strategy"], r["precision"]) for r in rows):
         best = max(
-            (r for r in rows if r["precision"] == precision), key=lambda r: r["train_fraction"]
+            (r for r in rows if (r["strategy"], r["precision"]) == (strategy, precision)),
+            key=lambda r: r["train_fraction"],
         )
         train = best["train_s"]
         print(
-            f"{precision}: train phase at {best['train_fraction']:.1%} of the {precision} matmul "
-            f"peak (micro-batch {best['micro_batch_size']}); of its time: model forward + "
-            f"backward {best['bare_fwd_bwd_s'] / train:.0%}, optimizer "
+            f"{strategy} {precision}: train phase at {best['train_fraction']:.1%} of the "
+            f"{precision} matmul peak (micro-batch {best['micro_batch_size']}); of its time: "
+            f"model forward + backward {best['bare_fwd_bwd_s'] / train:.0%}, optimizer "
             f"{best['optimizer_s'] / train:.0%}, loop {best['loop_overhead_s'] / train:.0%}"
         )
 
 
-def print_profile(precision: str, ops: list[dict[str, Any]]) -> None:
-    print(f"top operators of one {precision} train phase (self time):")
+def print_ceiling(precision: str, ceiling: dict[str, Any]) -> None:
+    print(
+        f"GEMM ceiling {precision}: the model's own matmuls alone at their shapes "
+        f"({ceiling['shapes']} shapes, {ceiling['gemms']} products, {ceiling['tokens']} tokens): "
+        f"{ceiling['seconds']:.3f} s, {ceiling['flops_per_s'] / 1e9:.1f} GFLOP/s, "
+        f"{ceiling['fraction']:.1%} of peak"
+    )
+
+
+def print_profile(setting: str, ops: list[dict[str, Any]]) -> None:
+    print(f"top operators of one {setting} train phase (self time):")
     for op in ops:
         print(f"  {op['share']:>6.1%} {op['self_s']:>8.3f} s {op['calls']:>6}x  {op['op']}")
 
@@ -390,15 +574,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{FORMULA}; fraction = achieved / peak of the same precision")
     rows: list[dict[str, Any]] = []
     profiles: dict[str, list[dict[str, Any]]] = {}
+    ceilings: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="lightrft-train-peak-") as tmp:
         for precision in precisions:
-            trainer = build_trainer(Path(tmp), args, precision)
-            rollout = one_rollout(trainer)
-            rows.extend(measure_precision(trainer, rollout, args, peaks[precision], precision))
-            if args.profile:
-                profiles[precision] = profile_train_phase(trainer, rollout, args.profile)
-    for precision, ops in profiles.items():
-        print_profile(precision, ops)
+            for strategy in args.strategies:
+                if strategy == BF16_WEIGHTS and precision != "bf16":
+                    continue
+                trainer = build_trainer(
+                    Path(tmp), args, precision, "local" if strategy == BF16_WEIGHTS else strategy
+                )
+                rollout = one_rollout(trainer)
+                if strategy == BF16_WEIGHTS:
+                    compute_in_bf16(trainer)
+                if precision not in ceilings:
+                    ceilings[precision] = measure_ceiling(
+                        trainer, rollout, DTYPES[precision], peaks[precision], args.repeats, clock
+                    )
+                rows.extend(
+                    measure_precision(trainer, rollout, args, peaks[precision], precision, strategy)
+                )
+                if args.profile:
+                    profiles[f"{strategy} {precision}"] = profile_train_phase(
+                        trainer, rollout, args.profile
+                    )
+    for name, ops in profiles.items():
+        print_profile(name, ops)
+    for precision, ceiling in ceilings.items():
+        print_ceiling(precision, ceiling)
     print_rows(rows)
     print(
         "train s: the loop's train phase; fwd+bwd s: the actor's forward + backward alone on "
@@ -413,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             "peaks_flops_per_s": peaks,
             "formula": FORMULA,
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "gemm_ceilings": ceilings,
             "results": rows,
             "profiles": profiles,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,7 @@ def load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("train_peak", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["train_peak"] = module  # its dataclass looks its module up while created
     spec.loader.exec_module(module)
     return module
 
@@ -54,6 +56,7 @@ def test_summary_reports_the_best_setting_per_precision(
 
     def row(size: int, fraction: float) -> dict[str, object]:
         return {
+            "strategy": "local",
             "precision": "fp32",
             "micro_batch_size": size,
             "train_fraction": fraction,
@@ -66,6 +69,65 @@ def test_summary_reports_the_best_setting_per_precision(
     train_peak.print_summary([row(128, 0.5), row(16, 0.6)])
     out = capsys.readouterr().out
     assert out.strip() == (
-        "fp32: train phase at 60.0% of the fp32 matmul peak (micro-batch 16); of its time: "
+        "local fp32: train phase at 60.0% of the fp32 matmul peak (micro-batch 16); of its time: "
         "model forward + backward 75%, optimizer 5%, loop 20%"
     )
+
+
+def test_gemm_shapes_of_a_tiny_config_by_hand() -> None:
+    """Hidden 8, 1 layer, 2 query heads and 1 KV head of 4, MLP 12, vocabulary 10 (tied
+    head), sequences of 3, 5 and 3 tokens: 11 tokens. Each Linear (in, out) gives forward
+    X W^T [11, in] x [in, out] (W read transposed), dX = dY W [11, out] x [out, in] and
+    dW = dY^T X [out, 11] x [11, in] (dY read transposed); q and o are both 8 -> 8, k and v
+    both 8 -> 4, gate and up both 8 -> 12, so those shapes occur twice. Attention per
+    length, both heads of all its sequences in one batch (length 3: 2 x 2 = 4, length 5: 2):
+    Q K^T and dO V^T [T, 4] x [4, T] (K, V read transposed), P V and dS K [T, T] x [T, 4],
+    P^T dO and dS^T Q the same with P, dS read transposed."""
+    train_peak = load_script()
+    Gemm = train_peak.Gemm
+    with torch.device("meta"):
+        model = build_tiny_model(
+            "5m",
+            vocab_size=10,
+            hidden_size=8,
+            intermediate_size=12,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    gemms = train_peak.train_gemms(model, model.config, torch.tensor([3, 5, 3]))
+
+    def linear(in_f: int, out_f: int, times: int) -> dict[object, int]:
+        return {
+            Gemm(1, 11, in_f, out_f, b_t=True): times,
+            Gemm(1, 11, out_f, in_f): times,
+            Gemm(1, out_f, 11, in_f, a_t=True): times,
+        }
+
+    def attention(batch: int, t: int) -> dict[object, int]:
+        return {
+            Gemm(batch, t, 4, t, b_t=True): 2,
+            Gemm(batch, t, t, 4): 2,
+            Gemm(batch, t, t, 4, a_t=True): 2,
+        }
+
+    expected = {
+        **linear(8, 8, 2),  # q, o
+        **linear(8, 4, 2),  # k, v
+        **linear(8, 12, 2),  # gate, up
+        **linear(12, 8, 1),  # down
+        **linear(8, 10, 1),  # lm_head
+        **attention(4, 3),
+        **attention(2, 5),
+    }
+    assert dict(gemms) == expected
+    # the FLOPs are the train phase's formula: 6 * 11 * (64 + 32 + 32 + 64 + 96 + 96 + 96
+    # + 80) + 12 * 1 * 8 * (9 + 25 + 9) = 36,960 + 4,128
+    assert sum(g.flops * n for g, n in gemms.items()) == 41_088
+
+
+def test_gemm_seconds_runs_the_transposed_layouts() -> None:
+    train_peak = load_script()
+    gemm = train_peak.Gemm(2, 3, 4, 5, a_t=True, b_t=True)
+    assert gemm.flops == 2 * 2 * 3 * 4 * 5
+    assert train_peak.gemm_seconds(gemm, torch.bfloat16, repeats=1) >= 0.0
