@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 import torch
 
-from lightrft_core.engines import HFEngine
+from lightrft_core.engines import HFEngine, hf
+from lightrft_core.engines.hf import prompt_runs
 from lightrft_core.engines.kv_cache import PreallocatedLayer
 from lightrft_core.engines.sampling import exponential_noise, filter_logits, sample_next
 from lightrft_core.interfaces import InferenceEngine, SamplingParams
@@ -349,8 +350,8 @@ def test_finished_rows_leave_the_batch_without_changing_the_samples(model: Any) 
     sizes.clear()
     got = dropping.generate(PROMPTS, params)
     hook.remove()
-    assert set(full_sizes) == {12}
-    assert sizes[0] == 12 and sizes[-1] < 12 and sizes == sorted(sizes, reverse=True)
+    assert full_sizes == [3] + [12] * 11  # the prefill: one row per prompt
+    assert sizes[0] == 3 and sizes[-1] < 12 and sizes[1:] == sorted(sizes[1:], reverse=True)
     assert len({len(o.token_ids) for o in got}) > 2  # rows stopped at different steps
     assert [o.token_ids for o in got] == [o.token_ids for o in expected]
     assert [o.finish_reason for o in got] == [o.finish_reason for o in expected]
@@ -426,6 +427,46 @@ def test_dropping_rows_moves_the_kept_ones_to_the_front_in_place() -> None:
     assert layer.values[:, 0, :, 0].tolist() == [[12, 12], [10, 10]]
     out, _ = layer.update(torch.full((2, 1, 1, 2), 7.0), torch.zeros(2, 1, 1, 2))
     assert out[:, 0, :, 0].tolist() == [[2, 2, 7], [0, 0, 7]]
+
+
+def test_copying_rows_gathers_them_into_larger_buffers() -> None:
+    layer = PreallocatedLayer(capacity=3)
+    keys = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 1, 2, 2).contiguous()  # row r holds r
+    layer.update(keys, keys + 10)
+    layer.batch_select_indices(torch.tensor([0, 0, 1]))
+    assert layer.key_buffer.shape == (3, 1, 3, 2) and layer.get_seq_length() == 2
+    assert layer.keys[:, 0, :, 0].tolist() == [[0, 0], [0, 0], [1, 1]]
+    assert layer.values[:, 0, :, 0].tolist() == [[10, 10], [10, 10], [11, 11]]
+    out, _ = layer.update(torch.full((3, 1, 1, 2), 7.0), torch.zeros(3, 1, 1, 2))
+    assert out[:, 0, :, 0].tolist() == [[0, 0, 7], [0, 0, 7], [1, 1, 7]]
+
+
+def test_prompt_runs_find_each_prompt_s_rows() -> None:
+    runs = prompt_runs([4, 4, 5, 6, 6, 6], torch.device("cpu"))
+    assert runs is not None
+    assert runs.first.tolist() == [0, 2, 3] and runs.source.tolist() == [0, 0, 1, 2, 2, 2]
+    assert prompt_runs([4, 5, 4], torch.device("cpu")) is None  # one row each: no sharing
+
+
+@pytest.mark.parametrize("batch_size", [64, 5], ids=["one-batch", "runs-split-by-batches"])
+def test_a_prompt_prefilled_once_gives_its_rows_per_row_prefill_samples(
+    model: Any, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = SamplingParams(n=3, max_new_tokens=6, seed=4, stop_token_ids=list(range(90, 140)))
+    sizes, hook = _forward_batch_sizes(model)
+    try:
+        shared = shared_engine(model, max_batch_size=batch_size).generate(PROMPTS, params)
+        prefill = sizes[0]
+        monkeypatch.setattr(hf, "prompt_runs", lambda *_: None)  # a prefill row per sample
+        per_row = shared_engine(model, max_batch_size=batch_size).generate(PROMPTS, params)
+    finally:
+        hook.remove()
+    if batch_size == 64:
+        assert prefill == 3  # three prompts, nine rows
+    assert [o.token_ids for o in shared] == [o.token_ids for o in per_row]
+    for a, b in zip(shared, per_row, strict=True):  # float rounding of other row counts
+        assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)
+    assert_log_probs_match(model, PROMPTS, shared)
 
 
 def test_every_forward_returns_the_last_position_s_logits_only(model: Any) -> None:

@@ -2,7 +2,10 @@
 
 The loop left-pads prompts, prefills once and then decodes one token per step with a KV
 cache allocated once per batch (``kv_cache.py``); every forward returns the last
-position's logits only (``logits_to_keep``, where the model takes it). It samples with
+position's logits only (``logits_to_keep``, where the model takes it). A text prompt with
+several samples in the batch is prefilled once: its cache and last logits are copied to
+each of its rows (``prompt_runs``): the numbers of a prefill per row, up to float rounding
+(matrix kernels may round differently for another number of rows). It samples with
 temperature (0 = greedy), top-k, top-p and FIRE (a separate temperature for the first
 response token) in a few tensor ops (``sampling.py``), stops a row on EOS or any stop
 token (kept in the output), and reports behaviour log-probs. The host checks for finished
@@ -115,6 +118,27 @@ def load_generative_model(path: str) -> torch.nn.Module:
     if model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES:
         return AutoModelForMultimodalLM.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path)
+
+
+@dataclass(frozen=True)
+class PromptRuns:
+    """The rows of a batch as runs of one prompt each (its samples, next to each other):
+    ``first`` [U], the first row of each run; ``source`` [B], each row's run."""
+
+    first: torch.Tensor
+    source: torch.Tensor
+
+
+def prompt_runs(prompt_indices: Sequence[int], device: torch.device) -> PromptRuns | None:
+    """The runs of equal ``prompt_indices`` (one per row); ``None`` when every run has one
+    row (nothing to share)."""
+    starts = [
+        row == 0 or index != prompt_indices[row - 1] for row, index in enumerate(prompt_indices)
+    ]
+    if all(starts):
+        return None
+    flags = torch.tensor(starts, device=device)
+    return PromptRuns(first=flags.nonzero().squeeze(-1), source=flags.cumsum(0) - 1)
 
 
 @dataclass
@@ -316,7 +340,10 @@ class HFEngine(InferenceEngine):
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             mask[row, width - len(prompt) :] = 1  # and every response position
         input_ids, mask = input_ids.to(device), mask.to(device)  # [B, P], [B, P+T]
-        prefill = prefill_inputs(model, input_ids, mask[:, :width], [item for *_, item in rows])
+        media = [item for *_, item in rows]
+        prefill = prefill_inputs(model, input_ids, mask[:, :width], media)
+        # a text prompt's samples share its prefill (media: each row its own)
+        runs = None if prefill.media else prompt_runs([index for index, *_ in rows], device)
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
         # a response never holds a media placeholder: the model would look for its media
@@ -336,11 +363,18 @@ class HFEngine(InferenceEngine):
         forward, decode_forward = model, self._decode_forward(model)
         step_ids, step_pos = input_ids, prefill.positions  # [B, P], [B, P] or [K, B, P]
         last_pos = prefill.positions[..., -1:]  # [b, 1] or [K, b, 1]
+        step_mask = mask
+        if runs is not None:  # the prefill of each run's first row: [U, P]
+            step_ids, step_pos, step_mask = (
+                input_ids[runs.first],
+                step_pos[runs.first],
+                mask[runs.first],
+            )
         check_every = self._check_every(device)
         for step in range(steps):
             out = forward(
                 input_ids=step_ids,
-                attention_mask=mask[:, : width + step],
+                attention_mask=step_mask[:, : width + step],
                 position_ids=step_pos,
                 past_key_values=cache,
                 use_cache=True,
@@ -350,6 +384,9 @@ class HFEngine(InferenceEngine):
             if step == 0 and cache.get_seq_length() != width:
                 raise RuntimeError(f"{type(model).__name__} did not fill the KV cache it was given")
             logits = out.logits[:, -1, :].float()  # [b, V]
+            if step == 0 and runs is not None:  # each run's prefill copied to its rows
+                cache.batch_select_indices(runs.source)
+                logits = logits[runs.source]
             temperature = params.temperature
             if step == 0 and params.first_token_temperature is not None:
                 temperature = params.first_token_temperature
@@ -385,7 +422,7 @@ class HFEngine(InferenceEngine):
                     alive, done = keep if alive is None else alive[keep], done[keep]
             forward = decode_forward
             last_pos = last_pos + 1
-            step_ids, step_pos = next_ids.unsqueeze(-1), last_pos  # [b, 1]
+            step_ids, step_pos, step_mask = next_ids.unsqueeze(-1), last_pos, mask  # [b, 1]
         return self._outputs(rows, tokens, log_probs, stop)
 
     def _outputs(

@@ -4,8 +4,9 @@ transformers' ``DynamicLayer`` concatenates every step (``torch.cat`` of the who
 per layer, per token). ``PreallocatedLayer`` allocates ``[B, H, capacity, D]`` at the
 prefill and writes each step's keys and values in place; attention reads the filled part
 as a view. Dropping finished rows moves the kept rows' filled part to the front rows of the
-same buffers (no new allocation). Layers of other kinds (sliding windows, linear
-attention) stay as transformers builds them.
+same buffers (no new allocation); copying each prompt's prefilled positions to the rows of
+its samples gathers them into buffers of the whole batch. Layers of other kinds (sliding
+windows, linear attention) stay as transformers builds them.
 """
 
 from __future__ import annotations
@@ -56,17 +57,33 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep only the rows ``indices`` (finished rows dropped from the batch), in place:
-        the filled positions of the kept rows move to the front rows of the buffers, which
-        then become views of those rows (no new allocation, the empty part is not copied)."""
+        """Keep the rows ``indices``. Finished rows dropped from the batch: in place, the
+        filled positions of the kept rows move to the front rows of the buffers, which then
+        become views of those rows (no new allocation, the empty part is not copied). More
+        rows than the buffers hold (a prompt's cache copied to each of its samples): new
+        buffers of that many rows, their filled part gathered."""
         if not self.is_initialized:
             return
         rows, filled = indices.shape[0], slice(0, self.length)
-        for buffer in (self.key_buffer, self.value_buffer):
-            buffer[:rows, :, filled] = buffer[indices, :, filled]
-        self.key_buffer, self.value_buffer = self.key_buffer[:rows], self.value_buffer[:rows]
+        if rows > self.key_buffer.shape[0]:
+            self.key_buffer, self.value_buffer = (
+                gathered_rows(buffer, indices, self.length)
+                for buffer in (self.key_buffer, self.value_buffer)
+            )
+        else:
+            for buffer in (self.key_buffer, self.value_buffer):
+                buffer[:rows, :, filled] = buffer[indices, :, filled]
+            self.key_buffer, self.value_buffer = self.key_buffer[:rows], self.value_buffer[:rows]
         self.keys = self.key_buffer[:, :, filled]
         self.values = self.value_buffer[:, :, filled]
+
+
+def gathered_rows(buffer: torch.Tensor, indices: torch.Tensor, length: int) -> torch.Tensor:
+    """A new buffer like ``buffer`` [B, H, capacity, D] with the rows ``indices`` (repeats
+    allowed), of which the first ``length`` positions are filled."""
+    out = buffer.new_empty((indices.shape[0], *buffer.shape[1:]))
+    out[:, :, :length] = buffer[indices, :, :length]
+    return out
 
 
 def preallocated_cache(config: Any, capacity: int) -> DynamicCache:
