@@ -13,8 +13,20 @@ Measures, in one process:
    forward + backward of the actor on the same micro-batches (no loss, no optimizer) and
    the optimizer step alone, so that the gap to the peak splits into the model's own
    kernels, the optimizer, and the loop's overhead.
-3. **Profile** (``--profile N``): the ``N`` operators that took the most time in one train
-   phase per precision (``torch.profiler``, self time, share of the phase).
+3. **GEMM ceiling**: the model's own matrix products alone at their exact shapes, in the
+   same dtype and on the same clock, with operands already in that dtype: for every Linear
+   forward ``X W^T`` and backward ``dY W``, ``dY^T X`` over the rollout's tokens (one packed
+   pass), and per layer and sequence length the attention's ``Q K^T``, ``P V`` and their four
+   backward products (``train_gemms``). Its fraction of the peak is what any implementation
+   of this model could reach on this CPU.
+4. **Strategies** (``--strategies``, default ``local``): ``local`` (bf16: fp32 weights and
+   ``torch.autocast``), ``fsdp`` (one rank in this process; bf16: FSDP2's
+   ``MixedPrecisionPolicy``, bf16 compute weights over fp32 sharded ones) and
+   ``bf16-weights`` (bf16 only: the local strategy with the actor's parameters cast to bf16
+   and no autocast, the optimizer stepping fp32 master copies, the bf16 weights refreshed
+   after each step: ``compute_in_bf16``).
+5. **Profile** (``--profile N``): the ``N`` operators that took the most time in one train
+   phase per strategy and precision (``torch.profiler``, self time, share of the phase).
 
 FLOPs of the train phase (forward 1x, backward 2x)::
 
@@ -39,6 +51,8 @@ repository root::
 
     .venv/bin/python benchmarks/train_peak.py --threads 1           # 30m, fp32 and bf16
     .venv/bin/python benchmarks/train_peak.py --threads 1 --clock cpu --profile 15
+    .venv/bin/python benchmarks/train_peak.py --threads 1 --clock cpu --precisions bf16 \
+        --strategies local,fsdp,bf16-weights --micro-batch-sizes 0   # bf16 three ways
     .venv/bin/python benchmarks/train_peak.py --size 5m --repeats 1 --quick   # a smoke run
 """
 
@@ -254,11 +268,18 @@ def gemm_seconds(
 
 def gemm_ceiling(
     gemms: Counter[Gemm], dtype: torch.dtype, repeats: int, clock: Callable[[], float]
-) -> tuple[float, float]:
-    """FLOPs and seconds of all ``gemms`` alone, each shape timed on its own."""
-    flops = sum(g.flops * count for g, count in gemms.items())
-    seconds = sum(gemm_seconds(g, dtype, repeats, clock) * count for g, count in gemms.items())
-    return float(flops), seconds
+) -> dict[str, float]:
+    """FLOPs and seconds of ``gemms`` alone (each shape timed on its own, times how often it
+    occurs): all of them, the Linears' (``batch`` 1) and the attention's."""
+    totals = dict.fromkeys(("flops", "seconds", "linear_flops", "linear_seconds"), 0.0)
+    for gemm, count in gemms.items():
+        flops, seconds = gemm.flops * count, gemm_seconds(gemm, dtype, repeats, clock) * count
+        totals["flops"] += flops
+        totals["seconds"] += seconds
+        if gemm.batch == 1:
+            totals["linear_flops"] += flops
+            totals["linear_seconds"] += seconds
+    return totals
 
 
 # ---------------------------------------------------------------------- the trainer
@@ -458,15 +479,20 @@ def measure_ceiling(
     model = actor_model(trainer)
     lengths = rollout.attention_mask.sum(dim=1)
     gemms = train_gemms(model, model.config, lengths)
-    flops, seconds = gemm_ceiling(gemms, dtype, repeats, clock)
+    t = gemm_ceiling(gemms, dtype, repeats, clock)
+    attention_flops = t["flops"] - t["linear_flops"]
+    attention_seconds = t["seconds"] - t["linear_seconds"]
     return {
         "tokens": int(lengths.sum()),
         "shapes": len(gemms),
         "gemms": sum(gemms.values()),
-        "flops": flops,
-        "seconds": seconds,
-        "flops_per_s": flops / seconds,
-        "fraction": flops / seconds / peak,
+        "flops": t["flops"],
+        "seconds": t["seconds"],
+        "flops_per_s": t["flops"] / t["seconds"],
+        "fraction": t["flops"] / t["seconds"] / peak,
+        "linear_fraction": t["linear_flops"] / t["linear_seconds"] / peak,
+        "attention_fraction": attention_flops / attention_seconds / peak,
+        "attention_share_of_seconds": attention_seconds / t["seconds"],
     }
 
 
@@ -528,10 +554,13 @@ def print_summary(rows: list[dict[str, Any]]) -> None:
 
 def print_ceiling(precision: str, ceiling: dict[str, Any]) -> None:
     print(
-        f"GEMM ceiling {precision}: the model's own matmuls alone at their shapes "
-        f"({ceiling['shapes']} shapes, {ceiling['gemms']} products, {ceiling['tokens']} tokens): "
-        f"{ceiling['seconds']:.3f} s, {ceiling['flops_per_s'] / 1e9:.1f} GFLOP/s, "
-        f"{ceiling['fraction']:.1%} of peak"
+        f"GEMM ceiling {precision}: {ceiling['fraction']:.1%} of peak — the model's own "
+        f"matmuls alone at their shapes ({ceiling['tokens']} tokens, {ceiling['shapes']} "
+        f"shapes, {ceiling['gemms']} products): {ceiling['seconds']:.3f} s, "
+        f"{ceiling['flops_per_s'] / 1e9:.1f} GFLOP/s; the Linears' at "
+        f"{ceiling['linear_fraction']:.1%}, the attention's at "
+        f"{ceiling['attention_fraction']:.1%} ({ceiling['attention_share_of_seconds']:.0%} "
+        "of the time)"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 from types import ModuleType
 
@@ -131,3 +132,20 @@ def test_gemm_seconds_runs_the_transposed_layouts() -> None:
     gemm = train_peak.Gemm(2, 3, 4, 5, a_t=True, b_t=True)
     assert gemm.flops == 2 * 2 * 3 * 4 * 5
     assert train_peak.gemm_seconds(gemm, torch.bfloat16, repeats=1) >= 0.0
+
+
+def test_gemm_ceiling_sums_each_shape_times_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every product timed at 1 s: a Linear product of 2 * 4 * 4 * 4 = 128 FLOPs occurring
+    3 times and an attention product of 2 * 2 * 3 * 3 * 3 = 108 FLOPs occurring twice."""
+    train_peak = load_script()
+    monkeypatch.setattr(train_peak, "gemm_seconds", lambda *args: 1.0)
+    linear, attention = train_peak.Gemm(1, 4, 4, 4), train_peak.Gemm(2, 3, 3, 3)
+    totals = train_peak.gemm_ceiling(
+        Counter({linear: 3, attention: 2}), torch.float32, 1, train_peak.time.process_time
+    )
+    assert totals == {
+        "flops": 3 * 128 + 2 * 108,
+        "seconds": 5.0,
+        "linear_flops": 384,
+        "linear_seconds": 3.0,
+    }
