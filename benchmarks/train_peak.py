@@ -286,6 +286,8 @@ def gemm_ceiling(
 def build_trainer(
     root: Path, args: argparse.Namespace, precision: str, strategy: str = "local"
 ) -> Any:
+    """A GRPO ``RLTrainer`` writing to its own folder under ``root``; ``bf16-weights`` gets
+    a ``local`` one (``compute_in_bf16`` converts it after the rollout)."""
     import lightrft_plugin_fsdp.plugin
     import lightrft_plugin_grpo.plugin
     from lightrft_core.config import load_config
@@ -312,7 +314,7 @@ def build_trainer(
             "data.apply_chat_template=false",
             "data.max_prompt_length=32",
             f"model.path={model_dir}",
-            f"strategy.name={strategy}",
+            f"strategy.name={'local' if strategy == BF16_WEIGHTS else strategy}",
             f"strategy.precision={precision}",
             f"engine.n_samples_per_prompt={args.samples}",
             f"engine.max_new_tokens={args.max_new_tokens}",
@@ -609,9 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             for strategy in args.strategies:
                 if strategy == BF16_WEIGHTS and precision != "bf16":
                     continue
-                trainer = build_trainer(
-                    Path(tmp), args, precision, "local" if strategy == BF16_WEIGHTS else strategy
-                )
+                trainer = build_trainer(Path(tmp), args, precision, strategy)
                 rollout = one_rollout(trainer)
                 if strategy == BF16_WEIGHTS:
                     compute_in_bf16(trainer)
