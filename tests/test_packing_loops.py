@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from lightrft_core.actors.language import ActorLanguage
-from lightrft_core.actors.packing import pack_padded_rows, unpack_to_padded
+from lightrft_core.actors.packing import (
+    PackedSpan,
+    pack_padded_rows,
+    pack_sequences,
+    span_token_index,
+    unpack_to_padded,
+)
 from lightrft_core.config import load_config
 from lightrft_core.config.schema import TrainerConfig
 from lightrft_core.interfaces import (
@@ -84,6 +90,25 @@ def test_packed_rows_unpack_to_the_padded_layout() -> None:
         1,
         8,
     )
+
+
+def test_span_token_index_places_every_token_at_once() -> None:
+    # spans (row 1, col 0, 2 tokens), (0, 0, 4), (1, 2, 2): their first 1, 3 and 2 tokens
+    spans = [PackedSpan(1, 0, 2), PackedSpan(0, 0, 4), PackedSpan(1, 2, 2)]
+    rows, cols, offset = span_token_index(spans, [1, 3, 2])
+    assert rows.tolist() == [1, 0, 0, 0, 1, 1]
+    assert cols.tolist() == [0, 0, 1, 2, 2, 3]
+    assert offset.tolist() == [0, 0, 1, 2, 0, 1]
+    # pad id and mask of a packed row; gradients flow back through the unpacking
+    packed = pack_sequences([torch.tensor([5, 6, 7]), torch.tensor([8])], 3, pad_token_id=9)
+    assert packed.sequences.tolist() == [[5, 6, 7], [8, 9, 9]]
+    assert packed.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert packed.position_ids.tolist() == [[0, 1, 2], [0, 0, 0]]
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    padded = unpack_to_padded(values, packed.spans, 2)  # a 1-token sequence has no output
+    assert padded.tolist() == [[1.0, 2.0], [0.0, 0.0]]
+    padded.sum().backward()
+    assert values.grad is not None and values.grad.tolist() == [[1.0, 1.0], [0.0, 0.0]]
 
 
 # ---------------------------------------------------------------------- RL loop
