@@ -5,9 +5,10 @@ producing the same rollout are timed, alternated, ``--repeats`` times each (medi
 
 * **floor**: the bare model forwards of the rollout -- a prefill and one decoding forward
   per step, with the engine's preallocated KV cache, the last position's logits only, no
-  sampling; only the time inside the forwards counts. It replays a schedule of batch sizes:
-  the engine's (finished rows leave the batch as ``compact_at`` says) for the engine's
-  floor, the whole batch for ``generate()``'s;
+  sampling; only the time inside the forwards counts. The engine's floor prefills each
+  prompt once (its cache copied to its samples' rows, as the engine does) and replays the
+  engine's batch sizes (finished rows leave the batch as ``compact_at`` says);
+  ``generate()``'s prefills every row and runs the whole batch to the end;
 * **engine**: ``HFEngine.generate`` (log-probs on, as in training);
 * **generate**: transformers' ``model.generate()`` with the same sampling settings
   (temperature, top-k off, top-p, the same stop ids as EOS), rows left-padded, seeded with
@@ -100,26 +101,32 @@ def engine_schedule(lengths: list[int], compact_at: float) -> list[int]:
     return sizes
 
 
-def floor_seconds(model: Any, ids: torch.Tensor, mask: torch.Tensor, sizes: list[int]) -> float:
+def floor_seconds(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, sizes: list[int], samples: int
+) -> float:
     """Seconds inside the model forwards of a rollout whose step ``t`` runs ``sizes[t]``
-    rows (the first ones): the prefill, then one decoding forward per step."""
+    rows (the first ones): the prefill (of every ``samples``-th row, its cache then copied
+    to the next ``samples`` rows), then one decoding forward per step."""
     batch, width = ids.shape
     cache = preallocated_cache(model.config, width + len(sizes))
     full_mask = torch.cat([mask, torch.ones((batch, len(sizes)), dtype=mask.dtype)], dim=-1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step_ids, step_pos, last = ids, positions, positions[:, -1:]
+    step_ids, step_pos, step_mask = ids[::samples], positions[::samples], full_mask[::samples]
+    last = positions[:, -1:]
     next_ids = torch.full((batch, 1), 65, dtype=torch.long)
     seconds = 0.0
     with torch.no_grad():
         for step, rows in enumerate(sizes):
-            if rows < step_ids.shape[0]:
+            if step == 1 and samples > 1:
+                cache.batch_select_indices(torch.arange(batch).div(samples, rounding_mode="floor"))
+            if step > 0 and rows < step_ids.shape[0]:
                 cache.batch_select_indices(torch.arange(rows))
                 full_mask, last = full_mask[:rows], last[:rows]
-                step_ids, step_pos = next_ids[:rows], last
+                step_ids, step_pos, step_mask = next_ids[:rows], last, full_mask
             started = now()
             model(
                 input_ids=step_ids,
-                attention_mask=full_mask[:, : width + step],
+                attention_mask=step_mask[:, : width + step],
                 position_ids=step_pos,
                 past_key_values=cache,
                 use_cache=True,
@@ -127,7 +134,7 @@ def floor_seconds(model: Any, ids: torch.Tensor, mask: torch.Tensor, sizes: list
             )
             seconds += now() - started
             last = last + 1
-            step_ids, step_pos = next_ids[:rows], last
+            step_ids, step_pos, step_mask = next_ids[:rows], last, full_mask
     return seconds
 
 
@@ -233,11 +240,13 @@ def run_workload(model: Any, tokenizer: Any, workload: Workload, args: argparse.
         "engine": engine_schedule(lengths, engine.config.compact_at),
         "generate()": [len(rows)] * steps["generate()"],
     }
-    floor_of = {"engine": "floor, engine's batches", "generate()": "floor, whole batch"}
-    if schedules["engine"] == schedules["generate()"]:
-        floor_of = {side: "floor" for side in floor_of}
+    floor_of = {"engine": "floor, engine's", "generate()": "floor, generate()'s"}
+    prefill_shared_by = {"engine": workload.samples, "generate()": 1}
     calls: dict[str, Callable[[], tuple[float, float]]] = {
-        floor_of[side]: (lambda s=side: (floor_seconds(model, ids, mask, schedules[s]), 0.0))
+        floor_of[side]: lambda s=side: (
+            floor_seconds(model, ids, mask, schedules[s], prefill_shared_by[s]),
+            0.0,
+        )
         for side in steps
     }
     calls["engine"] = lambda: timed(model, lambda: engine.generate(prompts, params))

@@ -4,8 +4,10 @@ The loop left-pads prompts, prefills once and then decodes one token per step wi
 cache allocated once per batch (``kv_cache.py``); every forward returns the last
 position's logits only (``logits_to_keep``, where the model takes it). A text prompt with
 several samples in the batch is prefilled once: its cache and last logits are copied to
-each of its rows (``prompt_runs``): the numbers of a prefill per row, up to float rounding
-(matrix kernels may round differently for another number of rows). It samples with
+each of its rows (``prompt_runs``), and the output head reads the last hidden state copied
+to every row (``head_reads_rows``), so that it runs on as many rows as before: the numbers
+of a prefill per row, up to float rounding where the decoder's matrix kernels round
+differently for another number of rows (none seen on the tiny models). It samples with
 temperature (0 = greedy), top-k, top-p and FIRE (a separate temperature for the first
 response token) in a few tensor ops (``sampling.py``), stops a row on EOS or any stop
 token (kept in the output), and reports behaviour log-probs. The host checks for finished
@@ -37,7 +39,7 @@ and ``update_weights`` copies tensors in by name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +141,22 @@ def prompt_runs(prompt_indices: Sequence[int], device: torch.device) -> PromptRu
         return None
     flags = torch.tensor(starts, device=device)
     return PromptRuns(first=flags.nonzero().squeeze(-1), source=flags.cumsum(0) - 1)
+
+
+@contextmanager
+def head_reads_rows(model: torch.nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    """For the duration, ``model``'s output head reads the rows ``rows`` of its input: a
+    prompt's last hidden state copied to each of its samples' rows, so that the head runs
+    on as many rows as a prefill per row gives it (its matrix kernel, its rounding)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][rows], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass
@@ -372,21 +390,24 @@ class HFEngine(InferenceEngine):
             )
         check_every = self._check_every(device)
         for step in range(steps):
-            out = forward(
-                input_ids=step_ids,
-                attention_mask=step_mask[:, : width + step],
-                position_ids=step_pos,
-                past_key_values=cache,
-                use_cache=True,
-                **last_only,
-                **(prefill.media if step == 0 else {}),  # the media go in with the prompt
-            )
+            shared = step == 0 and runs is not None
+            with head_reads_rows(model, runs.source) if shared else nullcontext():
+                out = forward(
+                    input_ids=step_ids,
+                    attention_mask=step_mask[:, : width + step],
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **last_only,
+                    **(prefill.media if step == 0 else {}),  # the media go in with the prompt
+                )
             if step == 0 and cache.get_seq_length() != width:
                 raise RuntimeError(f"{type(model).__name__} did not fill the KV cache it was given")
             logits = out.logits[:, -1, :].float()  # [b, V]
-            if step == 0 and runs is not None:  # each run's prefill copied to its rows
+            if shared:  # each run's prefill copied to its rows
                 cache.batch_select_indices(runs.source)
-                logits = logits[runs.source]
+                if logits.shape[0] != batch:  # the head is not the output embeddings module
+                    logits = logits[runs.source]
             temperature = params.temperature
             if step == 0 and params.first_token_temperature is not None:
                 temperature = params.first_token_temperature
