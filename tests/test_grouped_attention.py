@@ -51,21 +51,19 @@ def test_grouped_sdpa_equals_transformers_copy_bitwise(dtype: torch.dtype, queri
     query = draw((3, heads, queries, 16))
     key, value = draw((3, kv_heads, keys, 16)), draw((3, kv_heads, keys, 16))
     mask = left_padded_mask([0, 2, 3], queries, keys)
-    assert copies_grouped_kv(query, key, value, mask, {})
+    assert copies_grouped_kv(query, key, value, {})
     expected, _ = sdpa_attention_forward(GroupedHeads(4), query, key, value, mask, scaling=0.25)
     got = grouped_sdpa(query, key, value, mask, scaling=0.25)
     assert got.shape == (3, queries, heads, 16) and got.is_contiguous()
     assert torch.equal(got, expected)
 
 
-def test_only_masked_grouped_calls_without_gradients_come_here() -> None:
+def test_only_grouped_calls_without_gradients_come_here() -> None:
     query, key = torch.zeros(1, 4, 2, 8), torch.zeros(1, 2, 2, 8)
-    mask = left_padded_mask([1], 2, 2)
-    assert copies_grouped_kv(query, key, key, mask, {"sliding_window": None})
-    assert not copies_grouped_kv(query, key, key, None, {})  # transformers uses enable_gqa
-    assert not copies_grouped_kv(query, query, query, mask, {})  # no groups: nothing copied
-    assert not copies_grouped_kv(query.requires_grad_(), key, key, mask, {})  # training
-    assert not copies_grouped_kv(query.detach(), key, key, mask, {"position_bias": key})
+    assert copies_grouped_kv(query, key, key, {"sliding_window": None})
+    assert not copies_grouped_kv(query, query, query, {})  # no groups: nothing copied
+    assert not copies_grouped_kv(query.requires_grad_(), key, key, {})  # training
+    assert not copies_grouped_kv(query.detach(), key, key, {"position_bias": key})
 
 
 def rollout(model: Any) -> list[tuple[list[int], list[float]]]:

@@ -25,15 +25,14 @@ def copies_grouped_kv(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
     kwargs: dict[str, Any],
 ) -> bool:
-    """Whether transformers' ``sdpa`` function would copy K and V for this call and
-    ``grouped_sdpa`` can take it instead: grouped heads, a mask, CPU, no gradients, none
-    of the function's other inputs (``position_bias``, a paged ``cache``)."""
+    """Whether transformers' ``sdpa`` function, given an attention mask, would copy K and V
+    for this call and ``grouped_sdpa`` can take it instead: grouped heads, CPU, no
+    gradients, none of the function's other inputs (``position_bias``, a paged ``cache``).
+    Without a mask transformers passes ``enable_gqa`` itself."""
     return (
-        attention_mask is not None
-        and query.shape[1] != key.shape[1]
+        query.shape[1] != key.shape[1]
         and query.device.type == "cpu"
         and not (query.requires_grad or key.requires_grad or value.requires_grad)
         and kwargs.get("position_bias") is None

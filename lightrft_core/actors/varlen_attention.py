@@ -158,7 +158,7 @@ def varlen_sdpa_attention(
     if _original_sdpa is None:
         raise RuntimeError("varlen_sdpa_attention runs only once install() has been called")
     if segments is None:
-        if copies_grouped_kv(query, key, value, attention_mask, kwargs):
+        if attention_mask is not None and copies_grouped_kv(query, key, value, kwargs):
             return grouped_sdpa(query, key, value, attention_mask, dropout, scaling), None
         return _original_sdpa(
             module,

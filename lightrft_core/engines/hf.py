@@ -390,8 +390,8 @@ class HFEngine(InferenceEngine):
             )
         check_every = self._check_every(device)
         for step in range(steps):
-            shared = step == 0 and runs is not None
-            with head_reads_rows(model, runs.source) if shared else nullcontext():
+            shared = runs if step == 0 else None
+            with head_reads_rows(model, shared.source) if shared is not None else nullcontext():
                 out = forward(
                     input_ids=step_ids,
                     attention_mask=step_mask[:, : width + step],
@@ -404,10 +404,10 @@ class HFEngine(InferenceEngine):
             if step == 0 and cache.get_seq_length() != width:
                 raise RuntimeError(f"{type(model).__name__} did not fill the KV cache it was given")
             logits = out.logits[:, -1, :].float()  # [b, V]
-            if shared:  # each run's prefill copied to its rows
-                cache.batch_select_indices(runs.source)
+            if shared is not None:  # each run's prefill copied to its rows
+                cache.batch_select_indices(shared.source)
                 if logits.shape[0] != batch:  # the head is not the output embeddings module
-                    logits = logits[runs.source]
+                    logits = logits[shared.source]
             temperature = params.temperature
             if step == 0 and params.first_token_temperature is not None:
                 temperature = params.first_token_temperature
