@@ -149,3 +149,29 @@ def test_gemm_ceiling_sums_each_shape_times_its_count(monkeypatch: pytest.Monkey
         "linear_flops": 384,
         "linear_seconds": 3.0,
     }
+
+
+def test_bf16_weights_step_fp32_masters_and_refresh_the_bf16_copies() -> None:
+    """SGD with lr 0.5 on a 3 -> 2 Linear: the master moves by 0.5 x the bf16 gradient
+    cast to fp32, the weight the forward uses becomes that master rounded to bf16."""
+    from types import SimpleNamespace
+
+    from lightrft_core.strategies.local import LocalStrategy
+
+    train_peak = load_script()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    strategy = LocalStrategy(LocalStrategy.Config(precision="bf16", device="cpu"))
+    strategy.setup_distributed()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    masters = [p.detach().clone() for p in model.parameters()]
+    train_peak.compute_in_bf16(SimpleNamespace(c=SimpleNamespace(strategy=strategy), actor=model))
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    with strategy.autocast():
+        model(torch.ones(4, 3, dtype=torch.bfloat16)).float().sum().backward()
+    grads = [p.grad.float() for p in model.parameters()]
+    assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
+    strategy.optimizer_step(model, optimizer)
+    for p, master, grad in zip(model.parameters(), masters, grads, strict=True):
+        assert p.dtype == torch.bfloat16 and p.grad is None
+        assert torch.equal(p, (master - 0.5 * grad).to(torch.bfloat16))
