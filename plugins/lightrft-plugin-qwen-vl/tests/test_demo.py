@@ -121,12 +121,14 @@ def test_unknown_demo_task_is_one_clear_error() -> None:
 
 @pytest.mark.slow
 def test_grpo_learns_to_look(manager: PluginManager, tmp_path: Path) -> None:
-    """A short demo (100 RL steps, 128 held-out pictures): GRPO lifts held-out greedy accuracy
+    """A short demo (150 RL steps, 128 held-out pictures): GRPO lifts held-out greedy accuracy
     by >= 15 points over the SFT checkpoint (which guesses: chance), and the trained model on
     blank pictures stays near chance -- the task needs the picture. (The full demo: 200
-    steps, 256 pictures, 25% -> 99%; docs/multimodal.md.)"""
+    steps, 256 pictures, 25% -> 99%; docs/multimodal.md.) 150 steps, not fewer: the
+    trajectory depends on torch's thread count (float reduction order); measured +22.7
+    points with 2 threads and +23.4 with 1 at 150 steps, but only +13.3 with 1 at 100."""
     result = run_controlled_demo(
-        _plan(tmp_path, steps=100, sft=1024, rl=1600, held_out=128), manager=manager
+        _plan(tmp_path, steps=150, sft=1024, rl=1600, held_out=128), manager=manager
     )
     chance = 1 / len(COLORS)
     assert result.accuracy_before < chance + 0.1
