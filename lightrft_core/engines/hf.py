@@ -352,11 +352,12 @@ class HFEngine(InferenceEngine):
     ) -> list[GenerationOutput]:
         device, batch, steps = self._device(), len(rows), params.max_new_tokens
         width = max(len(prompt) for _, prompt, _ in rows)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, width + steps), dtype=torch.long)
-        for row, (_, prompt, _) in enumerate(rows):  # left padding
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1  # and every response position
+        pad = self.pad_token_id
+        # left padding, built in one tensor each (a loop over rows costs ~10 us a row)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for _, p, _ in rows])
+        first_real = torch.tensor([width - len(prompt) for _, prompt, _ in rows])  # [B]
+        # the prompt's tokens and every response position
+        mask = (torch.arange(width + steps) >= first_real.unsqueeze(-1)).long()
         input_ids, mask = input_ids.to(device), mask.to(device)  # [B, P], [B, P+T]
         media = [item for *_, item in rows]
         prefill = prefill_inputs(model, input_ids, mask[:, :width], media)
