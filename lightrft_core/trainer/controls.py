@@ -27,7 +27,8 @@ import torch
 from ..algorithms import RewardNormalizer, build_kl_controller
 from ..algorithms.kl_control import ADAPTIVE_KL_ERROR_CLIP, KLController
 from ..config.errors import ConfigError, ConfigIssue
-from ..interfaces import Algorithm, StrategyBase
+from ..interfaces import Algorithm
+from .distributed import RowRanks
 
 logger = logging.getLogger("lightrft.trainer")
 
@@ -58,7 +59,7 @@ class LoopControls:
         self.adaptive = t.kl_controller == "adaptive"
 
     # ------------------------------------------------------------------ per step
-    def rewards_for_algorithm(self, rewards: torch.Tensor, strategy: StrategyBase) -> torch.Tensor:
+    def rewards_for_algorithm(self, rewards: torch.Tensor, strategy: RowRanks) -> torch.Tensor:
         """The rewards ``compute_advantages`` gets: normalised and clipped when asked for
         (the running statistics are updated with this batch, of every rank)."""
         if self.normalizer is None:
@@ -126,7 +127,7 @@ class LoopControls:
 
 
 def rollout_kl(
-    strategy: StrategyBase,
+    strategy: RowRanks,
     old_log_probs: torch.Tensor,
     ref_log_probs: torch.Tensor,
     action_mask: torch.Tensor,

@@ -18,10 +18,9 @@ override them (see docs/distributed.md). The functions below are the loop's name
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -50,14 +49,31 @@ def generation_context(strategy: StrategyBase, model: torch.nn.Module) -> Abstra
 
 
 # ---------------------------------------------------------------------- sequence parallelism
-class DataRanks(StrategyBase):
+class RowRanks(Protocol):
+    """What the code that shares, counts, reduces or gathers rows needs of the ranks: a
+    ``StrategyBase`` has all of it, and so does its ``DataRanks`` view."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def is_rank_0(self) -> bool: ...
+
+    def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor: ...
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+class DataRanks:
     """``strategy`` as the rows see it when its sequence-parallel groups hold the same rows:
     ``rank`` and ``world_size`` are the data-parallel ones, ``all_reduce`` and
     ``all_gather`` run over the ranks at this rank's place in every group (so each group
-    counts once); ``is_rank_0`` and the rest are the strategy's own."""
+    counts once); ``is_rank_0`` is the strategy's own."""
 
     def __init__(self, strategy: StrategyBase) -> None:
-        super().__init__(strategy.config)
         self.strategy = strategy
 
     @property
@@ -72,85 +88,14 @@ class DataRanks(StrategyBase):
     def is_rank_0(self) -> bool:
         return self.strategy.is_rank_0
 
-    @property
-    def device(self) -> torch.device:
-        return self.strategy.device
-
     def all_reduce(self, value: torch.Tensor | float, op: ReduceOp = "mean") -> torch.Tensor:
         return distributed.all_reduce(value, op, group=self.strategy.data_parallel_group)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         return distributed.all_gather(tensor, group=self.strategy.data_parallel_group)
 
-    def barrier(self) -> None:
-        self.strategy.barrier()
 
-    # the rest is the strategy's own
-    def setup_distributed(self) -> None:
-        self.strategy.setup_distributed()
-
-    def prepare(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        scheduler: Any = None,
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
-        return self.strategy.prepare(model, optimizer, scheduler)
-
-    def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
-        self.strategy.backward(loss, model)
-
-    def optimizer_step(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any = None,
-        *,
-        max_grad_norm: float | None = None,
-    ) -> float:
-        return self.strategy.optimizer_step(
-            model, optimizer, scheduler, max_grad_norm=max_grad_norm
-        )
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        return self.strategy.autocast()
-
-    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.strategy.unwrap(model)
-
-    def weights_for_sync(self, actor: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-        return self.strategy.weights_for_sync(actor)
-
-    def save_checkpoint(
-        self,
-        path: str | Path,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        scheduler: Any = None,
-        client_state: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.strategy.save_checkpoint(
-            path, model=model, optimizer=optimizer, scheduler=scheduler, client_state=client_state
-        )
-
-    def load_checkpoint(
-        self,
-        path: str | Path,
-        *,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        scheduler: Any = None,
-    ) -> dict[str, Any]:
-        return self.strategy.load_checkpoint(
-            path, model=model, optimizer=optimizer, scheduler=scheduler
-        )
-
-    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
-        self.strategy.export_hf(model, path, tokenizer)
-
-
-def data_ranks(strategy: StrategyBase) -> StrategyBase:
+def data_ranks(strategy: StrategyBase) -> RowRanks:
     """What the loop hands the code that shares, counts, reduces or gathers rows:
     ``strategy`` itself, or its ``DataRanks`` when it splits sequences."""
     return strategy if strategy.sequence_parallel_size == 1 else DataRanks(strategy)
@@ -231,9 +176,7 @@ def check_divisible(
 
 
 # ---------------------------------------------------------------------- metric reduction
-def reduce_means(
-    strategy: StrategyBase, sums: Mapping[str, float], weight: float
-) -> dict[str, float]:
+def reduce_means(strategy: RowRanks, sums: Mapping[str, float], weight: float) -> dict[str, float]:
     """Weighted means over all ranks: ``Σ_ranks sums[k] / Σ_ranks weight``. Every rank
     must pass the same keys. One collective."""
     keys = sorted(sums)
@@ -243,7 +186,7 @@ def reduce_means(
     return {key: float(total[i]) / denominator for i, key in enumerate(keys)}
 
 
-def reduce_values(strategy: StrategyBase, values: Mapping[str, float], op: str) -> dict[str, float]:
+def reduce_values(strategy: RowRanks, values: Mapping[str, float], op: str) -> dict[str, float]:
     """``op`` (``sum``, ``max`` ...) of each value over all ranks. One collective."""
     keys = sorted(values)
     local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
@@ -252,7 +195,7 @@ def reduce_values(strategy: StrategyBase, values: Mapping[str, float], op: str) 
 
 
 def gather_columns(
-    strategy: StrategyBase, columns: Mapping[str, torch.Tensor]
+    strategy: RowRanks, columns: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Per-sample values ``[B]`` of every rank, concatenated in rank order. One collective."""
     keys = sorted(columns)

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ..interfaces import Algorithm, GenerationOutput, StrategyBase
-from .distributed import reduce_values
+from ..interfaces import Algorithm, GenerationOutput
+from .distributed import RowRanks, reduce_values
 
 
 @dataclass
@@ -100,7 +100,7 @@ class CollectedGroups:
 
 def collect_groups(
     algorithm: Algorithm,
-    strategy: StrategyBase,
+    strategy: RowRanks,
     quota: int,
     run_round: Callable[[int, int], ScoredRound],
 ) -> CollectedGroups:

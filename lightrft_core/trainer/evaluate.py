@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from ..config import LightRFTConfig
-from ..interfaces import InferenceEngine, RewardInput, SamplingParams, StrategyBase
+from ..interfaces import InferenceEngine, RewardInput, SamplingParams
 from .data import RunData
-from .distributed import reduce_values
+from .distributed import RowRanks, reduce_values
 from .multimodal import generate_kwargs
 
 
@@ -38,7 +38,7 @@ def evaluate(
     tokenizer: Any,
     data: RunData,
     cfg: LightRFTConfig,
-    strategy: StrategyBase | None = None,
+    strategy: RowRanks | None = None,
 ) -> dict[str, float]:
     """``eval/accuracy`` and ``eval/reward`` of greedy answers on the held-out prompts;
     ``eval/pass@k`` when ``trainer.eval_pass_k`` > 0.

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from ..interfaces import StrategyBase
-from .distributed import gather_columns
+from .distributed import RowRanks, gather_columns
 from .dynamic_sampling import CollectedGroups
 from .experience import RolloutBatch
 
@@ -118,7 +117,7 @@ def _number(value: torch.Tensor | float) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def gather_rows(strategy: StrategyBase, rows: Sequence[Row]) -> list[Row]:
+def gather_rows(strategy: RowRanks, rows: Sequence[Row]) -> list[Row]:
     """Every rank's ``rows`` in rank order (each rank passes the same number columns: the
     reward model's sub-scores are the same on every rank; a reward text column that a rank
     lacks, e.g. after a batch that failed as a whole, is null in its rows). Collective: the
@@ -149,14 +148,14 @@ def _utf8(strings: Sequence[str | None]) -> list[bytes | None]:
     return [None if s is None else s.encode() for s in strings]
 
 
-def _gather_bytes(strategy: StrategyBase, values: Sequence[bytes | None]) -> bytes:
+def _gather_bytes(strategy: RowRanks, values: Sequence[bytes | None]) -> bytes:
     """Every rank's ``values`` concatenated, in rank order. One gather."""
     joined = bytearray(b"".join(b for b in values if b is not None))
     local = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0)
     return strategy.all_gather(local.to(torch.uint8)).cpu().numpy().tobytes()
 
 
-def _gather_strings(strategy: StrategyBase, strings: Sequence[str]) -> list[str]:
+def _gather_strings(strategy: RowRanks, strings: Sequence[str]) -> list[str]:
     """Every rank's ``strings`` in rank order. Two gathers: the UTF-8 lengths, the bytes."""
     encoded = [s.encode() for s in strings]
     lengths = strategy.all_gather(torch.tensor([len(b) for b in encoded], dtype=torch.int64))
@@ -226,7 +225,7 @@ def save_rollouts(
     collected: CollectedGroups,
     rollout: RolloutBatch,
     *,
-    strategy: StrategyBase,
+    strategy: RowRanks,
     tokenizer: Any,
     log_samples: Callable[[int, list[Row]], None],
 ) -> None:

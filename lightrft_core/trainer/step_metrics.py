@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ..interfaces import StrategyBase
-from .distributed import gather_columns, reduce_values
+from .distributed import RowRanks, gather_columns, reduce_values
 from .dynamic_sampling import CollectedGroups
 from .experience import RolloutBatch
 
 
 def rollout_metrics(
-    strategy: StrategyBase, collected: CollectedGroups, rollout: RolloutBatch
+    strategy: RowRanks, collected: CollectedGroups, rollout: RolloutBatch
 ) -> dict[str, float]:
     """Reward, accuracy and length statistics of every sample generated in the step (every
     round of dynamic sampling; per-sample values are gathered, so the std is that of the
