@@ -3,11 +3,11 @@
 The loop left-pads prompts, prefills once and then decodes one token per step with a KV
 cache allocated once per batch (``kv_cache.py``); every forward returns the last
 position's logits only (``logits_to_keep``, where the model takes it). A text prompt with
-several samples in the batch is prefilled once: its cache and last logits are copied to
-each of its rows (``prompt_runs``), and the output head reads the last hidden state copied
-to every row (``head_reads_rows``), so that it runs on as many rows as before: the numbers
-of a prefill per row, up to float rounding where the decoder's matrix kernels round
-differently for another number of rows (none seen on the tiny models). It samples with
+several samples in the batch is prefilled once: its cache is copied to each of its rows
+(``prompt_runs``), and the output head reads its last hidden state copied to every row
+(``head_reads_rows``), so that the head runs on as many rows as before: the numbers of a
+prefill per row, up to float rounding where the decoder's matrix kernels round
+differently for another number of rows (none seen on the tiny models in fp32). It samples with
 temperature (0 = greedy), top-k, top-p and FIRE (a separate temperature for the first
 response token) in a few tensor ops (``sampling.py``), stops a row on EOS or any stop
 token (kept in the output), and reports behaviour log-probs. The host checks for finished
