@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -183,7 +184,13 @@ def test_outputs_of_a_run(manager, tiny_model_dir, prompts, tmp_path) -> None:
         "trainer.eval_pass_k=2",
         "logging.tensorboard=true",
     )
-    result = RLTrainer(cfg, manager).train()
+    trainer = RLTrainer(cfg, manager)
+    frozen = []  # objects out of the collector's reach during each step
+    step = trainer.step
+    trainer.step = lambda n: (frozen.append(gc.get_freeze_count()), step(n))[1]
+    result = trainer.train()
+    assert len(frozen) == 2 and min(frozen) > 10_000  # models and libraries frozen
+    assert gc.get_freeze_count() == 0  # handed back after the run
     assert (out / "config.yaml").is_file()
     assert latest_checkpoint(out).name == "step_000002"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
