@@ -175,3 +175,15 @@ def test_bf16_weights_step_fp32_masters_and_refresh_the_bf16_copies() -> None:
     for p, master, grad in zip(model.parameters(), masters, grads, strict=True):
         assert p.dtype == torch.bfloat16 and p.grad is None
         assert torch.equal(p, (master - 0.5 * grad).to(torch.bfloat16))
+
+
+def test_fractions_are_rescaled_to_the_better_peak() -> None:
+    """A first peak of 100 and a final one of 400 (factor 0.25): a train phase measured at
+    80% of the first is 20% of the final; the ceiling's fractions likewise."""
+    rows = [{"precision": "bf16", "train_fraction": 0.8, "bare_fraction": 0.4}]
+    ceilings = {"bf16": {"fraction": 1.2, "linear_fraction": 1.6, "attention_fraction": 0.2}}
+    load_script().rescale_fractions(rows, ceilings, {"bf16": 100 / 400})
+    assert rows == [{"precision": "bf16", "train_fraction": 0.2, "bare_fraction": 0.1}]
+    assert ceilings == {
+        "bf16": {"fraction": 0.3, "linear_fraction": 0.4, "attention_fraction": 0.05}
+    }
