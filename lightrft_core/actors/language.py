@@ -20,7 +20,7 @@ from ..interfaces import ActorModality, ActorOutput
 from .options import PretrainedActorOptions, load_pretrained
 from .packing import packed_causal_mask
 from .pretrained import PretrainedActor
-from .varlen_attention import SEGMENTS_KWARG, packed_text_inputs
+from .varlen_attention import check_segments_read, packed_text_inputs
 
 logger = logging.getLogger("lightrft.actor")
 
@@ -160,6 +160,5 @@ class ActorLanguage(PretrainedActor):
                 "position_ids": positions,
             }
         states, logit_fn = self._states(base, inputs)
-        if impl == "sdpa":
-            inputs[SEGMENTS_KWARG].check_read(base)
+        check_segments_read(inputs, base)
         return states.reshape(*tokens.shape, -1), logit_fn

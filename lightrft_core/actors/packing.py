@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..interfaces import ActorOutput
-from .varlen_attention import SEGMENTS_KWARG, packed_text_inputs
+from .varlen_attention import check_segments_read, packed_text_inputs
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,7 @@ def packed_classifier_scores(
         prepared(**inputs)
     finally:
         hook.remove()
-    if SEGMENTS_KWARG in inputs:
-        inputs[SEGMENTS_KWARG].check_read(classifier)
+    check_segments_read(inputs, classifier)
     per_token = captured[0]  # [R, L, H]
     rows, cols = [], []
     for span in packed.spans:

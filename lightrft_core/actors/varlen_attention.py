@@ -25,7 +25,7 @@ the same numbers); every other call runs transformers' own function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -74,6 +74,14 @@ class SegmentRuns:
                 f"({SEGMENTS_KWARG}): its packed forward is wrong; set trainer.packing=false "
                 "or model.attn_implementation=eager"
             )
+
+
+def check_segments_read(inputs: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """After a forward of ``model`` on ``inputs`` (``packed_text_inputs``' or a padded
+    forward's): refuse it when it carried ``packed_segments`` that its attention never read."""
+    segments = inputs.get(SEGMENTS_KWARG)
+    if segments is not None:
+        segments.check_read(model)
 
 
 def segment_runs(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> SegmentRuns:

@@ -144,14 +144,10 @@ def prompt_runs(prompt_indices: Sequence[int], device: torch.device) -> PromptRu
 
 
 @contextmanager
-def head_reads_rows(model: torch.nn.Module, rows: torch.Tensor) -> Iterator[None]:
-    """For the duration, ``model``'s output head reads the rows ``rows`` of its input: a
+def head_reads_rows(head: torch.nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    """For the duration, the output ``head`` reads the rows ``rows`` of its input: a
     prompt's last hidden state copied to each of its samples' rows, so that the head runs
     on as many rows as a prefill per row gives it (its matrix kernel, its rounding)."""
-    head = model.get_output_embeddings()
-    if head is None:
-        yield
-        return
     handle = head.register_forward_pre_hook(lambda _module, args: (args[0][rows], *args[1:]))
     try:
         yield
@@ -362,7 +358,13 @@ class HFEngine(InferenceEngine):
         media = [item for *_, item in rows]
         prefill = prefill_inputs(model, input_ids, mask[:, :width], media)
         # a text prompt's samples share its prefill (media: each row its own)
-        runs = None if prefill.media else prompt_runs([index for index, *_ in rows], device)
+        # (a model without an output-embeddings module: each row its own prefill too)
+        head = model.get_output_embeddings()
+        runs = (
+            None
+            if prefill.media or head is None
+            else prompt_runs([index for index, *_ in rows], device)
+        )
         stop_ids = {*params.stop_token_ids, *self.eos_token_ids}
         stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)  # [S]
         # a response never holds a media placeholder: the model would look for its media
@@ -392,7 +394,7 @@ class HFEngine(InferenceEngine):
         check_every = self._check_every(device)
         for step in range(steps):
             shared = runs if step == 0 else None
-            with head_reads_rows(model, shared.source) if shared is not None else nullcontext():
+            with head_reads_rows(head, shared.source) if shared is not None else nullcontext():
                 out = forward(
                     input_ids=step_ids,
                     attention_mask=step_mask[:, : width + step],
@@ -407,7 +409,7 @@ class HFEngine(InferenceEngine):
             logits = out.logits[:, -1, :].float()  # [b, V]
             if shared is not None:  # each run's prefill copied to its rows
                 cache.batch_select_indices(shared.source)
-                if logits.shape[0] != batch:  # the head is not the output embeddings module
+                if logits.shape[0] != batch:  # the forward's head is not that module
                     logits = logits[shared.source]
             temperature = params.temperature
             if step == 0 and params.first_token_temperature is not None:

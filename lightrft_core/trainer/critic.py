@@ -23,7 +23,7 @@ from ..actors.packing import (
     packs_into_one_row,
     unpack_to_padded,
 )
-from ..actors.varlen_attention import SEGMENTS_KWARG
+from ..actors.varlen_attention import check_segments_read
 from ..config.schema import TrainerConfig
 from ..interfaces import (
     Actor,
@@ -209,8 +209,7 @@ class LoopCritic:
                 trunk_gradients=trunk_gradients,
             )
         for inputs in built:  # the single-row SDPA path: its attention read the sequences
-            if SEGMENTS_KWARG in inputs:
-                inputs[SEGMENTS_KWARG].check_read(self.actor.hf_model())
+            check_segments_read(inputs, self.actor.hf_model())
         return unpack_to_padded(values, packed.spans, sequences.shape[1] - 1)
 
     # ------------------------------------------------------------------ values
