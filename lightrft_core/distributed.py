@@ -9,6 +9,7 @@ Without a process group the collectives are those of one rank (a copy), and ``ra
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator
@@ -61,7 +62,9 @@ def backend_for(backend: str, device: torch.device) -> str:
 def init_process_group(backend: str, *, timeout_s: float) -> None:
     """Join the process group of the ``torchrun`` job (``RANK`` is in the environment), or
     make a group of one in this process (a plain ``python ...`` run). Nothing to do when a
-    group exists. Collectives that wait longer than ``timeout_s`` seconds fail."""
+    group exists (whoever made it leaves it). Collectives that wait longer than
+    ``timeout_s`` seconds fail. The group made here is left when the process exits
+    (``leave_process_group``, run by ``atexit``)."""
     if dist.is_initialized():
         return
     timeout = timedelta(seconds=timeout_s)
@@ -70,6 +73,21 @@ def init_process_group(backend: str, *, timeout_s: float) -> None:
     else:
         store = dist.HashStore()
         dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+    atexit.unregister(leave_process_group)  # once, however many groups this process made
+    atexit.register(leave_process_group)
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if there is one, while the interpreter is still whole.
+
+    A group left for the interpreter's shutdown to free can take the process down: gloo's
+    worker threads may still hold tensors of finished collectives, whose release at that
+    point aborts the process (``terminate called without an active exception``, SIGABRT;
+    torchrun then reports the whole job failed after it finished), and NCCL warns that the
+    group was never destroyed. Leaving is local to this rank, no collective, so a rank that
+    stops on an error does not wait here for the others."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:

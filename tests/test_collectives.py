@@ -3,6 +3,7 @@ on two (two processes over gloo), and the checkpoint folder every rank writes in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,6 +79,41 @@ def test_without_torchrun_the_group_has_one_rank(group_of_one: None, tmp_path: P
         (tmp / "a.txt").write_text("saved")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
     assert (tmp_path / "ckpt" / "a.txt").read_text() == "saved"
+
+
+LEAVES_AT_EXIT = """
+import atexit
+import torch
+import torch.distributed as dist
+from lightrft_core import distributed
+
+# registered first, so it runs after the handler init_process_group registers
+atexit.register(lambda: print("group alive at exit:", dist.is_initialized()))
+distributed.init_process_group("gloo", timeout_s=30)
+distributed.init_process_group("gloo", timeout_s=30)  # a group exists: nothing to do
+work = dist.all_reduce(torch.ones(3), async_op=True)  # never waited on
+print("group alive in main:", dist.is_initialized())
+"""
+
+
+def test_the_group_it_made_is_left_before_the_interpreter_shuts_down() -> None:
+    # A gloo group freed by the interpreter's shutdown can abort the process (SIGABRT)
+    # after a run finished; init_process_group leaves its group at exit, once.
+    proc = subprocess.run(
+        [sys.executable, "-c", LEAVES_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={name: value for name, value in os.environ.items() if name != "RANK"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["group alive in main: True", "group alive at exit: False"]
+
+
+def test_leaving_without_a_group_does_nothing() -> None:
+    assert not dist.is_initialized()
+    distributed.leave_process_group()
+    assert not dist.is_initialized()
 
 
 def test_without_a_group_rank_and_world_size_are_0_and_1() -> None:

@@ -37,7 +37,10 @@ class StrategyBase(Component):
     # ------------------------------------------------------------------ process group
     @abstractmethod
     def setup_distributed(self) -> None:
-        """Join (or create) the process group; seed RNGs. Called once, before anything else."""
+        """Join (or create) the process group and pick the device. Called once, before
+        anything else (the run then seeds every RNG with ``run.seed``). A group the strategy
+        creates must be destroyed before the interpreter shuts down:
+        ``lightrft_core.distributed.init_process_group`` arranges it."""
 
     @property
     @abstractmethod

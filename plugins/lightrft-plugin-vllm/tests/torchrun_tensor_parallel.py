@@ -70,6 +70,7 @@ def main(model_dir: str, out_dir: str) -> None:
     }
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort it
 
 
 if __name__ == "__main__":
