@@ -194,7 +194,6 @@ def test_packing_auto_packs_a_text_model_on_sdpa_only(actor: ActorLanguage) -> N
     )
     media = cast(Actor, SimpleNamespace(modality=ActorModality.VISION_LANGUAGE))
     assert resolve_packing("auto", actor) is True
-    assert resolve_packing("auto", actor, splits_sequences=True) is False
     assert resolve_packing("auto", eager) is False
     assert resolve_packing("auto", media) is False
     assert resolve_packing(False, actor) is False

@@ -131,21 +131,25 @@ def check_group_agrees(strategy: StrategyBase, values: Mapping[str, torch.Tensor
 
 
 def check_splittable(
-    strategy: StrategyBase, *, packing: bool, critic: bool, media: bool, engine: str
+    strategy: StrategyBase,
+    *,
+    critic: bool,
+    media: bool,
+    engine: str | None = None,
 ) -> None:
-    """Refuse, with one line, what sequence parallelism does not take yet: packed rows, a
-    critic, media inputs, and engines other than ``hf`` (whose rollouts are not shown
-    identical over a group). Nothing when the strategy does not split sequences."""
+    """Refuse, with one line, what sequence parallelism does not take yet: a critic, media
+    inputs, and engines other than ``hf`` (whose rollouts are not shown identical over a
+    group; ``None``: a loop that generates nothing, ``lightrft sft``). Packed rows are split
+    like padded ones. Nothing when the strategy does not split sequences."""
     size = strategy.sequence_parallel_size
     if size == 1:
         return
     refused = [
         what
         for what, used in (
-            ("trainer.packing", packing),
             ("a critic (algorithm with values)", critic),
             ("media inputs", media),
-            (f"engine {engine!r} (only 'hf')", engine != "hf"),
+            (f"engine {engine!r} (only 'hf')", engine not in (None, "hf")),
         )
         if used
     ]

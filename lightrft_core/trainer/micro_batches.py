@@ -72,17 +72,15 @@ def agree_over_ranks(strategy: StrategyBase) -> AgreeFn | None:
     return agree
 
 
-def resolve_packing(
-    packing: bool | Literal["auto"], actor: Actor, *, splits_sequences: bool = False
-) -> bool:
+def resolve_packing(packing: bool | Literal["auto"], actor: Actor) -> bool:
     """``trainer.packing`` for a loop around ``actor``: ``true`` and ``false`` as set (``true``
     checked by ``check_packing``); ``auto`` packs a text-only actor whose attention reads all
     the packed sequences of a pass from one row without a mask (SDPA, flash-attention:
-    ``packs_into_one_row``), not an actor with media, nor eager attention (a block-diagonal
-    mask), nor when sequences are split over ranks (sequence parallelism)."""
+    ``packs_into_one_row``; sequences split over ranks or not), not an actor with media, nor
+    eager attention (a block-diagonal mask)."""
     if packing == "auto":
         text_only = actor.modality == ActorModality.LANGUAGE_ONLY
-        return text_only and not splits_sequences and packs_into_one_row(actor.hf_model())
+        return text_only and packs_into_one_row(actor.hf_model())
     check_packing(packing, actor)
     return packing
 

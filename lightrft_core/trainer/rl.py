@@ -138,7 +138,6 @@ class RLTrainer:
         )
         check_splittable(
             s,
-            packing=t.packing is True,
             critic=self.c.algorithm.needs_critic(),
             media=has_media([*self.data.sampler.dataset, *self.data.eval_items]),
             engine=cfg.engine.name,
@@ -183,9 +182,7 @@ class RLTrainer:
         self.c.reward.place(s)  # a reward model sharded or offloaded by the strategy
         policy = unwrapped_actor(s, self.actor)
         # 'auto' resolved once: every pass below (and the critic) reads the bool
-        t.packing = resolve_packing(
-            t.packing, policy, splits_sequences=s.sequence_parallel_size > 1
-        )
+        t.packing = resolve_packing(t.packing, policy)
         check_media_support(
             [*self.data.sampler.dataset, *self.data.eval_items],
             self.c.engine,

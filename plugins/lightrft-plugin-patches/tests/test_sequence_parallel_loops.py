@@ -95,14 +95,13 @@ class SplittingStrategy(LocalStrategy):
 
 
 def test_what_train_refuses_with_split_sequences() -> None:
-    fine = dict(packing=False, critic=False, media=False, engine="hf")
-    check_splittable(SplittingStrategy(), **fine)
-    check_splittable(LocalStrategy(), **{**fine, "packing": True, "engine": "vllm"})
+    check_splittable(SplittingStrategy(), critic=False, media=False, engine="hf")
+    check_splittable(LocalStrategy(), critic=True, media=True, engine="vllm")
     with pytest.raises(ValueError) as refused:
-        check_splittable(SplittingStrategy(), packing=True, critic=True, media=True, engine="vllm")
+        check_splittable(SplittingStrategy(), critic=True, media=True, engine="vllm")
     assert str(refused.value) == (
         "strategy.sequence_parallel_size is 2, but sequence parallelism does not take "
-        "trainer.packing, a critic (algorithm with values), media inputs, engine 'vllm' "
+        "a critic (algorithm with values), media inputs, engine 'vllm' "
         "(only 'hf') yet: set strategy.sequence_parallel_size: 1"
     )
 

@@ -43,7 +43,7 @@ def _load_helpers() -> Any:
 def rl_overrides(root: Path, out: Path) -> list[str]:
     """Two GRPO steps (2 prompts x 4 samples, a reference model for the KL term) of a
     one-layer Qwen2 with 4 query and 2 key/value heads, fp32, a learning rate that moves the
-    weights."""
+    weights, packed rows."""
     model = root / "model"
     if not model.exists():
         build_tiny_checkpoint(
@@ -68,6 +68,7 @@ def rl_overrides(root: Path, out: Path) -> list[str]:
         "engine.max_new_tokens=8",
         "trainer.prompts_per_step=2",
         "trainer.micro_batch_size=4",
+        "trainer.packing=true",  # each micro-batch one packed row (sdpa), split over the ranks
         "trainer.max_steps=2",
         "trainer.learning_rate=1e-3",
         "algorithm.kl_coef=0.01",
@@ -99,10 +100,14 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     (tmp_path / "rl.json").write_text(json.dumps(rl_overrides(tmp_path, split)))
     _load_helpers().torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
     results = json.loads((tmp_path / "result.json").read_text())
-    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp"}
+    packed = {"packed-llama-eager", "packed-qwen2-sdpa"}
+    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp", *packed}
     for case, diffs in results.items():
         assert diffs["log_probs"] < 1e-5, case
         assert diffs["gradients"] < 1e-5, case
+    for case in packed:  # packed rows split = padded rows whole; 5 + 3 + 2 + 2 + 0 scored
+        assert results[case]["padded"] < 1e-5, case
+        assert results[case]["scored"] == 12, case
     assert results["fsdp"]["data_parallel_size"] == 1
 
     # the RL loop split over both ranks = the one-rank run

@@ -90,6 +90,43 @@ def plain_case(family: str, attention: str) -> dict[str, float]:
     }
 
 
+def packed_case(family: str, attention: str) -> dict[str, float]:
+    """Packed rows (sequences of 6, 4, 3, 3 and 1 tokens) split over both ranks against the
+    unsplit packed forward, and unpacked against the padded one. Eager: rows 6 wide
+    ([6], [4, 1], [3, 3]), slices of 3 cutting the 4-token sequence; sdpa: one row of 17
+    (slices of 9, one padding column), the 4-token sequence cut at column 9."""
+    from lightrft_core.actors.packing import pack_padded_rows, unpack_to_padded
+
+    model = tiny_model(family, attention)
+    split = copy.deepcopy(model)
+    lengths = torch.tensor([6, 4, 3, 3, 1])
+    g = torch.Generator().manual_seed(2)
+    padded = torch.randint(0, VOCAB, (len(lengths), 6), generator=g)
+    padded_mask = (torch.arange(6) < lengths[:, None]).long()
+    packed = pack_padded_rows(padded, padded_mask, one_row=attention == "sdpa")
+    inputs = (packed.sequences, packed.attention_mask)
+    weights = torch.randn(packed.sequences.shape[0], packed.sequences.shape[1] - 1, generator=g)
+    unsplit = ActorLanguage.from_model(model)
+    expected = unsplit(*inputs, position_ids=packed.position_ids).log_probs
+    (weights * expected).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    whole = ActorLanguage.from_model(copy.deepcopy(model))(padded, padded_mask).log_probs
+    actor = ActorLanguage.from_model(split)
+    enable_sequence_parallel(actor, dist.group.WORLD)
+    log_probs = actor(*inputs, position_ids=packed.position_ids).log_probs
+    (weights * log_probs).sum().backward()
+    grads = {}
+    for name, param in split.named_parameters():
+        dist.all_reduce(param.grad)
+        grads[name] = param.grad
+    return {
+        "log_probs": float((log_probs - expected).abs().max()),
+        "gradients": largest(grads, expected_grads),
+        "padded": float((unpack_to_padded(log_probs, packed.spans, 5) - whole).abs().max()),
+        "scored": int((log_probs != 0).sum()),
+    }
+
+
 def fsdp_case() -> dict[str, float]:
     """Under fsdp (parameters sharded over both ranks, gradients averaged over them) the
     loss carries ``world_size`` as ``LossScale`` does."""
@@ -147,6 +184,8 @@ def main(out: Path) -> None:
         f"{family}-{attention}": plain_case(family, attention)
         for family, attention in (("llama", "eager"), ("qwen2", "sdpa"))
     }
+    for family, attention in (("llama", "eager"), ("qwen2", "sdpa")):
+        results[f"packed-{family}-{attention}"] = packed_case(family, attention)
     results["fsdp"] = fsdp_case()
     split = rl_run(json.loads((out / "rl.json").read_text(encoding="utf-8")))
     if dist.get_rank() == 0:

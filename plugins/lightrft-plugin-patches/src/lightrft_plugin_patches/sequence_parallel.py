@@ -8,6 +8,13 @@ exchanges heads and positions around the attention), scores the tokens its slice
 predicts, and the slices' log-probs are gathered, so every rank of the group returns the
 ``[B, T-1]`` log-probs of the unsplit model.
 
+Packed rows (``position_ids`` restarting at 0 where a sequence starts, as
+``lightrft_core/actors/packing.py`` builds them) are split the same way, a slice cutting
+through sequences where it falls: the rotary embeddings read each token's position in its
+own sequence, the attention over the whole row keeps every sequence to itself
+(``packed_row_context``), and a token is scored only when its target belongs to the same
+sequence -- the log-probs of the language actor's packed forward.
+
 Gradients: each rank's parameters receive the gradient of its own positions only. Summed
 over the group they are the unsplit model's gradient; a strategy that averages gradients
 over all ``world_size`` ranks (fsdp) gets that sum when the loss carries
@@ -26,6 +33,13 @@ import torch.nn.functional as F
 
 from lightrft_core.actors.language import ActorLanguage, output_logits_fn
 from lightrft_core.actors.logprobs import chunked_token_log_probs
+from lightrft_core.actors.packing import packed_causal_mask
+from lightrft_core.actors.varlen_attention import (
+    SEGMENTS_KWARG,
+    check_segments_read,
+    install,
+    segment_runs,
+)
 from lightrft_core.interfaces import ActorOutput
 
 from .collectives import gather_sequence
@@ -44,11 +58,7 @@ def whole_sequence_mask(
         return None if bool(valid.all()) else valid.long()
     if implementation == "sdpa" and bool(valid.all()):
         return None
-    if implementation not in ("sdpa", "eager"):
-        raise ValueError(
-            f"sequence parallelism supports the eager, sdpa and flash_attention kernels, "
-            f"not {implementation!r}"
-        )
+    check_kernel(implementation)
     length = valid.shape[1]
     position = torch.arange(length, device=valid.device)
     causal = position[:, None] >= position[None, :]  # [T, T]
@@ -59,6 +69,42 @@ def whole_sequence_mask(
         return allowed
     hidden = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=valid.device)
     return torch.zeros((), dtype=dtype, device=valid.device).where(allowed, hidden)
+
+
+def packed_row_context(
+    group: Any,
+    valid: torch.Tensor,
+    positions: torch.Tensor,
+    implementation: str,
+    dtype: torch.dtype,
+) -> UlyssesContext:
+    """The attention over whole packed rows ``[B, W]`` (``valid`` bool, ``positions`` 0
+    where a sequence starts and on padding), every sequence seeing only itself, in the
+    format of the kernel ``implementation``: flash-attention finds the sequences in the
+    row's ``position_ids`` (one row only); SDPA on one row runs per sequence
+    (``packed_segments``, ``varlen_attention.py``); SDPA on several rows and eager get the
+    block-diagonal causal mask ``[B, 1, W, W]`` (``packed_causal_mask``: bool for sdpa,
+    additive of ``dtype`` for eager)."""
+    rows = valid.shape[0]
+    if implementation.startswith("flash_attention"):
+        if rows != 1:
+            raise ValueError("flash-attention reads packed sequences from a single row")
+        return UlyssesContext(group, None, {"position_ids": positions})
+    check_kernel(implementation)
+    if implementation == "sdpa" and rows == 1:
+        install()  # the sdpa kernel that reads packed_segments
+        return UlyssesContext(group, None, {SEGMENTS_KWARG: segment_runs(positions, valid)})
+    mask_dtype = torch.bool if implementation == "sdpa" else dtype
+    return UlyssesContext(group, packed_causal_mask(positions, valid, dtype=mask_dtype))
+
+
+def check_kernel(implementation: str) -> None:
+    """Refuse an attention kernel other than eager, sdpa and flash-attention."""
+    if implementation not in ("sdpa", "eager") and not implementation.startswith("flash_attention"):
+        raise ValueError(
+            f"sequence parallelism supports the eager, sdpa and flash_attention kernels, "
+            f"not {implementation!r}"
+        )
 
 
 def enable_sequence_parallel(actor: ActorLanguage, group: Any) -> None:
@@ -85,10 +131,9 @@ def sequence_parallel_forward(
     return_entropy: bool = False,
 ) -> ActorOutput:
     """``ActorLanguage.forward`` with each sequence split over ``group``: per-token
-    log-probs ``[B, T-1]`` fp32 (0 where a token is padding) on every rank of the group.
+    log-probs ``[B, T-1]`` fp32 (0 where a token is padding, and with ``position_ids``
+    where the next token starts another sequence) on every rank of the group.
     Needs the ``ulysses_attention`` patch applied (``enable_sequence_parallel`` does)."""
-    if position_ids is not None:
-        raise ValueError("sequence parallelism does not take packed rows (position_ids) yet")
     base = actor.base_model
     family = family_of(base)
     if not is_patched(family):  # the attention would silently see its slice only
@@ -102,19 +147,27 @@ def sequence_parallel_forward(
     padding = slice_length * size - length
     # One column more than the P slices: the target of the last slice's last position.
     tokens = F.pad(sequences, (0, padding + 1))  # [B, P*L + 1]
-    valid = F.pad(attention_mask.to(sequences.device).bool(), (0, padding + 1))
-    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    mask = attention_mask.to(sequences.device).bool()
+    valid = F.pad(mask, (0, padding + 1))
+    implementation, dtype = base.config._attn_implementation, base.dtype
+    if position_ids is None:
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        context = UlyssesContext(group, whole_sequence_mask(valid[:, :-1], implementation, dtype))
+    else:
+        packed = position_ids.to(sequences.device).masked_fill(~mask, 0)
+        positions = F.pad(packed, (0, padding + 1))  # [B, P*L + 1], 0 on padding
+        context = packed_row_context(group, valid[:, :-1], positions[:, :-1], implementation, dtype)
     start, stop = rank * slice_length, (rank + 1) * slice_length
-    context = UlyssesContext(
-        group, whole_sequence_mask(valid[:, :-1], base.config._attn_implementation, base.dtype)
-    )
     states = base.get_decoder()(
         input_ids=tokens[:, start:stop],
         position_ids=positions[:, start:stop],
         use_cache=False,
         **{CONTEXT_KWARG: context},
     ).last_hidden_state  # [B, L, H]
+    check_segments_read(context.kernel_kwargs, base)
     scored = valid[:, start:stop] & valid[:, start + 1 : stop + 1]  # [B, L]: both tokens real
+    if position_ids is not None:
+        scored &= positions[:, start + 1 : stop + 1] != 0  # the target starts a sequence
     log_probs, entropy = chunked_token_log_probs(
         states[scored],  # [N, H]
         tokens[:, start + 1 : stop + 1][scored],  # [N]

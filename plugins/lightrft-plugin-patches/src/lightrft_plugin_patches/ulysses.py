@@ -39,11 +39,15 @@ CONTEXT_KWARG = "ulysses"
 
 @dataclass(frozen=True)
 class UlyssesContext:
-    """What the attention needs beyond its own inputs: the sequence-parallel process group
-    and the mask of the whole sequences in the kernel's format (``None``: causal only)."""
+    """What the attention needs beyond its own inputs: the sequence-parallel process group,
+    the mask of the whole sequences in the kernel's format (``None``: causal only) and
+    keyword arguments the kernel takes for whole rows in place of the slice's (packed rows:
+    ``position_ids`` for flash-attention's variable-length path, ``packed_segments`` for
+    SDPA run per sequence)."""
 
     group: Any
     attention_mask: torch.Tensor | None
+    kernel_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def ulysses_attention(
@@ -63,6 +67,7 @@ def ulysses_attention(
     if kwargs.get("sliding_window") is not None:
         raise ValueError("sequence parallelism does not support sliding-window attention")
     kwargs.pop("position_ids", None)  # the slice's positions; the kernel sees whole sequences
+    kwargs.update(context.kernel_kwargs)
     group = context.group
     query = all_to_all(query, group, scatter_dim=1, gather_dim=2)  # [B, heads/P, T, D]
     key = all_to_all(key, group, scatter_dim=1, gather_dim=2)
