@@ -160,7 +160,7 @@ class TrainerConfig:
             "and reward-model loops; text-only actors and those that read packed media rows "
             "(qwen_vl, qwen_audio). 'auto': on for a text-only model on sdpa or "
             "flash-attention (all sequences of a pass in one row, no mask), off otherwise "
-            "(media, eager attention, sequence parallelism)."
+            "(media, eager attention); split over ranks too under sequence parallelism."
         },
     )
     max_tokens_per_micro_batch: int | None = field(
