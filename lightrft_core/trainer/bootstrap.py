@@ -93,7 +93,7 @@ def refuse_sequence_parallel(strategy: StrategyBase, loop: str) -> None:
     if size > 1:
         raise ValueError(
             f"strategy.sequence_parallel_size is {size}, but {loop} does not split sequences "
-            "over ranks (only lightrft train does, docs/training.md): set "
+            "over ranks (only lightrft train and lightrft sft do, docs/training.md): set "
             "strategy.sequence_parallel_size: 1"
         )
 

@@ -5,6 +5,13 @@ Under ``torchrun`` every rank draws the same shuffled batches and trains on its 
 share of each (``sft.batch_size`` is global); the loss divides by the batch's token count
 over all ranks, so a step is the same whatever the number of ranks.
 
+With sequence parallelism (``strategy.sequence_parallel_size`` P > 1) the P ranks of a group
+take the same share (``data_ranks``) and split each of its sequences in the actor's forward
+(every rank of the group gets the whole log-probs): the batch's tokens are counted once per
+group, the loss keeps the scale of every rank (``strategy.world_size``, over which the
+strategy averages gradients), and the logged loss sums one rank per group. Packed rows
+are split like padded ones; media are refused (``check_splittable``).
+
 Rows with images (see docs/multimodal.md) are encoded by the model's processor; each
 micro-batch passes the actor the rows' image tensors it declares
 (``Actor.get_supported_parameters``), concatenated in row order."""
@@ -33,7 +40,13 @@ from .bootstrap import (
     unwrapped_actor,
 )
 from .data import media_kinds
-from .distributed import model_init_context, no_sync
+from .distributed import (
+    check_group_agrees,
+    check_splittable,
+    data_ranks,
+    model_init_context,
+    no_sync,
+)
 from .micro_batches import actor_forward, agree_over_ranks, plan_micro_batches, resolve_packing
 from .supervised import prepare_supervised
 
@@ -58,7 +71,11 @@ def run_sft(
         raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
     manager = manager or get_plugin_manager()
     start = start_run(
-        cfg, manager, loop="lightrft sft", global_batches={"sft.batch_size": s.batch_size}
+        cfg,
+        manager,
+        loop="lightrft sft",
+        global_batches={"sft.batch_size": s.batch_size},
+        splits_sequences=True,
     )
     with released_on_error(start):  # finish_run releases the run folder after a clean run
         return _train_sft(cfg, manager, start, d.train_path, console, progress)
@@ -86,6 +103,11 @@ def _train_sft(
     )
     check_actor_takes_media(built, dataset)
     cfg.trainer.packing = resolve_packing(cfg.trainer.packing, built)  # 'auto' resolved
+    check_splittable(
+        strategy,
+        critic=False,
+        media=any(item.multimodal is not None for item in dataset),
+    )
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))
     policy = unwrapped_actor(strategy, actor)
     metrics = open_run_log(cfg, strategy, manager, console=console)
@@ -93,7 +115,8 @@ def _train_sft(
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     generator = torch.Generator().manual_seed(cfg.run.seed)
-    rank, world_size = strategy.rank, strategy.world_size
+    row_ranks = data_ranks(strategy)  # the rows: one rank per sequence-parallel group
+    world_size = strategy.world_size  # the loss scale: gradients are averaged over every rank
     step = 0
     actor.train()
     for _epoch in range(s.epochs):
@@ -101,15 +124,16 @@ def _train_sft(
             if step >= total:
                 break
             # a short last batch is cut to a multiple of the ranks (equal shares)
-            share = len(batch_rows) // world_size
+            share = len(batch_rows) // row_ranks.world_size
             if share == 0:
                 continue
             started = time.perf_counter()
             items = [dataset[int(i)] for i in batch_rows]
             batch = {k: v.to(strategy.device) for k, v in collate(items, pad_id).items()}
             target = batch["loss_mask"][:, 1:].float()  # [B, T-1], aligned with log-probs
-            num_tokens = max(1.0, float(target[: share * world_size].sum()))
-            own = torch.arange(rank * share, (rank + 1) * share)
+            num_tokens = max(1.0, float(target[: share * row_ranks.world_size].sum()))
+            own = torch.arange(row_ranks.rank * share, (row_ranks.rank + 1) * share)
+            check_group_agrees(strategy, {"tokens": batch["input_ids"][own]})
             plan = plan_micro_batches(
                 batch["attention_mask"][own].sum(-1).cpu(),
                 micro_batch_size=s.micro_batch_size,
@@ -136,7 +160,7 @@ def _train_sft(
             )
             step += 1
             as_double = torch.tensor([loss_sum, time.perf_counter() - started], dtype=torch.float64)
-            loss_sum = float(strategy.all_reduce(as_double[:1], op="sum"))
+            loss_sum = float(row_ranks.all_reduce(as_double[:1], op="sum"))
             elapsed = float(strategy.all_reduce(as_double[1:], op="max"))
             metrics.log(
                 step,

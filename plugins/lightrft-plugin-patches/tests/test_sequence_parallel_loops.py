@@ -1,7 +1,7 @@
-"""Sequence parallelism in the loops. ``lightrft sft`` and ``lightrft rm`` refuse a strategy
-that splits sequences (``strategy.sequence_parallel_size > 1``) with one line, before any
-process group or model exists; ``lightrft train`` splits them (equal to one rank:
-``test_ulysses_distributed.py``) and refuses, with one line, what the split forward does
+"""Sequence parallelism in the loops. ``lightrft rm`` refuses a strategy that splits
+sequences (``strategy.sequence_parallel_size > 1``) with one line, before any process group
+or model exists; ``lightrft train`` and ``lightrft sft`` split them (equal to one rank:
+``test_ulysses_distributed.py``) and refuse, with one line, what the split forward does
 not take. What the loop's rows see of such a strategy (``data_ranks``): its data-parallel
 rank and size, collectives over one rank per group."""
 
@@ -54,28 +54,24 @@ def cli(command: str, row: dict[str, str], model: Path, tmp_path: Path) -> list[
     return [line for line in result.output.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize(
-    ("command", "row"),
-    [
-        ("sft", {"prompt": "q", "response": "a"}),
-        ("rm", {"prompt": "q", "chosen": "a", "rejected": "b"}),
-    ],
-)
-def test_sft_and_rm_refuse_sequence_parallelism(
-    command: str, row: dict[str, str], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    assert cli(command, row, tiny_model_dir, tmp_path) == [
-        "error: strategy.sequence_parallel_size is 2, but "
-        f"lightrft {command} does not split sequences over ranks (only lightrft train does, "
-        "docs/training.md): set strategy.sequence_parallel_size: 1"
+def test_rm_refuses_sequence_parallelism(tiny_model_dir: Path, tmp_path: Path) -> None:
+    row = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    assert cli("rm", row, tiny_model_dir, tmp_path) == [
+        "error: strategy.sequence_parallel_size is 2, but lightrft rm does not split sequences "
+        "over ranks (only lightrft train and lightrft sft do, docs/training.md): set "
+        "strategy.sequence_parallel_size: 1"
     ]
 
 
-def test_train_takes_it_but_one_process_cannot_make_groups_of_two(
-    tiny_model_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("command", "row"),
+    [("train", {"prompt": "q", "answer": "a"}), ("sft", {"prompt": "q", "response": "a"})],
+)
+def test_train_and_sft_take_it_but_one_process_cannot_make_groups_of_two(
+    command: str, row: dict[str, str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     try:
-        errors = cli("train", {"prompt": "q", "answer": "a"}, tiny_model_dir, tmp_path)
+        errors = cli(command, row, tiny_model_dir, tmp_path)
     finally:  # the strategy made a one-process group before making the groups failed
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -103,6 +99,17 @@ def test_what_train_refuses_with_split_sequences() -> None:
         "strategy.sequence_parallel_size is 2, but sequence parallelism does not take "
         "a critic (algorithm with values), media inputs, engine 'vllm' "
         "(only 'hf') yet: set strategy.sequence_parallel_size: 1"
+    )
+
+
+def test_a_loop_without_an_engine_is_not_refused_for_one() -> None:
+    # lightrft sft passes no engine: only what its rows carry can be refused
+    check_splittable(SplittingStrategy(), critic=False, media=False)
+    with pytest.raises(ValueError) as refused:
+        check_splittable(SplittingStrategy(), critic=False, media=True)
+    assert str(refused.value) == (
+        "strategy.sequence_parallel_size is 2, but sequence parallelism does not take "
+        "media inputs yet: set strategy.sequence_parallel_size: 1"
     )
 
 

@@ -2,8 +2,8 @@
 log-probs and gradients equal the unsplit model's, for Llama (eager kernel) and Qwen2
 (sdpa), and under the fsdp strategy with ``sequence_parallel_size=2``; and two GRPO steps
 of the RL loop (``lightrft train``) with both ranks splitting every sequence equal the
-same run on one process with the ``local`` strategy. The checks run in
-``ulysses_worker.py``."""
+same run on one process with the ``local`` strategy, and so do two steps of the SFT loop
+(``lightrft sft``). The checks run in ``ulysses_worker.py``."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
+import lightrft_plugin_grpo.plugin
 from lightrft_core.config import load_config
 from lightrft_core.models.tiny import build_tiny_checkpoint
 from lightrft_core.plugins import PluginManager
 from lightrft_core.testing.training import LetterPlugin, write_letter_prompts
 from lightrft_core.trainer.rl import RLTrainer
+from lightrft_core.trainer.sft import run_sft
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -77,6 +79,29 @@ def rl_overrides(root: Path, out: Path) -> list[str]:
     ]
 
 
+def sft_overrides(root: Path, out: Path, packing: bool) -> list[str]:
+    """Two SFT steps (4 rows each, in 2 micro-batches) on the model of ``rl_overrides``,
+    rows of different lengths (padding in every micro-batch, or packed in one row), fp32."""
+    rows = root / "sft.jsonl"
+    if not rows.exists():
+        pairs = [("ab", "cdefgh"), ("a", "bc"), ("abcdefghij", "k"), ("xy", "zzzz")] * 2
+        rows.write_text(
+            "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs),
+            encoding="utf-8",
+        )
+    return [
+        f"run.output_dir={out}",
+        f"data.train_path={rows}",
+        "data.apply_chat_template=false",
+        f"model.path={root / 'model'}",
+        "sft.batch_size=4",
+        "sft.micro_batch_size=2",
+        "sft.learning_rate=1e-3",
+        f"trainer.packing={str(packing).lower()}",
+        "logging.tensorboard=false",
+    ]
+
+
 def whole_run(overrides: list[str]) -> None:
     """The same run on one process, every sequence whole (``local``)."""
     import lightrft_plugin_grpo.plugin
@@ -98,6 +123,12 @@ def step_metrics(run: Path) -> list[dict[str, float]]:
 def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     split, whole = tmp_path / "split", tmp_path / "whole"
     (tmp_path / "rl.json").write_text(json.dumps(rl_overrides(tmp_path, split)))
+    sft_runs = {
+        packing: (tmp_path / f"sft_split_{packing}", tmp_path / f"sft_whole_{packing}")
+        for packing in (False, True)
+    }
+    sft_jobs = [sft_overrides(tmp_path, run, packing) for packing, (run, _) in sft_runs.items()]
+    (tmp_path / "sft.json").write_text(json.dumps(sft_jobs))
     _load_helpers().torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
     results = json.loads((tmp_path / "result.json").read_text())
     packed = {"packed-llama-eager", "packed-qwen2-sdpa"}
@@ -134,3 +165,19 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     have = load_file(split / "final" / "model.safetensors")
     assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-3  # trained
     assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+    # the SFT loop split over both ranks = the one-rank run, padded and packed
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")  # the config's default algorithm
+    for packing, (sft_split, sft_whole) in sft_runs.items():
+        run_sft(load_config(None, sft_overrides(tmp_path, sft_whole, packing), manager=pm), pm)
+        expected, got = step_metrics(sft_whole), step_metrics(sft_split)
+        assert [r["step"] for r in got] == [1, 2]
+        for want, have in zip(expected, got, strict=True):
+            assert set(have) == set(want)
+            for key, value in want.items():
+                assert math.isclose(have[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, packing)
+        want = load_file(sft_whole / "final" / "model.safetensors")
+        have = load_file(sft_split / "final" / "model.safetensors")
+        assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-3  # trained
+        assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5, packing

@@ -4,7 +4,8 @@ unsplit model, for Llama (eager kernel) and Qwen2 (sdpa), and under the fsdp str
 (``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
 for each case the largest difference of log-probs and of gradients. Then the RL loop
 (``RLTrainer``) with the overrides of ``OUT/rl.json`` under fsdp with both ranks splitting
-every sequence; the test compares its run folder with a one-rank run's."""
+every sequence; the test compares its run folder with a one-rank run's. Last the SFT loop
+(``run_sft``) with each list of overrides in ``OUT/sft.json``, split the same way."""
 
 from __future__ import annotations
 
@@ -178,6 +179,23 @@ def rl_run(overrides: list[str]) -> dict[str, bool]:
     return {"actor": splits(trainer.actor), "reference": splits(trainer.reference)}
 
 
+def sft_run(overrides: list[str]) -> None:
+    """``lightrft sft``'s loop with both ranks splitting every sequence (data-parallel size
+    1: were they not split, the gradient summed over both ranks would be twice the
+    one-rank run's, and so would the logged grad_norm)."""
+    import lightrft_plugin_fsdp.plugin
+    import lightrft_plugin_grpo.plugin
+    from lightrft_core.config import load_config
+    from lightrft_core.plugins import PluginManager
+    from lightrft_core.trainer.sft import run_sft
+
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")  # the config's default algorithm
+    pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
+    split = ["strategy.name=fsdp", "strategy.backend=gloo", "strategy.sequence_parallel_size=2"]
+    run_sft(load_config(None, [*overrides, *split], manager=pm), pm)
+
+
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     results = {
@@ -191,6 +209,8 @@ def main(out: Path) -> None:
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         (out / "rl_result.json").write_text(json.dumps(split), encoding="utf-8")
+    for overrides in json.loads((out / "sft.json").read_text(encoding="utf-8")):
+        sft_run(overrides)
     dist.barrier()
     dist.destroy_process_group()
 
