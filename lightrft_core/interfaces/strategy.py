@@ -55,8 +55,7 @@ class StrategyBase(Component):
     @property
     def sequence_parallel_size(self) -> int:
         """Ranks that split each sequence between them (Ulysses); 1, the default, when every
-        rank holds whole sequences. ``lightrft train`` and ``sft`` split them; ``rm`` refuses
-        a strategy where this is above 1 (``start_run``)."""
+        rank holds whole sequences. ``lightrft train``, ``sft`` and ``rm`` split them."""
         return 1
 
     @property

@@ -86,34 +86,17 @@ def load_tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def refuse_sequence_parallel(strategy: StrategyBase, loop: str) -> None:
-    """Stop a loop that gives each rank whole sequences when ``strategy`` splits them: it
-    would train plain data parallelism with the sequence-parallel groups unused."""
-    size = strategy.sequence_parallel_size
-    if size > 1:
-        raise ValueError(
-            f"strategy.sequence_parallel_size is {size}, but {loop} does not split sequences "
-            "over ranks (only lightrft train and lightrft sft do, docs/training.md): set "
-            "strategy.sequence_parallel_size: 1"
-        )
-
-
 def start_run(
     cfg: LightRFTConfig,
     manager: PluginManager,
     *,
-    loop: str,
     global_batches: Mapping[str, int | None],
-    splits_sequences: bool = False,
 ) -> RunStart:
-    """Build and set up the strategy (refused when it splits sequences and the loop does
-    not, ``refuse_sequence_parallel``; ``loop``: the command, for the message), seed every
+    """Build and set up the strategy (every loop takes one that splits sequences), seed every
     generator with ``run.seed``, check that each of ``global_batches`` (config key -> size)
     divides over the data-parallel ranks, and load the tokenizer and the processor
     (``Actor.load_processor``)."""
     strategy = manager.get_strategy(cfg.strategy.name)(cfg.strategy.options)
-    if not splits_sequences:
-        refuse_sequence_parallel(strategy, loop)
     strategy.setup_distributed()
     start = RunStart(strategy, None, Path(cfg.run.output_dir), lock=hold_folder(strategy, cfg))
     with released_on_error(start):

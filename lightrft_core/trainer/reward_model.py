@@ -19,6 +19,12 @@ With ``rm.heads`` (a text model only) the model has one output per named head (s
 labels of the row (``rewards/heads.py``: which response it prefers, a cost head's direction
 and Safe RLHF's safety classification term); the pair's loss is the sum over heads.
 
+With sequence parallelism (``strategy.sequence_parallel_size`` P > 1, a text model, padded
+rows) the P ranks of a group take the same share of each batch (``data_ranks``) and the
+classifier's forward splits each row over them (the strategy's ``prepare``): every rank of
+the group gets the scores of the whole rows; the loss is scaled by P (the strategy averages
+gradients over every rank) and the logged sums count one rank per group.
+
 With ``trainer.packing`` (a text model) the classifier reads packed rows: its score layer
 applies to every position and each sequence's score is read where the classifier pools
 (``actors/packing.py``, ``packed_classifier_scores``), every head at once; the scores,
@@ -70,7 +76,13 @@ from .bootstrap import (
     released_on_error,
     start_run,
 )
-from .distributed import model_init_context, no_sync
+from .distributed import (
+    check_group_agrees,
+    check_splittable,
+    data_ranks,
+    model_init_context,
+    no_sync,
+)
 from .micro_batches import agree_over_ranks, plan_micro_batches
 from .supervised import prepare_supervised
 
@@ -95,9 +107,7 @@ def run_reward_model_training(
     if d.train_path is None:
         raise ValueError("data.train_path is not set: reward-model training needs preference rows")
     manager = manager or get_plugin_manager()
-    start = start_run(
-        cfg, manager, loop="lightrft rm", global_batches={"sft.batch_size": s.batch_size}
-    )
+    start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
         return _train_reward_model(cfg, manager, start, d.train_path, console, progress)
 
@@ -122,6 +132,13 @@ def _train_reward_model(
             "not pack rows or cut micro-batches by tokens; unset trainer.packing and "
             "trainer.max_tokens_per_micro_batch"
         )
+    check_splittable(strategy, critic=False, media=with_media)
+    splitting = strategy.sequence_parallel_size > 1
+    if splitting and packing is True:
+        raise ValueError(
+            "lightrft rm does not pack rows while it splits them (strategy."
+            "sequence_parallel_size > 1); set trainer.packing: false"
+        )
     processor = _processor_for_images(start, cfg.model.name) if with_media else None
     heads = parse_heads(cfg.rm.heads)
     if with_media and len(heads) > 1:
@@ -142,8 +159,10 @@ def _train_reward_model(
             classifier.config.pad_token_id = tokenizer.pad_token_id  # pooling: last non-pad
             model = classifier
     # trainer.packing 'auto': packed when the classifier reads the packed rows without a mask
-    packing = not with_media and (
-        packing is True or (packing == "auto" and packs_into_one_row(model))
+    packing = (
+        not with_media
+        and not splitting
+        and (packing is True or (packing == "auto" and packs_into_one_row(model)))
     )
     label_keys = list(dict.fromkeys(key for head in heads for key in head.row_keys()))
 
@@ -207,18 +226,22 @@ def _train_reward_model(
     if held_out is not None:
         metrics.log(0, evaluate(model, held_out, margins, s.micro_batch_size, heads))
     generator = torch.Generator().manual_seed(cfg.run.seed)
-    rank, world_size = strategy.rank, strategy.world_size
+    row_ranks = data_ranks(strategy)  # the pairs: one rank per sequence-parallel group
+    # the loss scale: the strategy averages gradients over every rank, a group's ranks each
+    # holding part of its pairs' gradient
+    group_size = strategy.world_size // row_ranks.world_size
     step = 0
     model.train()
     for _epoch in range(s.epochs):
         for batch_rows in torch.randperm(len(train), generator=generator).split(s.batch_size):
             if step >= total:
                 break
-            share = len(batch_rows) // world_size  # a short last batch: equal shares
+            share = len(batch_rows) // row_ranks.world_size  # a short last batch: equal shares
             if share == 0:
                 continue
             started = time.perf_counter()
-            rows_of_rank = batch_rows[rank * share : (rank + 1) * share]
+            rows_of_rank = batch_rows[row_ranks.rank * share : (row_ranks.rank + 1) * share]
+            check_group_agrees(strategy, {"pairs": rows_of_rank})
             plan = plan_micro_batches(
                 pair_tokens(rows_of_rank) if max_tokens is not None else torch.ones(share),
                 micro_batch_size=s.micro_batch_size,
@@ -234,8 +257,8 @@ def _train_reward_model(
                 with nullcontext() if last else no_sync(strategy, model):
                     losses, margin = margins([train[int(i)] for i in rows])
                     # this rank's mean; the strategy averages the ranks' gradients, which
-                    # gives the mean over every rank's pairs
-                    strategy.backward(losses.sum() / share, model)
+                    # gives the mean over every rank's pairs (a group's summed)
+                    strategy.backward(losses.sum() * group_size / share, model)
                 margin = margin.detach().double().cpu()
                 sums[0] += float(losses.detach().sum())
                 sums[1::2] += (margin > 0).sum(0)
@@ -244,7 +267,7 @@ def _train_reward_model(
                 model, optimizer, scheduler, max_grad_norm=cfg.trainer.max_grad_norm
             )
             step += 1
-            totals = strategy.all_reduce(sums, op="sum") / (share * world_size)
+            totals = row_ranks.all_reduce(sums, op="sum") / (share * row_ranks.world_size)
             elapsed = float(
                 strategy.all_reduce(torch.tensor([time.perf_counter() - started]), op="max")
             )

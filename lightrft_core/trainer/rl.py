@@ -111,12 +111,10 @@ class RLTrainer:
         self.run = start_run(
             cfg,
             manager,
-            loop="lightrft train",
             global_batches={
                 "trainer.prompts_per_step": t.prompts_per_step,
                 "trainer.optimizer_batch_size": t.optimizer_batch_size,
             },
-            splits_sequences=True,
         )
         with released_on_error(self.run):
             self._set_up(manager, console)

@@ -70,13 +70,7 @@ def run_sft(
     if d.train_path is None:
         raise ValueError("data.train_path is not set: SFT needs prompt/response rows")
     manager = manager or get_plugin_manager()
-    start = start_run(
-        cfg,
-        manager,
-        loop="lightrft sft",
-        global_batches={"sft.batch_size": s.batch_size},
-        splits_sequences=True,
-    )
+    start = start_run(cfg, manager, global_batches={"sft.batch_size": s.batch_size})
     with released_on_error(start):  # finish_run releases the run folder after a clean run
         return _train_sft(cfg, manager, start, d.train_path, console, progress)
 

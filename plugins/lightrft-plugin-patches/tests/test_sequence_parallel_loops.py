@@ -1,9 +1,8 @@
-"""Sequence parallelism in the loops. ``lightrft rm`` refuses a strategy that splits
-sequences (``strategy.sequence_parallel_size > 1``) with one line, before any process group
-or model exists; ``lightrft train`` and ``lightrft sft`` split them (equal to one rank:
-``test_ulysses_distributed.py``) and refuse, with one line, what the split forward does
-not take. What the loop's rows see of such a strategy (``data_ranks``): its data-parallel
-rank and size, collectives over one rank per group."""
+"""Sequence parallelism in the loops. ``lightrft train``, ``lightrft sft`` and ``lightrft
+rm`` take a strategy that splits sequences (``strategy.sequence_parallel_size > 1``; equal
+to one rank: ``test_ulysses_distributed.py``) and refuse, with one line, what the split
+forward does not take. What the loop's rows see of such a strategy (``data_ranks``): its
+data-parallel rank and size, collectives over one rank per group."""
 
 from __future__ import annotations
 
@@ -54,20 +53,15 @@ def cli(command: str, row: dict[str, str], model: Path, tmp_path: Path) -> list[
     return [line for line in result.output.splitlines() if line.startswith("error:")]
 
 
-def test_rm_refuses_sequence_parallelism(tiny_model_dir: Path, tmp_path: Path) -> None:
-    row = {"prompt": "q", "chosen": "a", "rejected": "b"}
-    assert cli("rm", row, tiny_model_dir, tmp_path) == [
-        "error: strategy.sequence_parallel_size is 2, but lightrft rm does not split sequences "
-        "over ranks (only lightrft train and lightrft sft do, docs/training.md): set "
-        "strategy.sequence_parallel_size: 1"
-    ]
-
-
 @pytest.mark.parametrize(
     ("command", "row"),
-    [("train", {"prompt": "q", "answer": "a"}), ("sft", {"prompt": "q", "response": "a"})],
+    [
+        ("train", {"prompt": "q", "answer": "a"}),
+        ("sft", {"prompt": "q", "response": "a"}),
+        ("rm", {"prompt": "q", "chosen": "a", "rejected": "b"}),
+    ],
 )
-def test_train_and_sft_take_it_but_one_process_cannot_make_groups_of_two(
+def test_every_loop_takes_it_but_one_process_cannot_make_groups_of_two(
     command: str, row: dict[str, str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     try:

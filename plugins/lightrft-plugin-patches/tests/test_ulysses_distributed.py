@@ -3,7 +3,9 @@ log-probs and gradients equal the unsplit model's, for Llama (eager kernel) and 
 (sdpa), and under the fsdp strategy with ``sequence_parallel_size=2``; and two GRPO steps
 of the RL loop (``lightrft train``) with both ranks splitting every sequence equal the
 same run on one process with the ``local`` strategy, and so do two steps of the SFT loop
-(``lightrft sft``). The checks run in ``ulysses_worker.py``."""
+(``lightrft sft``) and of the reward-model loop (``lightrft rm``); sequence classifiers'
+scores and gradients split over both ranks equal the unsplit ones. The checks run in
+``ulysses_worker.py``."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from lightrft_core.config import load_config
 from lightrft_core.models.tiny import build_tiny_checkpoint
 from lightrft_core.plugins import PluginManager
 from lightrft_core.testing.training import LetterPlugin, write_letter_prompts
+from lightrft_core.trainer.reward_model import run_reward_model_training
 from lightrft_core.trainer.rl import RLTrainer
 from lightrft_core.trainer.sft import run_sft
 
@@ -102,6 +105,33 @@ def sft_overrides(root: Path, out: Path, packing: bool) -> list[str]:
     ]
 
 
+def rm_overrides(root: Path, out: Path) -> list[str]:
+    """Two reward-model steps (4 pairs each, in 2 micro-batches; sides of different lengths:
+    padding in every micro-batch) and a held-out score before and after, on the model of
+    ``rl_overrides`` read as a sequence classifier, fp32."""
+    rows = root / "pairs.jsonl"
+    if not rows.exists():
+        pairs = [("ab", "aaa", "xyz w"), ("a", "a", "bcdefgh"), ("cd", "aab", "q")] * 3
+        rows.write_text(
+            "".join(
+                json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in pairs
+            ),
+            encoding="utf-8",
+        )
+    return [
+        f"run.output_dir={out}",
+        f"data.train_path={rows}",
+        f"data.eval_path={rows}",
+        "data.apply_chat_template=false",
+        f"model.path={root / 'model'}",
+        "sft.batch_size=4",
+        "sft.micro_batch_size=2",
+        "sft.max_steps=2",
+        "sft.learning_rate=1e-3",
+        "logging.tensorboard=false",
+    ]
+
+
 def whole_run(overrides: list[str]) -> None:
     """The same run on one process, every sequence whole (``local``)."""
     import lightrft_plugin_grpo.plugin
@@ -129,12 +159,15 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     }
     sft_jobs = [sft_overrides(tmp_path, run, packing) for packing, (run, _) in sft_runs.items()]
     (tmp_path / "sft.json").write_text(json.dumps(sft_jobs))
+    rm_split, rm_whole = tmp_path / "rm_split", tmp_path / "rm_whole"
+    (tmp_path / "rm.json").write_text(json.dumps(rm_overrides(tmp_path, rm_split)))
     _load_helpers().torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
     results = json.loads((tmp_path / "result.json").read_text())
     packed = {"packed-llama-eager", "packed-qwen2-sdpa"}
-    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp", *packed}
+    classifiers = {"classifier-llama-eager", "classifier-qwen2-sdpa"}
+    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp", *packed, *classifiers}
     for case, diffs in results.items():
-        assert diffs["log_probs"] < 1e-5, case
+        assert diffs["scores" if case in classifiers else "log_probs"] < 1e-5, case
         assert diffs["gradients"] < 1e-5, case
     for case in packed:  # packed rows split = padded rows whole; 5 + 3 + 2 + 2 + 0 scored
         assert results[case]["padded"] < 1e-5, case
@@ -181,3 +214,16 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
         have = load_file(sft_split / "final" / "model.safetensors")
         assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-3  # trained
         assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5, packing
+
+    # the reward-model loop split over both ranks = the one-rank run (which packs its rows)
+    run_reward_model_training(load_config(None, rm_overrides(tmp_path, rm_whole), manager=pm), pm)
+    expected, got = step_metrics(rm_whole), step_metrics(rm_split)
+    assert [r["step"] for r in got] == [0, 1, 2, 2]  # held-out pairs, two steps, held-out
+    assert expected[1]["grad_norm"] > 0
+    for want, have in zip(expected, got, strict=True):
+        assert set(have) == set(want)
+        for key, value in want.items():
+            assert math.isclose(have[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, have, want)
+    want = load_file(rm_whole / "final" / "model.safetensors")
+    have = load_file(rm_split / "final" / "model.safetensors")
+    assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5

@@ -4,8 +4,10 @@ unsplit model, for Llama (eager kernel) and Qwen2 (sdpa), and under the fsdp str
 (``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
 for each case the largest difference of log-probs and of gradients. Then the RL loop
 (``RLTrainer``) with the overrides of ``OUT/rl.json`` under fsdp with both ranks splitting
-every sequence; the test compares its run folder with a one-rank run's. Last the SFT loop
-(``run_sft``) with each list of overrides in ``OUT/sft.json``, split the same way."""
+every sequence; the test compares its run folder with a one-rank run's. Then the SFT loop
+(``run_sft``) with each list of overrides in ``OUT/sft.json``, split the same way, and last
+the reward-model loop (``lightrft rm``) with ``OUT/rm.json``. Sequence classifiers (Llama
+eager, Qwen2 sdpa) split over both ranks are compared with the unsplit ones too."""
 
 from __future__ import annotations
 
@@ -128,6 +130,46 @@ def packed_case(family: str, attention: str) -> dict[str, float]:
     }
 
 
+def tiny_classifier(family: str, attention: str) -> Any:
+    """The two-head sequence classifier of ``tiny_model``'s decoder, padding token 0."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny_model(family, attention).config
+    config.num_labels, config.pad_token_id = 2, 0
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attention)
+
+
+def classifier_case(family: str, attention: str) -> dict[str, float]:
+    """Scores of right-padded rows (last tokens at positions 10, 7 and 4: in either slice)
+    and the gradients of ``sum(weights * scores)`` summed over the group, against the
+    unsplit classifier."""
+    from lightrft_plugin_patches.split_scores import enable_split_scores
+
+    model = tiny_classifier(family, attention)
+    split = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(1, VOCAB, (ROWS, LENGTH), generator=g)
+    mask = (torch.arange(LENGTH) < torch.tensor([[11], [8], [5]])).long()
+    tokens = tokens * mask  # padding is token 0
+    weights = torch.randn(ROWS, 2, generator=g)
+    expected = model(input_ids=tokens, attention_mask=mask).logits  # [B, 2]
+    (weights * expected).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    enable_split_scores(split, dist.group.WORLD)
+    scores = split(input_ids=tokens, attention_mask=mask).logits
+    (weights * scores).sum().backward()
+    scores, expected = scores.detach(), expected.detach()
+    grads = {}
+    for name, param in split.named_parameters():
+        dist.all_reduce(param.grad)
+        grads[name] = param.grad
+    return {
+        "scores": float((scores - expected).abs().max()),
+        "gradients": largest(grads, expected_grads),
+    }
+
+
 def fsdp_case() -> dict[str, float]:
     """Under fsdp (parameters sharded over both ranks, gradients averaged over them) the
     loss carries ``world_size`` as ``LossScale`` does."""
@@ -196,6 +238,22 @@ def sft_run(overrides: list[str]) -> None:
     run_sft(load_config(None, [*overrides, *split], manager=pm), pm)
 
 
+def rm_run(overrides: list[str]) -> None:
+    """``lightrft rm``'s loop with both ranks splitting every row (data-parallel size 1:
+    were they not split, the loss scale of 2 would double the one-rank run's gradient)."""
+    import lightrft_plugin_fsdp.plugin
+    import lightrft_plugin_grpo.plugin
+    from lightrft_core.config import load_config
+    from lightrft_core.plugins import PluginManager
+    from lightrft_core.trainer.reward_model import run_reward_model_training
+
+    pm = PluginManager(autoload=False)
+    pm.register(lightrft_plugin_grpo.plugin, name="grpo")  # the config's default algorithm
+    pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
+    split = ["strategy.name=fsdp", "strategy.backend=gloo", "strategy.sequence_parallel_size=2"]
+    run_reward_model_training(load_config(None, [*overrides, *split], manager=pm), pm)
+
+
 def main(out: Path) -> None:
     dist.init_process_group("gloo")
     results = {
@@ -204,6 +262,8 @@ def main(out: Path) -> None:
     }
     for family, attention in (("llama", "eager"), ("qwen2", "sdpa")):
         results[f"packed-{family}-{attention}"] = packed_case(family, attention)
+    for family, attention in (("llama", "eager"), ("qwen2", "sdpa")):
+        results[f"classifier-{family}-{attention}"] = classifier_case(family, attention)
     results["fsdp"] = fsdp_case()
     split = rl_run(json.loads((out / "rl.json").read_text(encoding="utf-8")))
     if dist.get_rank() == 0:
@@ -211,6 +271,7 @@ def main(out: Path) -> None:
         (out / "rl_result.json").write_text(json.dumps(split), encoding="utf-8")
     for overrides in json.loads((out / "sft.json").read_text(encoding="utf-8")):
         sft_run(overrides)
+    rm_run(json.loads((out / "rm.json").read_text(encoding="utf-8")))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -18,7 +18,8 @@ With ``sequence_parallel_size`` P > 1 it also makes groups of P consecutive rank
 each sequence (Ulysses, ``lightrft-plugin-patches``): ``sequence_parallel_group``, the
 share of the rows a group takes, ``data_parallel_rank`` of ``data_parallel_size``, and the
 ``data_parallel_group`` of the ranks at the same place in every group; ``prepare`` makes a
-``language`` actor's forward split its sequences over the group.
+``language`` actor's forward split its sequences over the group, and so the forward of a
+sequence classifier it trains (``lightrft rm``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,29 @@ def split_sequences(actor: torch.nn.Module, group: Any) -> None:
             "(pip install lightrft-plugin-patches)"
         ) from err
     enable_sequence_parallel(actor, group)
+
+
+def is_sequence_classifier(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a transformers sequence classifier (``lightrft rm``'s model); ask
+    before sharding it (``fully_shard`` renames its class)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    return type(model).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+
+
+def split_scores(classifier: torch.nn.Module, group: Any) -> None:
+    """Make a trained sequence classifier's forward split every row over ``group``
+    (``lightrft_plugin_patches.split_scores``)."""
+    try:
+        from lightrft_plugin_patches.split_scores import enable_split_scores
+    except ImportError as err:
+        raise ImportError(
+            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
+            "(pip install lightrft-plugin-patches)"
+        ) from err
+    enable_split_scores(classifier, group)
 
 
 class FSDPStrategy(StrategyBase):
@@ -267,11 +291,12 @@ class FSDPStrategy(StrategyBase):
         model without optimizer (reference, reward) is prepared for inference: frozen, in
         eval mode, its root freed after every forward, optionally kept on the CPU. With
         ``sequence_parallel_size`` > 1 an ``Actor``'s forward splits its sequences
-        (``split_sequences``)."""
+        (``split_sequences``), and so does a trained sequence classifier's (``split_scores``)."""
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
         cfg = self.config
         training = optimizer is not None
+        trained_classifier = training and is_sequence_classifier(model)  # before fully_shard
         names = sharding.parameter_names(model, optimizer) if training else None
         full_state = None
         if cfg.meta_init and self.rank == 0:
@@ -315,6 +340,8 @@ class FSDPStrategy(StrategyBase):
         self._roots.append(model)
         if self.sequence_parallel_size > 1 and isinstance(model, Actor):
             split_sequences(model, self.sequence_parallel_group)
+        elif self.sequence_parallel_size > 1 and trained_classifier:
+            split_scores(model, self.sequence_parallel_group)
         if training:
             sharding.rebind_optimizer(optimizer, model, names)
         else:
