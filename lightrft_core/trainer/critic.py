@@ -35,7 +35,7 @@ from ..interfaces import (
     ValueLossInput,
 )
 from ..models.critic import CriticModel, ValueHead, hidden_size_of, trunk_options_of
-from .distributed import model_init_context
+from .distributed import data_ranks, model_init_context
 from .experience import RolloutBatch
 from .micro_batches import agree_over_ranks, plan_micro_batches
 
@@ -248,8 +248,9 @@ class LoopCritic:
         the rollout's old values against its returns, over every rank. Collective."""
         if rollout.values is None or rollout.returns is None:
             return {}
+        rows = data_ranks(self.strategy)  # a sequence-parallel group's rows counted once
         stats = explained_variance(
-            rollout.values, rollout.returns, rollout.action_mask, self.strategy.all_reduce
+            rollout.values, rollout.returns, rollout.action_mask, rows.all_reduce
         )
         return {f"critic/{key}": value for key, value in stats.items()}
 

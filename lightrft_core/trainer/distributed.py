@@ -133,21 +133,22 @@ def check_group_agrees(strategy: StrategyBase, values: Mapping[str, torch.Tensor
 def check_splittable(
     strategy: StrategyBase,
     *,
-    critic: bool,
+    shared_critic: bool,
     media: bool,
     engine: str | None = None,
 ) -> None:
-    """Refuse, with one line, what sequence parallelism does not take yet: a critic, media
-    inputs, and engines other than ``hf`` (whose rollouts are not shown identical over a
-    group; ``None``: a loop that generates nothing, ``lightrft sft``). Packed rows are split
-    like padded ones. Nothing when the strategy does not split sequences."""
+    """Refuse, with one line, what sequence parallelism does not take yet: a critic on the
+    actor's trunk (a separate critic's forward is split like the actor's), media inputs, and
+    engines other than ``hf`` (whose rollouts are not shown identical over a group;
+    ``None``: a loop that generates nothing, ``lightrft sft`` and ``rm``). Packed rows are
+    split like padded ones. Nothing when the strategy does not split sequences."""
     size = strategy.sequence_parallel_size
     if size == 1:
         return
     refused = [
         what
         for what, used in (
-            ("a critic (algorithm with values)", critic),
+            ("a shared critic (a value head on the actor's trunk)", shared_critic),
             ("media inputs", media),
             (f"engine {engine!r} (only 'hf')", engine not in (None, "hf")),
         )

@@ -132,7 +132,7 @@ def _train_reward_model(
             "not pack rows or cut micro-batches by tokens; unset trainer.packing and "
             "trainer.max_tokens_per_micro_batch"
         )
-    check_splittable(strategy, critic=False, media=with_media)
+    check_splittable(strategy, shared_critic=False, media=with_media)
     splitting = strategy.sequence_parallel_size > 1
     if splitting and packing is True:
         raise ValueError(

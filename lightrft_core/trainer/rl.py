@@ -136,7 +136,8 @@ class RLTrainer:
         )
         check_splittable(
             s,
-            critic=self.c.algorithm.needs_critic(),
+            shared_critic=self.c.algorithm.needs_critic()
+            and self.c.algorithm.critic_spec().layout == "shared",
             media=has_media([*self.data.sampler.dataset, *self.data.eval_items]),
             engine=cfg.engine.name,
         )

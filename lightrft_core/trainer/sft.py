@@ -99,7 +99,7 @@ def _train_sft(
     cfg.trainer.packing = resolve_packing(cfg.trainer.packing, built)  # 'auto' resolved
     check_splittable(
         strategy,
-        critic=False,
+        shared_critic=False,
         media=any(item.multimodal is not None for item in dataset),
     )
     actor, optimizer, scheduler, total = prepare_supervised(cfg, strategy, built, len(dataset))

@@ -85,22 +85,22 @@ class SplittingStrategy(LocalStrategy):
 
 
 def test_what_train_refuses_with_split_sequences() -> None:
-    check_splittable(SplittingStrategy(), critic=False, media=False, engine="hf")
-    check_splittable(LocalStrategy(), critic=True, media=True, engine="vllm")
+    check_splittable(SplittingStrategy(), shared_critic=False, media=False, engine="hf")
+    check_splittable(LocalStrategy(), shared_critic=True, media=True, engine="vllm")
     with pytest.raises(ValueError) as refused:
-        check_splittable(SplittingStrategy(), critic=True, media=True, engine="vllm")
+        check_splittable(SplittingStrategy(), shared_critic=True, media=True, engine="vllm")
     assert str(refused.value) == (
         "strategy.sequence_parallel_size is 2, but sequence parallelism does not take "
-        "a critic (algorithm with values), media inputs, engine 'vllm' "
+        "a shared critic (a value head on the actor's trunk), media inputs, engine 'vllm' "
         "(only 'hf') yet: set strategy.sequence_parallel_size: 1"
     )
 
 
 def test_a_loop_without_an_engine_is_not_refused_for_one() -> None:
     # lightrft sft passes no engine: only what its rows carry can be refused
-    check_splittable(SplittingStrategy(), critic=False, media=False)
+    check_splittable(SplittingStrategy(), shared_critic=False, media=False)
     with pytest.raises(ValueError) as refused:
-        check_splittable(SplittingStrategy(), critic=False, media=True)
+        check_splittable(SplittingStrategy(), shared_critic=False, media=True)
     assert str(refused.value) == (
         "strategy.sequence_parallel_size is 2, but sequence parallelism does not take "
         "media inputs yet: set strategy.sequence_parallel_size: 1"

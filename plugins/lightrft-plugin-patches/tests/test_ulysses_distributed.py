@@ -2,10 +2,11 @@
 log-probs and gradients equal the unsplit model's, for Llama (eager kernel) and Qwen2
 (sdpa), and under the fsdp strategy with ``sequence_parallel_size=2``; and two GRPO steps
 of the RL loop (``lightrft train``) with both ranks splitting every sequence equal the
-same run on one process with the ``local`` strategy, and so do two steps of the SFT loop
-(``lightrft sft``) and of the reward-model loop (``lightrft rm``); sequence classifiers'
-scores and gradients split over both ranks equal the unsplit ones. The checks run in
-``ulysses_worker.py``."""
+same run on one process with the ``local`` strategy, and so do two PPO steps (the critic's
+values split too) and two steps of the SFT loop (``lightrft sft``) and of the reward-model
+loop (``lightrft rm``); sequence classifiers' scores and critics' values (padded and packed
+rows), and their gradients, split over both ranks equal the unsplit ones. The checks run
+in ``ulysses_worker.py``."""
 
 from __future__ import annotations
 
@@ -105,6 +106,17 @@ def sft_overrides(root: Path, out: Path, packing: bool) -> list[str]:
     ]
 
 
+def ppo_overrides(root: Path, out: Path) -> list[str]:
+    """``rl_overrides`` with PPO: a separate critic (a random value head, so that values
+    and GAE advantages are not 0 from the first step) trained beside the policy."""
+    return [
+        *rl_overrides(root, out),
+        "algorithm.name=ppo",
+        "algorithm.value_head_init_std=0.1",
+        "trainer.critic_learning_rate=1e-2",
+    ]
+
+
 def rm_overrides(root: Path, out: Path) -> list[str]:
     """Two reward-model steps (4 pairs each, in 2 micro-batches; sides of different lengths:
     padding in every micro-batch) and a held-out score before and after, on the model of
@@ -135,9 +147,11 @@ def rm_overrides(root: Path, out: Path) -> list[str]:
 def whole_run(overrides: list[str]) -> None:
     """The same run on one process, every sequence whole (``local``)."""
     import lightrft_plugin_grpo.plugin
+    import lightrft_plugin_ppo.plugin
 
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    pm.register(lightrft_plugin_ppo.plugin, name="ppo")
     pm.register(LetterPlugin(), name="letter")
     RLTrainer(load_config(None, overrides, manager=pm), pm).train()
 
@@ -153,6 +167,8 @@ def step_metrics(run: Path) -> list[dict[str, float]]:
 def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     split, whole = tmp_path / "split", tmp_path / "whole"
     (tmp_path / "rl.json").write_text(json.dumps(rl_overrides(tmp_path, split)))
+    ppo_split, ppo_whole = tmp_path / "ppo_split", tmp_path / "ppo_whole"
+    (tmp_path / "ppo.json").write_text(json.dumps(ppo_overrides(tmp_path, ppo_split)))
     sft_runs = {
         packing: (tmp_path / f"sft_split_{packing}", tmp_path / f"sft_whole_{packing}")
         for packing in (False, True)
@@ -165,9 +181,11 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "result.json").read_text())
     packed = {"packed-llama-eager", "packed-qwen2-sdpa"}
     classifiers = {"classifier-llama-eager", "classifier-qwen2-sdpa"}
-    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp", *packed, *classifiers}
+    critics = {f"critic-{m}{p}" for m in ("llama-eager", "qwen2-sdpa") for p in ("", "-packed")}
+    assert set(results) == {"llama-eager", "qwen2-sdpa", "fsdp", *packed, *classifiers, *critics}
     for case, diffs in results.items():
-        assert diffs["scores" if case in classifiers else "log_probs"] < 1e-5, case
+        output = "scores" if case in classifiers else "values" if case in critics else "log_probs"
+        assert diffs[output] < 1e-5, case
         assert diffs["gradients"] < 1e-5, case
     for case in packed:  # packed rows split = padded rows whole; 5 + 3 + 2 + 2 + 0 scored
         assert results[case]["padded"] < 1e-5, case
@@ -198,6 +216,34 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     have = load_file(split / "final" / "model.safetensors")
     assert max(float((want[k] - initial[k]).abs().max()) for k in want) > 1e-3  # trained
     assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+    # PPO with its critic split over both ranks = the one-rank run
+    assert json.loads((tmp_path / "ppo_result.json").read_text()) == {
+        "actor": True,
+        "reference": True,
+        "critic": True,
+    }
+    whole_run(ppo_overrides(tmp_path, ppo_whole))
+    expected, got = step_metrics(ppo_whole), step_metrics(ppo_split)
+    assert [r["step"] for r in got] == [1, 2]
+    assert expected[0]["critic/value_loss"] != 0.0 and expected[1]["critic/grad_norm"] > 0
+    for want, have in zip(expected, got, strict=True):
+        assert set(have) == set(want)
+        for key, value in want.items():
+            assert math.isclose(have[key], value, rel_tol=1e-5, abs_tol=1e-6), (key, have, want)
+    for folder in ("final", "final_critic"):
+        want = {
+            f"{f.name}:{k}": v
+            for f in (ppo_whole / folder).glob("*.safetensors")
+            for k, v in load_file(f).items()
+        }
+        have = {
+            f"{f.name}:{k}": v
+            for f in (ppo_split / folder).glob("*.safetensors")
+            for k, v in load_file(f).items()
+        }
+        assert want and set(have) == set(want), folder
+        assert max(float((have[k] - want[k]).abs().max()) for k in want) < 1e-5, folder
 
     # the SFT loop split over both ranks = the one-rank run, padded and packed
     pm = PluginManager(autoload=False)

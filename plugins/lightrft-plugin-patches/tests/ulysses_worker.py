@@ -4,7 +4,8 @@ unsplit model, for Llama (eager kernel) and Qwen2 (sdpa), and under the fsdp str
 (``sequence_parallel_size=2``: data-parallel size 1). Rank 0 writes ``OUT/result.json``:
 for each case the largest difference of log-probs and of gradients. Then the RL loop
 (``RLTrainer``) with the overrides of ``OUT/rl.json`` under fsdp with both ranks splitting
-every sequence; the test compares its run folder with a one-rank run's. Then the SFT loop
+every sequence, then PPO with ``OUT/ppo.json`` (its critic split too); the test compares
+their run folders with one-rank runs'. Then the SFT loop
 (``run_sft``) with each list of overrides in ``OUT/sft.json``, split the same way, and last
 the reward-model loop (``lightrft rm``) with ``OUT/rm.json``. Sequence classifiers (Llama
 eager, Qwen2 sdpa) split over both ranks are compared with the unsplit ones too."""
@@ -170,6 +171,44 @@ def classifier_case(family: str, attention: str) -> dict[str, float]:
     }
 
 
+def critic_case(family: str, attention: str, packed: bool) -> dict[str, float]:
+    """A critic on ``tiny_model``'s trunk: values of ``batch()``'s rows (left- and
+    right-padded), or of the same sequences packed (``packed_model_inputs``: one row for
+    sdpa, a block-diagonal mask for eager), and the gradients of ``sum(weights * values)``
+    summed over the group, against the unsplit critic."""
+    from lightrft_core.actors.packing import pack_padded_rows, packed_model_inputs
+    from lightrft_core.models.critic import CriticModel, ValueHead
+    from lightrft_plugin_patches.split_values import enable_split_values
+
+    torch.manual_seed(0)
+    model = CriticModel(tiny_model(family, attention).model, ValueHead(32, init_std=0.1))
+    split = copy.deepcopy(model)
+    sequences, mask, _ = batch()
+    trunk_inputs = None
+    if packed:
+        rows = pack_padded_rows(sequences, mask, one_row=attention == "sdpa")
+        sequences, mask = rows.sequences, rows.attention_mask
+
+        def trunk_inputs(trunk: Any) -> dict[str, Any]:
+            return packed_model_inputs(attention, rows, trunk.dtype)
+
+    weights = torch.randn(sequences.shape[0], sequences.shape[1] - 1)
+    expected = model(sequences, mask, trunk_inputs=trunk_inputs)
+    (weights * expected).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    enable_split_values(split, dist.group.WORLD)
+    values = split(sequences, mask, trunk_inputs=trunk_inputs)
+    (weights * values).sum().backward()
+    grads = {}
+    for name, param in split.named_parameters():
+        dist.all_reduce(param.grad)
+        grads[name] = param.grad
+    return {
+        "values": float((values - expected).detach().abs().max()),
+        "gradients": largest(grads, expected_grads),
+    }
+
+
 def fsdp_case() -> dict[str, float]:
     """Under fsdp (parameters sharded over both ranks, gradients averaged over them) the
     loss carries ``world_size`` as ``LossScale`` does."""
@@ -197,28 +236,36 @@ def fsdp_case() -> dict[str, float]:
 
 
 def rl_run(overrides: list[str]) -> dict[str, bool]:
-    """``lightrft train``'s loop (GRPO, the letter reward) with both ranks splitting every
-    sequence: data-parallel size 1. Returns whether the actor and the reference forwards
-    were the split one."""
+    """``lightrft train``'s loop (GRPO or PPO, the letter reward) with both ranks splitting
+    every sequence: data-parallel size 1. Returns whether the actor, the reference and the
+    critic forwards (those the run has) were the split ones."""
     import lightrft_plugin_fsdp.plugin
     import lightrft_plugin_grpo.plugin
+    import lightrft_plugin_ppo.plugin
     from lightrft_core.config import load_config
     from lightrft_core.plugins import PluginManager
     from lightrft_core.testing.training import LetterPlugin
     from lightrft_core.trainer.rl import RLTrainer
+    from lightrft_plugin_patches.split_values import sequence_parallel_values
 
     pm = PluginManager(autoload=False)
     pm.register(lightrft_plugin_grpo.plugin, name="grpo")
+    pm.register(lightrft_plugin_ppo.plugin, name="ppo")
     pm.register(lightrft_plugin_fsdp.plugin, name="fsdp")
     pm.register(LetterPlugin(), name="letter")
     split = ["strategy.name=fsdp", "strategy.backend=gloo", "strategy.sequence_parallel_size=2"]
     trainer = RLTrainer(load_config(None, [*overrides, *split], manager=pm), pm)
     trainer.train()
 
-    def splits(model: Any) -> bool:
-        return vars(model)["forward"].func is sequence_parallel_forward
+    def splits(model: Any, forward: Any = sequence_parallel_forward) -> bool:
+        return vars(model)["forward"].func is forward
 
-    return {"actor": splits(trainer.actor), "reference": splits(trainer.reference)}
+    split = {"actor": splits(trainer.actor)}
+    if trainer.reference is not None:
+        split["reference"] = splits(trainer.reference)
+    if trainer.critic is not None:
+        split["critic"] = splits(trainer.critic.trained, sequence_parallel_values)
+    return split
 
 
 def sft_run(overrides: list[str]) -> None:
@@ -264,11 +311,16 @@ def main(out: Path) -> None:
         results[f"packed-{family}-{attention}"] = packed_case(family, attention)
     for family, attention in (("llama", "eager"), ("qwen2", "sdpa")):
         results[f"classifier-{family}-{attention}"] = classifier_case(family, attention)
+        for packed in (False, True):
+            name = f"critic-{family}-{attention}" + ("-packed" if packed else "")
+            results[name] = critic_case(family, attention, packed)
     results["fsdp"] = fsdp_case()
     split = rl_run(json.loads((out / "rl.json").read_text(encoding="utf-8")))
+    ppo_split = rl_run(json.loads((out / "ppo.json").read_text(encoding="utf-8")))
     if dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         (out / "rl_result.json").write_text(json.dumps(split), encoding="utf-8")
+        (out / "ppo_result.json").write_text(json.dumps(ppo_split), encoding="utf-8")
     for overrides in json.loads((out / "sft.json").read_text(encoding="utf-8")):
         sft_run(overrides)
     rm_run(json.loads((out / "rm.json").read_text(encoding="utf-8")))

@@ -19,7 +19,7 @@ each sequence (Ulysses, ``lightrft-plugin-patches``): ``sequence_parallel_group`
 share of the rows a group takes, ``data_parallel_rank`` of ``data_parallel_size``, and the
 ``data_parallel_group`` of the ranks at the same place in every group; ``prepare`` makes a
 ``language`` actor's forward split its sequences over the group, and so the forward of a
-sequence classifier it trains (``lightrft rm``).
+critic or a sequence classifier it trains (``lightrft rm``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 from lightrft_core import distributed
 from lightrft_core.interfaces import Actor, StrategyBase
 from lightrft_core.interfaces.strategy import ReduceOp
+from lightrft_core.models.critic import CriticModel
 
 from . import checkpointing, sharding
 
@@ -86,6 +87,19 @@ def is_sequence_classifier(model: torch.nn.Module) -> bool:
     )
 
     return type(model).__name__ in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()
+
+
+def split_values(critic: CriticModel, group: Any) -> None:
+    """Make a trained critic's forward split every row over ``group``
+    (``lightrft_plugin_patches.split_values``)."""
+    try:
+        from lightrft_plugin_patches.split_values import enable_split_values
+    except ImportError as err:
+        raise ImportError(
+            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
+            "(pip install lightrft-plugin-patches)"
+        ) from err
+    enable_split_values(critic, group)
 
 
 def split_scores(classifier: torch.nn.Module, group: Any) -> None:
@@ -291,7 +305,8 @@ class FSDPStrategy(StrategyBase):
         model without optimizer (reference, reward) is prepared for inference: frozen, in
         eval mode, its root freed after every forward, optionally kept on the CPU. With
         ``sequence_parallel_size`` > 1 an ``Actor``'s forward splits its sequences
-        (``split_sequences``), and so does a trained sequence classifier's (``split_scores``)."""
+        (``split_sequences``), and so does a trained critic's (``split_values``) and sequence
+        classifier's (``split_scores``)."""
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
 
         cfg = self.config
@@ -340,6 +355,8 @@ class FSDPStrategy(StrategyBase):
         self._roots.append(model)
         if self.sequence_parallel_size > 1 and isinstance(model, Actor):
             split_sequences(model, self.sequence_parallel_group)
+        elif self.sequence_parallel_size > 1 and training and isinstance(model, CriticModel):
+            split_values(model, self.sequence_parallel_group)
         elif self.sequence_parallel_size > 1 and trained_classifier:
             split_scores(model, self.sequence_parallel_group)
         if training:
