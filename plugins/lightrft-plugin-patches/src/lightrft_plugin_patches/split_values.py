@@ -38,7 +38,7 @@ def enable_split_values(critic: CriticModel, group: Any) -> None:
     (``sequence_parallel_values``), inside the critic's own call (a strategy's hooks run as
     before). Applies the ``ulysses_attention`` patch to its trunk's model family."""
     UlyssesAttention(UlyssesAttention.Config(models=[family_of(critic.trunk)])).apply()
-    critic.forward = functools.partial(sequence_parallel_values, critic, group=group)
+    vars(critic)["forward"] = functools.partial(sequence_parallel_values, critic, group=group)
 
 
 def sequence_parallel_values(
