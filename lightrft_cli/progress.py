@@ -10,6 +10,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -32,7 +33,7 @@ def progress_bars(console: Console, enabled: bool = True) -> Iterator[ProgressFa
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def factory(label: str) -> Callable[[int, int], None]:
             def update(step: int, total: int) -> None:

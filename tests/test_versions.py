@@ -59,6 +59,17 @@ def test_every_plugin_follows_the_package_layout() -> None:
         assert entry_points == {name: f"lightrft_plugin_{name.replace('-', '_')}.plugin"}
 
 
+def test_mypy_checks_every_package_we_ship() -> None:
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    sources = [f"plugins/{plugin.name}/src" for plugin in PLUGIN_DIRS]
+    packages = [
+        f"{src}/lightrft_plugin_{plugin.name.removeprefix('lightrft-plugin-').replace('-', '_')}"
+        for src, plugin in zip(sources, PLUGIN_DIRS, strict=True)
+    ]
+    assert mypy["files"] == ["lightrft_core", "lightrft_cli", *packages]
+    assert mypy["mypy_path"] == sources
+
+
 def test_core_requirement_rule() -> None:
     assert core_requirement("0.1.3") == "lightrft-core>=0.1.0,<0.2"
     assert core_requirement("1.4.0") == "lightrft-core>=1.4.0,<2"

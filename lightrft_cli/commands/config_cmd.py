@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lightrft_core.config import COMPONENT_SECTIONS, dump_config, load_config_with_warnings
 from lightrft_core.config.describe import (
+    FieldDoc,
     core_sections,
     dataclass_fields,
     schema_markdown,
@@ -97,7 +98,7 @@ def schema(
             console.print(_table(f"{sec}.name: {comp} -- options", fields))
 
 
-def _table(title: str, fields) -> Table:  # type: ignore[no-untyped-def]
+def _table(title: str, fields: list[FieldDoc]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("key", "type", "default", "help"):
         table.add_column(column, overflow="fold")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,6 +22,9 @@ from .packing import packed_causal_mask
 from .pretrained import PretrainedActor
 from .varlen_attention import check_segments_read, packed_text_inputs
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 logger = logging.getLogger("lightrft.actor")
 
 
@@ -29,7 +32,8 @@ def find_lora_target_modules(model: torch.nn.Module) -> list[str]:
     """Short names of every linear layer of ``model`` except its output head (sorted)."""
     from transformers.pytorch_utils import Conv1D
 
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hf_model = cast("PreTrainedModel", model)
+    head = hf_model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     head_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is head}
     names = {
         name.rsplit(".", 1)[-1]
@@ -41,8 +45,9 @@ def find_lora_target_modules(model: torch.nn.Module) -> list[str]:
 
 def output_logits_fn(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """The output head plus the logit post-processing some architectures apply."""
-    head = model.get_output_embeddings()
-    config = model.config.get_text_config()
+    hf_model = cast("PreTrainedModel", model)
+    head = hf_model.get_output_embeddings()
+    config = hf_model.config.get_text_config()
     softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
     divide = getattr(config, "logits_scaling", None)  # Granite
     multiply = getattr(config, "logit_scale", None)  # Cohere

@@ -34,6 +34,7 @@ from ..interfaces import (
     AdvantageOutput,
     Algorithm,
     AlgorithmContext,
+    Component,
     PolicyLoss,
     PolicyLossInput,
     PolicyLossOutput,
@@ -74,7 +75,7 @@ def _field_names(config_cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_cls)}
 
 
-def _check_kl_owner(values: Any, estimator: type, loss: type) -> None:
+def _check_kl_owner(values: Any, estimator: type[Component], loss: type[Component]) -> None:
     """A KL term that is on must have a part that applies it."""
     names = _field_names(type(values))
     if "kl_coef" not in names or "kl_mode" not in names or values.kl_coef <= 0.0:

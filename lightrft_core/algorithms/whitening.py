@@ -20,7 +20,8 @@ The statistics are computed in float64 and the result is cast back to the input 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -33,7 +34,8 @@ class AllReduce(Protocol):
     def __call__(self, value: torch.Tensor, op: ReduceOp = ...) -> torch.Tensor: ...
 
 
-class WhitenedValues(NamedTuple):
+@dataclass(frozen=True)
+class WhitenedValues:
     """``values``: ``[B, T]`` whitened (0 outside the mask). ``mean``/``std``: the global
     statistics used (Python floats, for metrics). ``count``: global number of valid
     entries."""

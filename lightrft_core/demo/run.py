@@ -105,7 +105,7 @@ class DemoResult:
     accuracy_before: float
     accuracy_after: float
     rl_dir: Path
-    final_model: Path
+    final_model: Path | None
     curves: Path
     history: list[dict[str, Any]]
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -55,6 +55,9 @@ from ..interfaces import (
 )
 from .kv_cache import preallocated_cache
 from .sampling import exponential_noise, sample_next
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
 
 #: Token type of each modality in ``mm_token_type_ids`` (transformers' convention), by the
 #: config attribute naming that modality's placeholder id.
@@ -183,7 +186,8 @@ def prefill_inputs(
     if token_types is not None:
         kwargs["mm_token_type_ids"] = token_types
     # the model's own positions (e.g. 3-D rotary ones and their per-row offsets)
-    positions = model._prepare_position_ids_for_generation(input_ids, kwargs)
+    generative = cast("GenerationMixin", model)
+    positions = generative._prepare_position_ids_for_generation(input_ids, kwargs)
     return PrefillInputs(positions, tensors)
 
 
@@ -304,7 +308,9 @@ class HFEngine(InferenceEngine):
         multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
         model = self._require_model()
-        vocab = model.get_input_embeddings().num_embeddings
+        # transformers types the input embeddings as any Module
+        embeddings = cast(torch.nn.Embedding, cast("PreTrainedModel", model).get_input_embeddings())
+        vocab = embeddings.num_embeddings
         for index, prompt in enumerate(prompt_token_ids):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {index} is empty; every prompt needs >= 1 token")
@@ -359,7 +365,7 @@ class HFEngine(InferenceEngine):
         prefill = prefill_inputs(model, input_ids, mask[:, :width], media)
         # a text prompt's samples share its prefill (media: each row its own)
         # (a model without an output-embeddings module: each row its own prefill too)
-        head = model.get_output_embeddings()
+        head = cast("PreTrainedModel", model).get_output_embeddings()
         runs = (
             None
             if prefill.media or head is None
@@ -379,8 +385,10 @@ class HFEngine(InferenceEngine):
         done = torch.zeros(batch, dtype=torch.bool, device=device)  # [b] row has stopped
         cache = preallocated_cache(model.config, width + steps)
         # logits of the last position only (as ``model.generate`` asks): a prefill's
-        # [B, P, V] would not fit for large vocabularies
-        last_only = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
+        # [B, P, V] would not fit for large vocabularies (GenerationMixin's method, typed for
+        # transformers' private host protocol)
+        supports_keep = cast(Any, model)._supports_logits_to_keep()
+        last_only = {"logits_to_keep": 1} if supports_keep else {}
         forward, decode_forward = model, self._decode_forward(model)
         step_ids, step_pos = input_ids, prefill.positions  # [B, P], [B, P] or [K, B, P]
         last_pos = prefill.positions[..., -1:]  # [b, 1] or [K, b, 1]

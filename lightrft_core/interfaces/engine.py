@@ -71,8 +71,9 @@ class InferenceEngine(Component):
     """Rollout generator (``hf``, ``vllm``, ``sglang`` ...)."""
 
     kind: ClassVar[str] = "engine"
-    #: Whether ``sleep``/``wake_up`` really release and restore memory.
-    supports_sleep: ClassVar[bool] = False
+    #: Whether ``sleep``/``wake_up`` really release and restore memory (an engine may set it
+    #: per instance, from its options or the platform).
+    supports_sleep: bool = False
     #: Whether ``generate`` accepts prompts with media (``multimodal=``).
     supports_multimodal: ClassVar[bool] = False
 

@@ -19,7 +19,7 @@ from .multimodal import MultiModalInputs
 from .strategy import StrategyBase
 
 
-@dataclass
+@dataclass(init=False)
 class RewardInput:
     """One batch to score; all lists have the same length ``B``.
 
@@ -27,24 +27,32 @@ class RewardInput:
     (``None`` when the dataset has none); ``metadata`` any other per-sample fields;
     ``multimodal`` each prompt's media (``None`` for a text-only prompt; its ``images`` are
     what a reward that reads images sees, the prompt holding one placeholder per image).
+    ``labels``, ``metadata`` and ``multimodal`` left out are filled with ``None``, ``{}``
+    and ``None`` per sample.
     """
 
     prompts: Sequence[str]
     responses: Sequence[str]
-    labels: Sequence[Any] | None = None
-    metadata: Sequence[dict[str, Any]] | None = None
-    multimodal: Sequence[MultiModalInputs | None] | None = None
+    labels: Sequence[Any]
+    metadata: Sequence[dict[str, Any]]
+    multimodal: Sequence[MultiModalInputs | None]
 
-    def __post_init__(self) -> None:
-        n = len(self.prompts)
-        if len(self.responses) != n:
-            raise ValueError(f"{len(self.responses)} responses for {n} prompts")
-        if self.labels is None:
-            self.labels = [None] * n
-        if self.metadata is None:
-            self.metadata = [{} for _ in range(n)]
-        if self.multimodal is None:
-            self.multimodal = [None] * n
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        labels: Sequence[Any] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
+    ) -> None:
+        n = len(prompts)
+        if len(responses) != n:
+            raise ValueError(f"{len(responses)} responses for {n} prompts")
+        self.prompts = prompts
+        self.responses = responses
+        self.labels = [None] * n if labels is None else labels
+        self.metadata = [{} for _ in range(n)] if metadata is None else metadata
+        self.multimodal = [None] * n if multimodal is None else multimodal
         if len(self.labels) != n or len(self.metadata) != n or len(self.multimodal) != n:
             raise ValueError("labels, metadata and multimodal must have one entry per prompt")
 

@@ -73,12 +73,14 @@ class CombinedReward(RewardModel):
             key = entry["name"] if names.count(entry["name"]) == 1 else f"{entry['name']}_{index}"
             self.parts.append((key, float(entry.get("weight", 1.0)), part))
 
-    @property  # type: ignore[override]
-    def requires_label(self) -> bool:  # a part that compares with the label needs one
+    # a property in place of the base's class flag: a part that compares with the label needs one
+    @property
+    def requires_label(self) -> bool:  # type: ignore[override]
         return any(part.requires_label for _, _, part in self.parts)
 
-    @property  # type: ignore[override]
-    def accepts_image_prompts(self) -> bool:  # every part must see the images it scores
+    # a property in place of the base's class flag: every part must see the images it scores
+    @property
+    def accepts_image_prompts(self) -> bool:  # type: ignore[override]
         return all(part.accepts_image_prompts for _, _, part in self.parts)
 
     def place(self, strategy: StrategyBase) -> None:  # each part places its own model

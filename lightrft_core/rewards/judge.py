@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -40,7 +39,6 @@ from ..engines.hf import inference_mode, load_generative_model, prefill_inputs
 from ..interfaces import (
     Actor,
     InferenceEngine,
-    MultiModalInputs,
     RewardInput,
     RewardModel,
     RewardOutput,
@@ -396,7 +394,7 @@ class JudgeReward(RewardModel):
         key = self.config.question_key
         if key is None:
             return batch.prompts[index]
-        metadata = batch.metadata[index]  # type: ignore[index]
+        metadata = batch.metadata[index]
         if key not in metadata:
             raise ValueError(f"the row has no field {key!r} (reward.question_key)")
         return str(metadata[key])
@@ -405,15 +403,14 @@ class JudgeReward(RewardModel):
         self, batch: RewardInput
     ) -> tuple[list[str], list[list[Any]], list[list[int]]]:
         """The filled templates, the images each one shows, and each sample's prompts."""
-        multimodal: Sequence[MultiModalInputs | None] = batch.multimodal  # type: ignore[assignment]
-        images = [[] if m is None else list(m.images) for m in multimodal]
+        images = [[] if m is None else list(m.images) for m in batch.multimodal]
         texts: list[str] = []
         media: list[list[Any]] = []
         of_sample: list[list[int]] = [[] for _ in range(len(batch))]
 
         def add(index: int, values: dict[str, str], samples: tuple[int, ...]) -> None:
             values["question"] = self._question(batch, index)
-            values["reference"] = reference_text(batch.labels[index])  # type: ignore[index]
+            values["reference"] = reference_text(batch.labels[index])
             for sample in samples:
                 of_sample[sample].append(len(texts))
             texts.append(fill_template(self.template, values))

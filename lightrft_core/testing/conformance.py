@@ -161,8 +161,15 @@ class AlgorithmConformance(_ComponentChecks):
         )
         return out.advantages
 
-    def _loss(  # type: ignore[no-untyped-def]
-        self, algo, x, adv, log_probs, rows, scale, entropy=None
+    def _loss(
+        self,
+        algo: Algorithm,
+        x: dict[str, torch.Tensor],
+        adv: torch.Tensor,
+        log_probs: torch.Tensor,
+        rows: slice,
+        scale: LossScale,
+        entropy: torch.Tensor | None = None,
     ) -> PolicyLossOutput:
         return algo.policy_loss(
             PolicyLossInput(
@@ -250,7 +257,9 @@ class AlgorithmConformance(_ComponentChecks):
         n = x["mask"].shape[0]
         tokens = int(x["mask"].sum())
 
-        def theta_grad(algo: Algorithm, row_slices: list[slice], scale: LossScale):  # type: ignore[no-untyped-def]
+        def theta_grad(
+            algo: Algorithm, row_slices: list[slice], scale: LossScale
+        ) -> tuple[torch.Tensor, float]:
             theta = torch.zeros(self.seq_len, requires_grad=True)
             log_probs = x["new"] + theta * x["features"]
             entropy = x["entropy"] + theta * x["features"]
@@ -310,8 +319,8 @@ class StrategyConformance(_ComponentChecks):
     def test_training_steps_reduce_the_loss(self) -> None:
         s = self.make_strategy()
         model, x, y = self._problem()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        model, opt, _ = s.prepare(model, opt)
+        model, opt, _ = s.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        assert opt is not None
         losses = []
         for _ in range(20):
             for rows in (slice(0, 8), slice(8, 16)):  # two micro-batches
@@ -325,14 +334,17 @@ class StrategyConformance(_ComponentChecks):
     def test_clipping_bounds_the_update(self) -> None:
         s = self.make_strategy()
         model, x, y = self._problem()
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        model, opt, _ = s.prepare(model, opt)
+        model, opt, _ = s.prepare(model, torch.optim.SGD(model.parameters(), lr=1.0))
+        assert opt is not None
         before = [p.detach().clone() for p in s.unwrap(model).parameters()]
         s.backward(((model(x) - 100 * y) ** 2).mean(), model)
         norm = s.optimizer_step(model, opt, max_grad_norm=0.01)
         after = list(s.unwrap(model).parameters())
         step = torch.sqrt(
-            sum(((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True))
+            sum(
+                (((a.detach() - b) ** 2).sum() for a, b in zip(after, before, strict=True)),
+                torch.tensor(0.0),
+            )
         )
         assert norm > 0.01
         assert float(step) <= 0.01 + 1e-5
@@ -345,15 +357,15 @@ class StrategyConformance(_ComponentChecks):
     def test_checkpoint_round_trip(self, tmp_path: Any) -> None:
         s = self.make_strategy()
         model, x, y = self._problem()
-        opt = torch.optim.Adam(model.parameters(), lr=0.1)
-        model, opt, _ = s.prepare(model, opt)
+        model, opt, _ = s.prepare(model, torch.optim.Adam(model.parameters(), lr=0.1))
+        assert opt is not None
         s.backward(((model(x) - y) ** 2).mean(), model)
         s.optimizer_step(model, opt)
         s.save_checkpoint(tmp_path / "ckpt", model=model, optimizer=opt, client_state={"step": 7})
         saved = {k: v.clone() for k, v in s.unwrap(model).state_dict().items()}
         fresh, _, _ = self._problem()
-        fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
-        fresh, fresh_opt, _ = s.prepare(fresh, fresh_opt)
+        fresh, fresh_opt, _ = s.prepare(fresh, torch.optim.Adam(fresh.parameters(), lr=0.1))
+        assert fresh_opt is not None
         state = s.load_checkpoint(tmp_path / "ckpt", model=fresh, optimizer=fresh_opt)
         assert state["step"] == 7
         for k, v in s.unwrap(fresh).state_dict().items():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -17,6 +17,7 @@ from ..interfaces import (
     ActorOutput,
     GenerationOutput,
     InferenceEngine,
+    MultiModalInputs,
     RewardInput,
     RewardModel,
     RewardOutput,
@@ -24,6 +25,9 @@ from ..interfaces import (
     StrategyBase,
 )
 from ..interfaces.strategy import ReduceOp
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 class FakeStrategy(StrategyBase):
@@ -60,7 +64,12 @@ class FakeStrategy(StrategyBase):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def prepare(self, model, optimizer=None, scheduler=None):  # type: ignore[no-untyped-def]
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, Any]:
         self.calls.append("prepare")
         return model, optimizer, scheduler
 
@@ -68,7 +77,14 @@ class FakeStrategy(StrategyBase):
         self.calls.append("backward")
         loss.backward()
 
-    def optimizer_step(self, model, optimizer, scheduler=None, *, max_grad_norm=None) -> float:  # type: ignore[no-untyped-def]
+    def optimizer_step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        max_grad_norm: float | None = None,
+    ) -> float:
         self.calls.append("optimizer_step")
         params = [p for p in model.parameters() if p.grad is not None]
         clip = max_grad_norm if max_grad_norm and max_grad_norm > 0 else float("inf")
@@ -91,8 +107,14 @@ class FakeStrategy(StrategyBase):
         self.calls.append("barrier")
 
     def save_checkpoint(
-        self, path, *, model, optimizer=None, scheduler=None, client_state=None
-    ) -> None:  # type: ignore[no-untyped-def]
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        client_state: Mapping[str, Any] | None = None,
+    ) -> None:
         self.calls.append("save_checkpoint")
         state = {
             "model": model.state_dict(),
@@ -104,7 +126,14 @@ class FakeStrategy(StrategyBase):
         with atomic_directory(path) as tmp:
             torch.save(state, tmp / "state.pt")
 
-    def load_checkpoint(self, path, *, model, optimizer=None, scheduler=None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    def load_checkpoint(
+        self,
+        path: str | Path,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> dict[str, Any]:
         self.calls.append("load_checkpoint")
         file = Path(path) / "state.pt"
         if not file.is_file():
@@ -119,11 +148,11 @@ class FakeStrategy(StrategyBase):
         random.setstate(state["rng"]["python"])
         return state["client_state"]
 
-    def export_hf(self, model, path, tokenizer=None) -> None:  # type: ignore[no-untyped-def]
+    def export_hf(self, model: torch.nn.Module, path: str | Path, tokenizer: Any = None) -> None:
         self.calls.append("export_hf")
         with atomic_directory(path) as tmp:
             if hasattr(model, "save_pretrained"):
-                model.save_pretrained(tmp)
+                cast("PreTrainedModel", model).save_pretrained(tmp)
             else:
                 torch.save(model.state_dict(), tmp / "model.pt")
             if tokenizer is not None:
@@ -150,8 +179,14 @@ class FakeEngine(InferenceEngine):
         self.weight_updates: list[str] = []
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
+        if multimodal is not None and any(m is not None for m in multimodal):
+            raise ValueError("the fake engine takes text prompts only (supports_multimodal)")
         outputs = []
         for index, _ in enumerate(prompt_token_ids):
             for _ in range(params.n):

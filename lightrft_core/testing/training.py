@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .. import hookimpl
-from ..interfaces import RewardModel, RewardOutput
+from ..interfaces import RewardInput, RewardModel, RewardOutput
 
 
 class ThreadGroup:
@@ -76,7 +76,7 @@ class LetterReward(RewardModel):
     class Config:
         letter: str = field(default="a", metadata={"help": "The rewarded character."})
 
-    def score(self, batch):  # type: ignore[no-untyped-def]
+    def score(self, batch: RewardInput) -> RewardOutput:
         values = [r.count(self.config.letter) / max(1, len(r)) for r in batch.responses]
         rewards = torch.tensor(values, dtype=torch.float32)
         return RewardOutput(rewards=rewards, sub_scores={"accuracy": (rewards > 0.5).float()})
@@ -98,9 +98,9 @@ def write_letter_prompts(path: Path, count: int = 32) -> Path:
 
 
 #: The tiny Qwen2's shape with ``tiny_model_dir``: the ``5m`` size cut to 2 layers.
-TINY_MODEL_SHAPE: dict[str, int] = {"num_hidden_layers": 2}
+TINY_MODEL_SHAPE: dict[str, Any] = {"num_hidden_layers": 2}
 #: ``fast_tiny_model_dir``: one layer, hidden 64 (a learning test in seconds on 2 CPU cores).
-FAST_TINY_MODEL_SHAPE: dict[str, int] = {
+FAST_TINY_MODEL_SHAPE: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 1,

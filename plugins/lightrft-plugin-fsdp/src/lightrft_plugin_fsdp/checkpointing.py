@@ -16,7 +16,7 @@ import json
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -25,6 +25,10 @@ from lightrft_core.checkpoint import damaged, does_not_fit, recover_directory
 from lightrft_core.distributed import atomic_directory_of_all_ranks
 from lightrft_core.export import write_hf_folder
 from lightrft_core.rng import load_rank_states, rank_states_file, save_rank_states
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 DCP_DIR = "dcp"
 STATE_FILE = "training_state.pt"
@@ -149,7 +153,8 @@ def full_state_dict(root: torch.nn.Module, prefix: str) -> dict[str, torch.Tenso
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(root, options=options)
+    # a module's state dict holds tensors only (torch types its values as any state value)
+    state = cast(dict[str, torch.Tensor], get_model_state_dict(root, options=options))
     start = f"{prefix}." if prefix else ""
     return {k[len(start) :]: v for k, v in state.items() if k.startswith(start)}
 
@@ -158,8 +163,8 @@ def plain_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.
     """A plain (unsharded, CPU) transformers model with ``model``'s class and config holding
     ``state``; a peft model is rebuilt with its adapters and merged. Rank 0 only."""
     peft_config = getattr(model, "peft_config", None)
-    base = model.get_base_model() if peft_config else model
-    base_cls = _original_class(base)
+    base = cast("PeftModel", model).get_base_model() if peft_config else model
+    base_cls = cast("type[PreTrainedModel]", _original_class(base))
     with torch.device("meta"):
         copy = base_cls._from_config(base.config, dtype=base.dtype)
     if peft_config:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _transformers_models(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -30,7 +33,7 @@ def layer_class_names(model: torch.nn.Module, configured: list[str] | None) -> s
         return set(configured)
     names: set[str] = set()
     for module in _transformers_models(model):
-        names.update(module._no_split_modules)
+        names.update(cast("PreTrainedModel", module)._no_split_modules or ())
     return names
 
 
@@ -189,7 +192,11 @@ def materialize_from_rank_0(
     ``full_state`` into every rank: parameters by a broadcast into their shards, buffers
     (non-persistent ones included, e.g. rotary frequencies) by a plain broadcast."""
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        ValueType,
+        set_model_state_dict,
+    )
 
     rank = dist.get_rank()
     if rank != 0:
@@ -198,7 +205,7 @@ def materialize_from_rank_0(
             for name, buffer in list(module._buffers.items()):
                 if buffer is not None and buffer.device != device:
                     module._buffers[name] = buffer.to(device)
-    weights = {}
+    weights: dict[str, ValueType] = {}
     if rank == 0:
         keys = model.state_dict().keys()
         weights = {k: v for k, v in (full_state or {}).items() if k in keys}

@@ -312,7 +312,7 @@ class FSDPStrategy(StrategyBase):
         cfg = self.config
         training = optimizer is not None
         trained_classifier = training and is_sequence_classifier(model)  # before fully_shard
-        names = sharding.parameter_names(model, optimizer) if training else None
+        names = sharding.parameter_names(model, optimizer) if optimizer is not None else None
         full_state = None
         if cfg.meta_init and self.rank == 0:
             full_state = sharding.full_state_of(model)
@@ -359,7 +359,7 @@ class FSDPStrategy(StrategyBase):
             split_values(model, self.sequence_parallel_group)
         elif self.sequence_parallel_size > 1 and trained_classifier:
             split_scores(model, self.sequence_parallel_group)
-        if training:
+        if optimizer is not None and names is not None:  # training
             sharding.rebind_optimizer(optimizer, model, names)
         else:
             model.eval()

@@ -113,7 +113,7 @@ def enable_sequence_parallel(actor: ActorLanguage, group: Any) -> None:
     a strategy's hooks on the actor (fsdp's gathering and gradient reduction) run as before.
     Applies the ``ulysses_attention`` patch to the actor's model family."""
     UlyssesAttention(UlyssesAttention.Config(models=[family_of(actor.base_model)])).apply()
-    actor.forward = functools.partial(sequence_parallel_forward, actor, group=group)
+    vars(actor)["forward"] = functools.partial(sequence_parallel_forward, actor, group=group)
 
 
 def disable_sequence_parallel(actor: ActorLanguage) -> None:

@@ -17,7 +17,7 @@ the group they are the unsplit classifier's (as for the log-probs, ``sequence_pa
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -27,12 +27,16 @@ from .collectives import gather_sequence
 from .sequence_parallel import whole_sequence_mask
 from .ulysses import CONTEXT_KWARG, UlyssesAttention, UlyssesContext, family_of, is_patched
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 def enable_split_scores(classifier: torch.nn.Module, group: Any) -> None:
     """From now on ``classifier(input_ids=..., attention_mask=...)`` splits every row over
     ``group`` (``sequence_parallel_scores``), inside the classifier's own call (a strategy's
     hooks run as before). Applies the ``ulysses_attention`` patch to its model family."""
-    UlyssesAttention(UlyssesAttention.Config(models=[family_of(classifier.base_model)])).apply()
+    base_model = cast("PreTrainedModel", classifier).base_model
+    UlyssesAttention(UlyssesAttention.Config(models=[family_of(base_model)])).apply()
     classifier.forward = functools.partial(sequence_parallel_scores, classifier, group=group)
 
 
@@ -77,4 +81,6 @@ def sequence_parallel_scores(
     # the classifier's pooling: the last token that is not padding (the first if all are)
     kept = input_ids != pad_token_id  # [B, T]
     last = (torch.arange(length, device=input_ids.device) * kept).argmax(-1)  # [B]
-    return SequenceClassifierOutput(logits=per_token[torch.arange(rows, device=last.device), last])
+    scores = per_token[torch.arange(rows, device=last.device), last]  # [B, H]
+    # transformers types logits as the legacy torch.FloatTensor, which no Tensor matches
+    return SequenceClassifierOutput(logits=scores)  # type: ignore[arg-type]

@@ -116,13 +116,13 @@ class UlyssesAttention(ModelPatch):
         for module in self._modules():
             current = module.ALL_ATTENTION_FUNCTIONS
             if not isinstance(current, UlyssesAttentionFunctions):
-                module.ALL_ATTENTION_FUNCTIONS = UlyssesAttentionFunctions(current)
+                vars(module)["ALL_ATTENTION_FUNCTIONS"] = UlyssesAttentionFunctions(current)
 
     def revert(self) -> None:
         for module in self._modules():
             current = module.ALL_ATTENTION_FUNCTIONS
             if isinstance(current, UlyssesAttentionFunctions):
-                module.ALL_ATTENTION_FUNCTIONS = current.original
+                vars(module)["ALL_ATTENTION_FUNCTIONS"] = current.original
 
 
 def is_patched(family: str) -> bool:

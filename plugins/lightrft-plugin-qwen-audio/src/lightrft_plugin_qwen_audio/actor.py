@@ -88,13 +88,13 @@ class QwenAudioActor(PretrainedActor):
 
         if cfg.fsdp_safe_audio_positions:
             AudioPositionEmbeddingPatch(AudioPositionEmbeddingPatch.Config()).apply()
-        model = load_pretrained(
+        loaded: Qwen2AudioForConditionalGeneration = load_pretrained(
             Qwen2AudioForConditionalGeneration, cfg, actor=self.name, model=model
         )
         # transformers builds the encoder's position table frozen; from_pretrained loses that
-        model.model.audio_tower.embed_positions.requires_grad_(False)
+        loaded.model.audio_tower.embed_positions.requires_grad_(False)
         self._hold(
-            model,
+            loaded,
             lora_exclude=() if cfg.lora_audio_encoder else AUDIO_PREFIXES,
             frozen=AUDIO_PREFIXES if cfg.freeze_audio_encoder else (),
         )

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -45,6 +45,9 @@ from lightrft_core.actors.options import PretrainedActorOptions, load_pretrained
 from lightrft_core.actors.packed_rope import packed_mrope_inputs, per_sequence_rope
 from lightrft_core.actors.pretrained import PretrainedActor
 from lightrft_core.interfaces import ActorModality, ActorOutput
+
+if TYPE_CHECKING:
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
 IMAGE_INPUTS = frozenset({"pixel_values", "image_grid_thw"})
 AUDIO_INPUTS = frozenset({"input_features", "feature_attention_mask"})
@@ -137,7 +140,8 @@ class QwenOmniActor(PretrainedActor):
     def trunk_hidden_states(cls, trunk: torch.nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
         """The last hidden states ``[B, T, H]`` of the thinker's decoder
         (``trunk.model``) reading ``inputs`` (``trunk_inputs``'s)."""
-        return trunk.model(**inputs, use_cache=False).last_hidden_state
+        thinker = cast("Qwen2_5OmniThinkerForConditionalGeneration", trunk)
+        return thinker.model(**inputs, use_cache=False).last_hidden_state
 
     def get_supported_parameters(self) -> frozenset[str]:
         return OMNI_INPUTS

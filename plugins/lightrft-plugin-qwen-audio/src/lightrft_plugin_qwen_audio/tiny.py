@@ -88,7 +88,8 @@ def _config(tokenizer: Any) -> Any:
     from transformers import Qwen2AudioConfig
 
     text = tiny_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False)
-    return Qwen2AudioConfig(
+    # the config's __init__ takes extra keyword arguments, unlike its dataclass signature
+    return Qwen2AudioConfig(  # type: ignore[call-arg]
         audio_config=dict(_AUDIO),
         text_config=text,
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),

@@ -15,13 +15,16 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightrft_core.models.processors import PROCESSOR_CONFIG, add_video_processor_config
 
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
 
 @cache
-def image_only_processor_class(processor_class: type) -> type:
+def image_only_processor_class(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     """``processor_class`` whose sub-processors are the image processor and the tokenizer
     only (same behaviour for text and images; its ``__name__`` stays the base's, so a saved
     folder names the standard class)."""

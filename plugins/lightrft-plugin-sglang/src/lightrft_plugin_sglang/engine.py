@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-from lightrft_core.interfaces import GenerationOutput, InferenceEngine, SamplingParams
+from lightrft_core.interfaces import (
+    GenerationOutput,
+    InferenceEngine,
+    MultiModalInputs,
+    SamplingParams,
+)
 
 logger = logging.getLogger("lightrft.engine.sglang")
 
@@ -183,8 +188,14 @@ class SGLangEngine(InferenceEngine):
         return self.engine
 
     def generate(
-        self, prompt_token_ids: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        params: SamplingParams,
+        *,
+        multimodal: Sequence[MultiModalInputs | None] | None = None,
     ) -> list[GenerationOutput]:
+        if multimodal is not None and any(m is not None for m in multimodal):
+            raise ValueError("the sglang engine takes text prompts only (supports_multimodal)")
         engine = self._require()
         prompts = [list(p) for p in prompt_token_ids]
         if not prompts:

@@ -34,7 +34,8 @@ def records(path: Path) -> Iterator[Any]:
         parts += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (FULL, LAST):
-            yield wandb_internal_pb2.Record.FromString(parts)
+            # protobuf builds the message classes at import time, unseen by type checkers
+            yield wandb_internal_pb2.Record.FromString(parts)  # type: ignore[attr-defined]
             parts = b""
 
 

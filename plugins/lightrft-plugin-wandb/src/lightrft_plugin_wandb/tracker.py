@@ -71,7 +71,9 @@ class WandbTracker(Tracker):
 
         columns = list(table[0]) if table else []
         rows = [[row.get(column) for column in columns] for row in table]
-        self.run.log({"rollouts": wandb.Table(columns=columns, data=rows)}, step=step)
+        # wandb types columns as list[str | int] (invariant), so a list[str] needs the ignore
+        table_ = wandb.Table(columns=columns, data=rows)  # type: ignore[arg-type]
+        self.run.log({"rollouts": table_}, step=step)
 
     def log_summary(self, summary: Mapping[str, float]) -> None:
         self.run.summary.update(dict(summary))

@@ -49,6 +49,7 @@ class ColorTask:
         background = tuple(rng.randint(225, 250) for _ in range(3))
         image = Image.new("RGB", (SIZE, SIZE), background)
         pixels = image.load()
+        assert pixels is not None  # None only for an image without data
         for _ in range(40):  # a little speckle so the background is not one flat value
             x, y = rng.randrange(SIZE), rng.randrange(SIZE)
             pixels[x, y] = tuple(max(0, c - rng.randint(10, 40)) for c in background)
