@@ -14,6 +14,9 @@
 - a model with a 2-layer Whisper-style audio encoder (width 32, 100 positions) and a
   2-layer text decoder (hidden 64, one head of 64: vLLM needs head_dim >= 64).
 
+``window_seconds=30`` gives Whisper's own window (``[32, 3000]`` features, 1500 positions),
+the only one vLLM's Qwen2-Audio accepts.
+
 Audio tokens: the encoder's stride-2 convolution then its stride-2 pooling turn ``F`` frames
 into ``((F - 1) // 2 + 1 - 2) // 2 + 1`` tokens: 1 s (100 frames) -> 25, 2 s -> 50.
 """
@@ -43,7 +46,6 @@ CHUNK_SECONDS = 2
 N_MELS = 32
 #: Mel frames of one window; the encoder's conv2 (stride 2) halves them into positions.
 FRAMES = CHUNK_SECONDS * SAMPLING_RATE // HOP_LENGTH
-SOURCE_POSITIONS = FRAMES // 2
 
 _AUDIO = {
     "num_mel_bins": N_MELS,
@@ -51,7 +53,6 @@ _AUDIO = {
     "encoder_attention_heads": 2,
     "encoder_ffn_dim": 64,
     "d_model": 32,
-    "max_source_positions": SOURCE_POSITIONS,
 }
 
 
@@ -67,16 +68,16 @@ def build_audio_tokenizer() -> Any:
     return build_byte_tokenizer(AUDIO_TOKENS, AUDIO_CHAT_TEMPLATE)
 
 
-def build_tiny_processor() -> Any:
+def build_tiny_processor(*, window_seconds: int = CHUNK_SECONDS) -> Any:
     """A ``Qwen2AudioProcessor``: the audio tokenizer, a small Whisper feature extractor
-    (module docstring) and the audio chat template."""
+    with a window of ``window_seconds`` (module docstring) and the audio chat template."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
     feature_extractor = WhisperFeatureExtractor(
         feature_size=N_MELS,
         sampling_rate=SAMPLING_RATE,
         hop_length=HOP_LENGTH,
-        chunk_length=CHUNK_SECONDS,
+        chunk_length=window_seconds,
         n_fft=400,
     )
     return Qwen2AudioProcessor(
@@ -84,31 +85,36 @@ def build_tiny_processor() -> Any:
     )
 
 
-def _config(tokenizer: Any) -> Any:
+def _config(tokenizer: Any, window_seconds: int) -> Any:
     from transformers import Qwen2AudioConfig
 
+    positions = window_seconds * SAMPLING_RATE // HOP_LENGTH // 2  # conv2 halves the frames
     text = tiny_text_config(tokenizer, model_type="qwen2", tie_word_embeddings=False)
     # the config's __init__ takes extra keyword arguments, unlike its dataclass signature
     return Qwen2AudioConfig(  # type: ignore[call-arg]
-        audio_config=dict(_AUDIO),
+        audio_config={**_AUDIO, "max_source_positions": positions},
         text_config=text,
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
         tie_word_embeddings=False,
     )
 
 
-def build_tiny_qwen2_audio_model(*, seed: int = 0) -> Any:
-    """A randomly initialised ``Qwen2AudioForConditionalGeneration`` (fp32, eager)."""
+def build_tiny_qwen2_audio_model(*, seed: int = 0, window_seconds: int = CHUNK_SECONDS) -> Any:
+    """A randomly initialised ``Qwen2AudioForConditionalGeneration`` (fp32, eager) for a
+    feature window of ``window_seconds``."""
     import torch
     from transformers import Qwen2AudioForConditionalGeneration
 
-    config = _config(build_audio_tokenizer())
+    config = _config(build_audio_tokenizer(), window_seconds)
     torch.manual_seed(seed)
     return Qwen2AudioForConditionalGeneration._from_config(config, attn_implementation="eager")
 
 
-def build_tiny_qwen2_audio(path: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny random-weight Qwen2-Audio and its processor to ``path``; returns it."""
-    processor = build_tiny_processor()
-    model = build_tiny_qwen2_audio_model(seed=seed)
+def build_tiny_qwen2_audio(
+    path: str | Path, *, seed: int = 0, window_seconds: int = CHUNK_SECONDS
+) -> Path:
+    """Write a tiny random-weight Qwen2-Audio and its processor (feature window
+    ``window_seconds``) to ``path``; returns it."""
+    processor = build_tiny_processor(window_seconds=window_seconds)
+    model = build_tiny_qwen2_audio_model(seed=seed, window_seconds=window_seconds)
     return save_tiny(path, model, processor, processor.tokenizer)

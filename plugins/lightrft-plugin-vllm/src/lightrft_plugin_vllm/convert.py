@@ -2,8 +2,8 @@
 
 * ``sampling_kwargs`` -- ``SamplingParams`` -> keyword arguments of ``vllm.SamplingParams``;
 * ``outputs_from_request_outputs`` -- vLLM ``RequestOutput`` objects -> ``GenerationOutput``;
-* ``collapse_placeholders`` -- a prompt's expanded image placeholders -> one per image, the
-  form vLLM expands itself;
+* ``collapse_placeholders`` -- a prompt's expanded media placeholders -> one per image or
+  clip, the form vLLM expands itself;
 * ``weight_buckets`` -- groups a stream of named tensors so that no vLLM module is split
   between two reloads, bounded by a byte budget.
 """
@@ -139,11 +139,13 @@ def join_first_tokens(
     return joined
 
 
-def collapse_placeholders(prompt: Sequence[int], placeholder_id: int, items: int) -> list[int]:
-    """``prompt`` with each run of ``placeholder_id`` (one expanded image) shortened to one
-    token: vLLM takes one placeholder per image and expands it with its own processor.
-    ``items``: the prompt's image count, which must equal the number of runs (two images
-    whose placeholders touch cannot be told apart)."""
+def collapse_placeholders(
+    prompt: Sequence[int], placeholder_id: int, items: int, *, kind: str = "image"
+) -> list[int]:
+    """``prompt`` with each run of ``placeholder_id`` (one expanded image or clip, ``kind``)
+    shortened to one token: vLLM takes one placeholder per item and expands it with its own
+    processor. ``items``: the prompt's item count, which must equal the number of runs (two
+    items whose placeholders touch cannot be told apart)."""
     collapsed: list[int] = []
     runs = 0
     for position, token in enumerate(prompt):
@@ -154,9 +156,9 @@ def collapse_placeholders(prompt: Sequence[int], placeholder_id: int, items: int
             runs += 1
     if runs != items:
         raise ValueError(
-            f"the prompt holds {runs} run(s) of the image placeholder id {placeholder_id} but "
-            f"comes with {items} image(s): each image needs its own run of placeholders, "
-            "separated from the next by another token (the processor's ids for these images)"
+            f"the prompt holds {runs} run(s) of the {kind} placeholder id {placeholder_id} but "
+            f"comes with {items} {kind}(s): each {kind} needs its own run of placeholders, "
+            f"separated from the next by another token (the processor's ids for these {kind}s)"
         )
     return collapsed
 

@@ -9,15 +9,17 @@ a group must issue the same requests). vLLM's data-parallel engines step in lock
 every rank calls ``generate`` as often as the others: the loop does (one call per rollout
 round and per evaluation), and a rank with no prompts sends a one-token dummy request.
 
-Prompts with images (``generate(..., multimodal=[...])``): vLLM runs the model's own
-processor on each prompt's images (``MultiModalInputs.images``) and expands the image
-placeholders itself, from one placeholder per image. The engine therefore shortens each run
-of the placeholder id (the config's ``image_token_id``) in the given ids to one token, sends
-the images as ``multi_modal_data``, and reports the ids vLLM generated from
-(``GenerationOutput.prompt_token_ids``): the loop checks that they equal the ids the trainer
-scores, so a processor that expands differently is an error, not silent drift. A model
-with media placeholders starts with its tokenizer (vLLM's multimodal processors need it),
-and its placeholder ids are never sampled (as with the ``hf`` engine).
+Prompts with images or audio clips (``generate(..., multimodal=[...])``): vLLM runs the
+model's own processor on each prompt's images (``MultiModalInputs.images``) and clips
+(``MultiModalInputs.audios``, waveforms at the processor's sampling rate) and expands the
+placeholders itself, from one placeholder per item. The engine therefore shortens each run
+of a placeholder id (the config's ``image_token_id`` / ``audio_token_id``) in the given ids
+to one token, sends the media as ``multi_modal_data``, and reports the ids vLLM generated
+from (``GenerationOutput.prompt_token_ids``): the loop checks that they equal the ids the
+trainer scores, so a processor that expands differently is an error, not silent drift. A
+model with media placeholders starts with its tokenizer (vLLM's multimodal processors need
+it), and its placeholder ids are never sampled (as with the ``hf`` engine). Qwen2-Audio runs
+as vLLM's class with a weight-name mapper for transformers 5 checkpoints (``qwen2_audio.py``).
 
 Log-prob convention: vLLM is started with ``logprobs_mode="raw_logprobs"``, i.e. the
 log-prob of each sampled token under the model's raw distribution (before temperature,
@@ -40,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lightrft_core.engines.hf import MODALITY_TOKEN_TYPES, placeholder_ids
+from lightrft_core.engines.hf import MODALITY_TOKEN_TYPES, never_sampled_ids, placeholder_ids
 from lightrft_core.interfaces import (
     GenerationOutput,
     InferenceEngine,
@@ -74,9 +76,11 @@ NO_TORCHVISION = (
 )
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMAGE = MODALITY_TOKEN_TYPES["image_token_id"]
+#: The architecture that runs as ``qwen2_audio.Qwen2AudioForConditionalGeneration``.
+QWEN2_AUDIO = "Qwen2AudioForConditionalGeneration"
 
 #: One vLLM prompt: ``{"prompt_token_ids": [...]}``, plus ``"multi_modal_data": {"image":
-#: [...]}`` for a prompt with images.
+#: [...], "audio": [...]}`` for a prompt with media.
 Request = dict[str, Any]
 
 
@@ -186,6 +190,7 @@ class VLLMEngine(InferenceEngine):
         self.eos_token_ids: list[int] = []
         self.placeholder_ids: list[int] = []  # media placeholders the model declares
         self.image_token_id: int | None = None
+        self.audio_token_id: int | None = None
         self.in_process = True
         self.lockstep = False  # data-parallel engines under torchrun step together
         self.tp_group: Any = None  # the ranks sharing this engine (tp_size > 1)
@@ -262,7 +267,7 @@ class VLLMEngine(InferenceEngine):
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as error:  # vLLM's own message stays in the chain
-            if self.placeholder_ids and not _torchvision_available():
+            if self.image_token_id is not None and not _torchvision_available():
                 raise RuntimeError(f"{NO_TORCHVISION} ({type(error).__name__}: {error})") from error
             raise
         if world_size > 1 and cfg.tp_size > 1:
@@ -272,12 +277,19 @@ class VLLMEngine(InferenceEngine):
 
     def _read_placeholders(self, model_path: str) -> None:
         """The media placeholder ids the model's config declares (none: a text model). They
-        are never sampled, as with the ``hf`` engine."""
+        are never sampled, as with the ``hf`` engine. A Qwen2-Audio model gets the
+        transformers-5 weight-name mapper (``qwen2_audio.py``)."""
         from transformers import AutoConfig
 
-        declared = placeholder_ids(AutoConfig.from_pretrained(model_path))
-        self.placeholder_ids = sorted(declared)
+        config = AutoConfig.from_pretrained(model_path)
+        declared = placeholder_ids(config)
+        self.placeholder_ids = never_sampled_ids(config)
         self.image_token_id = next((t for t, kind in declared.items() if kind == IMAGE), None)
+        self.audio_token_id = getattr(config, "audio_token_id", None)  # audio models only
+        if QWEN2_AUDIO in (config.architectures or []):
+            from .qwen2_audio import register
+
+            register()
 
     def _require_llm(self) -> Any:
         if self.llm is None:
@@ -311,21 +323,31 @@ class VLLMEngine(InferenceEngine):
         return self._generate_fire(llm, requests, params)
 
     def _request_of(self, index: int, prompt: list[int], media: MultiModalInputs | None) -> Request:
-        """The vLLM prompt of ``prompt``: its images as multimodal data, its expanded image
-        placeholders back to one per image (vLLM expands them itself)."""
-        if media is None or not media.images:
+        """The vLLM prompt of ``prompt``: its images and clips as multimodal data, its
+        expanded placeholders back to one per item (vLLM expands them itself)."""
+        if media is None or not (media.images or media.audios):
             return {"prompt_token_ids": prompt}
-        if self.image_token_id is None:
-            raise ValueError(
-                f"prompt {index} carries {len(media.images)} image(s) but the engine's model "
-                "declares no image placeholder id (config image_token_id): it is not a "
-                "vision-language model"
-            )
-        try:
-            ids = collapse_placeholders(prompt, self.image_token_id, len(media.images))
-        except ValueError as error:
-            raise ValueError(f"prompt {index}: {error}") from None
-        return {"prompt_token_ids": ids, "multi_modal_data": {"image": list(media.images)}}
+        ids = prompt
+        data: dict[str, list[Any]] = {}
+        kinds = (
+            ("image", media.images, self.image_token_id),
+            ("audio", media.audios, self.audio_token_id),
+        )
+        for kind, items, token_id in kinds:
+            if not items:
+                continue
+            if token_id is None:
+                raise ValueError(
+                    f"prompt {index} carries {len(items)} {kind}(s) but the engine's model "
+                    f"declares no {kind} placeholder id (config {kind}_token_id): it takes "
+                    f"no {kind} input"
+                )
+            try:
+                ids = collapse_placeholders(ids, token_id, len(items), kind=kind)
+            except ValueError as error:
+                raise ValueError(f"prompt {index}: {error}") from None
+            data[kind] = list(items)  # clips: waveforms at the processor's rate, as vLLM takes
+        return {"prompt_token_ids": ids, "multi_modal_data": data}
 
     def _run(
         self,
