@@ -415,16 +415,22 @@ def anchors(path: Path) -> frozenset[str]:
     return frozenset(found)
 
 
-def link_problems(page: Page) -> Iterator[str]:
-    """Relative links whose file, or whose Markdown page's heading, does not exist."""
+def relative_links(page: Page) -> Iterator[tuple[str, str, Path]]:
+    """``(page:line, target, resolved file)`` of every relative link in prose."""
     prose = without_inline_code(page.prose)
     for match in LINK.finditer(prose):
         target = match.group(1)
         if re.match(r"[a-z]+:", target) or target.startswith("/"):
             continue
-        file, _, anchor = target.partition("#")
+        file = target.partition("#")[0]
         resolved = (page.path.parent / file).resolve() if file else page.path
-        where = page.where(match.start())
+        yield page.where(match.start()), target, resolved
+
+
+def link_problems(page: Page) -> Iterator[str]:
+    """Relative links whose file, or whose Markdown page's heading, does not exist."""
+    for where, target, resolved in relative_links(page):
+        file, _, anchor = target.partition("#")
         if not resolved.exists():
             yield f"{where}: link to {target}: no file {file}"
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
@@ -433,6 +439,23 @@ def link_problems(page: Page) -> Iterator[str]:
 
 def test_links_between_pages_resolve() -> None:
     problems = [problem for path in PAGES for problem in link_problems(read_page(path))]
+    assert not problems, "\n".join(problems)
+
+
+def test_linked_configuration_files_validate() -> None:
+    linked = {
+        resolved
+        for path in PAGES
+        for _, _, resolved in relative_links(read_page(path))
+        if resolved.suffix == ".yaml" and resolved.is_file()
+    }
+    assert linked, "no page links to a configuration file"
+    problems = []
+    for file in sorted(linked):
+        try:
+            load_config(file, manager=manager_for_pages())
+        except ConfigError as exc:
+            problems += [str(issue) for issue in exc.issues]
     assert not problems, "\n".join(problems)
 
 
