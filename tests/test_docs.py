@@ -25,6 +25,7 @@ from typer.core import TyperGroup, TyperOption
 
 from lightrft_cli.main import app
 from lightrft_core.config import COMPONENT_SECTIONS, ConfigError, LightRFTConfig, load_config
+from lightrft_core.config.describe import core_sections, dataclass_fields, yaml_inline
 from lightrft_core.config.types import field_types
 from lightrft_core.interfaces.actor import Actor
 from lightrft_core.interfaces.algorithm import Algorithm
@@ -33,6 +34,7 @@ from lightrft_core.interfaces.reward import RewardModel
 from lightrft_core.interfaces.strategy import StrategyBase
 from lightrft_core.interfaces.tracker import TrackedRun
 from lightrft_core.plugins import PluginManager
+from lightrft_core.registry import ComponentInfo
 from lightrft_core.trainer.rl import RLTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +236,85 @@ def key_problems(page: Page) -> list[str]:
 
 def test_quoted_configuration_keys_exist() -> None:
     problems = [problem for path in PAGES for problem in key_problems(read_page(path))]
+    assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------- option tables
+#: The header of a table of options and their defaults: ``| key | default | meaning |``.
+OPTION_TABLE = re.compile(r"\|\s*(?:key|option)\s*\|[^|]*default[^|]*\|.*")
+
+
+def option_rows(page: Page) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``(page:line, keys, defaults)`` of each row of an option table; a row may document
+    several keys (``gamma`` / ``lam``) or one key's defaults in several components."""
+    in_table = False
+    for number, line in enumerate(page.prose.split("\n"), start=1):
+        if OPTION_TABLE.fullmatch(line.strip()):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and not set(line) <= set("|-: "):
+            key_cell, default_cell = line.strip("|").split("|")[:2]
+            keys = re.findall(r"`([^`]+)`", key_cell)
+            yield f"{page.name}:{number}", keys, re.findall(r"`([^`]*)`", default_cell)
+
+
+def page_components(page: Page) -> list[ComponentInfo]:
+    """The components a page documents: an algorithm page's algorithm and its variants
+    (``reinforce_pp_baseline``), a plugin README's plugin's components; every component for
+    the other pages."""
+    registry = manager_for_pages().registry
+    if page.path.parent == ROOT / "docs" / "algorithms":
+        stem = page.path.stem
+        return [
+            c
+            for c in registry
+            if c.kind == "algorithm" and (c.name == stem or c.name.startswith(f"{stem}_"))
+        ]
+    if page.path.name == "README.md" and page.path.parent.parent == ROOT / "plugins":
+        plugins = {p.name: p.distribution for p in manager_for_pages().plugins()}
+        return [c for c in registry if plugins[c.plugin] == page.path.parent.name]
+    return list(registry)
+
+
+def defaults_of(key: str, components: list[ComponentInfo]) -> list[Any]:
+    """The defaults of ``key``: a core key (``trainer.packing``), else an option of one of
+    ``components``."""
+    core = [f.default for _, fields in core_sections().values() for f in fields if f.key == key]
+    return core or [
+        f.default for c in components for f in dataclass_fields(c.cls.Config, "") if f.key == key
+    ]
+
+
+def same_value(written: str, default: Any) -> bool:
+    value = yaml.safe_load(written)
+    if isinstance(value, str) and isinstance(default, float):  # YAML 1.1 reads 1e-6 as text
+        value = float(value)
+    return value == default or written == yaml_inline(default)
+
+
+def option_table_problems(page: Page) -> Iterator[str]:
+    components = page_components(page)
+    for where, keys, written in option_rows(page):
+        if len(keys) > 1 and len(keys) != len(written):
+            yield f"{where}: {len(keys)} keys but {len(written)} defaults"
+            continue
+        if len(keys) > 1:
+            rows = [(key, [value]) for key, value in zip(keys, written, strict=True)]
+        else:
+            rows = [(key, written) for key in keys]
+        for key, values in rows:
+            defaults = defaults_of(key, components)
+            if not defaults:
+                yield f"{where}: {key} is no core key nor an option of the page's components"
+            for value in values:
+                if defaults and not any(same_value(value, d) for d in defaults):
+                    shown = ", ".join(sorted({yaml_inline(d) for d in defaults}))
+                    yield f"{where}: {key} defaults to {shown}, not {value}"
+
+
+def test_option_tables_match_the_defaults() -> None:
+    problems = [problem for path in PAGES for problem in option_table_problems(read_page(path))]
     assert not problems, "\n".join(problems)
 
 
@@ -475,6 +556,11 @@ lightrft train --confg run.yaml trainer.max_stepz=3
 ```
 
 ## A heading
+
+| key | default | meaning |
+|---|---|---|
+| `trainer.max_steps` | `50` | RL steps |
+| `clip_eps_hihg` | `0.2` | clip range |
 """
 
 
@@ -490,6 +576,10 @@ def test_each_check_finds_its_mistake(tmp_path: Path) -> None:
         "broken.md:11: 'lightrft' has no command 'trian'",
         "broken.md:12: 'lightrft train' has no option --confg",
         "broken.md:12: unknown configuration key trainer.max_stepz",
+    ]
+    assert list(option_table_problems(page)) == [
+        "broken.md:19: trainer.max_steps defaults to 100, not 50",
+        "broken.md:20: clip_eps_hihg is no core key nor an option of the page's components",
     ]
     assert list(link_problems(page)) == [
         "broken.md:3: link to #no-such-heading: broken.md has no heading #no-such-heading",
