@@ -1,5 +1,5 @@
-"""The hand-written pages against the code: the configuration keys they quote, their YAML
-configurations, their ``lightrft`` commands and the links between them.
+"""The hand-written pages against the code: the configuration keys they quote, their option
+tables, their YAML configurations, their ``lightrft`` commands and the links between them.
 
 Pages: README.md, docs/*.md, docs/algorithms/*.md and every plugin's README.md. Each
 problem is one line: ``page:line: what is wrong``.
@@ -55,7 +55,7 @@ NOT_KEYS: dict[str, str] = {
     "reward.tolerance": "an option of rewards.md's example reward plugin (my_reward.py)",
     "algorithm.reward_scale": "an option of plugins.md's example algorithm plugin",
     "algorithm.scale": "an option of plugins.md's example estimator plugin (batch_mean.py)",
-    "algorithm.context": "Algorithm's attribute (set in __init__), not a class attribute",
+    "algorithm.context": "the Algorithm's attribute, set in __init__ (no class attribute)",
     "model.load_weights": "the method of vLLM's model (engines.md)",
     "trainer.zzz": "configuration.md's example of an unknown key and its error",
 }
@@ -254,7 +254,7 @@ def option_rows(page: Page) -> Iterator[tuple[str, list[str], list[str]]]:
         elif not line.startswith("|"):
             in_table = False
         elif in_table and not set(line) <= set("|-: "):
-            key_cell, default_cell = line.strip("|").split("|")[:2]
+            key_cell, default_cell = re.split(r"(?<!\\)\|", line.strip().strip("|"))[:2]
             keys = re.findall(r"`([^`]+)`", key_cell)
             yield f"{page.name}:{number}", keys, re.findall(r"`([^`]*)`", default_cell)
 
@@ -287,10 +287,16 @@ def defaults_of(key: str, components: list[ComponentInfo]) -> list[Any]:
 
 
 def same_value(written: str, default: Any) -> bool:
-    value = yaml.safe_load(written)
-    if isinstance(value, str) and isinstance(default, float):  # YAML 1.1 reads 1e-6 as text
-        value = float(value)
-    return value == default or written == yaml_inline(default)
+    """Whether a table's ``written`` default is the code's ``default``."""
+    if written == yaml_inline(default):
+        return True
+    try:
+        value = yaml.safe_load(written)
+    except yaml.YAMLError:
+        return False
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?e[-+]?\d+", value):
+        value = float(value)  # YAML 1.1 reads 1e-6 as text; the loader takes it as a number
+    return value == default
 
 
 def option_table_problems(page: Page) -> Iterator[str]:
