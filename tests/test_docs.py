@@ -81,6 +81,9 @@ MODULE_PREFIXES += ("model.multi_modal_projector", "model.model")
 
 COMMAND_LANGUAGES = {"", "bash", "sh", "shell", "console"}
 
+#: A command's argument that starts with one of these is a file of the repository.
+REPOSITORY_FOLDERS = ("examples/", "lightrft_core/", "lightrft_cli/", "plugins/", "docs/")
+
 
 # ---------------------------------------------------------------------- reading pages
 @dataclass(frozen=True)
@@ -430,8 +433,8 @@ PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*(\.\.\.)?|<[^>]*>|\.\.\.|…")
 
 
 def call_problems(arguments: list[str]) -> Iterator[str]:
-    """What is wrong with one call's command, options and ``section.key=value`` overrides;
-    a synopsis's ``[--a | -b]`` and ``show|validate`` are read as alternatives."""
+    """What is wrong with one call's command, options, ``section.key=value`` overrides and
+    repository files; a synopsis's ``[--a | -b]`` and ``show|validate`` are alternatives."""
     command: Any = cli()
     path = ["lightrft"]
     words = [alternative for word in arguments for alternative in word.strip("[]").split("|")]
@@ -453,13 +456,16 @@ def call_problems(arguments: list[str]) -> Iterator[str]:
         for option in (*param.opts, *param.secondary_opts)
     }
     for word in words:
-        option = word.partition("=")[0]
+        option, _, value = word.partition("=")
         if re.fullmatch(r"--?[A-Za-z][\w-]*", option) and option not in options:
             yield f"'{' '.join(path)}' has no option {option}"
-        elif "=" in word and word.split(".")[0] in SECTIONS:
+        elif value and word.split(".")[0] in SECTIONS:
             problem = key_problem(option)
             if problem:
                 yield problem
+        file = value if option.startswith("-") else word
+        if file.startswith(REPOSITORY_FOLDERS) and not (ROOT / file).exists():
+            yield f"no file {file}"
 
 
 def command_problems(page: Page) -> list[str]:
@@ -559,6 +565,7 @@ trainer:
 ```bash
 lightrft trian --config run.yaml
 lightrft train --confg run.yaml trainer.max_stepz=3
+lightrft config validate examples/no_such.yaml
 ```
 
 ## A heading
@@ -582,10 +589,11 @@ def test_each_check_finds_its_mistake(tmp_path: Path) -> None:
         "broken.md:11: 'lightrft' has no command 'trian'",
         "broken.md:12: 'lightrft train' has no option --confg",
         "broken.md:12: unknown configuration key trainer.max_stepz",
+        "broken.md:13: no file examples/no_such.yaml",
     ]
     assert list(option_table_problems(page)) == [
-        "broken.md:19: trainer.max_steps defaults to 100, not 50",
-        "broken.md:20: clip_eps_hihg is no core key nor an option of the page's components",
+        "broken.md:20: trainer.max_steps defaults to 100, not 50",
+        "broken.md:21: clip_eps_hihg is no core key nor an option of the page's components",
     ]
     assert list(link_problems(page)) == [
         "broken.md:3: link to #no-such-heading: broken.md has no heading #no-such-heading",
