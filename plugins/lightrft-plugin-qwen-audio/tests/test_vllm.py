@@ -131,6 +131,14 @@ def test_vllm_generates_from_the_processors_ids(engine: Any, prompts: list[Promp
         assert audio_id not in out.token_ids  # placeholders are never sampled
 
 
+def test_clips_without_a_run_each_are_refused(engine: Any, prompts: list[Prompt]) -> None:
+    ids, media = prompts[2]  # two clips
+    assert media is not None
+    one_clip = MultiModalInputs(audios=media.audios[:1])
+    with pytest.raises(ValueError, match="prompt 0: the prompt holds 2 run.* with 1 audio"):
+        engine.generate([ids], SamplingParams(max_new_tokens=2), multimodal=[one_clip])
+
+
 def test_log_probs_agree_with_the_actor_before_and_after_a_weight_sync(
     engine: Any, prompts: list[Prompt], audio_dir: Path
 ) -> None:

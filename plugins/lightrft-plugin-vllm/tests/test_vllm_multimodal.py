@@ -204,6 +204,14 @@ def test_images_without_a_run_each_are_refused(engine, prompts) -> None:
         )
 
 
+def test_clips_for_a_model_without_audio_are_refused(engine, prompts) -> None:
+    from lightrft_core.interfaces import MultiModalInputs
+
+    clip = MultiModalInputs(audios=[torch.zeros(1600).numpy()])
+    with pytest.raises(ValueError, match="prompt 0 carries 1 audio.* no audio placeholder id"):
+        engine.generate([prompts[2].ids], SamplingParams(max_new_tokens=2), multimodal=[clip])
+
+
 # ---------------------------------------------------------------------- log-probs
 def test_log_probs_agree_with_the_actor_before_and_after_a_weight_sync(
     engine, prompts, tiny_qwen_vl_dir

@@ -8,7 +8,9 @@ names the modules ``model.language_model.*``, ``model.audio_tower.*``,
 applied twice; transformers reads it back). The subclass here maps both to vLLM's names
 (transformers 4 names pass unchanged) in ``load_weights``, which serves the first load and
 every ``reload_weights``; ``register`` puts it in vLLM's model registry under the
-architecture name, in place of vLLM's own class (same processor, same modules).
+architecture name, in place of vLLM's own class (same processor, same modules). The engine
+calls it before starting vLLM; it is also this package's ``vllm.general_plugins`` entry
+point, which vLLM runs in every process it starts (a spawned engine core included).
 """
 
 from __future__ import annotations
