@@ -220,3 +220,22 @@ def test_a_checkpoint_of_another_model_size_is_one_clear_error(tmp_path: Path) -
     with pytest.raises(CheckpointError, match=r"does not fit the model \(another model size") as c:
         _load_linear(s, tmp_path / "ckpt", width=5)
     assert "Size mismatch" in str(c.value) and "model.path and model.lora_*" in str(c.value)
+
+
+@pytest.mark.parametrize("split", ["split_sequences", "split_values", "split_scores"])
+def test_splitting_without_the_patches_plugin_says_what_to_install(
+    split: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    import lightrft_plugin_fsdp.strategy as module
+
+    found = importlib.util.find_spec
+
+    def without_patches(name: str, *args: Any) -> Any:
+        return None if name == "lightrft_plugin_patches" else found(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_patches)
+    model: Any = ActorLanguage.__new__(ActorLanguage)  # passes split_sequences' type check
+    with pytest.raises(ImportError, match=r"needs lightrft-plugin-patches \(pip install"):
+        getattr(module, split)(model, None)

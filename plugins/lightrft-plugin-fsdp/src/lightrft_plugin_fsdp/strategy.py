@@ -25,6 +25,7 @@ critic or a sequence classifier it trains (``lightrft rm``).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 from collections.abc import Mapping
@@ -59,6 +60,16 @@ def sequence_parallel_groups(size: int) -> tuple[Any, Any]:
     return splits[rank // size], shares[rank % size]
 
 
+def require_patches() -> None:
+    """Stop, with what to install, where splitting sequences needs lightrft-plugin-patches
+    and it is missing."""
+    if importlib.util.find_spec("lightrft_plugin_patches") is None:
+        raise ImportError(
+            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
+            "(pip install lightrft-plugin-patches)"
+        )
+
+
 def split_sequences(actor: torch.nn.Module, group: Any) -> None:
     """Make ``actor``'s forward split every sequence over ``group``
     (``lightrft_plugin_patches.sequence_parallel``); only a ``language`` actor can."""
@@ -69,13 +80,9 @@ def split_sequences(actor: torch.nn.Module, group: Any) -> None:
             f"strategy.sequence_parallel_size > 1 splits the sequences of the language actor "
             f"only, not of {type(actor).__name__}"
         )
-    try:
-        from lightrft_plugin_patches.sequence_parallel import enable_sequence_parallel
-    except ImportError as err:
-        raise ImportError(
-            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
-            "(pip install lightrft-plugin-patches)"
-        ) from err
+    require_patches()
+    from lightrft_plugin_patches.sequence_parallel import enable_sequence_parallel
+
     enable_sequence_parallel(actor, group)
 
 
@@ -92,26 +99,18 @@ def is_sequence_classifier(model: torch.nn.Module) -> bool:
 def split_values(critic: CriticModel, group: Any) -> None:
     """Make a trained critic's forward split every row over ``group``
     (``lightrft_plugin_patches.split_values``)."""
-    try:
-        from lightrft_plugin_patches.split_values import enable_split_values
-    except ImportError as err:
-        raise ImportError(
-            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
-            "(pip install lightrft-plugin-patches)"
-        ) from err
+    require_patches()
+    from lightrft_plugin_patches.split_values import enable_split_values
+
     enable_split_values(critic, group)
 
 
 def split_scores(classifier: torch.nn.Module, group: Any) -> None:
     """Make a trained sequence classifier's forward split every row over ``group``
     (``lightrft_plugin_patches.split_scores``)."""
-    try:
-        from lightrft_plugin_patches.split_scores import enable_split_scores
-    except ImportError as err:
-        raise ImportError(
-            "strategy.sequence_parallel_size > 1 needs lightrft-plugin-patches "
-            "(pip install lightrft-plugin-patches)"
-        ) from err
+    require_patches()
+    from lightrft_plugin_patches.split_scores import enable_split_scores
+
     enable_split_scores(classifier, group)
 
 
