@@ -50,6 +50,10 @@ def test_engine_kwargs_single_process_and_torchrun() -> None:
     assert (cpu["dtype"], cpu["max_model_len"], cpu["seed"]) == ("float32", 128, 7)
     assert "enable_sleep_mode" not in cpu and "gpu_memory_utilization" not in cpu
     assert "distributed_executor_backend" not in cpu
+    # update_weights calls the extension's methods by name (no pickled functions)
+    assert (
+        cpu["worker_extension_cls"] == "lightrft_plugin_vllm.worker_extension.WeightSyncExtension"
+    )
     gpu = VLLMEngine(VLLMEngine.Config(tp_size=2)).engine_kwargs("/m", cuda=True, world_size=4)
     assert gpu["enable_sleep_mode"] is True and gpu["gpu_memory_utilization"] == 0.4
     assert gpu["distributed_executor_backend"] == "external_launcher"

@@ -1,6 +1,6 @@
 """``VLLMEngine``: rollouts from a vLLM ``LLM`` colocated in the training process.
 
-The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): in one process a
+The engine runs in-process by default (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): in one process a
 single-process executor; under ``torchrun`` vLLM's ``external_launcher`` backend joins the
 trainer's world, one engine per tensor-parallel group (``tp_size`` ranks; 1 by default, so
 one engine per rank) and ``world_size / tp_size`` data-parallel engines. Each rank
@@ -27,9 +27,12 @@ top-k and top-p) -- the same convention as the ``hf`` engine and what the actor 
 
 Weight sync: the trainer's tensors are streamed in buckets of whole decoder layers into the
 worker's ``reload_weights(weights_iterator=...)``, which re-runs vLLM's own weight
-processing (CPU kernels repack weights, so a plain ``load_weights`` is not enough). In
-process the tensors are passed by reference; otherwise each bucket travels as safetensors
-bytes.
+processing (CPU kernels repack weights, so a plain ``load_weights`` is not enough). The
+worker gets named methods for it from ``worker_extension.WeightSyncExtension`` (engine
+argument ``worker_extension_cls``), so ``collective_rpc`` sends a method name, never a
+pickled function. In process (the default) the tensors are passed by reference; with
+``VLLM_ENABLE_V1_MULTIPROCESSING=1`` (the engine core in its own process) each bucket
+travels as safetensors bytes, and ``VLLM_ALLOW_INSECURE_SERIALIZATION`` is not needed.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ from lightrft_core.interfaces import (
     SamplingParams,
 )
 
+from . import worker_extension
 from .convert import (
-    bucket_from_bytes,
     bucket_to_bytes,
     collapse_placeholders,
     join_first_tokens,
@@ -91,16 +94,6 @@ def import_vllm() -> Any:
     except ImportError as error:  # the error names the missing module; keep it
         raise ImportError(f"{MISSING_VLLM} ({error})") from error
     return vllm
-
-
-def _reload_tensors(worker: Any, bucket: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs on the engine's worker: reload one bucket of checkpoint-format tensors."""
-    worker.model_runner.reload_weights(weights_iterator=iter(bucket))
-
-
-def _reload_bytes(worker: Any, data: bytes) -> None:
-    """Runs on the engine's worker (any process): reload one safetensors-encoded bucket."""
-    worker.model_runner.reload_weights(weights_iterator=iter(bucket_from_bytes(data)))
 
 
 class VLLMEngine(InferenceEngine):
@@ -214,6 +207,8 @@ class VLLMEngine(InferenceEngine):
             "enforce_eager": cfg.enforce_eager,
             "logprobs_mode": "raw_logprobs",
             "enable_prefix_caching": cfg.enable_prefix_caching,
+            # update_weights calls its methods by name (no pickled functions)
+            "worker_extension_cls": worker_extension.QUALNAME,
         }
         if cfg.max_model_len is not None:
             kwargs["max_model_len"] = cfg.max_model_len
@@ -474,9 +469,9 @@ class VLLMEngine(InferenceEngine):
         with torch.no_grad():
             for bucket in weight_buckets(named_tensors, max_bytes=max_bytes):
                 if self.in_process:
-                    llm.collective_rpc(_reload_tensors, args=(bucket,))
+                    llm.collective_rpc("reload_weights_tensors", args=(bucket,))
                 else:
-                    llm.collective_rpc(_reload_bytes, args=(bucket_to_bytes(bucket),))
+                    llm.collective_rpc("reload_weights_bytes", args=(bucket_to_bytes(bucket),))
         if hasattr(llm, "reset_prefix_cache"):
             llm.reset_prefix_cache()  # cached KV was computed with the old weights
         if self.placeholder_ids:  # so were the cached image embeddings
