@@ -33,6 +33,20 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+#: Keys of a run's metrics that are not numbers of the run (times, speeds).
+UNTIMED = ("time/", "tokens_per_s", "timestamp")
+
+
+def step_metrics(run: Path) -> list[dict[str, float]]:
+    """The numbers ``run`` logged at each step (its ``metrics.jsonl``) without times and
+    speeds: what two runs of the same work must agree on."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if isinstance(v, float | int) and not k.startswith(UNTIMED)}
+        for r in records
+    ]
+
+
 # ---------------------------------------------------------------------- launching
 def worker_env() -> dict[str, str]:
     """The environment of a launch: one thread per rank (2 ranks on 2 cores), quiet."""

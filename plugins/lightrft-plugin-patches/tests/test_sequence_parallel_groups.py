@@ -31,8 +31,6 @@ from lightrft_core.trainer.sft import run_sft
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-#: Quantities that are not numbers of the run (times, speeds).
-UNTIMED = ("time/", "tokens_per_s", "timestamp")
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +42,10 @@ def _load_helpers() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+distributed_utils = _load_helpers()
+step_metrics = distributed_utils.step_metrics
 
 
 def write_inputs(root: Path) -> None:
@@ -105,14 +107,6 @@ def sft_overrides(root: Path, out: Path) -> list[str]:
     ]
 
 
-def step_metrics(run: Path) -> list[dict[str, float]]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [
-        {k: v for k, v in r.items() if isinstance(v, float | int) and not k.startswith(UNTIMED)}
-        for r in records
-    ]
-
-
 def assert_same_metrics(got: Path, expected: Path) -> list[dict[str, float]]:
     """The two runs logged the same numbers at steps 1 and 2; returns the expected ones."""
     want_steps, have_steps = step_metrics(expected), step_metrics(got)
@@ -143,7 +137,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (root / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
     worker = str(HERE / "sequence_parallel_groups_worker.py")
-    _load_helpers().torchrun(worker, str(root), nproc=4, timeout=300)
+    distributed_utils.torchrun(worker, str(root), nproc=4, timeout=300)
     return root
 
 

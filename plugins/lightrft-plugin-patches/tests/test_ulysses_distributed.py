@@ -31,8 +31,6 @@ from lightrft_core.trainer.sft import run_sft
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-#: Quantities that are not numbers of the run (times, speeds).
-UNTIMED = ("time/", "tokens_per_s", "timestamp")
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +42,10 @@ def _load_helpers() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+distributed_utils = _load_helpers()
+step_metrics = distributed_utils.step_metrics
 
 
 def rl_overrides(root: Path, out: Path) -> list[str]:
@@ -156,14 +158,6 @@ def whole_run(overrides: list[str]) -> None:
     RLTrainer(load_config(None, overrides, manager=pm), pm).train()
 
 
-def step_metrics(run: Path) -> list[dict[str, float]]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [
-        {k: v for k, v in r.items() if isinstance(v, float | int) and not k.startswith(UNTIMED)}
-        for r in records
-    ]
-
-
 def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     split, whole = tmp_path / "split", tmp_path / "whole"
     (tmp_path / "rl.json").write_text(json.dumps(rl_overrides(tmp_path, split)))
@@ -177,7 +171,7 @@ def test_two_ranks_equal_the_unsplit_model(tmp_path: Path) -> None:
     (tmp_path / "sft.json").write_text(json.dumps(sft_jobs))
     rm_split, rm_whole = tmp_path / "rm_split", tmp_path / "rm_whole"
     (tmp_path / "rm.json").write_text(json.dumps(rm_overrides(tmp_path, rm_split)))
-    _load_helpers().torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
+    distributed_utils.torchrun(str(HERE / "ulysses_worker.py"), str(tmp_path), timeout=300)
     results = json.loads((tmp_path / "result.json").read_text())
     packed = {"packed-llama-eager", "packed-qwen2-sdpa"}
     classifiers = {"classifier-llama-eager", "classifier-qwen2-sdpa"}

@@ -107,6 +107,25 @@ def check_kernel(implementation: str) -> None:
         )
 
 
+def require_patched(model: Any, how: str) -> None:
+    """Stop where the attention of ``model``'s family is not patched: it would silently
+    attend over its own slice only (``how``: how to patch it, for the message)."""
+    family = family_of(model)
+    if not is_patched(family):
+        raise RuntimeError(
+            f"the {family} attention is not patched: apply the ulysses_attention patch ({how})"
+        )
+
+
+def rank_slice(group: Any, length: int) -> tuple[int, int, int]:
+    """``(start, stop, padding)``: rows of ``length`` positions split over ``group``, each
+    rank a contiguous slice of ``ceil(length / P)`` positions; this rank's slice is
+    ``[start, stop)`` of the rows right-padded by ``padding`` positions to ``P`` slices."""
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    slice_length = -(-length // size)  # ceil(T / P)
+    return rank * slice_length, (rank + 1) * slice_length, slice_length * size - length
+
+
 def enable_sequence_parallel(actor: ActorLanguage, group: Any) -> None:
     """From now on ``actor(...)`` splits every sequence over ``group``
     (``sequence_parallel_forward``). The forward still runs inside the actor's own call, so
@@ -135,16 +154,11 @@ def sequence_parallel_forward(
     where the next token starts another sequence) on every rank of the group.
     Needs the ``ulysses_attention`` patch applied (``enable_sequence_parallel`` does)."""
     base = actor.base_model
-    family = family_of(base)
-    if not is_patched(family):  # the attention would silently see its slice only
-        raise RuntimeError(
-            f"the {family} attention is not patched: apply the ulysses_attention patch "
-            "(model.patches: [ulysses_attention], or enable_sequence_parallel(actor, group))"
-        )
-    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    require_patched(
+        base, "model.patches: [ulysses_attention], or enable_sequence_parallel(actor, group)"
+    )
     length = sequences.shape[1]
-    slice_length = -(-length // size)  # ceil(T / P)
-    padding = slice_length * size - length
+    start, stop, padding = rank_slice(group, length)
     # One column more than the P slices: the target of the last slice's last position.
     tokens = F.pad(sequences, (0, padding + 1))  # [B, P*L + 1]
     mask = attention_mask.to(sequences.device).bool()
@@ -157,7 +171,6 @@ def sequence_parallel_forward(
         packed = position_ids.to(sequences.device).masked_fill(~mask, 0)
         positions = F.pad(packed, (0, padding + 1))  # [B, P*L + 1], 0 on padding
         context = packed_row_context(group, valid[:, :-1], positions[:, :-1], implementation, dtype)
-    start, stop = rank * slice_length, (rank + 1) * slice_length
     states = base.get_decoder()(
         input_ids=tokens[:, start:stop],
         position_ids=positions[:, start:stop],

@@ -20,12 +20,11 @@ import functools
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from .collectives import gather_sequence
-from .sequence_parallel import whole_sequence_mask
-from .ulysses import CONTEXT_KWARG, UlyssesAttention, UlyssesContext, family_of, is_patched
+from .sequence_parallel import rank_slice, require_patched, whole_sequence_mask
+from .ulysses import CONTEXT_KWARG, UlyssesAttention, UlyssesContext, family_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -52,25 +51,17 @@ def sequence_parallel_scores(
     ``config.pad_token_id`` (the pooling) and the ``ulysses_attention`` patch."""
     from transformers.modeling_outputs import SequenceClassifierOutput
 
-    family = family_of(classifier.base_model)
-    if not is_patched(family):  # the attention would silently see its slice only
-        raise RuntimeError(
-            f"the {family} attention is not patched: apply the ulysses_attention patch "
-            "(enable_split_scores(classifier, group))"
-        )
+    require_patched(classifier.base_model, "enable_split_scores(classifier, group)")
     pad_token_id = classifier.config.pad_token_id
     if pad_token_id is None:
         raise ValueError("a split sequence classifier needs config.pad_token_id (its pooling)")
-    size, rank = dist.get_world_size(group), dist.get_rank(group)
     rows, length = input_ids.shape
-    slice_length = -(-length // size)  # ceil(T / P)
-    padding = slice_length * size - length
+    start, stop, padding = rank_slice(group, length)
     tokens = F.pad(input_ids, (0, padding), value=pad_token_id)  # [B, P*L]
     valid = F.pad(attention_mask.to(input_ids.device).bool(), (0, padding))
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
     implementation = classifier.config._attn_implementation
     context = UlyssesContext(group, whole_sequence_mask(valid, implementation, classifier.dtype))
-    start, stop = rank * slice_length, (rank + 1) * slice_length
     states = classifier.base_model(
         input_ids=tokens[:, start:stop],
         position_ids=positions[:, start:stop],

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from lightrft_core.actors.varlen_attention import SEGMENTS_KWARG, check_segments_read
@@ -29,8 +28,8 @@ from lightrft_core.interfaces.actor import text_trunk_inputs
 from lightrft_core.models.critic import CriticModel
 
 from .collectives import gather_sequence
-from .sequence_parallel import packed_row_context
-from .ulysses import CONTEXT_KWARG, UlyssesAttention, family_of, is_patched
+from .sequence_parallel import packed_row_context, rank_slice, require_patched
+from .ulysses import CONTEXT_KWARG, UlyssesAttention, family_of
 
 
 def enable_split_values(critic: CriticModel, group: Any) -> None:
@@ -55,12 +54,7 @@ def sequence_parallel_values(
     values, 0 where a token is padding, on every rank of the group. Text rows only (the
     trunk reads ``input_ids`` and ``position_ids``); needs the ``ulysses_attention`` patch."""
     trunk = critic.trunk
-    family = family_of(trunk)
-    if not is_patched(family):  # the attention would silently see its slice only
-        raise RuntimeError(
-            f"the {family} attention is not patched: apply the ulysses_attention patch "
-            "(enable_split_values(critic, group))"
-        )
+    require_patched(trunk, "enable_split_values(critic, group)")
     if last_token:
         raise ValueError("a split critic returns per-token values, not last_token scores")
     inputs = (
@@ -68,10 +62,8 @@ def sequence_parallel_values(
         if trunk_inputs is not None
         else text_trunk_inputs(sequences, attention_mask)
     )
-    size, rank = dist.get_world_size(group), dist.get_rank(group)
     length = sequences.shape[1]
-    slice_length = -(-length // size)  # ceil(T / P)
-    padding = slice_length * size - length
+    start, stop, padding = rank_slice(group, length)
     mask = attention_mask.to(sequences.device).bool()
     tokens = F.pad(sequences, (0, padding))  # [B, P*L]
     valid = F.pad(mask, (0, padding))
@@ -81,7 +73,6 @@ def sequence_parallel_values(
     context = packed_row_context(
         group, valid, positions, trunk.config._attn_implementation, trunk.dtype
     )
-    start, stop = rank * slice_length, (rank + 1) * slice_length
     with torch.set_grad_enabled(torch.is_grad_enabled() and trunk_gradients):
         states = trunk(
             input_ids=tokens[:, start:stop],
